@@ -1,0 +1,81 @@
+"""The publisher's core: what to announce, and when.
+
+Pure: readings and the monotonic ``now`` come in; announcements and the time of the
+next one go out. A reading that is news (power status changed, a sensor appeared or
+went, a temperature moved by more than the deadband) bumps the change number and is
+announced at once; otherwise the latest values ride on the next heartbeat.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from powercast.config import PublisherConfig, Reading
+from powercast.wire import Announcement, Power, PowerStatus
+
+
+def merge(readings: list[Reading | None]) -> tuple[Power, dict[str, float]]:
+    """Combine sources in config order: the first known power status, every sensor.
+
+    ``None`` stands for a source that failed; a failed source that provides power makes
+    power ``unknown`` unless an earlier source knows it.
+    """
+    power: Power | None = None
+    temperatures: dict[str, float] = {}
+    for reading in readings:
+        if reading is None:
+            continue
+        if reading.power is not None and power is None and reading.power.status != "unknown":
+            p = reading.power
+            power = Power(PowerStatus(p.status), p.charge_pct, p.runtime_s, p.load_pct, p.input_v)
+        for name, value in reading.temperatures.items():
+            temperatures.setdefault(name, value)
+    return power or Power(PowerStatus.UNKNOWN), temperatures
+
+
+@dataclass
+class Announcer:
+    """Sequence, change number and schedule of one publisher epoch."""
+
+    config: PublisherConfig
+    epoch: int = field(default_factory=lambda: secrets.randbits(63))
+    seq: int = 0
+    change: int = 0
+    power: Power = field(default_factory=lambda: Power(PowerStatus.UNKNOWN))
+    temperatures: dict[str, float] = field(default_factory=dict)
+    next_at: float = 0.0
+    """Monotonic time of the next announcement; 0 sends the first one at once."""
+    _news_temperatures: dict[str, float] = field(default_factory=dict)
+
+    def update(self, power: Power, temperatures: dict[str, float], now: float) -> bool:
+        """Take the latest reading; True (and an announcement due now) when it is news."""
+        news = (
+            power.status != self.power.status
+            or temperatures.keys() != self._news_temperatures.keys()
+            or any(
+                abs(value - self._news_temperatures[name]) > self.config.temp_deadband_c
+                for name, value in temperatures.items()
+            )
+        )
+        self.power, self.temperatures = power, temperatures
+        if news:
+            self.change += 1
+            self._news_temperatures = dict(temperatures)
+            self.next_at = now
+        return news
+
+    def announce(self, now: float, wall: float) -> Announcement:
+        """The announcement to send now; schedules the next heartbeat."""
+        self.seq += 1
+        self.next_at = now + self.config.heartbeat_s
+        return Announcement(
+            publisher=self.config.id,
+            epoch=self.epoch,
+            seq=self.seq,
+            change=self.change,
+            sent=wall,
+            tal=self.config.heartbeat_s * self.config.tal_factor,
+            power=self.power,
+            temperatures=dict(self.temperatures),
+        )

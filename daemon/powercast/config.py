@@ -1,0 +1,396 @@
+"""Configuration: the TOML schema of both roles, loading, and errors an operator can act on.
+
+A config is decoded straight into frozen msgspec structs, so a loaded config is always a
+valid one. Every error names the file, the key path, what was expected and the value
+found there, e.g.::
+
+    /etc/powercast/controller.toml: policy.temp_high_c: expected a number, got "hot"
+
+No I/O beyond reading the one file; the daemons decide what to do with a ConfigError
+(refuse to start, or keep the running config on reload).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+import tomli_w
+
+DEFAULT_PATHS: Final = {
+    "publisher": Path("/etc/powercast/publisher.toml"),
+    "controller": Path("/etc/powercast/controller.toml"),
+}
+STATES: Final = ("normal", "on_battery", "shedding", "thermal_override", "failsafe")
+
+Role = Literal["publisher", "controller"]
+StateName = Literal["normal", "on_battery", "shedding", "thermal_override", "failsafe"]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+LogFormat = Literal["auto", "console", "logfmt", "json", "journal"]
+PowerStatusName = Literal["online", "on_battery", "low_battery", "unknown"]
+
+Positive = Annotated[float, msgspec.Meta(gt=0.0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0.0)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Argv = Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)]
+PublisherId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
+]
+SensorName = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+]
+Celsius = Annotated[float, msgspec.Meta(ge=-273.15, le=1000.0)]
+
+
+class _Table(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every table: unknown keys are errors, not silently ignored typos."""
+
+
+class Network(_Table, frozen=True):
+    """Where announcements travel. ``interface`` is a name (eth0) or one of its addresses."""
+
+    group: str = "239.1.1.1"
+    port: Port = 5001
+    interface: Annotated[str, msgspec.Meta(min_length=1)] = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        try:
+            multicast = ipaddress.ip_address(self.group).is_multicast
+        except ValueError:
+            multicast = False
+        if not multicast:
+            raise ValueError(
+                f"group: expected an IPv4 or IPv6 multicast address such as 239.1.1.1,"
+                f" got {self.group!r}"
+            )
+
+
+class PublisherNetwork(Network, frozen=True):
+    ttl: Annotated[int, msgspec.Meta(ge=1, le=255)] = 1
+    loop: bool = True
+
+
+class Log(_Table, frozen=True):
+    level: LogLevel = "info"
+    format: LogFormat = "auto"
+
+
+class PowerReading(_Table, frozen=True):
+    """Power as a source reports it (file, command output, simulated step)."""
+
+    status: PowerStatusName = "unknown"
+    charge_pct: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)] | None = None
+    runtime_s: NonNegative | None = None
+    load_pct: Annotated[float, msgspec.Meta(ge=0.0, le=1000.0)] | None = None
+    input_v: Annotated[float, msgspec.Meta(ge=0.0, le=100_000.0)] | None = None
+
+
+class Reading(_Table, frozen=True):
+    """What one source read: either part may be absent."""
+
+    power: PowerReading | None = None
+    temperatures: Annotated[dict[SensorName, Celsius], msgspec.Meta(max_length=24)] = {}
+
+
+class Step(Reading, frozen=True):
+    """One point of a simulated timeline: from ``at_s`` seconds after start, read this."""
+
+    at_s: NonNegative = 0.0
+
+
+class SimulatedSource(_Table, frozen=True, tag="simulated", tag_field="kind"):
+    """A scripted timeline, for demos and drills."""
+
+    timeline: Annotated[list[Step], msgspec.Meta(min_length=1)]
+    repeat: bool = False
+    interval_s: Positive = 0.1
+
+    def __post_init__(self) -> None:
+        times = [step.at_s for step in self.timeline]
+        if times != sorted(times):
+            raise ValueError(f"timeline: expected steps in order of at_s, got at_s {times}")
+
+
+class FileSource(_Table, frozen=True, tag="file", tag_field="kind"):
+    """A TOML or JSON file (by its suffix) that an operator or a test edits."""
+
+    path: str
+    interval_s: Positive = 1.0
+
+
+class CommandSource(_Table, frozen=True, tag="command", tag_field="kind"):
+    """A program that prints one JSON reading on stdout."""
+
+    argv: Argv
+    interval_s: Positive = 5.0
+    timeout_s: Positive = 5.0
+
+
+Source = SimulatedSource | FileSource | CommandSource
+
+
+def _default_id() -> str:
+    """The host name, trimmed to what a publisher id may hold."""
+    name = re.sub(r"[^A-Za-z0-9._:@-]", "-", socket.gethostname())[:64].lstrip("._:@-")
+    return name or "publisher"
+
+
+class PublisherConfig(_Table, frozen=True):
+    role: Literal["publisher"] = "publisher"
+    id: PublisherId = msgspec.field(default_factory=_default_id)
+    heartbeat_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600.0)] = 1.0
+    tal_factor: Annotated[float, msgspec.Meta(ge=1.5, le=100.0)] = 3.0
+    """Each announcement lives this many heartbeats: two may be lost before receivers go stale."""
+    temp_deadband_c: NonNegative = 0.5
+    """A temperature change smaller than this is not news (announced with the next heartbeat)."""
+    network: PublisherNetwork = msgspec.field(default_factory=PublisherNetwork)
+    sources: Annotated[list[Source], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: [
+            SimulatedSource(timeline=[Step(power=PowerReading(status="online"))], repeat=False)
+        ]
+    )
+    log: Log = msgspec.field(default_factory=Log)
+
+
+class Policy(_Table, frozen=True):
+    """When to shed the fans and when to bring them back."""
+
+    publishers: list[PublisherId] = []
+    """Only these publisher ids count; empty: every publisher heard."""
+    temp_high_c: Celsius = 35.0
+    """At or above this, fans run even on battery (thermal_override)."""
+    temp_hysteresis_c: Annotated[float, msgspec.Meta(ge=0.0, le=50.0)] = 3.0
+    """Leave thermal_override only once this far below temp_high_c."""
+    shed_after_s: Annotated[float, msgspec.Meta(ge=0.0, le=86_400.0)] = 5.0
+    """Debounce: on battery this long before the fans are shed."""
+    restore_after_s: Annotated[float, msgspec.Meta(ge=0.0, le=86_400.0)] = 10.0
+    """Power back this long before shed fans are restored (lets the mains settle)."""
+
+
+class Action(_Table, frozen=True):
+    """A command run on entering a state: argv without a shell, bounded by a timeout."""
+
+    on: StateName
+    argv: Argv
+    timeout_s: Positive = 10.0
+
+
+class ControllerConfig(_Table, frozen=True):
+    role: Literal["controller"] = "controller"
+    network: Network = msgspec.field(default_factory=Network)
+    policy: Policy = msgspec.field(default_factory=Policy)
+    actions: list[Action] = []
+    log: Log = msgspec.field(default_factory=Log)
+
+
+Config = PublisherConfig | ControllerConfig
+_ROLES: Final[dict[str, type[PublisherConfig] | type[ControllerConfig]]] = {
+    "publisher": PublisherConfig,
+    "controller": ControllerConfig,
+}
+
+
+class ConfigError(Exception):
+    """A config that must not be used; ``str()`` is the line to show the operator."""
+
+
+def load(path: str | Path, role: Role | None = None) -> Config:
+    """Read and validate ``path``. ``role=None`` takes the role from the file itself."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return parse(text, str(path), role)
+
+
+def parse(text: str, origin: str, role: Role | None = None) -> Config:
+    """Validate TOML ``text``; ``origin`` names it in errors."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{origin}: TOML syntax error: {err}") from None
+    found = raw.get("role", role)
+    if found not in _ROLES:
+        raise ConfigError(
+            f"{origin}: role: expected 'publisher' or 'controller', got {_show(found)}"
+            if "role" in raw or role is not None
+            else f'{origin}: role: missing (expected role = "publisher" or "controller")'
+        )
+    if role is not None and found != role:
+        raise ConfigError(f"{origin}: role: expected {role!r} here, got {found!r}")
+    cls = _ROLES[found]
+    try:
+        return msgspec.convert(raw, type=cls, strict=True)
+    except msgspec.ValidationError as err:
+        raise ConfigError(f"{origin}: {explain(str(err), raw, cls)}") from None
+
+
+def defaults(role: Role) -> Config:
+    """The default config of ``role``, as `config init` prints it."""
+    if role == "publisher":
+        return PublisherConfig()
+    return ControllerConfig(
+        actions=[
+            Action(on="shedding", argv=["/usr/local/sbin/powercast-fans", "off"]),
+            Action(on="normal", argv=["/usr/local/sbin/powercast-fans", "on"]),
+            Action(on="thermal_override", argv=["/usr/local/sbin/powercast-fans", "on"]),
+            Action(on="failsafe", argv=["/usr/local/sbin/powercast-fans", "on"]),
+        ]
+    )
+
+
+def dumps(config: Config) -> str:
+    """TOML text for ``config`` (None values, which TOML cannot hold, are left out)."""
+    return tomli_w.dumps(_strip_none(msgspec.to_builtins(config)))
+
+
+def _strip_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_strip_none(v) for v in value]
+    return value
+
+
+# --- turning msgspec's messages into an operator's ---------------------------------------
+
+_AT = re.compile(r"^(?P<what>.*) - at `\$(?P<path>[^`]*)`$")
+_TOKEN = re.compile(r"\.([A-Za-z0-9_-]+)|\[(\d+)\]|\[\.\.\.\]")
+_TYPE_WORDS = {
+    "`float`": "a number",
+    "`int`": "an integer",
+    "`str`": "a string",
+    "`bool`": "true or false",
+    "`array`": "a list",
+    "`object`": "a table",
+    "`null`": "nothing",
+}
+
+
+def explain(message: str, raw: dict[str, Any], cls: type) -> str:
+    """Reword msgspec's message for an operator, with the key path and the value found.
+
+    ``Expected `float`, got `str` - at `$.policy.x``` -> ``policy.x: expected a number, got "a"``
+    """
+    match = _AT.match(message)
+    what, path = (match["what"], match["path"]) if match else (message, "")
+    keys = [
+        m[1] if m[1] is not None else int(m[2]) for m in _TOKEN.finditer(path) if m[0] != "[...]"
+    ]
+    dotted = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(".")
+    value, found = _lookup(raw, keys)
+
+    unknown = re.match(r"Object contains unknown field `(.+)`", what)
+    if unknown:
+        known = _field_names(cls, raw, keys)
+        where = f"{dotted}: " if dotted else ""
+        hint = f" (expected one of: {', '.join(known)})" if known else ""
+        return f"{where}unknown key {unknown[1]!r}{hint}"
+    missing = re.match(r"Object missing required field `(.+)`", what)
+    if missing:
+        where = f"{dotted}.{missing[1]}" if dotted else missing[1]
+        return f"{where}: missing (this key is required)"
+    own = re.match(r"^(\w+): (expected .*, got .*)$", what)
+    if own:  # raised by a __post_init__ check, which already says what it got
+        return f"{dotted}.{own[1]}: {own[2]}" if dotted else f"{own[1]}: {own[2]}"
+    if re.match(r"Invalid (enum )?value", what):
+        options = _options(cls, raw, keys)
+        if options:
+            return f"{dotted}: expected one of {', '.join(map(repr, options))}, got {_show(value)}"
+    text = what[0].lower() + what[1:] if what else what
+    for word, plain in _TYPE_WORDS.items():
+        text = text.replace(word, plain)
+    text = re.sub(r", got .*$", "", text)
+    got = f", got {_show(value)}" if found else ""
+    return f"{dotted or '(top level)'}: {text}{got}"
+
+
+def _lookup(raw: Any, keys: list[str | int]) -> tuple[Any, bool]:
+    value = raw
+    for key in keys:
+        try:
+            value = value[key]
+        except (KeyError, IndexError, TypeError):
+            return None, False
+    return value, True
+
+
+def _field_names(cls: type, raw: Any, keys: list[str | int]) -> list[str]:
+    """The keys allowed in the table at ``keys``."""
+    tp = _pick_struct(_type_at(cls, raw, keys), _lookup(raw, keys)[0])
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        names = list(tp.__struct_fields__)
+        tag_field = tp.__struct_config__.tag_field
+        return [tag_field, *names] if tag_field else names
+    return []
+
+
+def _options(cls: type, raw: Any, keys: list[str | int]) -> list[str]:
+    """The values a Literal key (or a table's ``kind``) may take."""
+    if keys and keys[-1] == "kind":
+        return [str(m.__struct_config__.tag) for m in typing.get_args(Source)]
+    tp = _strip(_type_at(cls, raw, keys))
+    return list(typing.get_args(tp)) if typing.get_origin(tp) is Literal else []
+
+
+def _type_at(cls: type, raw: Any, keys: list[str | int]) -> Any:
+    """The schema type of the key at ``keys``, found by walking the schema beside the data."""
+    tp: Any = cls
+    value = raw
+    for key in keys:
+        tp = _pick_struct(tp, value)
+        if isinstance(key, int):
+            tp = _element_type(tp)
+        elif tp is not None and isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+            hints = typing.get_type_hints(tp, include_extras=True)
+            tp = hints.get(key)
+        else:
+            return None
+        value, _ = _lookup(value, [key])
+    return tp
+
+
+def _strip(tp: Any) -> Any:
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _element_type(tp: Any) -> Any:
+    tp = _strip(tp)
+    args = typing.get_args(tp)
+    return args[0] if typing.get_origin(tp) is list and args else None
+
+
+def _pick_struct(tp: Any, value: Any) -> Any:
+    """For a union of tables (sources, optional tables), the member that ``value`` is."""
+    tp = _strip(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        members = [_strip(a) for a in typing.get_args(tp) if a is not type(None)]
+        structs = [m for m in members if isinstance(m, type) and issubclass(m, msgspec.Struct)]
+        if isinstance(value, dict) and "kind" in value:
+            for member in structs:
+                if member.__struct_config__.tag == value["kind"]:
+                    return member
+        return structs[0] if len(structs) == 1 else None
+    return tp
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    return repr(value)

@@ -1,0 +1,132 @@
+"""The controller's core: datagrams and timers in, decisions out.
+
+No sockets, no clocks, no processes: the runtime passes each datagram with the
+monotonic ``now`` to :meth:`Controller.receive`, calls :meth:`Controller.tick` at
+:meth:`Controller.deadline`, and carries out the decisions that come back.
+
+The datagram path is kept short: decode, look up the publisher, and for a heartbeat
+that brings no news, only move its expiry. The situation is rebuilt and the policy
+consulted only when something changed: news, a new or returning publisher, or expiry.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from powercast import wire
+from powercast.config import ControllerConfig
+from powercast.policy import Decision, Policy, Situation, combine
+from powercast.session import Session, Verdict
+
+NOTHING: Final[list[Decision]] = []
+LOG_EVERY_S: Final = 10.0
+"""At most one log line per kind of rejected datagram in this many seconds."""
+
+
+@dataclass
+class Notice:
+    """Something the runtime should log: a rate-limited summary of rejected datagrams."""
+
+    event: str
+    fields: dict[str, Any]
+
+
+@dataclass
+class Controller:
+    """All publishers' sessions feeding one policy."""
+
+    config: ControllerConfig
+    policy: Policy = field(init=False)
+    sessions: dict[str, Session] = field(default_factory=dict)
+    counters: Counter[str] = field(default_factory=Counter)
+    notices: list[Notice] = field(default_factory=list)
+    _expiries: list[tuple[float, str]] = field(default_factory=list)
+    _allowed: frozenset[str] = field(init=False)
+    _quiet_until: dict[str, float] = field(default_factory=dict)
+    _suppressed: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.policy = Policy(self.config.policy)
+        self._allowed = frozenset(self.config.policy.publishers)
+
+    def reconfigure(self, config: ControllerConfig, now: float) -> list[Decision]:
+        """Take a new config, keeping the state and what is known of publishers."""
+        self.config = config
+        self.policy.settings = config.policy
+        self._allowed = frozenset(config.policy.publishers)
+        return self.policy.evaluate(self.situation(now), now)
+
+    def receive(self, data: bytes, now: float) -> list[Decision]:
+        """One datagram. Never raises for bad input: it is counted and dropped."""
+        self.counters["received"] += 1
+        try:
+            message = wire.decode(data).message
+        except wire.DecodeError as err:
+            self._reject(err.reason, err.detail, now)
+            return NOTHING
+        publisher = message.publisher
+        if self._allowed and publisher not in self._allowed:
+            self._reject("unlisted", f"publisher {publisher!r} is not in policy.publishers", now)
+            return NOTHING
+        session = self.sessions.get(publisher)
+        if session is None:
+            self.sessions[publisher] = session = Session(message, now, now + message.tal)
+            verdict = Verdict.NEW
+            was_fresh = False
+        else:
+            was_fresh = session.fresh(now)
+            verdict = session.offer(message, now)
+        self.counters[verdict.value] += 1
+        if verdict in (Verdict.DUPLICATE, Verdict.OLD):
+            return NOTHING
+        heapq.heappush(self._expiries, (session.expires_at, publisher))
+        if verdict is Verdict.REPEAT and was_fresh:
+            return NOTHING
+        return self.policy.evaluate(self.situation(now), now)
+
+    def tick(self, now: float) -> list[Decision]:
+        """Timers: publishers running out of time, and the policy's own deadlines."""
+        expired = False
+        while self._expiries and self._expiries[0][0] <= now:
+            _, publisher = heapq.heappop(self._expiries)
+            session = self.sessions.get(publisher)
+            if session is not None and not session.fresh(now):
+                expired = True
+        policy_due = (deadline := self.policy.deadline()) is not None and deadline <= now
+        if expired or policy_due:
+            return self.policy.evaluate(self.situation(now), now)
+        return NOTHING
+
+    def deadline(self) -> float | None:
+        """The next time :meth:`tick` has work to do."""
+        times = [t for t in (self.policy.deadline(), self._next_expiry()) if t is not None]
+        return min(times) if times else None
+
+    def situation(self, now: float) -> Situation:
+        """The combined view of every fresh publisher."""
+        fresh = {}
+        stale = []
+        for publisher, session in self.sessions.items():
+            if session.fresh(now):
+                message = session.message
+                fresh[publisher] = (message.power.status, message.temperatures)
+            else:
+                stale.append(publisher)
+        return combine(fresh, tuple(sorted(stale)))
+
+    def _next_expiry(self) -> float | None:
+        return self._expiries[0][0] if self._expiries else None
+
+    def _reject(self, reason: str, detail: str, now: float) -> None:
+        self.counters[f"rejected.{reason}"] += 1
+        if now < self._quiet_until.get(reason, -1.0):
+            self._suppressed[reason] += 1
+            return
+        self._quiet_until[reason] = now + LOG_EVERY_S
+        fields: dict[str, Any] = {"reason": reason, "detail": detail}
+        if suppressed := self._suppressed.pop(reason, 0):
+            fields["similar_not_logged"] = suppressed
+        self.notices.append(Notice("datagram_rejected", fields))

@@ -1,0 +1,369 @@
+"""The asyncio runtime around the pure cores: sockets, clocks, signals, processes.
+
+Both daemons share one lifecycle (:class:`Daemon`): load the config, open the socket,
+tell systemd READY=1, ping the watchdog from the event loop, reload on SIGHUP (keeping
+the running config when the new one is bad), stop cleanly on SIGTERM. Every task has
+an owner: the TaskGroup in :meth:`Daemon.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import structlog
+
+from powercast import config as cfg
+from powercast import net, wire
+from powercast.actions import ActionQueue
+from powercast.announcer import Announcer, merge
+from powercast.config import ControllerConfig, PublisherConfig, Reading
+from powercast.controller import Controller
+from powercast.policy import Decision
+from powercast.sources import Reader, SourceError, make_reader
+from powercast.systemd import Notifier
+
+log = structlog.get_logger("powercast")
+
+C = TypeVar("C", PublisherConfig, ControllerConfig)
+
+
+class _Stopping(Exception):
+    """Raised inside the TaskGroup to end it on SIGTERM."""
+
+
+class Daemon(Generic[C]):
+    """Lifecycle shared by the publisher and the controller."""
+
+    role: cfg.Role
+
+    def __init__(self, path: Path, config: C, notifier: Notifier | None = None) -> None:
+        self.path = path
+        self.config: C = config
+        self.loaded_at = time.time()
+        self.notifier = notifier or Notifier()
+        self._reload = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    # Subclasses fill these in.
+    async def start(self, tg: asyncio.TaskGroup) -> None:
+        raise NotImplementedError
+
+    async def apply(self, new: C) -> None:
+        """Switch to ``new``; raise (NetworkError) to keep the running config."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release sockets; runs on every exit path."""
+
+    def status(self) -> str:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                await self.start(tg)
+                self.notifier.ready(self.status())
+                log.info("ready", role=self.role, config=str(self.path), pid=os.getpid())
+                tg.create_task(self._watchdog(), name="watchdog")
+                tg.create_task(self._reloader(), name="reloader")
+                await self._stop.wait()
+                self.notifier.stopping()
+                log.info("stopping", role=self.role)
+                raise _Stopping
+        except* _Stopping:
+            pass
+        finally:
+            self.close()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    async def _watchdog(self) -> None:
+        """Pinging from the loop itself: a hung loop stops the pings and systemd acts."""
+        interval = self.notifier.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _reloader(self) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            self.notifier.reloading()
+            log.info("reloading", config=str(self.path))
+            try:
+                new = cfg.load(self.path, self.role)
+                await self.apply(new)  # type: ignore[arg-type]  # load() returns this role
+            except (cfg.ConfigError, net.NetworkError) as err:
+                log.error("reload_failed", error=str(err), keeping="running config")
+            else:
+                self.config = new  # type: ignore[assignment]
+                self.loaded_at = time.time()
+                log.info("reloaded", config=str(self.path))
+            self.notifier.ready(self.status())
+
+
+# --- controller ----------------------------------------------------------------------------
+
+
+class _Receiver(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram: Callable[[bytes], None]) -> None:
+        self.datagram_received = lambda data, addr: on_datagram(data)  # type: ignore[method-assign]
+
+    def error_received(self, exc: Exception) -> None:
+        log.warning("socket_error", error=str(exc))
+
+
+class ControllerDaemon(Daemon[ControllerConfig]):
+    role = "controller"
+
+    def __init__(self, path: Path, config: ControllerConfig, notifier: Notifier | None = None):
+        super().__init__(path, config, notifier)
+        self.loop = asyncio.get_running_loop()
+        self.core = Controller(config)
+        self.actions = ActionQueue()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+
+    async def start(self, tg: asyncio.TaskGroup) -> None:
+        self._transport = await self._listen(self.config.network)
+        tg.create_task(self.actions.run(), name="actions")
+        now = self.loop.time()
+        self.core.policy.since = now
+        policy = self.core.policy
+        self._decided([Decision(now, "failsafe", "failsafe", policy.reason, policy.situation)])
+
+    async def _listen(self, network: cfg.Network) -> asyncio.DatagramTransport:
+        sock = net.open_receiver(network.group, network.port, network.interface)
+        transport, _ = await self.loop.create_datagram_endpoint(
+            lambda: _Receiver(self._on_datagram), sock=sock
+        )
+        log.info("listening", group=network.group, port=network.port, interface=network.interface)
+        return transport
+
+    async def apply(self, new: ControllerConfig) -> None:
+        if new.network != self.config.network:
+            transport = await self._listen(new.network)  # fails before the old one is closed
+            if self._transport is not None:
+                self._transport.close()
+            self._transport = transport
+        self._decided(self.core.reconfigure(new, self.loop.time()))
+        self._arm()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def status(self) -> str:
+        policy = self.core.policy
+        now = self.loop.time()
+        fresh = sum(s.fresh(now) for s in self.core.sessions.values())
+        heard = len(self.core.sessions)
+        return f"{policy.state}: {policy.reason} ({fresh}/{heard} publishers fresh)"
+
+    def _on_datagram(self, data: bytes) -> None:
+        decisions = self.core.receive(data, self.loop.time())
+        if decisions:
+            self._decided(decisions)
+        if self.core.notices:
+            for notice in self.core.notices:
+                log.warning(notice.event, **notice.fields)
+            self.core.notices.clear()
+        self._arm()
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, float("inf")
+        self._decided(self.core.tick(self.loop.time()))
+        self._arm()
+
+    def _arm(self) -> None:
+        """Keep one timer, at the core's next deadline."""
+        deadline = self.core.deadline()
+        if deadline is None or deadline >= self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _decided(self, decisions: list[Decision]) -> None:
+        for decision in decisions:
+            log.info(
+                "transition",
+                previous=decision.previous,
+                state=decision.state,
+                reason=decision.reason,
+                fans="on" if decision.fans_on else "off",
+                **decision.situation.describe(),
+            )
+            self.actions.submit(decision, self.config.actions)
+        if decisions:
+            self.notifier.status(self.status())
+
+
+# --- publisher -----------------------------------------------------------------------------
+
+
+class PublisherDaemon(Daemon[PublisherConfig]):
+    role = "publisher"
+
+    def __init__(self, path: Path, config: PublisherConfig, notifier: Notifier | None = None):
+        super().__init__(path, config, notifier)
+        self.loop = asyncio.get_running_loop()
+        self.announcer = Announcer(config)
+        self._sock: socket.socket | None = None
+        self._readers: list[Reader] = []
+        self._latest: list[Reading | None] = []
+        self._failing: dict[int, str] = {}
+        self._pollers: list[asyncio.Task[None]] = []
+        self._news = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+        self.sent = 0
+        self.send_errors = 0
+
+    async def start(self, tg: asyncio.TaskGroup) -> None:
+        self._tg = tg
+        self._sock = self._open(self.config.network)
+        self._start_sources(self.config)
+        tg.create_task(self._sender(), name="sender")
+
+    def _open(self, network: cfg.PublisherNetwork) -> socket.socket:
+        sock = net.open_sender(
+            network.group, network.port, network.interface, ttl=network.ttl, loop=network.loop
+        )
+        log.info(
+            "sending",
+            group=network.group,
+            port=network.port,
+            interface=network.interface,
+            ttl=network.ttl,
+        )
+        return sock
+
+    def _start_sources(self, config: PublisherConfig) -> None:
+        assert self._tg is not None
+        for task in self._pollers:
+            task.cancel()
+        start = time.monotonic()
+        self._readers = [make_reader(s, i, start) for i, s in enumerate(config.sources)]
+        self._latest = [None] * len(self._readers)
+        self._failing = {}
+        self._pollers = [
+            self._tg.create_task(self._poll(i, reader), name=reader.name)
+            for i, reader in enumerate(self._readers)
+        ]
+
+    async def apply(self, new: PublisherConfig) -> None:
+        if new.network != self.config.network:
+            sock = self._open(new.network)
+            if self._sock is not None:
+                self._sock.close()
+            self._sock = sock
+        self.announcer.config = new
+        if new.sources != self.config.sources:
+            self._start_sources(new)
+        self._news.set()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+
+    def status(self) -> str:
+        a = self.announcer
+        n = self.config.network
+        return (
+            f"announcing {a.power.status.value}, {len(a.temperatures)} temperatures"
+            f" to {n.group}:{n.port} every {self.config.heartbeat_s:g} s"
+        )
+
+    async def _poll(self, index: int, reader: Reader) -> None:
+        """Read one source on its interval; a failure is logged once, with its reason."""
+        while True:
+            try:
+                async with asyncio.timeout(max(reader.interval_s, 1.0) * 5):
+                    reading: Reading | None = await reader.read()
+            except (SourceError, TimeoutError) as err:
+                reading = None
+                reason = str(err) or f"{reader.name}: no answer (timed out)"
+                if self._failing.get(index) != reason:
+                    log.warning("source_failed", source=reader.name, error=reason)
+                self._failing[index] = reason
+            else:
+                if self._failing.pop(index, None) is not None:
+                    log.info("source_recovered", source=reader.name)
+            self._latest[index] = reading
+            power, temperatures = merge(self._latest)
+            if self.announcer.update(power, temperatures, self.loop.time()):
+                log.info(
+                    "reading_changed",
+                    power=power.status.value,
+                    change=self.announcer.change,
+                    **{f"temp_{k}": v for k, v in temperatures.items()},
+                )
+                self.notifier.status(self.status())
+                self._news.set()
+            await asyncio.sleep(reader.interval_s)
+
+    async def _sender(self) -> None:
+        while True:
+            delay = self.announcer.next_at - self.loop.time()
+            if delay > 0:
+                self._news.clear()
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._news.wait()
+                except TimeoutError:
+                    pass
+                continue
+            self._send(self.announcer.announce(self.loop.time(), time.time()))
+
+    def _send(self, message: wire.Announcement) -> None:
+        assert self._sock is not None
+        n = self.config.network
+        try:
+            self._sock.sendto(wire.encode(message), (n.group, n.port))
+        except OSError as err:
+            self.send_errors += 1
+            if self.send_errors == 1 or self.send_errors % 100 == 0:
+                log.error("send_failed", error=str(err), errors=self.send_errors, **_where(n))
+        except wire.EncodeError as err:
+            self.send_errors += 1
+            log.error("send_failed", error=str(err))
+        else:
+            self.sent += 1
+
+
+def _where(network: cfg.Network) -> dict[str, Any]:
+    return {"group": network.group, "port": network.port, "interface": network.interface}
+
+
+async def serve(path: Path, config: cfg.Config) -> None:
+    """Run the daemon for ``config``'s role until SIGTERM.
+
+    A startup failure (NetworkError) comes out bare, not wrapped in an ExceptionGroup,
+    so the command line can print it as one line.
+    """
+    daemon: Daemon[Any]
+    if isinstance(config, ControllerConfig):
+        daemon = ControllerDaemon(path, config)
+    else:
+        daemon = PublisherDaemon(path, config)
+    try:
+        await daemon.run()
+    except* net.NetworkError as group:
+        raise group.exceptions[0] from None

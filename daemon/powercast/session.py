@@ -1,0 +1,68 @@
+"""Per-publisher tracking: which announcements are news, and whose data is still fresh.
+
+Pure: the receiver's monotonic ``now`` comes in as an argument. Freshness is judged by
+the receiver's clock at arrival plus the announcement's time-allowed-to-live, so a
+publisher whose clock is wrong cannot keep its data alive, and one that goes quiet goes
+stale after exactly the time it promised.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+
+from powercast.wire import Announcement
+
+
+class Verdict(enum.Enum):
+    """What one announcement means for its publisher's session."""
+
+    NEW = "new"
+    """First from this publisher, or from a new epoch (the publisher restarted)."""
+    NEWS = "news"
+    """The announced state changed."""
+    REPEAT = "repeat"
+    """A newer datagram with the same state: a heartbeat or a retransmission."""
+    DUPLICATE = "duplicate"
+    """The very datagram seen last (same epoch and sequence)."""
+    OLD = "old"
+    """Older than what was seen: reordered, or an epoch that has ended."""
+
+
+@dataclass
+class Session:
+    """What is known of one publisher."""
+
+    message: Announcement
+    received_at: float
+    expires_at: float
+    ended_epochs: deque[int] = field(default_factory=lambda: deque(maxlen=16))
+
+    @property
+    def publisher(self) -> str:
+        return self.message.publisher
+
+    def fresh(self, now: float) -> bool:
+        return now < self.expires_at
+
+    def offer(self, message: Announcement, now: float) -> Verdict:
+        """Judge ``message`` and, unless it is old or a duplicate, take it as current."""
+        last = self.message
+        if message.epoch != last.epoch:
+            if message.epoch in self.ended_epochs:
+                return Verdict.OLD
+            self.ended_epochs.append(last.epoch)
+            verdict = Verdict.NEW
+        elif message.seq == last.seq:
+            return Verdict.DUPLICATE
+        elif message.seq < last.seq:
+            return Verdict.OLD
+        elif message.change != last.change:
+            verdict = Verdict.NEWS
+        else:
+            verdict = Verdict.REPEAT
+        self.message = message
+        self.received_at = now
+        self.expires_at = now + message.tal
+        return verdict

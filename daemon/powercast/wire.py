@@ -1,0 +1,168 @@
+"""Wire format v1: one announcement per UDP datagram.
+
+This module holds the whole format and nothing else: no sockets, no clocks. The rule
+it keeps is the one every receiver relies on: :func:`decode` turns *any* bytes into a
+:class:`Frame` or raises :class:`DecodeError`, never another exception, so a hostile
+or broken datagram can only ever be counted and dropped.
+
+Layout (all integers big-endian; docs/wire-format.md has test vectors)::
+
+    offset  size  field
+    0       4     magic  b"PWRC"
+    4       1     version (1)
+    5       1     tag length T: 0 (unsigned) or 32 (HMAC-SHA256)
+    6       2     key id: 0 when unsigned, else the id of the key that made the tag
+    8       2     body length N
+    10      N     body: a MessagePack array, see :class:`Announcement`
+    10+N    T     tag over bytes [0, 10+N)
+
+The tag covers the header too, so a key id or length cannot be changed in flight.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable
+from typing import Annotated, Final
+
+import msgspec
+
+MAGIC: Final = b"PWRC"
+VERSION: Final = 1
+MAX_DATAGRAM: Final = 1200
+TAG_SIZE: Final = 32
+HEADER: Final = struct.Struct("!4sBBHH")
+
+_U63 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+"""Counters and epochs stay within int64 so every MessagePack decoder reads them."""
+_PublisherId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
+]
+_SensorName = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+]
+# Bounds reject NaN and infinities too: no comparison with NaN holds.
+_Celsius = Annotated[float, msgspec.Meta(ge=-273.15, le=1000.0)]
+_Percent = Annotated[float, msgspec.Meta(ge=0.0, le=1000.0)]
+_Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=1e9)]
+_UnixTime = Annotated[float, msgspec.Meta(ge=0.0, le=1e11)]
+_Volts = Annotated[float, msgspec.Meta(ge=0.0, le=100_000.0)]
+
+
+class PowerStatus(enum.Enum):
+    """What the UPS says about mains power. ``unknown`` means "could not read it"."""
+
+    ONLINE = "online"
+    ON_BATTERY = "on_battery"
+    LOW_BATTERY = "low_battery"
+    UNKNOWN = "unknown"
+
+
+class Power(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """Power readings; every analogue value may be missing (None)."""
+
+    status: PowerStatus = PowerStatus.UNKNOWN
+    charge_pct: _Percent | None = None
+    runtime_s: _Seconds | None = None
+    load_pct: _Percent | None = None
+    input_v: _Volts | None = None
+
+
+class Announcement(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """One publisher's state at one moment.
+
+    ``epoch`` is random per publisher start, ``seq`` counts datagrams within an epoch,
+    ``change`` goes up whenever the announced state changes (so a receiver can tell a
+    repeat from news), ``sent`` is the publisher's wall clock (Unix seconds) and ``tal``
+    the time allowed to live: after ``tal`` seconds without a newer datagram, the
+    receiver must treat this publisher's data as lost.
+    """
+
+    publisher: _PublisherId
+    epoch: _U63
+    seq: _U63
+    change: _U63
+    sent: _UnixTime
+    tal: Annotated[float, msgspec.Meta(gt=0.0, le=86_400.0)]
+    power: Power
+    temperatures: Annotated[dict[_SensorName, _Celsius], msgspec.Meta(max_length=64)]
+
+
+class Frame(msgspec.Struct, frozen=True):
+    """A decoded datagram: the message plus what authentication needs."""
+
+    message: Announcement
+    key_id: int
+    tag: bytes
+    signed: bytes
+    """The bytes the tag covers (header and body)."""
+
+
+class DecodeError(Exception):
+    """The datagram is not a valid v1 announcement.
+
+    ``reason`` is a short fixed word, fit for a counter label; the message says more.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class EncodeError(ValueError):
+    """The announcement does not fit in one datagram."""
+
+
+_decoder: Final = msgspec.msgpack.Decoder(Announcement)
+_encoder: Final = msgspec.msgpack.Encoder()
+
+
+def encode(
+    message: Announcement, *, key_id: int = 0, sign: Callable[[bytes], bytes] | None = None
+) -> bytes:
+    """Return the datagram for ``message``; with ``sign``, append its tag over the rest."""
+    if (sign is None) != (key_id == 0):
+        raise ValueError("a key id needs a signer and a signer needs a key id other than 0")
+    body = _encoder.encode(message)
+    tag_len = TAG_SIZE if sign else 0
+    size = HEADER.size + len(body) + tag_len
+    if size > MAX_DATAGRAM:
+        raise EncodeError(
+            f"announcement is {size} bytes, more than the {MAX_DATAGRAM} a datagram may hold"
+            f" ({len(message.temperatures)} temperatures): announce fewer sensors"
+        )
+    signed = HEADER.pack(MAGIC, VERSION, tag_len, key_id, len(body)) + body
+    if sign is None:
+        return signed
+    tag = sign(signed)
+    if len(tag) != TAG_SIZE:
+        raise ValueError(f"signer returned {len(tag)} bytes, expected {TAG_SIZE}")
+    return signed + tag
+
+
+def decode(data: bytes) -> Frame:
+    """Parse one datagram. Raises :class:`DecodeError` and nothing else."""
+    if len(data) > MAX_DATAGRAM:
+        raise DecodeError("size", f"{len(data)} bytes, at most {MAX_DATAGRAM} allowed")
+    if len(data) < HEADER.size:
+        raise DecodeError("truncated", f"{len(data)} bytes, shorter than the header")
+    magic, version, tag_len, key_id, body_len = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise DecodeError("magic", f"expected {MAGIC!r}, got {bytes(magic)!r}")
+    if version != VERSION:
+        raise DecodeError("version", f"expected {VERSION}, got {version}")
+    if tag_len not in (0, TAG_SIZE) or (tag_len == 0) != (key_id == 0):
+        raise DecodeError(
+            "tag",
+            f"tag length {tag_len} with key id {key_id} (expected 0 with 0, or 32 with a key)",
+        )
+    end = HEADER.size + body_len
+    if end + tag_len != len(data):
+        raise DecodeError("length", f"header says {end + tag_len} bytes, datagram has {len(data)}")
+    try:
+        message = _decoder.decode(data[HEADER.size : end])
+    except msgspec.DecodeError as err:  # ValidationError is a subclass
+        raise DecodeError("body", str(err)) from None
+    return Frame(message=message, key_id=key_id, tag=bytes(data[end:]), signed=bytes(data[:end]))

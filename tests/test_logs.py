@@ -1,0 +1,199 @@
+"""structlog configuration: each format's line shape, level filtering, format detection."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+from powercast import logs
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    """Leave structlog's global configuration as it was found."""
+    yield
+    structlog.reset_defaults()
+
+
+def emit(fmt: str, level: str = "debug") -> list[str]:
+    """Configure fmt on a StringIO, log one warning with fields, return the lines written."""
+    stream = io.StringIO()
+    logs.configure(level=level, stream=stream, fmt=fmt)
+    structlog.get_logger().bind(zone="z1").warning("shedding", watts=1500.5, note="a b")
+    return stream.getvalue().splitlines()
+
+
+class TestJournalFormat:
+    def test_warning_line(self) -> None:
+        """A warning is one line: "<4>", then logfmt starting with event=, no timestamp."""
+        (line,) = emit("journal")
+        assert line.startswith("<4>event=shedding ")
+        assert 'zone=z1 watts=1500.5 note="a b"' in line
+        keys = [pair.split("=", 1)[0] for pair in line[3:].split(" ")]
+        assert "ts" not in keys
+        assert "priority" not in keys
+
+    @pytest.mark.parametrize(
+        ("method", "prefix"),
+        [
+            ("critical", "<2>"),
+            ("error", "<3>"),
+            ("warning", "<4>"),
+            ("info", "<6>"),
+            ("debug", "<7>"),
+        ],
+    )
+    def test_priorities(self, method: str, prefix: str) -> None:
+        """Each level maps to its syslog priority prefix."""
+        stream = io.StringIO()
+        logs.configure(level="debug", stream=stream, fmt="journal")
+        getattr(structlog.get_logger(), method)("x")
+        assert stream.getvalue().startswith(prefix + "event=x")
+
+    def test_exception_stays_on_one_line(self) -> None:
+        """A traceback is rendered into the line with escaped newlines, at error priority."""
+        stream = io.StringIO()
+        logs.configure(stream=stream, fmt="journal")
+        try:
+            1 / 0  # noqa: B018  # raise something to log
+        except ZeroDivisionError:
+            structlog.get_logger().exception("boom")
+        (line,) = stream.getvalue().splitlines()
+        assert line.startswith("<3>event=boom ")
+        assert "ZeroDivisionError" in line
+
+
+class TestLogfmtFormat:
+    def test_warning_line(self) -> None:
+        """A line reads ts=, level=, event= first, then the fields, and no priority."""
+        (line,) = emit("logfmt")
+        assert line.startswith("ts=")
+        rest = line.split(" ", 1)[1]
+        assert rest == 'level=warning event=shedding zone=z1 watts=1500.5 note="a b"'
+
+    def test_debug_filtered_at_info(self) -> None:
+        """At level info a debug event writes nothing; info does."""
+        stream = io.StringIO()
+        logs.configure(level="info", stream=stream, fmt="logfmt")
+        log = structlog.get_logger()
+        log.debug("hidden")
+        log.info("shown")
+        (line,) = stream.getvalue().splitlines()
+        assert "event=shown" in line
+
+    def test_exception_rendered(self) -> None:
+        """log.exception() adds the traceback as an exception= field on the same line."""
+        stream = io.StringIO()
+        logs.configure(stream=stream, fmt="logfmt")
+        try:
+            1 / 0  # noqa: B018  # raise something to log
+        except ZeroDivisionError:
+            structlog.get_logger().exception("boom")
+        (line,) = stream.getvalue().splitlines()
+        assert "level=error event=boom exception=" in line
+        assert "ZeroDivisionError: division by zero" in line
+
+
+class TestJsonFormat:
+    def test_warning_object(self) -> None:
+        """A line is a JSON object with ts, level, event and the fields, and no priority."""
+        (line,) = emit("json")
+        obj = json.loads(line)
+        assert list(obj)[:3] == ["ts", "level", "event"]
+        assert obj["level"] == "warning"
+        assert obj["event"] == "shedding"
+        assert obj["zone"] == "z1"
+        assert obj["watts"] == 1500.5
+        assert "priority" not in obj
+
+    def test_level_filter(self) -> None:
+        """At level error only error and critical events are written."""
+        stream = io.StringIO()
+        logs.configure(level="error", stream=stream, fmt="json")
+        log = structlog.get_logger()
+        log.warning("w")
+        log.error("e")
+        log.critical("c")
+        events = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
+        assert events == ["e", "c"]
+
+
+class TestConsoleFormat:
+    def test_plain_on_non_tty(self) -> None:
+        """On a stream that is not a terminal the console renderer writes no colour codes."""
+        (line,) = emit("console")
+        assert "shedding" in line
+        assert "zone=z1" in line
+        assert "\x1b[" not in line
+
+
+class TestAutoFormat:
+    def test_non_tty_is_logfmt(self) -> None:
+        """auto on a plain stream, outside the journal, writes logfmt."""
+        stream = io.StringIO()
+        logs.configure(stream=stream, fmt="auto", environ={})
+        structlog.get_logger().info("hello")
+        assert stream.getvalue().startswith("ts=")
+
+    def test_journal_stream_is_journal(self, tmp_path: Path) -> None:
+        """auto writes the journal format when JOURNAL_STREAM names this stream's dev:inode."""
+        with (tmp_path / "out").open("w+") as stream:
+            st = os.fstat(stream.fileno())
+            env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+            logs.configure(stream=stream, fmt="auto", environ=env)
+            structlog.get_logger().info("hello")
+            stream.seek(0)
+            assert stream.read() == "<6>event=hello level=info\n"
+
+    def test_other_journal_stream_is_logfmt(self, tmp_path: Path) -> None:
+        """auto ignores a JOURNAL_STREAM that names another file (an inherited variable)."""
+        with (tmp_path / "out").open("w+") as stream:
+            st = os.fstat(stream.fileno())
+            env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"}
+            logs.configure(stream=stream, fmt="auto", environ=env)
+            structlog.get_logger().info("hello")
+            stream.seek(0)
+            assert stream.read().startswith("ts=")
+
+    def test_malformed_journal_stream_is_logfmt(self, tmp_path: Path) -> None:
+        """auto treats a JOURNAL_STREAM that is not "dev:inode" as absent."""
+        with (tmp_path / "out").open("w+") as stream:
+            logs.configure(stream=stream, fmt="auto", environ={"JOURNAL_STREAM": "x:y"})
+            structlog.get_logger().info("hello")
+            stream.seek(0)
+            assert stream.read().startswith("ts=")
+
+
+class TestConfigure:
+    def test_reconfigure(self) -> None:
+        """A second configure() redirects loggers already obtained (no caching)."""
+        first, second = io.StringIO(), io.StringIO()
+        logs.configure(stream=first, fmt="logfmt")
+        log = structlog.get_logger()
+        log.info("one")
+        logs.configure(stream=second, fmt="logfmt")
+        log.info("two")
+        assert "event=one" in first.getvalue()
+        assert "event=two" not in first.getvalue()
+        assert "event=two" in second.getvalue()
+
+    def test_bad_level(self) -> None:
+        """An unknown level raises ValueError naming the accepted ones."""
+        with pytest.raises(ValueError, match=r"'level' must be one of .*'debug'.*\(got 'loud'\)"):
+            logs.configure(level="loud", stream=io.StringIO())
+
+    def test_bad_format(self) -> None:
+        """An unknown format raises ValueError naming the accepted ones."""
+        with pytest.raises(ValueError, match=r"'fmt' must be one of .*'journal'.*\(got 'xml'\)"):
+            logs.configure(fmt="xml", stream=io.StringIO())
+
+
+class TestLevelNames:
+    def test_names(self) -> None:
+        """The accepted levels are debug to critical, least severe first."""
+        assert logs.level_names() == ("debug", "info", "warning", "error", "critical")
