@@ -22,6 +22,7 @@ The tag covers the header too, so a key id or length cannot be changed in flight
 from __future__ import annotations
 
 import enum
+import re
 import struct
 from collections.abc import Callable
 from typing import Annotated, Final
@@ -112,7 +113,8 @@ class DecodeError(Exception):
 
 
 class EncodeError(ValueError):
-    """The announcement does not fit in one datagram."""
+    """The announcement cannot be sent: it does not fit in one datagram, or a value is out
+    of bounds (NaN, negative, a bad publisher id...) so every receiver would reject it."""
 
 
 _decoder: Final = msgspec.msgpack.Decoder(Announcement)
@@ -125,7 +127,13 @@ def encode(
     """Return the datagram for ``message``; with ``sign``, append its tag over the rest."""
     if (sign is None) != (key_id == 0):
         raise ValueError("a key id needs a signer and a signer needs a key id other than 0")
+    if not 0 <= key_id <= 0xFFFF:
+        raise ValueError(f"key id must be in 0..65535 (got {key_id!r})")
     body = _encoder.encode(message)
+    try:  # Structs do not check their bounds when built: check what a receiver would.
+        _decoder.decode(body)
+    except msgspec.ValidationError as err:
+        raise EncodeError(f"announcement {_field(str(err), message)}") from None
     tag_len = TAG_SIZE if sign else 0
     size = HEADER.size + len(body) + tag_len
     if size > MAX_DATAGRAM:
@@ -140,6 +148,20 @@ def encode(
     if len(tag) != TAG_SIZE:
         raise ValueError(f"signer returned {len(tag)} bytes, expected {TAG_SIZE}")
     return signed + tag
+
+
+def _field(error: str, message: Announcement) -> str:
+    """Say which field a validation error is about: ``$[6][1]`` is ``power.charge_pct``."""
+    expected, _, where = error.partition(" - at ")
+    found = re.search(r"\$\[(\d+)\](?:\[(\d+)\])?", where)
+    if found is None:
+        return f"is invalid: {error}"
+    name = Announcement.__struct_fields__[int(found[1])]
+    value = getattr(message, name)
+    if name == "power" and found[2] is not None:
+        sub = Power.__struct_fields__[int(found[2])]
+        name, value = f"power.{sub}", getattr(value, sub)
+    return f"field {name!r}: {expected} (got {value!r})"
 
 
 def decode(data: bytes) -> Frame:

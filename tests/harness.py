@@ -1,0 +1,138 @@
+"""Real daemons for tests: processes, their JSON log lines, and a systemd notify socket."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+GROUP = "239.255.42.1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_toml(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def network(port: int) -> dict[str, Any]:
+    return {"group": GROUP, "port": port, "interface": "127.0.0.1"}
+
+
+class Notify:
+    """A real AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = str(directory / "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages: list[str] = []
+
+    def wait_for(self, prefix: str, timeout: float = 5.0) -> str:
+        """The next message containing a line starting with ``prefix``."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                message = self.sock.recv(4096).decode()
+            except TimeoutError:
+                break
+            self.messages.append(message)
+            if any(line.startswith(prefix) for line in message.splitlines()):
+                return message
+        raise AssertionError(f"no {prefix!r} from the daemon in {timeout} s: {self.messages}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Daemon:
+    """``python -m powercast ARGS`` with its JSON log lines collected from stderr."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "powercast", *args],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+        )
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                event = {"event": "output", "text": raw.decode(errors="replace").rstrip()}
+            self.events.put(event)
+
+    def wait_for(self, event: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
+        """The next log event named ``event`` whose fields match ``fields``."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                got = self.events.get(timeout=left)
+            except queue.Empty:
+                break
+            self.seen.append(got)
+            if got.get("event") == event and all(got.get(k) == v for k, v in fields.items()):
+                return got
+        raise AssertionError(
+            f"no {event} {fields} in {timeout} s; saw: {[e.get('event') for e in self.seen]}"
+            f" last: {self.seen[-5:]}"
+        )
+
+    def wait(self, timeout: float = 10.0) -> int:
+        """Wait for the daemon to exit by itself; the rest of its output is in ``events``."""
+        code = self.proc.wait(timeout)
+        self._reader.join(2)
+        return code
+
+    def output(self) -> list[str]:
+        """Lines that were not JSON log events (e.g. errors printed before logging starts)."""
+        return [e["text"] for e in list(self.events.queue) if e.get("event") == "output"]
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 5.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(2)
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def running(*args: str, env: dict[str, str] | None = None) -> Iterator[Daemon]:
+    """A daemon that is always stopped, also when the test fails."""
+    daemon = Daemon(*args, env=env)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()

@@ -1,0 +1,230 @@
+"""The two daemons as real processes over real multicast on loopback."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import GROUP, Daemon, Notify, free_port, network, running, write_toml
+
+RECORD = "import os, sys; open(sys.argv[1], 'a').write(os.environ['POWERCAST_STATE'] + ' ' + os.environ['POWERCAST_FANS'] + '\\n')"  # noqa: E501
+
+
+def controller_config(port: int, record: Path, **policy: Any) -> dict[str, Any]:
+    argv = [sys.executable, "-c", RECORD, str(record)]
+    return {
+        "role": "controller",
+        "network": network(port),
+        "policy": {"shed_after_s": 0.3, "restore_after_s": 0.3, **policy},
+        "actions": [
+            {"on": state, "argv": argv, "timeout_s": 5.0}
+            for state in ("normal", "on_battery", "shedding", "thermal_override", "failsafe")
+        ],
+        "log": {"format": "json", "level": "debug"},
+    }
+
+
+def publisher_config(port: int, reading: Path) -> dict[str, Any]:
+    return {
+        "role": "publisher",
+        "id": "ups-test",
+        "heartbeat_s": 0.2,
+        "network": {**network(port), "ttl": 1, "loop": True},
+        "sources": [{"kind": "file", "path": str(reading), "interval_s": 0.05}],
+        "log": {"format": "json"},
+    }
+
+
+def set_reading(path: Path, status: str, inlet: float) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"power": {"status": status}, "temperatures": {"inlet": inlet}}))
+    tmp.replace(path)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    port = free_port()
+    record = tmp_path / "actions.log"
+    reading = tmp_path / "ups.json"
+    set_reading(reading, "online", 24.0)
+    return {
+        "controller": write_toml(tmp_path / "c.toml", controller_config(port, record)),
+        "publisher": write_toml(tmp_path / "p.toml", publisher_config(port, reading)),
+        "record": record,
+        "reading": reading,
+        "port": Path(str(port)),
+    }
+
+
+def wait_record(path: Path, lines: list[str], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().splitlines() == lines:
+            return
+        time.sleep(0.02)
+    got = path.read_text().splitlines() if path.exists() else []
+    raise AssertionError(f"actions ran {got}, expected {lines}")
+
+
+class TestOutage:
+    def test_outage_sheds_and_restores(self, files: dict[str, Path], tmp_path: Path) -> None:
+        """A UPS on battery sheds the fans; heat brings them back, then power restores them."""
+        notify = Notify(tmp_path)
+        env = {"NOTIFY_SOCKET": notify.path}
+        with (
+            running("control", "--config", str(files["controller"]), env=env) as ctl,
+            running("publish", "--config", str(files["publisher"])) as pub,
+        ):
+            assert "READY=1" in notify.wait_for("READY=1")
+            pub.wait_for("ready")
+            ctl.wait_for("transition", state="normal")
+            set_reading(files["reading"], "on_battery", 24.0)
+            ctl.wait_for("transition", state="on_battery")
+            shed = ctl.wait_for("transition", state="shedding")
+            assert shed["fans"] == "off"
+            assert shed["power"] == "on_battery"
+            assert shed["hottest"] == "ups-test/inlet"
+            assert "STATUS=shedding" in notify.wait_for("STATUS=shedding")
+            set_reading(files["reading"], "on_battery", 40.0)
+            hot = ctl.wait_for("transition", state="thermal_override")
+            assert hot["temperature_c"] == 40.0
+            set_reading(files["reading"], "online", 40.0)
+            ctl.wait_for("transition", state="normal")
+            wait_record(
+                files["record"],
+                [
+                    "failsafe on",
+                    "normal on",
+                    "on_battery on",
+                    "shedding off",
+                    "thermal_override on",
+                    "normal on",
+                ],
+            )
+        notify.close()
+
+    def test_publisher_gone_fails_safe(self, files: dict[str, Path]) -> None:
+        """When the publisher stops, its data runs out at its TAL and the fans run."""
+        with running("control", "--config", str(files["controller"])) as ctl:
+            ctl.wait_for("ready")
+            with running("publish", "--config", str(files["publisher"])):
+                ctl.wait_for("transition", state="normal")
+            started = time.monotonic()
+            event = ctl.wait_for("transition", state="failsafe")
+            assert "no fresh data" in event["reason"]
+            assert event["stale"] == ["ups-test"]
+            # TAL is 3 heartbeats of 0.2 s: lost well within a second, not much sooner.
+            assert time.monotonic() - started < 2.0
+
+
+class TestBadInput:
+    def test_garbage_datagrams_are_counted_and_dropped(self, files: dict[str, Path]) -> None:
+        """Malformed datagrams change no decision, are logged rate-limited, and the daemon lives."""
+        port = int(str(files["port"]))
+        with (
+            running("control", "--config", str(files["controller"])) as ctl,
+            running("publish", "--config", str(files["publisher"])),
+        ):
+            ctl.wait_for("transition", state="normal")
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.setsockopt(
+                    socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1")
+                )
+                for i in range(200):
+                    s.sendto(b"PWRC\x01" + bytes([i]) * 40, (GROUP, port))
+                    s.sendto(b"not powercast at all", (GROUP, port))
+            rejected = ctl.wait_for("datagram_rejected")
+            assert rejected["reason"] in {"tag", "length", "magic", "version"}
+            time.sleep(0.3)
+            assert ctl.proc.poll() is None
+            transitions = [e for e in ctl.seen if e.get("event") == "transition"]
+            assert [t["state"] for t in transitions] == ["failsafe", "normal"]
+            warnings = [e for e in ctl.seen if e.get("event") == "datagram_rejected"]
+            assert len(warnings) <= 6  # one per reason per 10 s, not one per datagram
+
+    def test_bad_config_never_starts(self, tmp_path: Path) -> None:
+        """A bad config is one line naming the file, the key and the value; exit 78."""
+        bad = tmp_path / "c.toml"
+        bad.write_text('role = "controller"\n[policy]\ntemp_high_c = "hot"\n')
+        daemon = Daemon("control", "--config", str(bad))
+        assert daemon.wait() == 78
+        assert daemon.output() == [
+            f'powercast: {bad}: policy.temp_high_c: expected a number, got "hot"'
+        ]
+
+    def test_unknown_interface_is_one_line(self, tmp_path: Path) -> None:
+        """An interface that does not exist stops the start with a line naming the setting."""
+        config = controller_config(free_port(), tmp_path / "r")
+        config["network"]["interface"] = "nosuch0"
+        path = write_toml(tmp_path / "c.toml", config)
+        daemon = Daemon("control", "--config", str(path))
+        assert daemon.wait() == 1
+        (line,) = daemon.output()
+        assert line.startswith(f"powercast: {path}: network.interface: ")
+        assert "nosuch0" in line
+
+
+class TestLifecycle:
+    def test_notify_ready_status_watchdog_stopping(
+        self, files: dict[str, Path], tmp_path: Path
+    ) -> None:
+        """READY=1 with STATUS, watchdog pings at half of WATCHDOG_USEC, STOPPING=1 on SIGTERM."""
+        notify = Notify(tmp_path)
+        env = {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000"}
+        daemon = Daemon("control", "--config", str(files["controller"]), env=env)
+        try:
+            ready = notify.wait_for("READY=1")
+            assert "STATUS=failsafe" in ready
+            notify.wait_for("WATCHDOG=1")
+            started = time.monotonic()
+            notify.wait_for("WATCHDOG=1")
+            notify.wait_for("WATCHDOG=1")
+            assert time.monotonic() - started < 1.0  # 0.2 s apart, not 0.4
+        finally:
+            code = daemon.stop()
+        assert code == 0
+        assert "STOPPING=1" in notify.wait_for("STOPPING=1")
+        notify.close()
+
+    def test_sighup_reloads_a_valid_config_and_keeps_running_on_a_bad_one(
+        self, files: dict[str, Path], tmp_path: Path
+    ) -> None:
+        """SIGHUP: RELOADING=1 ... READY=1; a bad file is logged and the running config stays."""
+        notify = Notify(tmp_path)
+        env = {"NOTIFY_SOCKET": notify.path}
+        path = files["controller"]
+        with (
+            running("control", "--config", str(path), env=env) as ctl,
+            running("publish", "--config", str(files["publisher"])),
+        ):
+            notify.wait_for("READY=1")
+            ctl.wait_for("transition", state="normal")
+            set_reading(files["reading"], "on_battery", 30.0)
+            ctl.wait_for("transition", state="shedding")
+
+            # Valid: a lower limit makes 30 °C too hot, at once, without a restart.
+            config = controller_config(int(str(files["port"])), files["record"], temp_high_c=29.0)
+            write_toml(path, config)
+            ctl.signal(signal.SIGHUP)
+            assert "MONOTONIC_USEC=" in notify.wait_for("RELOADING=1")
+            ctl.wait_for("transition", state="thermal_override")
+            ctl.wait_for("reloaded")
+            notify.wait_for("READY=1")
+
+            # Invalid: logged with file and key; the running config (29 °C) stays.
+            path.write_text('role = "controller"\n[policy]\ntemp_high_c = "hot"\n')
+            ctl.signal(signal.SIGHUP)
+            failed = ctl.wait_for("reload_failed")
+            assert f"{path}: policy.temp_high_c" in failed["error"]
+            notify.wait_for("READY=1")
+            set_reading(files["reading"], "on_battery", 25.0)
+            ctl.wait_for("transition", state="shedding")
+            assert ctl.proc.poll() is None
+        notify.close()
