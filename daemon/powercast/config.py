@@ -284,11 +284,13 @@ def explain(message: str, raw: dict[str, Any], cls: type) -> str:
     """
     match = _AT.match(message)
     what, path = (match["what"], match["path"]) if match else (message, "")
-    keys = [
-        m[1] if m[1] is not None else int(m[2]) for m in _TOKEN.finditer(path) if m[0] != "[...]"
-    ]
+    tokens = list(_TOKEN.finditer(path))
+    in_map = bool(tokens) and tokens[-1][0] == "[...]"  # a map value; msgspec hides its key
+    keys = [m[1] if m[1] is not None else int(m[2]) for m in tokens if m[0] != "[...]"]
     dotted = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(".")
     value, found = _lookup(raw, keys)
+    if in_map:
+        dotted, found = f"{dotted}.*", False  # the message is about each value of the table
 
     unknown = re.match(r"Object contains unknown field `(.+)`", what)
     if unknown:

@@ -1,0 +1,143 @@
+"""Config schema, error wording, and the `powercast config` commands."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from powercast import config as cfg
+from powercast.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def error(text: str, role: cfg.Role | None = None) -> str:
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.parse(text, "f.toml", role)
+    return str(info.value)
+
+
+class TestExamples:
+    @pytest.mark.parametrize("name", ["publisher.toml", "controller.toml"])
+    def test_shipped_examples_are_valid(self, name: str) -> None:
+        """The commented files in config/ load without error, in their own role."""
+        config = cfg.load(ROOT / "config" / name)
+        assert config.role == name.removesuffix(".toml")
+
+    @pytest.mark.parametrize("role", ["publisher", "controller"])
+    def test_defaults_round_trip_through_toml(self, role: cfg.Role) -> None:
+        """What `config init` prints loads back to the same config."""
+        assert cfg.parse(cfg.dumps(cfg.defaults(role)), "init") == cfg.defaults(role)
+
+
+class TestErrors:
+    def test_wrong_type_names_key_expectation_and_value(self) -> None:
+        """A wrong type says the key path, what was expected and what was found."""
+        assert error('role = "controller"\n[policy]\ntemp_high_c = "hot"') == (
+            'f.toml: policy.temp_high_c: expected a number, got "hot"'
+        )
+
+    def test_unknown_key_lists_the_known_ones(self) -> None:
+        """A typo is refused, with the keys that table accepts."""
+        message = error('role = "controller"\n[policy]\ntemp_hihg_c = 3')
+        assert message.startswith("f.toml: policy: unknown key 'temp_hihg_c' (expected one of: ")
+        assert "temp_high_c" in message
+
+    def test_unknown_key_in_a_source_lists_that_kinds_keys(self) -> None:
+        """Inside a tagged table the known keys are those of its kind."""
+        message = error('role = "publisher"\n[[sources]]\nkind = "file"\npth = "x"')
+        assert (
+            message
+            == "f.toml: sources[0]: unknown key 'pth' (expected one of: kind, path, interval_s)"
+        )
+
+    def test_missing_required_key(self) -> None:
+        """A missing required key is named with its full path."""
+        assert error('role = "publisher"\n[[sources]]\nkind = "file"') == (
+            "f.toml: sources[0].path: missing (this key is required)"
+        )
+
+    def test_bad_choice_lists_the_choices(self) -> None:
+        """A value outside a fixed set lists the set."""
+        assert error('role = "controller"\n[[actions]]\non = "off"\nargv = ["x"]') == (
+            "f.toml: actions[0].on: expected one of 'normal', 'on_battery', 'shedding',"
+            " 'thermal_override', 'failsafe', got \"off\""
+        )
+        assert error('role = "publisher"\n[[sources]]\nkind = "snmp"').startswith(
+            "f.toml: sources[0].kind: expected one of 'simulated', 'file', 'command', got"
+        )
+
+    def test_out_of_range(self) -> None:
+        """Bounds are part of the message."""
+        assert error('role = "controller"\n[network]\nport = 70000') == (
+            "f.toml: network.port: expected an integer <= 65535, got 70000"
+        )
+
+    def test_not_a_multicast_group(self) -> None:
+        """A unicast address where a group belongs is refused."""
+        assert error('role = "controller"\n[network]\ngroup = "10.1.1.1"') == (
+            "f.toml: network.group: expected an IPv4 or IPv6 multicast address such as"
+            " 239.1.1.1, got '10.1.1.1'"
+        )
+
+    def test_ipv6_group_accepted(self) -> None:
+        """IPv6 groups are valid groups."""
+        config = cfg.parse('role = "controller"\n[network]\ngroup = "ff15::101"', "f")
+        assert isinstance(config, cfg.ControllerConfig)
+        assert config.network.group == "ff15::101"
+
+    def test_syntax_error_has_line_and_column(self) -> None:
+        """Broken TOML says where."""
+        assert error('role = "controller"\n[policy\n').startswith("f.toml: TOML syntax error: ")
+        assert "line 2" in error('role = "controller"\n[policy\n')
+
+    def test_role_missing_or_wrong(self) -> None:
+        """The role is required, and must be the one the command expects."""
+        assert error("") == 'f.toml: role: missing (expected role = "publisher" or "controller")'
+        assert error('role = "controller"', "publisher") == (
+            "f.toml: role: expected 'publisher' here, got 'controller'"
+        )
+
+    def test_unreadable_file(self, tmp_path: Path) -> None:
+        """A file that is not there is one line, not a traceback."""
+        with pytest.raises(cfg.ConfigError, match=r"nope.toml: cannot read: No such file"):
+            cfg.load(tmp_path / "nope.toml")
+
+    def test_timeline_out_of_order(self) -> None:
+        """Simulated steps must be in time order."""
+        text = (
+            'role = "publisher"\n[[sources]]\nkind = "simulated"\n'
+            "timeline = [{at_s = 2}, {at_s = 1}]"
+        )
+        assert error(text) == (
+            "f.toml: sources[0].timeline: expected steps in order of at_s, got at_s [2.0, 1.0]"
+        )
+
+
+class TestCommands:
+    def test_check_ok_and_bad(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """`config check` says ok per file, or the error, and exits non-zero on any error."""
+        good = ROOT / "config" / "controller.toml"
+        bad = tmp_path / "bad.toml"
+        bad.write_text('role = "publisher"\nheartbeat_s = -1\n')
+        assert main(["config", "check", str(good)]) == 0
+        assert capsys.readouterr().out == f"{good}: ok (controller)\n"
+        assert main(["config", "check", str(good), str(bad)]) == 78
+        captured = capsys.readouterr()
+        assert captured.err == f"powercast: {bad}: heartbeat_s: expected a number >= 0.05, got -1\n"
+
+    def test_init_prints_what_check_accepts(self, tmp_path: Path) -> None:
+        """`config init --role R` output (a real subprocess) passes `config check`."""
+        for role in ("publisher", "controller"):
+            out = subprocess.run(
+                [sys.executable, "-m", "powercast", "config", "init", "--role", role],
+                capture_output=True,
+                check=True,
+                text=True,
+            ).stdout
+            path = tmp_path / f"{role}.toml"
+            path.write_text(out)
+            assert main(["config", "check", str(path)]) == 0
