@@ -18,6 +18,8 @@ from typing import Any
 
 import tomli_w
 
+from powercast.auth import keygen
+
 GROUP = "239.255.42.1"
 
 
@@ -34,6 +36,14 @@ def write_toml(path: Path, data: dict[str, Any]) -> Path:
 
 def network(port: int) -> dict[str, Any]:
     return {"group": GROUP, "port": port, "interface": "127.0.0.1"}
+
+
+def make_keys(directory: Path, *ids: int) -> Path:
+    """A key directory as `powercast keygen` makes it."""
+    directory.mkdir(mode=0o700, exist_ok=True)
+    for key_id in ids or (1,):
+        keygen(key_id, directory / f"{key_id}.key")
+    return directory
 
 
 class Notify:

@@ -11,6 +11,8 @@ import pytest
 from powercast import config as cfg
 from powercast.cli import main
 
+from harness import make_keys
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -118,19 +120,28 @@ class TestErrors:
 
 
 class TestCommands:
-    def test_check_ok_and_bad(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def test_check_ok_and_bad(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """`config check` says ok per file, or the error, and exits non-zero on any error."""
         good = ROOT / "config" / "controller.toml"
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(make_keys(tmp_path / "keys")))
         bad = tmp_path / "bad.toml"
         bad.write_text('role = "publisher"\nheartbeat_s = -1\n')
         assert main(["config", "check", str(good)]) == 0
-        assert capsys.readouterr().out == f"{good}: ok (controller)\n"
+        assert capsys.readouterr().out == (
+            f"{good}: ok (controller; keys in {tmp_path / 'keys'}: 1)\n"
+        )
         assert main(["config", "check", str(good), str(bad)]) == 78
         captured = capsys.readouterr()
         assert captured.err == f"powercast: {bad}: heartbeat_s: expected a number >= 0.05, got -1\n"
 
-    def test_init_prints_what_check_accepts(self, tmp_path: Path) -> None:
+    def test_init_prints_what_check_accepts(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """`config init --role R` output (a real subprocess) passes `config check`."""
+        make_keys(tmp_path / "keys")
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "keys"))
         for role in ("publisher", "controller"):
             out = subprocess.run(
                 [sys.executable, "-m", "powercast", "config", "init", "--role", role],

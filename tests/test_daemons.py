@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from harness import GROUP, Daemon, Notify, free_port, network, running, write_toml
+from harness import GROUP, Daemon, Notify, free_port, make_keys, network, running, write_toml
 
 RECORD = "import os, sys; open(sys.argv[1], 'a').write(os.environ['POWERCAST_STATE'] + ' ' + os.environ['POWERCAST_FANS'] + '\\n')"  # noqa: E501
 
@@ -22,6 +22,7 @@ def controller_config(port: int, record: Path, **policy: Any) -> dict[str, Any]:
     return {
         "role": "controller",
         "network": network(port),
+        "auth": {"keys_dir": str(record.parent / "keys")},
         "policy": {"shed_after_s": 0.3, "restore_after_s": 0.3, **policy},
         "actions": [
             {"on": state, "argv": argv, "timeout_s": 5.0}
@@ -37,6 +38,7 @@ def publisher_config(port: int, reading: Path) -> dict[str, Any]:
         "id": "ups-test",
         "heartbeat_s": 0.2,
         "network": {**network(port), "ttl": 1, "loop": True},
+        "auth": {"keys_dir": str(reading.parent / "keys"), "key_id": 1},
         "sources": [{"kind": "file", "path": str(reading), "interval_s": 0.05}],
         "log": {"format": "json"},
     }
@@ -51,6 +53,7 @@ def set_reading(path: Path, status: str, inlet: float) -> None:
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, Path]:
     port = free_port()
+    make_keys(tmp_path / "keys")
     record = tmp_path / "actions.log"
     reading = tmp_path / "ups.json"
     set_reading(reading, "online", 24.0)
@@ -161,6 +164,7 @@ class TestBadInput:
 
     def test_unknown_interface_is_one_line(self, tmp_path: Path) -> None:
         """An interface that does not exist stops the start with a line naming the setting."""
+        make_keys(tmp_path / "keys")
         config = controller_config(free_port(), tmp_path / "r")
         config["network"]["interface"] = "nosuch0"
         path = write_toml(tmp_path / "c.toml", config)

@@ -3,7 +3,13 @@
 Pure: readings and the monotonic ``now`` come in; announcements and the time of the
 next one go out. A reading that is news (power status changed, a sensor appeared or
 went, a temperature moved by more than the deadband) bumps the change number and is
-announced at once; otherwise the latest values ride on the next heartbeat.
+announced at once, then repeated after ``retransmit_first_gap_s`` and at doubling gaps
+until the gap reaches the heartbeat (as IEC 61850 GOOSE does), so one lost datagram
+does not delay the news by a heartbeat. Other readings ride on the next heartbeat.
+
+Every datagram's time-allowed-to-live is ``heartbeat_s * tal_factor``: it covers the
+gap to the next datagram with a margin of at least two lost ones, burst or not, so a
+lossy link delays news but does not make receivers flap to failsafe.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class Announcer:
     temperatures: dict[str, float] = field(default_factory=dict)
     next_at: float = 0.0
     """Monotonic time of the next announcement; 0 sends the first one at once."""
+    gap: float | None = None
+    """The next gap of a burst of repeats after news; None once back on the heartbeat."""
     _news_temperatures: dict[str, float] = field(default_factory=dict)
 
     def update(self, power: Power, temperatures: dict[str, float], now: float) -> bool:
@@ -63,12 +71,19 @@ class Announcer:
             self.change += 1
             self._news_temperatures = dict(temperatures)
             self.next_at = now
+            self.gap = self.config.retransmit_first_gap_s
         return news
 
     def announce(self, now: float, wall: float) -> Announcement:
         """The announcement to send now; schedules the next heartbeat."""
         self.seq += 1
-        self.next_at = now + self.config.heartbeat_s
+        heartbeat = self.config.heartbeat_s
+        if self.gap is not None and self.gap < heartbeat:
+            self.next_at = now + self.gap
+            self.gap *= 2
+        else:
+            self.gap = None
+            self.next_at = now + heartbeat
         return Announcement(
             publisher=self.config.id,
             epoch=self.epoch,

@@ -17,9 +17,11 @@ from typing import Final
 
 from powercast import __version__, logs
 from powercast import config as cfg
+from powercast.auth import Keyring, KeyringError, keygen, keys_dir, load_keys
 from powercast.demo import run_demo
 from powercast.net import NetworkError
 from powercast.runtime import serve
+from powercast.tap import Tap, run_tap
 
 EX_CONFIG: Final = 78
 """sysexits' "configuration error": the units do not restart on it."""
@@ -56,6 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
     init = conf_sub.add_parser("init", help="print a default config on stdout")
     init.add_argument("--role", required=True, choices=["publisher", "controller"])
 
+    keygen_p = sub.add_parser(
+        "keygen", help="write a new random key file (mode 0600; never overwrites)"
+    )
+    keygen_p.add_argument("key_id", type=int, metavar="ID", help="key id, 1..65535")
+    keygen_p.add_argument("file", type=Path, metavar="FILE", help="e.g. /etc/powercast/keys/1.key")
+
+    tap = sub.add_parser(
+        "tap", help="print each datagram on the group, decoded, with its verification result"
+    )
+    tap.add_argument("--config", type=Path, help="take group, port, interface and keys from it")
+    tap.add_argument("--group", help="multicast group (default: from --config, or 239.1.1.1)")
+    tap.add_argument("--port", type=int, help="UDP port (default: from --config, or 5001)")
+    tap.add_argument("--interface", help="interface name or address (default: 127.0.0.1)")
+    tap.add_argument("--keys-dir", help="directory of key files (default: as the daemons)")
+    tap.add_argument("--json", action="store_true", help="one JSON object per line")
+    tap.add_argument("--count", type=int, help="stop after N datagrams")
+    tap.add_argument("--timeout", type=float, help="stop after S seconds")
+
     demo = sub.add_parser(
         "demo", help="play a power outage between a real publisher and controller on loopback"
     )
@@ -72,6 +92,15 @@ def main(argv: list[str] | None = None) -> int:
             return _config(args)
         if args.command == "demo":
             return run_demo()
+        if args.command == "keygen":
+            keygen(args.key_id, args.file)
+            print(f"{args.file}: new key {args.key_id} (mode 0600)")
+            return 0
+        if args.command == "tap":
+            return _tap(args)
+    except (cfg.ConfigError, KeyringError, NetworkError) as err:
+        print(f"powercast: {err}", file=sys.stderr)
+        return EX_CONFIG if not isinstance(err, NetworkError) else 1
     except KeyboardInterrupt:
         return 130
     except Exception:  # a bug, not a user's mistake: say so plainly
@@ -91,12 +120,13 @@ def _run_daemon(path: Path, role: cfg.Role) -> int:
     logs.configure()
     try:
         config = cfg.load(path, role)
-    except cfg.ConfigError as err:
+        keyring = load_keys(config)
+    except (cfg.ConfigError, KeyringError) as err:
         print(f"powercast: {err}", file=sys.stderr)
         return EX_CONFIG
     logs.configure(level=config.log.level, fmt=config.log.format)
     try:
-        asyncio.run(serve(path, config))
+        asyncio.run(serve(path, config, keyring))
     except NetworkError as err:
         print(f"powercast: {path}: {err}", file=sys.stderr)
         return 1
@@ -115,9 +145,35 @@ def _config(args: argparse.Namespace) -> int:
     for path in files:
         try:
             config = cfg.load(path)
-        except cfg.ConfigError as err:
+            keyring = load_keys(config)
+        except (cfg.ConfigError, KeyringError) as err:
             print(f"powercast: {err}", file=sys.stderr)
             status = EX_CONFIG
         else:
-            print(f"{path}: ok ({config.role})")
+            keys = ", ".join(map(str, keyring.ids)) or "none"
+            print(f"{path}: ok ({config.role}; keys in {keyring.directory}: {keys})")
     return status
+
+
+def _tap(args: argparse.Namespace) -> int:
+    network = cfg.Network()
+    configured_keys = ""
+    skew = 10.0
+    if args.config:
+        config = cfg.load(args.config)
+        network = config.network
+        configured_keys = config.auth.keys_dir
+        if isinstance(config, cfg.ControllerConfig):
+            skew = config.auth.max_clock_skew_s
+    directory = keys_dir(args.keys_dir if args.keys_dir is not None else configured_keys)
+    tap = Tap(Keyring.load(directory), max_clock_skew_s=skew)
+    return run_tap(
+        args.group or network.group,
+        args.port or network.port,
+        args.interface or network.interface,
+        tap,
+        sys.stdout,
+        as_json=args.json,
+        count=args.count,
+        timeout=args.timeout,
+    )

@@ -13,6 +13,7 @@ No I/O beyond reading the one file; the daemons decide what to do with a ConfigE
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import socket
 import tomllib
@@ -41,10 +42,10 @@ NonNegative = Annotated[float, msgspec.Meta(ge=0.0)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Argv = Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)]
 PublisherId = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*\Z")
 ]
 SensorName = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*\Z")
 ]
 Celsius = Annotated[float, msgspec.Meta(ge=-273.15, le=1000.0)]
 
@@ -75,6 +76,25 @@ class Network(_Table, frozen=True):
 class PublisherNetwork(Network, frozen=True):
     ttl: Annotated[int, msgspec.Meta(ge=1, le=255)] = 1
     loop: bool = True
+
+
+class PublisherAuth(_Table, frozen=True):
+    """How announcements are signed."""
+
+    keys_dir: str = ""
+    """Key files ``<id>.key``; empty: $CREDENTIALS_DIRECTORY, else /etc/powercast/keys."""
+    key_id: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 1
+    """The key to sign with; 0 sends unsigned (only while controllers are not enforcing)."""
+
+
+class ControllerAuth(_Table, frozen=True):
+    """Which announcements are believed."""
+
+    keys_dir: str = ""
+    mode: Literal["enforce", "permissive", "off"] = "enforce"
+    """enforce: drop unsigned or badly signed datagrams; permissive: accept, warn and count."""
+    max_clock_skew_s: Annotated[float, msgspec.Meta(ge=0.0, le=86_400.0)] = 10.0
+    """Drop datagrams sent further than this from our clock (replays of unseen epochs); 0: off."""
 
 
 class Log(_Table, frozen=True):
@@ -150,7 +170,10 @@ class PublisherConfig(_Table, frozen=True):
     """Each announcement lives this many heartbeats: two may be lost before receivers go stale."""
     temp_deadband_c: NonNegative = 0.5
     """A temperature change smaller than this is not news (announced with the next heartbeat)."""
+    retransmit_first_gap_s: Annotated[float, msgspec.Meta(ge=0.001, le=10.0)] = 0.004
+    """News is repeated after this gap, then at doubling gaps until the heartbeat."""
     network: PublisherNetwork = msgspec.field(default_factory=PublisherNetwork)
+    auth: PublisherAuth = msgspec.field(default_factory=PublisherAuth)
     sources: Annotated[list[Source], msgspec.Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: [
             SimulatedSource(timeline=[Step(power=PowerReading(status="online"))], repeat=False)
@@ -186,6 +209,7 @@ class ControllerConfig(_Table, frozen=True):
     role: Literal["controller"] = "controller"
     network: Network = msgspec.field(default_factory=Network)
     policy: Policy = msgspec.field(default_factory=Policy)
+    auth: ControllerAuth = msgspec.field(default_factory=ControllerAuth)
     actions: list[Action] = []
     log: Log = msgspec.field(default_factory=Log)
 
@@ -313,6 +337,11 @@ def explain(message: str, raw: dict[str, Any], cls: type) -> str:
     for word, plain in _TYPE_WORDS.items():
         text = text.replace(word, plain)
     text = re.sub(r", got .*$", "", text)
+    text = re.sub(
+        r"a string matching regex '.*'",
+        "a name of letters, digits and . _ : @ - that starts with a letter or digit",
+        text,
+    )
     got = f", got {_show(value)}" if found else ""
     return f"{dotted or '(top level)'}: {text}{got}"
 
@@ -390,7 +419,7 @@ def _pick_struct(tp: Any, value: Any) -> Any:
 
 def _show(value: Any) -> str:
     if isinstance(value, str):
-        return f'"{value}"'
+        return json.dumps(value, ensure_ascii=False)  # quoted, control characters escaped
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict):

@@ -14,9 +14,11 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 from powercast import wire
+from powercast.auth import Keyring
 from powercast.config import ControllerConfig
 from powercast.policy import Decision, Policy, Situation, combine
 from powercast.session import Session, Verdict
@@ -39,6 +41,7 @@ class Controller:
     """All publishers' sessions feeding one policy."""
 
     config: ControllerConfig
+    keyring: Keyring = field(default_factory=lambda: Keyring(Path()))
     policy: Policy = field(init=False)
     sessions: dict[str, Session] = field(default_factory=dict)
     counters: Counter[str] = field(default_factory=Counter)
@@ -52,22 +55,45 @@ class Controller:
         self.policy = Policy(self.config.policy)
         self._allowed = frozenset(self.config.policy.publishers)
 
-    def reconfigure(self, config: ControllerConfig, now: float) -> list[Decision]:
-        """Take a new config, keeping the state and what is known of publishers."""
+    def reconfigure(self, config: ControllerConfig, keyring: Keyring, now: float) -> list[Decision]:
+        """Take a new config and keys, keeping the state and what is known of publishers."""
         self.config = config
+        self.keyring = keyring
         self.policy.settings = config.policy
         self._allowed = frozenset(config.policy.publishers)
         return self.policy.evaluate(self.situation(now), now)
 
-    def receive(self, data: bytes, now: float) -> list[Decision]:
-        """One datagram. Never raises for bad input: it is counted and dropped."""
+    def receive(self, data: bytes, now: float, wall: float) -> list[Decision]:
+        """One datagram, at monotonic ``now`` and wall-clock ``wall``.
+
+        Never raises for bad input: it is counted by reason and dropped, and it cannot
+        touch any publisher's session, so it cannot change a decision.
+        """
         self.counters["received"] += 1
         try:
-            message = wire.decode(data).message
+            frame = wire.decode(data)
         except wire.DecodeError as err:
             self._reject(err.reason, err.detail, now)
             return NOTHING
+        message = frame.message
         publisher = message.publisher
+        auth = self.config.auth
+        if auth.mode != "off" and (problem := self.keyring.verify(frame)) is not None:
+            detail = f"from {publisher!r} with key id {frame.key_id}"
+            if auth.mode == "enforce":
+                self._reject(problem, detail, now)
+                return NOTHING
+            self.counters[f"accepted.{problem}"] += 1
+            self._notice(f"accepted.{problem}", "datagram_not_authentic", problem, detail, now)
+        skew = auth.max_clock_skew_s
+        if skew and abs(message.sent - wall) > skew:
+            self._reject(
+                "clock",
+                f"from {publisher!r} sent {message.sent - wall:+.1f} s from our clock"
+                f" (auth.max_clock_skew_s = {skew:g})",
+                now,
+            )
+            return NOTHING
         if self._allowed and publisher not in self._allowed:
             self._reject("unlisted", f"publisher {publisher!r} is not in policy.publishers", now)
             return NOTHING
@@ -79,8 +105,16 @@ class Controller:
         else:
             was_fresh = session.fresh(now)
             verdict = session.offer(message, now)
+        if verdict is Verdict.OLD:
+            self._reject(
+                "replay",
+                f"from {publisher!r} epoch {message.epoch} seq {message.seq}, older than"
+                f" epoch {session.message.epoch} seq {session.message.seq}",
+                now,
+            )
+            return NOTHING
         self.counters[verdict.value] += 1
-        if verdict in (Verdict.DUPLICATE, Verdict.OLD):
+        if verdict is Verdict.DUPLICATE:
             return NOTHING
         heapq.heappush(self._expiries, (session.expires_at, publisher))
         if verdict is Verdict.REPEAT and was_fresh:
@@ -122,11 +156,15 @@ class Controller:
 
     def _reject(self, reason: str, detail: str, now: float) -> None:
         self.counters[f"rejected.{reason}"] += 1
-        if now < self._quiet_until.get(reason, -1.0):
-            self._suppressed[reason] += 1
+        self._notice(reason, "datagram_rejected", reason, detail, now)
+
+    def _notice(self, key: str, event: str, reason: str, detail: str, now: float) -> None:
+        """Queue a log line, at most one per ``key`` every LOG_EVERY_S: floods stay quiet."""
+        if now < self._quiet_until.get(key, -1.0):
+            self._suppressed[key] += 1
             return
-        self._quiet_until[reason] = now + LOG_EVERY_S
+        self._quiet_until[key] = now + LOG_EVERY_S
         fields: dict[str, Any] = {"reason": reason, "detail": detail}
-        if suppressed := self._suppressed.pop(reason, 0):
+        if suppressed := self._suppressed.pop(key, 0):
             fields["similar_not_logged"] = suppressed
-        self.notices.append(Notice("datagram_rejected", fields))
+        self.notices.append(Notice(event, fields))

@@ -21,6 +21,8 @@ from typing import Any, Final, TextIO
 
 import tomli_w
 
+from powercast.auth import keygen
+
 EXPECTED: Final = (
     "failsafe",
     "normal",
@@ -75,6 +77,9 @@ def free_port() -> int:
 
 def write_configs(directory: Path, port: int) -> tuple[Path, Path]:
     """The two daemons' config files, short timers so the story takes seconds."""
+    keys = directory / "keys"
+    keys.mkdir(mode=0o700)
+    keygen(1, keys / "1.key")
     network = {"group": "239.1.1.1", "port": port, "interface": "127.0.0.1"}
     fans = [sys.executable, "-c", "import os; print('fans', os.environ['POWERCAST_FANS'])"]
     controller = {
@@ -87,6 +92,7 @@ def write_configs(directory: Path, port: int) -> tuple[Path, Path]:
             "shed_after_s": 1.0,
             "restore_after_s": 1.0,
         },
+        "auth": {"keys_dir": str(keys), "mode": "enforce"},
         "actions": [{"on": state, "argv": fans, "timeout_s": 5.0} for state in EXPECTED[:5]],
         "log": {"format": "json"},
     }
@@ -95,6 +101,7 @@ def write_configs(directory: Path, port: int) -> tuple[Path, Path]:
         "id": "ups-demo",
         "heartbeat_s": 0.25,
         "network": {**network, "ttl": 1, "loop": True},
+        "auth": {"keys_dir": str(keys), "key_id": 1},
         "sources": [{"kind": "simulated", "interval_s": 0.05, "timeline": TIMELINE}],
         "log": {"format": "json"},
     }
@@ -195,7 +202,7 @@ async def _demo(out: TextIO) -> int:
     procs: list[asyncio.subprocess.Process] = []
     with tempfile.TemporaryDirectory(prefix="powercast-demo-") as tmp:
         print(
-            "powercast demo: a publisher and a controller over multicast 239.1.1.1 on 127.0.0.1",
+            "powercast demo: a publisher and a controller, signed multicast on 127.0.0.1",
             file=out,
         )
         try:

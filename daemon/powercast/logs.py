@@ -6,16 +6,35 @@ Formats, one event per line in all but "console":
   logfmt body starting with event=; no timestamp, since journald stamps every line itself.
 - logfmt: ts=... level=... event=... key=value, for grep and log shippers.
 - json: one object with ts, level, event and the event's fields; other tools read these keys.
-"auto" picks console on a terminal, journal when the stream is systemd's journal stream
-(JOURNAL_STREAM), and logfmt otherwise.
+"auto" picks console on a terminal; under systemd (the stream is the journal stream named by
+JOURNAL_STREAM) it sends each event to journald over its native protocol when the journal's
+socket exists, so that every field becomes a journal field, and writes the journal format
+otherwise; logfmt everywhere else.
+
+The native protocol (systemd.journal-fields(7), "Native Journal Protocol" in systemd's docs)
+is spoken here directly, in a few lines of stdlib, rather than through a library:
+systemd-python needs libsystemd-dev and a compiler to install, cysystemd bundles a
+libsystemd; both drop a failed send silently and neither can be pointed at a test socket;
+logging-journald is a logging.Handler, connects at construction and prefixes extra fields.
+One datagram per event to /run/systemd/journal/socket: MESSAGE (a readable line), PRIORITY,
+SYSLOG_IDENTIFIER=powercast and POWERCAST_<KEY> for each of the event's fields (EVENT, STATE,
+...). A value holding a newline goes in the protocol's binary-safe form; an entry too big
+for one datagram goes in a sealed memfd, as libsystemd does. A send that fails (journald
+gone, its queue full) writes the "<N>" line to the stream instead: no event is lost.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import json
 import logging
 import os
+import re
+import socket
+import stat
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TextIO
 
 import structlog
@@ -41,6 +60,17 @@ _SYSLOG_PRIORITY: dict[str, int] = {
 }
 _DEFAULT_PRIORITY = 6
 
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+"""Where journald listens for native-protocol datagrams."""
+
+SYSLOG_IDENTIFIER = "powercast"
+FIELD_PREFIX = "POWERCAST_"
+_FIELD_NAME_MAX = 64  # journald drops longer field names
+_NOT_IN_FIELD_NAME = re.compile(r"[^A-Z0-9_]")
+# Sealed the way journald insists on before it reads an entry passed as a file descriptor.
+_MEMFD_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+_MESSAGE_BODY = structlog.processors.LogfmtRenderer(drop_missing=True, bool_as_flag=False)
+
 
 def level_names() -> tuple[str, ...]:
     """The accepted level names, least to most severe, for validating configuration."""
@@ -65,6 +95,117 @@ class JournalRenderer:
         """Move "priority" from the fields into the prefix; the body escapes newlines."""
         priority = event_dict.pop("priority", _DEFAULT_PRIORITY)
         return f"<{priority}>{self._body(logger, name, event_dict)}"
+
+
+def journal_field_name(key: str) -> str:
+    """The journal field for a structlog key: "state" -> "POWERCAST_STATE".
+
+    journald accepts only A-Z, 0-9 and "_" in names of at most 64 characters, so anything
+    else (a sensor's "temp_inlet-2") becomes "_" and a long name is cut.
+    """
+    return (FIELD_PREFIX + _NOT_IN_FIELD_NAME.sub("_", key.upper()))[:_FIELD_NAME_MAX]
+
+
+def _journal_value(value: object) -> str:
+    """A field's text: strings as they are, everything else as in the json format."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def journal_fields(event_dict: EventDict) -> list[tuple[str, str]]:
+    """The journal entry for one event: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER, POWERCAST_*.
+
+    MESSAGE is what `journalctl` shows: the event name, then its fields as logfmt. "priority"
+    becomes PRIORITY; every other key, "event" and "level" included, becomes POWERCAST_<KEY>.
+    event_dict is not changed.
+    """
+    fields = {k: v for k, v in event_dict.items() if k != "priority"}
+    event = str(fields.get("event", ""))
+    rest = {k: v for k, v in fields.items() if k not in ("event", "level")}
+    body = _MESSAGE_BODY(None, "", rest) if rest else ""
+    entry = [
+        ("MESSAGE", f"{event} {body}" if body else event),
+        ("PRIORITY", str(event_dict.get("priority", _DEFAULT_PRIORITY))),
+        ("SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER),
+    ]
+    lead = [k for k in ("event", "level") if k in fields]
+    keys = [*lead, *(k for k in fields if k not in lead)]
+    entry.extend((journal_field_name(k), _journal_value(fields[k])) for k in keys)
+    return entry
+
+
+def encode_journal_entry(fields: Iterable[tuple[str, str]]) -> bytes:
+    """journald's native datagram: "NAME=value\n" per field, or, for a value holding a
+    newline, "NAME\n", its length as a little-endian 64-bit integer, the value, "\n"."""
+    out = bytearray()
+    for name, value in fields:
+        data = value.encode("utf-8", errors="backslashreplace")
+        if b"\n" in data:
+            out += name.encode("ascii") + b"\n" + len(data).to_bytes(8, "little") + data + b"\n"
+        else:
+            out += name.encode("ascii") + b"=" + data + b"\n"
+    return bytes(out)
+
+
+class JournalSender:
+    """A datagram socket that sends encoded entries to journald's native socket.
+
+    Non-blocking: when journald cannot keep up the send fails (EAGAIN) rather than stalling
+    the event loop, and the caller writes the entry elsewhere. Each send names the path, so
+    a restarted journald is reached again without reconnecting.
+    """
+
+    def __init__(self, path: str = JOURNAL_SOCKET) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._sock.setblocking(False)
+
+    def send(self, entry: bytes) -> None:
+        """Send one entry; raises OSError when journald did not take it."""
+        try:
+            self._sock.sendto(entry, self.path)
+        except OSError as err:
+            if err.errno not in (errno.EMSGSIZE, errno.ENOBUFS):
+                raise
+            self._send_memfd(entry)
+
+    def _send_memfd(self, entry: bytes) -> None:
+        """Too big for a datagram: pass a sealed memfd holding the entry instead."""
+        fd = os.memfd_create("powercast-journal", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            view = memoryview(entry)
+            while view:
+                view = view[os.write(fd, view) :]
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _MEMFD_SEALS)
+            rights = (socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))
+            self._sock.sendmsg([], [rights], 0, self.path)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Release the socket."""
+        self._sock.close()
+
+
+class NativeJournalRenderer:
+    """structlog's last processor under journald: send the event, write nothing.
+
+    When the send fails the "<N>" journal line is returned instead, so the event still
+    reaches the journal through the process's stream (with its priority, without fields).
+    """
+
+    def __init__(self, sender: JournalSender) -> None:
+        self.sender = sender
+        self._fallback = JournalRenderer()
+
+    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+        """Send, then drop the event; or render the fallback line."""
+        try:
+            self.sender.send(encode_journal_entry(journal_fields(event_dict)))
+        except OSError:
+            return self._fallback(logger, name, event_dict)
+        raise structlog.DropEvent
 
 
 def _lead_with_ts_level_event(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
@@ -98,21 +239,53 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
-def _resolve_format(fmt: str, stream: TextIO, environ: Mapping[str, str]) -> str:
+def _is_socket(path: str) -> bool:
+    """True when path names a socket (journald's is absent on hosts without systemd)."""
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+_NATIVE = "journal-native"
+"""The concrete format "auto" picks under systemd when journald's socket is there."""
+
+
+def _resolve_format(
+    fmt: str, stream: TextIO, environ: Mapping[str, str], journal_socket: str
+) -> str:
     """Turn "auto" into the concrete format for this stream."""
     if fmt != "auto":
         return fmt
     if _isatty(stream):
         return "console"
     if _is_journal_stream(stream, environ):
-        return "journal"
+        return _NATIVE if _is_socket(journal_socket) else "journal"
     return "logfmt"
 
 
-def _renderer_chain(fmt: str, stream: TextIO) -> list[Processor]:
+_sender: JournalSender | None = None
+"""The native journal socket of the current configuration, closed on reconfiguring."""
+
+
+def _journal_sender(path: str | None) -> JournalSender | None:
+    """A sender for path (kept from the last configure() when the path is the same)."""
+    global _sender  # noqa: PLW0603  # one socket per process, like the structlog config
+    if _sender is not None and _sender.path != path:
+        _sender.close()
+        _sender = None
+    if path is not None and _sender is None:
+        _sender = JournalSender(path)
+    return _sender
+
+
+def _renderer_chain(fmt: str, stream: TextIO, journal_socket: str) -> list[Processor]:
     """The format-specific tail of the processor chain, renderer last."""
     timestamp = structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts")
     exc = structlog.processors.format_exc_info
+    sender = _journal_sender(journal_socket if fmt == _NATIVE else None)
+    if sender is not None:
+        return [exc, add_syslog_priority, NativeJournalRenderer(sender)]
     if fmt == "console":
         # ConsoleRenderer formats exceptions itself, with the traceback on its own lines.
         console = structlog.dev.ConsoleRenderer(colors=_isatty(stream), timestamp_key="ts")
@@ -136,10 +309,12 @@ def configure(
     stream: TextIO | None = None,
     fmt: str = "auto",
     environ: Mapping[str, str] | None = None,
+    journal_socket: str = JOURNAL_SOCKET,
 ) -> None:
     """Configure structlog globally; call again to reconfigure (loggers are not cached).
 
-    environ defaults to os.environ and is only read for JOURNAL_STREAM under fmt="auto".
+    environ defaults to os.environ and is only read for JOURNAL_STREAM under fmt="auto";
+    journal_socket is journald's native socket, used under fmt="auto" when it exists.
     Raises ValueError naming the bad argument and the accepted values.
     """
     if level not in _LEVELS:
@@ -149,12 +324,13 @@ def configure(
         msg = f"'fmt' must be one of {FORMATS!r} (got {fmt!r})"
         raise ValueError(msg)
     out = sys.stderr if stream is None else stream
-    concrete = _resolve_format(fmt, out, os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
+    concrete = _resolve_format(fmt, out, env, journal_socket)
     processors: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.StackInfoRenderer(),
-        *_renderer_chain(concrete, out),
+        *_renderer_chain(concrete, out, journal_socket),
     ]
     structlog.configure(
         processors=processors,

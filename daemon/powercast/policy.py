@@ -179,12 +179,13 @@ class Policy:
         hot = temp is not None and temp >= cfg.temp_high_c
 
         if s.power is PowerStatus.ONLINE:
-            waited = now - (now if self.online_since is None else self.online_since)
+            since = now if self.online_since is None else self.online_since
+            waited = now - since
             if state != "shedding":
                 return "normal", "power online"
             if hot or temp is None:
                 return "normal", f"power back and {'too hot' if hot else 'no fresh temperature'}"
-            if waited < cfg.restore_after_s:
+            if now < since + cfg.restore_after_s:  # the same sum as deadline(), to the bit
                 left = cfg.restore_after_s - waited
                 return "shedding", f"power back, restoring fans in {left:.1f} s"
             return "normal", f"power back for {waited:.1f} s"
@@ -202,11 +203,12 @@ class Policy:
             )
         if state == "thermal_override" and temp > cfg.temp_high_c - cfg.temp_hysteresis_c:
             return "thermal_override", f"{_where(s)} still {temp:g} °C, within hysteresis"
-        elapsed = now - (now if self.battery_since is None else self.battery_since)
+        since = now if self.battery_since is None else self.battery_since
+        elapsed = now - since
         status = s.power.value.replace("_", " ")
         if state == "shedding":
             return "shedding", f"{status}, {_where(s)} {temp:g} °C"
-        if state in ("on_battery", "thermal_override") and elapsed >= cfg.shed_after_s:
+        if state in ("on_battery", "thermal_override") and now >= since + cfg.shed_after_s:
             return "shedding", (
                 f"{status} for {elapsed:.1f} s, {_where(s)} {temp:g} °C < {cfg.temp_high_c:g}"
             )

@@ -23,6 +23,7 @@ from powercast import config as cfg
 from powercast import net, wire
 from powercast.actions import ActionQueue
 from powercast.announcer import Announcer, merge
+from powercast.auth import Keyring, KeyringError, load_keys
 from powercast.config import ControllerConfig, PublisherConfig, Reading
 from powercast.controller import Controller
 from powercast.policy import Decision
@@ -43,9 +44,12 @@ class Daemon(Generic[C]):
 
     role: cfg.Role
 
-    def __init__(self, path: Path, config: C, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self, path: Path, config: C, keyring: Keyring, notifier: Notifier | None = None
+    ) -> None:
         self.path = path
         self.config: C = config
+        self.keyring = keyring
         self.loaded_at = time.time()
         self.notifier = notifier or Notifier()
         self._reload = asyncio.Event()
@@ -55,7 +59,7 @@ class Daemon(Generic[C]):
     async def start(self, tg: asyncio.TaskGroup) -> None:
         raise NotImplementedError
 
-    async def apply(self, new: C) -> None:
+    async def apply(self, new: C, keyring: Keyring) -> None:
         """Switch to ``new``; raise (NetworkError) to keep the running config."""
         raise NotImplementedError
 
@@ -105,11 +109,13 @@ class Daemon(Generic[C]):
             log.info("reloading", config=str(self.path))
             try:
                 new = cfg.load(self.path, self.role)
-                await self.apply(new)  # type: ignore[arg-type]  # load() returns this role
-            except (cfg.ConfigError, net.NetworkError) as err:
+                keyring = load_keys(new)
+                await self.apply(new, keyring)  # type: ignore[arg-type]  # load() gave this role
+            except (cfg.ConfigError, KeyringError, net.NetworkError) as err:
                 log.error("reload_failed", error=str(err), keeping="running config")
             else:
                 self.config = new  # type: ignore[assignment]
+                self.keyring = keyring
                 self.loaded_at = time.time()
                 log.info("reloaded", config=str(self.path))
             self.notifier.ready(self.status())
@@ -129,10 +135,16 @@ class _Receiver(asyncio.DatagramProtocol):
 class ControllerDaemon(Daemon[ControllerConfig]):
     role = "controller"
 
-    def __init__(self, path: Path, config: ControllerConfig, notifier: Notifier | None = None):
-        super().__init__(path, config, notifier)
+    def __init__(
+        self,
+        path: Path,
+        config: ControllerConfig,
+        keyring: Keyring,
+        notifier: Notifier | None = None,
+    ):
+        super().__init__(path, config, keyring, notifier)
         self.loop = asyncio.get_running_loop()
-        self.core = Controller(config)
+        self.core = Controller(config, keyring)
         self.actions = ActionQueue()
         self._transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -154,13 +166,13 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         log.info("listening", group=network.group, port=network.port, interface=network.interface)
         return transport
 
-    async def apply(self, new: ControllerConfig) -> None:
+    async def apply(self, new: ControllerConfig, keyring: Keyring) -> None:
         if new.network != self.config.network:
             transport = await self._listen(new.network)  # fails before the old one is closed
             if self._transport is not None:
                 self._transport.close()
             self._transport = transport
-        self._decided(self.core.reconfigure(new, self.loop.time()))
+        self._decided(self.core.reconfigure(new, keyring, self.loop.time()))
         self._arm()
 
     def close(self) -> None:
@@ -177,7 +189,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         return f"{policy.state}: {policy.reason} ({fresh}/{heard} publishers fresh)"
 
     def _on_datagram(self, data: bytes) -> None:
-        decisions = self.core.receive(data, self.loop.time())
+        decisions = self.core.receive(data, self.loop.time(), time.time())
         if decisions:
             self._decided(decisions)
         if self.core.notices:
@@ -222,8 +234,14 @@ class ControllerDaemon(Daemon[ControllerConfig]):
 class PublisherDaemon(Daemon[PublisherConfig]):
     role = "publisher"
 
-    def __init__(self, path: Path, config: PublisherConfig, notifier: Notifier | None = None):
-        super().__init__(path, config, notifier)
+    def __init__(
+        self,
+        path: Path,
+        config: PublisherConfig,
+        keyring: Keyring,
+        notifier: Notifier | None = None,
+    ):
+        super().__init__(path, config, keyring, notifier)
         self.loop = asyncio.get_running_loop()
         self.announcer = Announcer(config)
         self._sock: socket.socket | None = None
@@ -233,6 +251,7 @@ class PublisherDaemon(Daemon[PublisherConfig]):
         self._pollers: list[asyncio.Task[None]] = []
         self._news = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
+        self._sign = _signer(config, keyring)
         self.sent = 0
         self.send_errors = 0
 
@@ -268,13 +287,14 @@ class PublisherDaemon(Daemon[PublisherConfig]):
             for i, reader in enumerate(self._readers)
         ]
 
-    async def apply(self, new: PublisherConfig) -> None:
+    async def apply(self, new: PublisherConfig, keyring: Keyring) -> None:
         if new.network != self.config.network:
             sock = self._open(new.network)
             if self._sock is not None:
                 self._sock.close()
             self._sock = sock
         self.announcer.config = new
+        self._sign = _signer(new, keyring)
         if new.sources != self.config.sources:
             self._start_sources(new)
         self._news.set()
@@ -336,7 +356,10 @@ class PublisherDaemon(Daemon[PublisherConfig]):
         assert self._sock is not None
         n = self.config.network
         try:
-            self._sock.sendto(wire.encode(message), (n.group, n.port))
+            key_id = self.config.auth.key_id
+            self._sock.sendto(
+                wire.encode(message, key_id=key_id, sign=self._sign), (n.group, n.port)
+            )
         except OSError as err:
             self.send_errors += 1
             if self.send_errors == 1 or self.send_errors % 100 == 0:
@@ -348,11 +371,15 @@ class PublisherDaemon(Daemon[PublisherConfig]):
             self.sent += 1
 
 
+def _signer(config: PublisherConfig, keyring: Keyring) -> Callable[[bytes], bytes] | None:
+    return keyring.signer(config.auth.key_id) if config.auth.key_id else None
+
+
 def _where(network: cfg.Network) -> dict[str, Any]:
     return {"group": network.group, "port": network.port, "interface": network.interface}
 
 
-async def serve(path: Path, config: cfg.Config) -> None:
+async def serve(path: Path, config: cfg.Config, keyring: Keyring) -> None:
     """Run the daemon for ``config``'s role until SIGTERM.
 
     A startup failure (NetworkError) comes out bare, not wrapped in an ExceptionGroup,
@@ -360,9 +387,9 @@ async def serve(path: Path, config: cfg.Config) -> None:
     """
     daemon: Daemon[Any]
     if isinstance(config, ControllerConfig):
-        daemon = ControllerDaemon(path, config)
+        daemon = ControllerDaemon(path, config, keyring)
     else:
-        daemon = PublisherDaemon(path, config)
+        daemon = PublisherDaemon(path, config, keyring)
     try:
         await daemon.run()
     except* net.NetworkError as group:

@@ -50,7 +50,9 @@ class Session:
         """Judge ``message`` and, unless it is old or a duplicate, take it as current."""
         last = self.message
         if message.epoch != last.epoch:
-            if message.epoch in self.ended_epochs:
+            # A restart is later in time; an epoch that ended, or one sent before the
+            # last datagram we took, is a replay.
+            if message.epoch in self.ended_epochs or message.sent <= last.sent:
                 return Verdict.OLD
             self.ended_epochs.append(last.epoch)
             verdict = Verdict.NEW

@@ -37,11 +37,13 @@ HEADER: Final = struct.Struct("!4sBBHH")
 
 _U63 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 """Counters and epochs stay within int64 so every MessagePack decoder reads them."""
+# msgspec searches with ``re.search``, where ``$`` also matches before a final newline:
+# ``\Z`` is what keeps "ups-1\n" out.
 _PublisherId = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*\Z")
 ]
 _SensorName = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*\Z")
 ]
 # Bounds reject NaN and infinities too: no comparison with NaN holds.
 _Celsius = Annotated[float, msgspec.Meta(ge=-273.15, le=1000.0)]

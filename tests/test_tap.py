@@ -1,0 +1,76 @@
+"""`powercast tap`: decoded datagrams with their verification result."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness import GROUP, free_port, make_keys, network, running, write_toml
+
+
+class TestTap:
+    def test_prints_good_and_bad_datagrams_as_json(self, tmp_path: Path) -> None:
+        """Signed announcements show as good with their fields; old scripts' text as not_ours."""
+        port = free_port()
+        keys = make_keys(tmp_path / "keys")
+        publisher = write_toml(
+            tmp_path / "p.toml",
+            {
+                "role": "publisher",
+                "id": "ups-tap",
+                "heartbeat_s": 0.1,
+                "network": network(port),
+                "auth": {"keys_dir": str(keys), "key_id": 1},
+                "log": {"format": "json"},
+            },
+        )
+        tap = subprocess.Popen(
+            [sys.executable, "-m", "powercast", "tap", "--group", GROUP, "--port", str(port),
+             "--interface", "127.0.0.1", "--keys-dir", str(keys), "--json", "--count", "4",
+             "--timeout", "10"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        time.sleep(0.5)  # let it join
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+            s.sendto(b"ATU 2022-02-13 10:00:00", (GROUP, port))
+        with running("publish", "--config", str(publisher)):
+            out, _ = tap.communicate(timeout=15)
+        assert tap.returncode == 0
+        records = [json.loads(line) for line in out.splitlines()]
+        assert len(records) == 4
+        assert records[0]["result"] == "not_ours"
+        good = records[1:]
+        assert {r["result"] for r in good} == {"good"}
+        assert {r["message"]["publisher"] for r in good} == {"ups-tap"}
+        assert all(r["key_id"] == 1 for r in good)
+        assert good[0]["message"]["power"]["status"] == "online"
+
+    def test_wrong_key_and_timeout(self, tmp_path: Path) -> None:
+        """With other keys, datagrams show as unknown_key; with none at all, exit 1 on timeout."""
+        port = free_port()
+        keys = make_keys(tmp_path / "keys", 2)
+        other = make_keys(tmp_path / "other", 3)
+        publisher = write_toml(
+            tmp_path / "p.toml",
+            {
+                "role": "publisher",
+                "heartbeat_s": 0.1,
+                "network": network(port),
+                "auth": {"keys_dir": str(keys), "key_id": 2},
+                "log": {"format": "json"},
+            },
+        )
+        argv = [sys.executable, "-m", "powercast", "tap", "--group", GROUP, "--port", str(port),
+                "--keys-dir", str(other), "--count", "1", "--timeout", "10"]  # fmt: skip
+        with running("publish", "--config", str(publisher)):
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=15, check=False)
+        assert done.returncode == 0
+        assert " unknown_key " in done.stdout
+        quiet = [*argv[:-4], "--timeout", "0.3"]
+        assert subprocess.run(quiet, capture_output=True, timeout=15, check=False).returncode == 1
