@@ -69,7 +69,7 @@ _FIELD_NAME_MAX = 64  # journald drops longer field names
 _NOT_IN_FIELD_NAME = re.compile(r"[^A-Z0-9_]")
 # Sealed the way journald insists on before it reads an entry passed as a file descriptor.
 _MEMFD_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
-_MESSAGE_BODY = structlog.processors.LogfmtRenderer(drop_missing=True, bool_as_flag=False)
+_LEAD = ("event", "level")  # first among the POWERCAST_ fields; not repeated in MESSAGE
 
 
 def level_names() -> tuple[str, ...]:
@@ -107,36 +107,45 @@ def journal_field_name(key: str) -> str:
 
 
 def _journal_value(value: object) -> str:
-    """A field's text: strings as they are, everything else as in the json format."""
+    """A field's text: strings as they are, everything else as compact JSON."""
     if isinstance(value, str):
         return value
-    return json.dumps(value, default=str, ensure_ascii=False)
+    return json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+def _message_value(value: object) -> str:
+    """A field's text in MESSAGE: quoted (JSON string) when empty or holding a space or "="."""
+    text = _journal_value(value)
+    if not text or "=" in text or any(c.isspace() for c in text):
+        return json.dumps(text, ensure_ascii=False)
+    return text
 
 
 def journal_fields(event_dict: EventDict) -> list[tuple[str, str]]:
     """The journal entry for one event: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER, POWERCAST_*.
 
-    MESSAGE is what `journalctl` shows: the event name, then its fields as logfmt. "priority"
-    becomes PRIORITY; every other key, "event" and "level" included, becomes POWERCAST_<KEY>.
+    MESSAGE is what `journalctl` shows: the event name, then key=value for its fields (values
+    as in the fields, quoted when they hold a space or "="). "priority" becomes PRIORITY;
+    every other key, "event" and "level" included, becomes POWERCAST_<KEY>.
     event_dict is not changed.
     """
     fields = {k: v for k, v in event_dict.items() if k != "priority"}
     event = str(fields.get("event", ""))
-    rest = {k: v for k, v in fields.items() if k not in ("event", "level")}
-    body = _MESSAGE_BODY(None, "", rest) if rest else ""
+    message = " ".join(
+        [event, *(f"{k}={_message_value(v)}" for k, v in fields.items() if k not in _LEAD)]
+    )
     entry = [
-        ("MESSAGE", f"{event} {body}" if body else event),
+        ("MESSAGE", message),
         ("PRIORITY", str(event_dict.get("priority", _DEFAULT_PRIORITY))),
         ("SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER),
     ]
-    lead = [k for k in ("event", "level") if k in fields]
-    keys = [*lead, *(k for k in fields if k not in lead)]
+    keys = [*(k for k in _LEAD if k in fields), *(k for k in fields if k not in _LEAD)]
     entry.extend((journal_field_name(k), _journal_value(fields[k])) for k in keys)
     return entry
 
 
 def encode_journal_entry(fields: Iterable[tuple[str, str]]) -> bytes:
-    """journald's native datagram: "NAME=value\n" per field, or, for a value holding a
+    r"""journald's native datagram: "NAME=value\n" per field, or, for a value holding a
     newline, "NAME\n", its length as a little-endian 64-bit integer, the value, "\n"."""
     out = bytearray()
     for name, value in fields:
