@@ -24,8 +24,8 @@ from powercast.wire import Announcement, Power, PowerStatus
 def merge(readings: list[Reading | None]) -> tuple[Power, dict[str, float]]:
     """Combine sources in config order: the first known power status, every sensor.
 
-    ``None`` stands for a source that failed; a failed source that provides power makes
-    power ``unknown`` unless an earlier source knows it.
+    ``None`` stands for a source that failed: it contributes nothing, so power is
+    ``unknown`` unless another source knows it.
     """
     power: Power | None = None
     temperatures: dict[str, float] = {}

@@ -153,7 +153,123 @@ class CommandSource(_Table, frozen=True, tag="command", tag_field="kind"):
     timeout_s: Positive = 5.0
 
 
-Source = SimulatedSource | FileSource | CommandSource
+UpsName = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=20, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+]
+"""A NUT UPS name; short enough that "<ups>.temperature" is a sensor name."""
+Host = Annotated[str, msgspec.Meta(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9._:%-]+\Z")]
+FilePath = Annotated[str, msgspec.Meta(min_length=1)]
+Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=r"^[^\s]+\Z")]
+
+
+def _one_of(value: object, other: object, name: str, other_name: str) -> None:
+    if value is not None and other is not None:
+        raise ValueError(f"{name}: expected either {name} or {other_name}, got both")
+
+
+class NutSource(_Table, frozen=True, tag="nut", tag_field="kind"):
+    """UPSes behind a NUT upsd, read over the NUT network protocol (TCP, optional STARTTLS).
+
+    Power comes from the first UPS named, a ``<ups>.temperature`` sensor from each.
+    """
+
+    ups: UpsName | Annotated[list[UpsName], msgspec.Meta(min_length=1, max_length=8)]
+    host: Host = "127.0.0.1"
+    port: Port = 3493
+    username: Secret | None = None
+    password: Secret | None = None
+    password_file: FilePath | None = None
+    """A file holding the password on its first line; others must not be able to read it."""
+    tls: Literal["off", "try", "required"] = "off"
+    """STARTTLS: "try" uses it if upsd has it configured, "required" refuses plain text."""
+    ca_file: FilePath | None = None
+    """CA certificates (PEM) that upsd's certificate must chain to; default: the system's."""
+    interval_s: Positive = 1.0
+    timeout_s: Positive = 2.0
+    """For the connection and for each request."""
+
+    @property
+    def ups_names(self) -> list[str]:
+        return [self.ups] if isinstance(self.ups, str) else list(self.ups)
+
+    def __post_init__(self) -> None:
+        names = self.ups_names
+        if len(set(names)) != len(names):
+            raise ValueError(f"ups: expected distinct UPS names, got {names}")
+        _one_of(self.password, self.password_file, "password", "password_file")
+        has_password = self.password is not None or self.password_file is not None
+        if has_password and self.username is None:
+            raise ValueError("username: expected a user name to go with the password, got none")
+
+
+class HwmonSource(_Table, frozen=True, tag="hwmon", tag_field="kind"):
+    """Temperatures the kernel exposes: /sys/class/hwmon/*/temp*_input (sensor
+    ``<name>.<label>``, or ``<name>.temp<N>`` without a label) and
+    /sys/class/thermal/thermal_zone*/temp (sensor ``<type>``)."""
+
+    sensors: Annotated[
+        list[Annotated[str, msgspec.Meta(min_length=1, max_length=128)]],
+        msgspec.Meta(min_length=1),
+    ] = msgspec.field(default_factory=lambda: ["*"])
+    """Sensor names or globs (``coretemp.*``); each must match at least one sensor."""
+    rename: dict[str, SensorName] = {}
+    """Announce a sensor under another name: ``{"coretemp.Package_id_0" = "cpu"}``."""
+    root: FilePath = "/"
+    """Where sysfs is mounted, less ``sys/``: tests point it at a tree of their own."""
+    interval_s: Positive = 2.0
+
+
+class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
+    """A UPS's SNMP agent, read with the standard UPS-MIB (RFC 1628), v2c or v3."""
+
+    host: Host
+    port: Port = 161
+    version: Literal["2c", "3"] = "2c"
+    community: Secret | None = None
+    community_file: FilePath | None = None
+    user: Secret | None = None
+    """SNMPv3 user name."""
+    auth_protocol: Literal["none", "md5", "sha", "sha224", "sha256", "sha384", "sha512"] = "sha"
+    auth_key: Secret | None = None
+    auth_key_file: FilePath | None = None
+    priv_protocol: Literal["none", "des", "aes", "aes192", "aes256"] = "aes"
+    priv_key: Secret | None = None
+    priv_key_file: FilePath | None = None
+    sensor: SensorName = "ups.battery"
+    """The name under which upsBatteryTemperature is announced."""
+    interval_s: Positive = 1.0
+    timeout_s: Positive = 1.0
+    """For each try of a request."""
+    retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 1
+
+    def __post_init__(self) -> None:
+        _one_of(self.community, self.community_file, "community", "community_file")
+        _one_of(self.auth_key, self.auth_key_file, "auth_key", "auth_key_file")
+        _one_of(self.priv_key, self.priv_key_file, "priv_key", "priv_key_file")
+        if self.version == "2c":
+            if self.community is None and self.community_file is None:
+                raise ValueError(
+                    "community: expected community or community_file for version 2c, got neither"
+                )
+            return
+        if self.user is None:
+            raise ValueError("user: expected an SNMPv3 user name for version 3, got none")
+        for proto, key, key_file, name in (
+            (self.auth_protocol, self.auth_key, self.auth_key_file, "auth_key"),
+            (self.priv_protocol, self.priv_key, self.priv_key_file, "priv_key"),
+        ):
+            if proto != "none" and key is None and key_file is None:
+                raise ValueError(f"{name}: expected {name} or {name}_file, got neither")
+            if key is not None and len(key) < 8:
+                raise ValueError(f"{name}: expected at least 8 characters, got {len(key)}")
+        if self.auth_protocol == "none" and self.priv_protocol != "none":
+            raise ValueError(
+                f'priv_protocol: expected "none" when auth_protocol is "none",'
+                f" got {self.priv_protocol!r}"
+            )
+
+
+Source = SimulatedSource | FileSource | CommandSource | NutSource | HwmonSource | SnmpSource
 
 
 def _default_id() -> str:
@@ -195,6 +311,8 @@ class Policy(_Table, frozen=True):
     """Debounce: on battery this long before the fans are shed."""
     restore_after_s: Annotated[float, msgspec.Meta(ge=0.0, le=86_400.0)] = 10.0
     """Power back this long before shed fans are restored (lets the mains settle)."""
+    max_tal_s: Annotated[float, msgspec.Meta(gt=0.0, le=3600.0)] = 30.0
+    """A publisher's data counts as stale after this long, whatever TAL it announces."""
 
 
 class Action(_Table, frozen=True):

@@ -4,9 +4,11 @@ No sockets, no clocks, no processes: the runtime passes each datagram with the
 monotonic ``now`` to :meth:`Controller.receive`, calls :meth:`Controller.tick` at
 :meth:`Controller.deadline`, and carries out the decisions that come back.
 
-The datagram path is kept short: decode, look up the publisher, and for a heartbeat
-that brings no news, only move its expiry. The situation is rebuilt and the policy
-consulted only when something changed: news, a new or returning publisher, or expiry.
+The datagram path is kept short: decode, verify, look up the publisher, and for a
+heartbeat that repeats the same readings, only move its expiry. The situation is rebuilt
+and the rules consulted when something changed: news, a reading that moved within the
+publisher's deadband (it may still cross a threshold here), a new or returning
+publisher, or expiry. The chart itself runs only when the state changes.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ class Controller:
         self.keyring = keyring
         self.policy.settings = config.policy
         self._allowed = frozenset(config.policy.publishers)
+        if self._allowed:  # publishers no longer listed stop counting now, not at their TAL
+            self.sessions = {p: s for p, s in self.sessions.items() if p in self._allowed}
+        for session in self.sessions.values():
+            session.max_tal = config.policy.max_tal_s
         return self.policy.evaluate(self.situation(now), now)
 
     def receive(self, data: bytes, now: float, wall: float) -> list[Decision]:
@@ -99,11 +105,14 @@ class Controller:
             return NOTHING
         session = self.sessions.get(publisher)
         if session is None:
-            self.sessions[publisher] = session = Session(message, now, now + message.tal)
+            session = Session.first(message, now, self.config.policy.max_tal_s)
+            self.sessions[publisher] = session
             verdict = Verdict.NEW
             was_fresh = False
+            before = None
         else:
             was_fresh = session.fresh(now)
+            before = session.message.temperatures
             verdict = session.offer(message, now)
         if verdict is Verdict.OLD:
             self._reject(
@@ -117,8 +126,8 @@ class Controller:
         if verdict is Verdict.DUPLICATE:
             return NOTHING
         heapq.heappush(self._expiries, (session.expires_at, publisher))
-        if verdict is Verdict.REPEAT and was_fresh:
-            return NOTHING
+        if verdict is Verdict.REPEAT and was_fresh and message.temperatures == before:
+            return NOTHING  # a heartbeat with the very same readings: nothing to decide
         return self.policy.evaluate(self.situation(now), now)
 
     def tick(self, now: float) -> list[Decision]:

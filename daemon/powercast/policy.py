@@ -140,6 +140,7 @@ class Policy:
         for _ in range(len(FANS_ON)):  # each rule pass moves at most once; never loops forever
             target, reason = self._rule(situation, now)
             if target == self.state:
+                self.reason = reason  # the why may change without a move (status shows it)
                 break
             decisions.append(Decision(now, self.state, target, reason, situation))
             self.chart.send(f"to_{target}")

@@ -9,6 +9,7 @@ stale after exactly the time it promised.
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -37,7 +38,14 @@ class Session:
     message: Announcement
     received_at: float
     expires_at: float
+    max_tal: float = math.inf
+    """The receiver's cap on any announcement's TAL: a publisher cannot stay fresh for a day."""
     ended_epochs: deque[int] = field(default_factory=lambda: deque(maxlen=16))
+
+    @classmethod
+    def first(cls, message: Announcement, now: float, max_tal: float = math.inf) -> Session:
+        """The session opened by a publisher's first accepted announcement."""
+        return cls(message, now, now + min(message.tal, max_tal), max_tal)
 
     @property
     def publisher(self) -> str:
@@ -50,9 +58,13 @@ class Session:
         """Judge ``message`` and, unless it is old or a duplicate, take it as current."""
         last = self.message
         if message.epoch != last.epoch:
-            # A restart is later in time; an epoch that ended, or one sent before the
-            # last datagram we took, is a replay.
-            if message.epoch in self.ended_epochs or message.sent <= last.sent:
+            # A restart is later in time: an epoch that ended, or one sent before the last
+            # datagram taken while that one is still fresh, is a replay. Once the session
+            # is stale, a restart with a clock set back is accepted (the receiver's clock
+            # window still bounds it).
+            if message.epoch in self.ended_epochs or (
+                message.sent <= last.sent and now < self.expires_at
+            ):
                 return Verdict.OLD
             self.ended_epochs.append(last.epoch)
             verdict = Verdict.NEW
@@ -66,5 +78,5 @@ class Session:
             verdict = Verdict.REPEAT
         self.message = message
         self.received_at = now
-        self.expires_at = now + message.tal
+        self.expires_at = now + min(message.tal, self.max_tal)
         return verdict

@@ -1,9 +1,12 @@
-"""What every source shares: the reader protocol, its error, and reading validation."""
+"""What every source shares: the reader protocol, its error, reading validation, secrets
+and the retry schedule of a failing source."""
 
 from __future__ import annotations
 
+import os
+import stat
 import tomllib
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 
@@ -22,6 +25,9 @@ class Reader(Protocol):
 
     async def read(self) -> Reading: ...
 
+    def close(self) -> None:
+        """Release what the reader keeps open between reads (a connection); may read again."""
+
 
 _reading_json = msgspec.json.Decoder(Reading)
 
@@ -36,6 +42,63 @@ def parse_reading(data: bytes, origin: str, fmt: str = "json") -> Reading:
         raise SourceError(f"{origin}: {explain(str(err), _raw(data, fmt), Reading)}") from None
     except (msgspec.DecodeError, ValueError) as err:  # TOMLDecodeError, UnicodeError: ValueError
         raise SourceError(f"{origin}: not valid {fmt.upper()}: {err}") from None
+
+
+def make_reading(raw: dict[str, Any], origin: str) -> Reading:
+    """Validate a reading built from a protocol's values, with every bound of the schema.
+
+    Structs built directly skip msgspec's checks; a value out of bounds would then only
+    fail when the announcement is encoded, and stop every announcement. ``origin`` names
+    the source in the error.
+    """
+    try:
+        return msgspec.convert(raw, type=Reading, strict=True)
+    except msgspec.ValidationError as err:
+        raise SourceError(f"{origin}: {explain(str(err), raw, Reading)}") from None
+
+
+def read_secret(path: str, origin: str) -> str:
+    """The first line of a password or community file that others cannot read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        raise SourceError(f"{origin}: {path}: cannot read: {err.strerror or err}") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if mode & (stat.S_IROTH | stat.S_IWOTH):
+            raise SourceError(
+                f"{origin}: {path}: readable or writable by others"
+                f" (mode {stat.S_IMODE(mode):04o}); chmod o-rw it"
+            )
+        data = f.read(4096)
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if not lines or not lines[0].strip():
+        raise SourceError(f"{origin}: {path}: empty (expected the secret on its first line)")
+    return lines[0].strip()
+
+
+BACKOFF_MAX_S: Final = 30.0
+
+
+class Backoff:
+    """When to read a source next: every ``interval_s`` while it works; after a failure,
+    ``interval_s`` then doubling up to ``max_s``; back to ``interval_s`` on success.
+
+    Pure and deterministic. A source slower than ``max_s`` keeps its own interval.
+    """
+
+    def __init__(self, interval_s: float, max_s: float = BACKOFF_MAX_S) -> None:
+        self.interval_s = interval_s
+        self.max_s = max(max_s, interval_s)
+        self.failures = 0
+
+    def delay(self, ok: bool) -> float:
+        """Seconds to wait after a read that worked (``ok``) or failed."""
+        if ok:
+            self.failures = 0
+            return self.interval_s
+        self.failures += 1
+        return min(self.interval_s * 2.0 ** min(self.failures - 1, 64), self.max_s)
 
 
 def _raw(data: bytes, fmt: str) -> Any:

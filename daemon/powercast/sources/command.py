@@ -16,6 +16,9 @@ class CommandReader:
         self._argv = config.argv
         self._timeout = config.timeout_s
 
+    def close(self) -> None:
+        """Nothing is kept open between reads."""
+
     async def read(self) -> Reading:
         program = self._argv[0]
         try:

@@ -16,6 +16,9 @@ class FileReader:
         self._path = Path(config.path)
         self._format = "toml" if self._path.suffix == ".toml" else "json"
 
+    def close(self) -> None:
+        """Nothing is kept open between reads."""
+
     async def read(self) -> Reading:
         try:
             data = await asyncio.to_thread(self._path.read_bytes)

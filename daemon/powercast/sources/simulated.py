@@ -26,5 +26,8 @@ class SimulatedReader:
         step = steps[index]
         return Reading(power=step.power, temperatures=step.temperatures)
 
+    def close(self) -> None:
+        """Nothing is kept open between reads."""
+
     async def read(self) -> Reading:
         return self.at(time.monotonic() - self._start)

@@ -1,0 +1,32 @@
+"""The fuzz target runs for a bounded time in every test run."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TARGET = Path(__file__).parent / "fuzz" / "fuzz_datagram.py"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris not installed")
+class TestFuzz:
+    def test_datagram_path_survives_fuzzing(self, tmp_path: Path) -> None:
+        """libFuzzer-driven bytes through decode, verify, session and policy raise nothing."""
+        seconds = os.environ.get("POWERCAST_FUZZ_SECONDS", "8")
+        done = subprocess.run(
+            [sys.executable, str(TARGET), f"-max_total_time={seconds}", "-print_final_stats=1"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=int(seconds) + 60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "Done " in done.stderr
+        runs = int(done.stderr.split("Done ")[1].split()[0])
+        assert runs > 1000
