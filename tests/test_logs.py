@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+
 from powercast import logs
 
 

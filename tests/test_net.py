@@ -15,6 +15,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+
 from powercast.net import (
     IP_MULTICAST_ALL,
     NetworkError,

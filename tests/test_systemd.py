@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+
 from powercast.systemd import Notifier
 
 
