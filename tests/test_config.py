@@ -68,9 +68,9 @@ class TestErrors:
             "f.toml: actions[0].on: expected one of 'normal', 'on_battery', 'shedding',"
             " 'thermal_override', 'failsafe', got \"off\""
         )
-        assert error('role = "publisher"\n[[sources]]\nkind = "snmp"').startswith(
-            "f.toml: sources[0].kind: expected one of 'simulated', 'file', 'command', got"
-        )
+        kind = error('role = "publisher"\n[[sources]]\nkind = "pigeon"')
+        assert kind.startswith("f.toml: sources[0].kind: expected one of 'simulated', 'file', ")
+        assert kind.endswith(', got "pigeon"')
 
     def test_out_of_range(self) -> None:
         """Bounds are part of the message."""
