@@ -153,18 +153,35 @@ class CommandSource(_Table, frozen=True, tag="command", tag_field="kind"):
     timeout_s: Positive = 5.0
 
 
-UpsName = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=20, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
-]
+UpsName = Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
 """A NUT UPS name; short enough that "<ups>.temperature" is a sensor name."""
-Host = Annotated[str, msgspec.Meta(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9._:%-]+\Z")]
+Host = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
 FilePath = Annotated[str, msgspec.Meta(min_length=1)]
-Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=r"^[^\s]+\Z")]
+Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+_UPS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+_HOST = re.compile(r"[A-Za-z0-9._:%-]+\Z")
+_TOKEN_TEXT = re.compile(r"[!-~]+\Z")  # printable ASCII, no spaces or quotes to escape
 
 
 def _one_of(value: object, other: object, name: str, other_name: str) -> None:
     if value is not None and other is not None:
         raise ValueError(f"{name}: expected either {name} or {other_name}, got both")
+
+
+def _check_host(host: str) -> None:
+    if not _HOST.match(host):
+        raise ValueError(f"host: expected a host name or IP address, got {host!r}")
+
+
+def _check_tokens(table: object, *names: str) -> None:
+    """User names and inline secrets go on protocol lines: printable ASCII, no spaces."""
+    for name in names:
+        value = getattr(table, name)
+        if value is not None and (not _TOKEN_TEXT.match(value) or '"' in value):
+            raise ValueError(
+                f"{name}: expected printable ASCII without spaces or quotes,"
+                " got other characters (value not shown)"
+            )
 
 
 class NutSource(_Table, frozen=True, tag="nut", tag_field="kind"):
@@ -194,8 +211,16 @@ class NutSource(_Table, frozen=True, tag="nut", tag_field="kind"):
 
     def __post_init__(self) -> None:
         names = self.ups_names
+        for name in names:
+            if not _UPS_NAME.match(name):
+                raise ValueError(
+                    f"ups: expected UPS names of letters, digits and . _ - that start with a"
+                    f" letter or digit, got {name!r}"
+                )
         if len(set(names)) != len(names):
             raise ValueError(f"ups: expected distinct UPS names, got {names}")
+        _check_host(self.host)
+        _check_tokens(self, "username", "password")
         _one_of(self.password, self.password_file, "password", "password_file")
         has_password = self.password is not None or self.password_file is not None
         if has_password and self.username is None:
@@ -243,6 +268,8 @@ class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
     retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 1
 
     def __post_init__(self) -> None:
+        _check_host(self.host)
+        _check_tokens(self, "community", "user", "auth_key", "priv_key")
         _one_of(self.community, self.community_file, "community", "community_file")
         _one_of(self.auth_key, self.auth_key_file, "auth_key", "auth_key_file")
         _one_of(self.priv_key, self.priv_key_file, "priv_key", "priv_key_file")

@@ -312,32 +312,46 @@ class PublisherDaemon(Daemon[PublisherConfig]):
         )
 
     async def _poll(self, index: int, reader: Reader) -> None:
-        """Read one source on its interval; a failure is logged once, with its reason."""
-        while True:
-            try:
-                async with asyncio.timeout(max(reader.interval_s, 1.0) * 5):
-                    reading: Reading | None = await reader.read()
-            except (SourceError, TimeoutError) as err:
-                reading = None
-                reason = str(err) or f"{reader.name}: no answer (timed out)"
-                if self._failing.get(index) != reason:
-                    log.warning("source_failed", source=reader.name, error=reason)
-                self._failing[index] = reason
-            else:
-                if self._failing.pop(index, None) is not None:
-                    log.info("source_recovered", source=reader.name)
-            self._latest[index] = reading
-            power, temperatures = merge(self._latest)
-            if self.announcer.update(power, temperatures, self.loop.time()):
-                log.info(
-                    "reading_changed",
-                    power=power.status.value,
-                    change=self.announcer.change,
-                    **{f"temp_{k}": v for k, v in temperatures.items()},
-                )
-                self.notifier.status(self.status())
-                self._news.set()
-            await asyncio.sleep(reader.interval_s)
+        """Read one source on its interval; a failure is logged once, with its reason, and
+        retried with backoff (interval_s doubling up to 30 s; back to interval_s once it
+        reads again). No failure of a source ends the daemon; the reader is closed when
+        its poller ends (reload, stop)."""
+        from powercast.sources.base import Backoff  # noqa: PLC0415  # only _poll is ours to edit
+
+        backoff = Backoff(reader.interval_s)
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(max(reader.interval_s, 1.0) * 5):
+                        reading: Reading | None = await reader.read()
+                except Exception as err:  # SourceError, TimeoutError, or a bug: log it, go on
+                    reading = None
+                    if isinstance(err, SourceError):
+                        reason = str(err)
+                    elif isinstance(err, TimeoutError):
+                        reason = f"{reader.name}: no answer (timed out)"
+                    else:
+                        reason = f"{reader.name}: {type(err).__name__}: {err}"
+                    if self._failing.get(index) != reason:
+                        log.warning("source_failed", source=reader.name, error=reason)
+                    self._failing[index] = reason
+                else:
+                    if self._failing.pop(index, None) is not None:
+                        log.info("source_recovered", source=reader.name)
+                self._latest[index] = reading
+                power, temperatures = merge(self._latest)
+                if self.announcer.update(power, temperatures, self.loop.time()):
+                    log.info(
+                        "reading_changed",
+                        power=power.status.value,
+                        change=self.announcer.change,
+                        **{f"temp_{k}": v for k, v in temperatures.items()},
+                    )
+                    self.notifier.status(self.status())
+                    self._news.set()
+                await asyncio.sleep(backoff.delay(reading is not None))
+        finally:
+            reader.close()
 
     async def _sender(self) -> None:
         while True:

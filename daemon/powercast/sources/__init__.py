@@ -7,13 +7,23 @@ A source's ``read()`` returns a :class:`~powercast.config.Reading` or raises
 
 from __future__ import annotations
 
-from powercast.config import CommandSource, FileSource, SimulatedSource, Source
-from powercast.sources.base import Reader, SourceError, parse_reading
+from powercast.config import (
+    CommandSource,
+    FileSource,
+    HwmonSource,
+    NutSource,
+    SimulatedSource,
+    SnmpSource,
+    Source,
+)
+from powercast.sources.base import Backoff, Reader, SourceError, parse_reading
 from powercast.sources.command import CommandReader
 from powercast.sources.file import FileReader
+from powercast.sources.hwmon import HwmonReader
+from powercast.sources.nut import NutReader
 from powercast.sources.simulated import SimulatedReader
 
-__all__ = ["Reader", "SourceError", "make_reader", "parse_reading"]
+__all__ = ["Backoff", "Reader", "SourceError", "make_reader", "parse_reading"]
 
 
 def make_reader(config: Source, index: int, start: float) -> Reader:
@@ -25,4 +35,12 @@ def make_reader(config: Source, index: int, start: float) -> Reader:
         return FileReader(name, config)
     if isinstance(config, CommandSource):
         return CommandReader(name, config)
+    if isinstance(config, NutSource):
+        return NutReader(name, config)
+    if isinstance(config, HwmonSource):
+        return HwmonReader(name, config)
+    if isinstance(config, SnmpSource):
+        from powercast.sources.snmp import SnmpReader  # noqa: PLC0415  # pysnmp loads in 0.2 s
+
+        return SnmpReader(name, config)
     raise TypeError(f"unknown source {config!r}")

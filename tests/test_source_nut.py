@@ -1,0 +1,568 @@
+"""The NUT source against a real upsd with dummy-ups drivers, and end to end with the daemons.
+
+One upsd per module serves a UPS per test that changes one (each driver's state is a
+``.dev`` file the test rewrites), so the ~3 s until the drivers' first data is paid once.
+Recipe and traps: shared notes/nut.md (``-u root``, whole-second mtimes, MAXAGE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from powercast.config import NutSource, Reading
+from powercast.sources import SourceError, make_reader
+from powercast.sources.nut import NutReader, ProtocolError, _parse_var, power_status, to_reading
+
+from harness import free_port, make_keys, network, running, write_toml
+
+NUT = Path("/lib/nut")
+UPSD = NUT / "upsd"
+DRIVER = NUT / "dummy-ups"
+needs_nut = pytest.mark.skipif(
+    not (UPSD.exists() and DRIVER.exists()),
+    reason="NUT is not installed (apt-get install nut-server; .ci/run does)",
+)
+
+ONLINE = {
+    "ups.status": "OL",
+    "battery.charge": "100",
+    "battery.runtime": "1800",
+    "ups.load": "30",
+    "input.voltage": "230",
+    "ups.temperature": "25",
+}
+UPSES = ("main", "second", "killed", "frozen", "e2e")
+
+
+class NutServer:
+    """upsd and one dummy-ups driver per UPS, all in one directory, run by the test."""
+
+    def __init__(self, directory: Path, upses: tuple[str, ...]) -> None:
+        self.dir = directory
+        self.upses = upses
+        self.port = 0
+        self.upsd: subprocess.Popen[bytes] | None = None
+        self.drivers: dict[str, subprocess.Popen[bytes]] = {}
+        self._mtime = 0
+        self.env = {
+            **os.environ,
+            "NUT_CONFPATH": str(directory),
+            "NUT_STATEPATH": str(directory),
+            "NUT_ALTPIDPATH": str(directory),
+        }
+        for ups in upses:
+            self.set(ups, ONLINE)
+        (directory / "ups.conf").write_text(
+            "".join(
+                f"[{ups}]\n\tdriver = dummy-ups\n\tport = {ups}.dev\n\tpollinterval = 1\n"
+                f'\tdesc = "test UPS {ups}"\n'
+                for ups in upses
+            )
+        )
+        (directory / "upsd.users").write_text("[tester]\n\tpassword = secret\n")
+        for path in directory.iterdir():
+            path.chmod(0o600)
+
+    def set(self, ups: str, values: dict[str, str]) -> None:
+        """Replace the UPS's state; each write gets a newer whole-second mtime (dummy-once)."""
+        path = self.dir / f"{ups}.dev"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(f"{k}: {v}\n" for k, v in values.items()))
+        self._mtime = max(int(time.time()), self._mtime + 1)
+        os.utime(tmp, (self._mtime, self._mtime))
+        tmp.replace(path)
+
+    def start(self) -> None:
+        for ups in self.upses:
+            self.start_driver(ups)
+        for _ in range(5):  # a port taken meanwhile makes upsd exit 1 at once: pick another
+            self.port = free_port()
+            (self.dir / "upsd.conf").write_text(f"LISTEN 127.0.0.1 {self.port}\nMAXAGE 3\n")
+            (self.dir / "upsd.conf").chmod(0o600)
+            self.upsd = self._spawn([str(UPSD), "-u", "root", "-F"], "upsd.log")
+            if _wait(lambda: _connectable(self.port), 3.0):
+                return
+            self.upsd.kill()
+            self.upsd.wait()
+        raise RuntimeError(f"upsd did not start: {(self.dir / 'upsd.log').read_text()}")
+
+    def start_driver(self, ups: str) -> None:
+        argv = [str(DRIVER), "-a", ups, "-u", "root", "-F"]
+        self.drivers[ups] = self._spawn(argv, f"driver-{ups}.log")
+
+    def kill_driver(self, ups: str) -> None:
+        proc = self.drivers[ups]
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait()
+        (self.dir / f"dummy-ups-{ups}").unlink(missing_ok=True)  # left behind when killed
+
+    def _spawn(self, argv: list[str], log: str) -> subprocess.Popen[bytes]:
+        with (self.dir / log).open("ab") as out:
+            return subprocess.Popen(argv, env=self.env, stdout=out, stderr=out)
+
+    def status(self, ups: str) -> str:
+        """ups.status as upsd serves it now, or upsd's ERR line (a raw client of our own)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            s.sendall(f"GET VAR {ups} ups.status\n".encode())
+            answer = s.makefile("rb").readline().decode().strip()
+        return answer.rsplit(" ", 1)[-1].strip('"')
+
+    def wait_status(self, ups: str, status: str, timeout: float = 8.0) -> None:
+        if not _wait(lambda: self.status(ups) == status, timeout):
+            raise AssertionError(f"{ups}: ups.status still {self.status(ups)!r}, not {status!r}")
+
+    def stop(self) -> None:
+        for proc in [*self.drivers.values(), *([self.upsd] if self.upsd else [])]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def _wait(check: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+def _connectable(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+
+
+@pytest.fixture(scope="module")
+def nut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NutServer]:
+    if not (UPSD.exists() and DRIVER.exists()):
+        pytest.skip("NUT is not installed (apt-get install nut-server; .ci/run does)")
+    server = NutServer(tmp_path_factory.mktemp("nut"), UPSES)
+    try:
+        server.start()
+        for ups in UPSES:
+            server.wait_status(ups, "OL")
+        yield server
+    finally:
+        server.stop()
+
+
+def reader(port: int, ups: str | list[str] = "main", **options: Any) -> NutReader:
+    source = NutSource(ups=ups, port=port, interval_s=0.1, **{"timeout_s": 1.0, **options})
+    made = make_reader(source, 0, 0.0)
+    assert isinstance(made, NutReader)
+    return made
+
+
+def read_once(port: int, ups: str | list[str] = "main", **options: Any) -> Reading:
+    """One read by a new reader, closed in its own event loop."""
+
+    async def main() -> Reading:
+        r = reader(port, ups, **options)
+        try:
+            return await r.read()
+        finally:
+            r.close()
+
+    return asyncio.run(main())
+
+
+async def read_until(r: NutReader, check: Any, timeout: float = 5.0) -> Reading | str:
+    """Poll like the publisher until ``check(reading or error text)`` holds; the last result."""
+    deadline = time.monotonic() + timeout
+    result: Reading | str = ""
+    while time.monotonic() < deadline:
+        try:
+            result = await r.read()
+        except SourceError as err:
+            result = str(err)
+        if check(result):
+            return result
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"still {result!r} after {timeout} s")
+
+
+def status_of(result: Reading | str) -> str:
+    if isinstance(result, str):
+        return result
+    return result.power.status if result.power else "none"
+
+
+class TestPowerStatus:
+    @pytest.mark.parametrize(
+        ("ups_status", "expected"),
+        [
+            ("OL", "online"),
+            ("OL CHRG", "online"),
+            ("OL BYPASS", "online"),
+            ("OL LB", "online"),
+            ("OB DISCHRG", "on_battery"),
+            ("OB LB", "low_battery"),
+            ("OB DISCHRG LB", "low_battery"),
+            ("OL FSD", "low_battery"),
+            ("FSD", "low_battery"),
+            ("LB", "low_battery"),
+            ("OL OB", "unknown"),
+            ("OFF", "unknown"),
+            ("RB", "unknown"),
+            ("", "unknown"),
+            (None, "unknown"),
+        ],
+    )
+    def test_tokens(self, ups_status: str | None, expected: str) -> None:
+        """ups.status tokens map to mains present, on battery, low battery, or unknown."""
+        assert power_status(ups_status) == expected
+
+
+class TestToReading:
+    def test_values_and_sensors(self) -> None:
+        """Power from the first UPS, a <ups>.temperature sensor from each."""
+        got = to_reading(
+            [
+                ("a", {**ONLINE, "ups.status": "OB"}),
+                ("b", {"ups.status": "OL", "ups.temperature": "31.5"}),
+            ],
+            "nut a@h:1",
+        )
+        assert got.power is not None
+        assert (got.power.status, got.power.charge_pct, got.power.runtime_s) == (
+            "on_battery",
+            100.0,
+            1800.0,
+        )
+        assert (got.power.load_pct, got.power.input_v) == (30.0, 230.0)
+        assert got.temperatures == {"a.temperature": 25.0, "b.temperature": 31.5}
+
+    def test_missing_values_are_left_out(self) -> None:
+        """A UPS that reports only its status gives a status and nothing else."""
+        got = to_reading([("a", {"ups.status": "OL"})], "nut a@h:1")
+        assert got == Reading(power=got.power, temperatures={})
+        assert got.power is not None
+        assert got.power.charge_pct is None
+
+    def test_garbage_values_are_refused(self) -> None:
+        """A value that is not a number, or out of bounds, fails the reading with its name."""
+        with pytest.raises(SourceError, match=r"^nut a@h:1: a: battery.charge: expected a number"):
+            to_reading([("a", {"ups.status": "OL", "battery.charge": "full"})], "nut a@h:1")
+        with pytest.raises(SourceError, match=r"^nut a@h:1: power.charge_pct: expected"):
+            to_reading([("a", {"ups.status": "OL", "battery.charge": "150"})], "nut a@h:1")
+
+    def test_quoting(self) -> None:
+        """VAR lines are unquoted with NUT's escapes; anything else is a protocol error."""
+        assert _parse_var(r'VAR a ups.alarm "x \"y\" \\ z"', "a") == ("ups.alarm", r'x "y" \ z')
+        for bad in ('VAR b ups.status "OL"', 'VAR a ups.status "OL', "HELLO"):
+            with pytest.raises(ProtocolError):
+                _parse_var(bad, "a")
+
+
+@needs_nut
+class TestNutReader:
+    def test_reads_values_over_one_connection(self, nut: NutServer) -> None:
+        """Status, charge, runtime, load, voltage and temperature from upsd, on one connection."""
+
+        async def main() -> tuple[list[Reading], int]:
+            r = reader(nut.port)
+            try:
+                return [await r.read() for _ in range(3)], r.connections
+            finally:
+                r.close()
+
+        readings, connections = asyncio.run(main())
+        assert connections == 1
+        for got in readings:
+            assert got.power is not None
+            assert got.power.status == "online"
+            assert (got.power.charge_pct, got.power.runtime_s) == (100.0, 1800.0)
+            assert (got.power.load_pct, got.power.input_v) == (30.0, 230.0)
+            assert got.temperatures == {"main.temperature": 25.0}
+
+    def test_dev_file_on_battery_changes_the_reading(self, nut: NutServer) -> None:
+        """Writing OB, then OB LB, to the driver's file is read as on_battery, then low_battery."""
+
+        async def main() -> list[Reading | str]:
+            r = reader(nut.port)
+            try:
+                seen = []
+                nut.set("main", {**ONLINE, "ups.status": "OB DISCHRG", "battery.charge": "80"})
+                seen.append(await read_until(r, lambda x: status_of(x) == "on_battery"))
+                nut.set("main", {**ONLINE, "ups.status": "OB DISCHRG LB", "battery.charge": "9"})
+                seen.append(await read_until(r, lambda x: status_of(x) == "low_battery"))
+                nut.set("main", ONLINE)
+                seen.append(await read_until(r, lambda x: status_of(x) == "online"))
+                return seen
+            finally:
+                r.close()
+
+        on_battery, low, _ = asyncio.run(main())
+        assert isinstance(on_battery, Reading)
+        assert on_battery.power is not None
+        assert on_battery.power.charge_pct == 80.0
+        assert isinstance(low, Reading)
+        assert low.power is not None
+        assert low.power.charge_pct == 9.0
+
+    def test_several_upses(self, nut: NutServer) -> None:
+        """With several UPS names, power is the first's and each one gives a temperature."""
+        nut.set("second", {"ups.status": "OB", "ups.temperature": "31"})
+
+        async def main() -> Reading | str:
+            r = reader(nut.port, ["main", "second"])
+            try:
+                seen = lambda x: getattr(x, "temperatures", {}).get("second.temperature")  # noqa: E731
+                return await read_until(r, lambda x: seen(x) == 31.0)
+            finally:
+                r.close()
+
+        got = asyncio.run(main())
+        assert isinstance(got, Reading)
+        assert got.power is not None
+        assert got.power.status == "online"
+        assert got.temperatures == {"main.temperature": 25.0, "second.temperature": 31.0}
+
+    def test_unknown_ups(self, nut: NutServer) -> None:
+        """A UPS upsd does not serve is ERR UNKNOWN-UPS, named."""
+        with pytest.raises(SourceError) as info:
+            read_once(nut.port, "nosuch")
+        assert str(info.value) == (
+            f"nut nosuch@127.0.0.1:{nut.port}: ERR UNKNOWN-UPS (upsd serves no UPS of this name)"
+        )
+
+    def test_driver_killed_then_back(self, nut: NutServer) -> None:
+        """A dead driver is ERR DRIVER-NOT-CONNECTED, WAIT while a new one starts, then data."""
+
+        async def main() -> tuple[Reading | str, Reading | str, int]:
+            r = reader(nut.port, "killed")
+            try:
+                await read_until(r, lambda x: status_of(x) == "online")
+                nut.kill_driver("killed")
+                gone = await read_until(r, lambda x: "DRIVER-NOT-CONNECTED" in str(x), 3.0)
+                nut.start_driver("killed")
+                waiting = await read_until(r, lambda x: "WAIT" in str(x), 8.0)
+                await read_until(r, lambda x: status_of(x) == "online", 8.0)
+                return gone, waiting, r.connections
+            finally:
+                r.close()
+
+        gone, waiting, connections = asyncio.run(main())
+        where = f"nut killed@127.0.0.1:{nut.port}"
+        assert (
+            gone == f"{where}: ERR DRIVER-NOT-CONNECTED (upsd is not connected to the UPS driver)"
+        )
+        assert waiting == f"{where}: WAIT (the driver has not sent its data to upsd yet)"
+        assert connections == 1  # upsd's errors leave the connection usable
+
+    def test_frozen_driver_is_stale(self, nut: NutServer) -> None:
+        """A driver that stops updating is ERR DATA-STALE after upsd's MAXAGE, fresh again after."""
+        proc = nut.drivers["frozen"]
+
+        async def main() -> Reading | str:
+            r = reader(nut.port, "frozen")
+            try:
+                await read_until(r, lambda x: status_of(x) == "online")
+                proc.send_signal(signal.SIGSTOP)
+                stale = await read_until(r, lambda x: isinstance(x, str), 8.0)
+                proc.send_signal(signal.SIGCONT)
+                await read_until(r, lambda x: status_of(x) == "online", 5.0)
+                return stale
+            finally:
+                proc.send_signal(signal.SIGCONT)
+                r.close()
+
+        stale = asyncio.run(main())
+        assert stale == (
+            f"nut frozen@127.0.0.1:{nut.port}: ERR DATA-STALE"
+            " (upsd has no fresh data from the driver)"
+        )
+
+    def test_upsd_restart_reconnects(self, nut: NutServer) -> None:
+        """When upsd restarts, the next read opens a new connection by itself and reads on."""
+
+        async def main() -> tuple[Reading | str, int]:
+            r = reader(nut.port)
+            try:
+                await r.read()
+                assert nut.upsd is not None
+                nut.upsd.terminate()
+                nut.upsd.wait()
+                refused = await read_until(r, lambda x: isinstance(x, str), 2.0)
+                nut.upsd = nut._spawn([str(UPSD), "-u", "root", "-F"], "upsd.log")
+                await read_until(r, lambda x: status_of(x) == "online", 8.0)
+                return refused, r.connections
+            finally:
+                r.close()
+
+        refused, connections = asyncio.run(main())
+        assert refused == f"nut main@127.0.0.1:{nut.port}: Connection refused"
+        assert connections >= 2
+
+    def test_login_with_password_file(self, nut: NutServer, tmp_path: Path) -> None:
+        """USERNAME/PASSWORD from a private password file; one others can read is refused."""
+        secret = tmp_path / "nut.password"
+        secret.write_text("secret\n")
+        secret.chmod(0o640)
+        got = read_once(nut.port, username="tester", password_file=str(secret))
+        assert got.power is not None
+        assert got.power.status == "online"
+        secret.chmod(0o644)
+        with pytest.raises(SourceError, match=r"password_file: .* readable or writable by others"):
+            read_once(nut.port, username="tester", password_file=str(secret))
+
+    def test_starttls_without_tls_on_upsd(self, nut: NutServer) -> None:
+        """tls = "try" goes on in plain text when upsd has no TLS; "required" refuses."""
+        got = read_once(nut.port, tls="try")
+        assert got.power is not None
+        assert got.power.status == "online"
+        with pytest.raises(SourceError) as info:
+            read_once(nut.port, tls="required")
+        assert str(info.value) == (
+            f"nut main@127.0.0.1:{nut.port}: STARTTLS refused: ERR FEATURE-NOT-CONFIGURED"
+            " (tls = 'required')"
+        )
+
+
+class TestNutFaults:
+    def test_refused(self) -> None:
+        """Nothing listening is a one-line SourceError, at once."""
+        port = free_port()
+        with pytest.raises(SourceError, match=rf"^nut main@127.0.0.1:{port}: Connection refused$"):
+            read_once(port)
+
+    def test_silent_server_times_out(self) -> None:
+        """A server that accepts but never answers fails the read at timeout_s."""
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen(1)
+            port = server.getsockname()[1]
+            started = time.monotonic()
+            with pytest.raises(SourceError, match=r"no answer within 0.3 s$"):
+                read_once(port, timeout_s=0.3)
+            assert time.monotonic() - started < 1.5
+
+    def test_connect_times_out(self) -> None:
+        """A connection that is never accepted (full backlog) fails at timeout_s too."""
+        with socket.socket() as server, socket.socket() as first:
+            server.bind(("127.0.0.1", 0))
+            server.listen(0)
+            port = server.getsockname()[1]
+            first.connect(("127.0.0.1", port))  # fills the backlog: the next SYN is dropped
+            started = time.monotonic()
+            with pytest.raises(SourceError, match=r"no answer within 0.3 s$"):
+                read_once(port, timeout_s=0.3)
+            assert time.monotonic() - started < 1.5
+
+    def test_garbage_server(self) -> None:
+        """A server that speaks something else is 'not the NUT protocol', and is dropped."""
+
+        async def main() -> tuple[str, int]:
+            async def chatter(_: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                w.write(b"220 smtp.example ESMTP\n" * 3)
+                await w.drain()
+
+            server = await asyncio.start_server(chatter, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            r = reader(port)
+            try:
+                await r.read()
+            except SourceError as err:
+                return str(err), port
+            finally:
+                server.close()
+            raise AssertionError("read garbage without an error")
+
+        message, port = asyncio.run(main())
+        assert message == (
+            f"nut main@127.0.0.1:{port}: not the NUT protocol:"
+            " LIST VAR answered '220 smtp.example ESMTP'"
+        )
+
+
+RECORD = "import os, sys; open(sys.argv[1], 'a').write(os.environ['POWERCAST_STATE'] + '\\n')"
+
+
+@needs_nut
+class TestEndToEnd:
+    def test_outage_sheds_and_a_lost_driver_fails_safe(
+        self, nut: NutServer, tmp_path: Path
+    ) -> None:
+        """upsd says OB: the controller sheds; the driver stale or gone: failsafe; back: sheds."""
+        port = free_port()
+        keys = str(make_keys(tmp_path / "keys"))
+        publisher = write_toml(
+            tmp_path / "p.toml",
+            {
+                "role": "publisher",
+                "id": "ups-nut",
+                "heartbeat_s": 0.2,
+                "network": network(port),
+                "auth": {"keys_dir": keys, "key_id": 1},
+                "sources": [{"kind": "nut", "ups": "e2e", "port": nut.port, "interval_s": 0.2}],
+                "log": {"format": "json"},
+            },
+        )
+        controller = write_toml(
+            tmp_path / "c.toml",
+            {
+                "role": "controller",
+                "network": network(port),
+                "auth": {"keys_dir": keys},
+                "policy": {"shed_after_s": 0.3, "restore_after_s": 0.3},
+                "actions": [
+                    {"on": "shedding", "argv": [sys.executable, "-c", RECORD, str(tmp_path / "a")]}
+                ],
+                "log": {"format": "json"},
+            },
+        )
+        driver = nut.drivers["e2e"]
+        with (
+            running("control", "--config", str(controller)) as ctl,
+            running("publish", "--config", str(publisher)) as pub,
+        ):
+            ctl.wait_for("transition", state="normal")
+            nut.set("e2e", {**ONLINE, "ups.status": "OB DISCHRG"})
+            shed = ctl.wait_for("transition", timeout=5.0, state="shedding")
+            assert (shed["power"], shed["fans"], shed["hottest"]) == (
+                "on_battery",
+                "off",
+                "ups-nut/e2e.temperature",
+            )
+
+            try:
+                driver.send_signal(signal.SIGSTOP)
+                failed = pub.wait_for("source_failed", timeout=8.0)
+                assert "ERR DATA-STALE" in failed["error"]
+                safe = ctl.wait_for("transition", timeout=2.0, state="failsafe")
+                assert safe["power"] == "unknown"
+            finally:
+                driver.send_signal(signal.SIGCONT)
+            pub.wait_for("source_recovered", timeout=8.0)
+            ctl.wait_for("transition", timeout=5.0, state="shedding")
+
+            nut.kill_driver("e2e")
+            assert ctl.wait_for("transition", timeout=3.0, state="failsafe")["fans"] == "on"
+            # upsd may say WAIT for a moment before it sees the driver gone: two reasons, logged
+            # once each.
+            reasons = []
+            while "DRIVER-NOT-CONNECTED" not in "".join(reasons):
+                reasons.append(pub.wait_for("source_failed", timeout=5.0)["error"])
+            assert all(("WAIT" in r) != ("DRIVER-NOT-CONNECTED" in r) for r in reasons)
+            assert len(reasons) <= 2
+            assert pub.proc.poll() is None
