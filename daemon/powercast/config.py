@@ -260,6 +260,8 @@ class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
     priv_protocol: Literal["none", "des", "aes", "aes192", "aes256"] = "aes"
     priv_key: Secret | None = None
     priv_key_file: FilePath | None = None
+    context: Annotated[str, msgspec.Meta(max_length=32)] = ""
+    """SNMPv3 context name; most agents serve the UPS-MIB in the default, empty one."""
     sensor: SensorName = "ups.battery"
     """The name under which upsBatteryTemperature is announced."""
     interval_s: Positive = 1.0

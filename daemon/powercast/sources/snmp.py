@@ -23,6 +23,7 @@ pysnmp is imported only when an snmp source is configured (it takes ~0.2 s).
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Final
 
 from pyasn1.type import univ
@@ -149,7 +150,7 @@ class SnmpReader:
                 self._engine,
                 self._auth,
                 self._target,
-                hlapi.ContextData(),
+                hlapi.ContextData(contextName=config.context),
                 *[hlapi.ObjectType(hlapi.ObjectIdentity(oid)) for oid in OIDS.values()],
                 lookupMib=False,
             )
@@ -200,6 +201,11 @@ class SnmpReader:
 
         auth = config.auth_protocol
         priv = config.priv_protocol if auth != "none" else "none"
+        if priv != "none" and importlib.util.find_spec("cryptography") is None:
+            raise SourceError(
+                f"{self._origin}: SNMPv3 privacy ({priv}) needs the cryptography package:"
+                " pip install 'powercast[snmpv3]', or priv_protocol = \"none\""
+            )
         return hlapi.UsmUserData(
             config.user,
             authKey=secret(config.auth_key, config.auth_key_file, "auth_key")
