@@ -66,7 +66,7 @@ class TestErrors:
         """A value outside a fixed set lists the set."""
         assert error('role = "controller"\n[[actions]]\non = "off"\nargv = ["x"]') == (
             "f.toml: actions[0].on: expected one of 'normal', 'on_battery', 'shedding',"
-            " 'thermal_override', 'failsafe', got \"off\""
+            " 'thermal_override', 'failsafe', 'manual_on', 'manual_off', got \"off\""
         )
         kind = error('role = "publisher"\n[[sources]]\nkind = "pigeon"')
         assert kind.startswith("f.toml: sources[0].kind: expected one of 'simulated', 'file', ")

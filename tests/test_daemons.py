@@ -103,7 +103,6 @@ class TestOutage:
             wait_record(
                 files["record"],
                 [
-                    "failsafe on",
                     "normal on",
                     "on_battery on",
                     "shedding off",
@@ -148,7 +147,7 @@ class TestBadInput:
             time.sleep(0.3)
             assert ctl.proc.poll() is None
             transitions = [e for e in ctl.seen if e.get("event") == "transition"]
-            assert [t["state"] for t in transitions] == ["failsafe", "normal"]
+            assert [t["state"] for t in transitions] == ["normal"]
             warnings = [e for e in ctl.seen if e.get("event") == "datagram_rejected"]
             assert len(warnings) <= 6  # one per reason per 10 s, not one per datagram
 

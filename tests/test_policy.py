@@ -56,9 +56,9 @@ class TestFanChart:
         assert chart.current_state_value == "failsafe"
         assert FANS_ON["failsafe"] is True
 
-    def test_only_shedding_turns_fans_off(self) -> None:
-        """Shedding is the one state with the fans off."""
-        assert [state for state, on in FANS_ON.items() if not on] == ["shedding"]
+    def test_only_shedding_and_manual_off_turn_fans_off(self) -> None:
+        """Shedding and an operator's manual_off are the only states with the fans off."""
+        assert [state for state, on in FANS_ON.items() if not on] == ["shedding", "manual_off"]
 
     def test_illegal_move_raises(self) -> None:
         """Asking for shedding straight from failsafe raises and leaves the state alone."""
@@ -325,6 +325,7 @@ class TestSituation:
             "hottest": "ups/cpu",
             "sources": ["ups"],
             "stale": ["old"],
+            "votes": {},
         }
 
 

@@ -51,11 +51,16 @@ def environment(decision: Decision) -> dict[str, str]:
 
 
 async def run_command(action: Action, env: dict[str, str]) -> Outcome:
-    """Run one command; kill and reap it at its timeout."""
+    """Run one state's command with the decision in its environment."""
+    return await run_argv(action.argv, action.timeout_s, env)
+
+
+async def run_argv(argv: list[str], timeout_s: float, env: dict[str, str] | None = None) -> Outcome:
+    """Run one program; kill its process group and reap it at its timeout."""
     started = time.monotonic()
     try:
         proc = await asyncio.create_subprocess_exec(
-            *action.argv,
+            *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -65,7 +70,7 @@ async def run_command(action: Action, env: dict[str, str]) -> Outcome:
     except OSError as err:
         return Outcome(False, "error", None, time.monotonic() - started, err.strerror or str(err))
     try:
-        async with asyncio.timeout(action.timeout_s):
+        async with asyncio.timeout(timeout_s):
             out, _ = await proc.communicate()
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):

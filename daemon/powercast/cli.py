@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"TOML file (default: {cfg.DEFAULT_PATHS[role]})",
         )
         p.set_defaults(role=role)
+        if role == "controller":
+            p.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="decide and log everything, but run no action and move no actuator",
+            )
 
     conf = sub.add_parser("config", help="check or create configuration files")
     conf_sub = conf.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in ("publish", "control"):
-            return _run_daemon(args.config, args.role)
+            return _run_daemon(args.config, args.role, dry_run=getattr(args, "dry_run", False))
         if args.command == "config":
             return _config(args)
         if args.command == "demo":
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _run_daemon(path: Path, role: cfg.Role) -> int:
+def _run_daemon(path: Path, role: cfg.Role, *, dry_run: bool = False) -> int:
     logs.configure()
     try:
         config = cfg.load(path, role)
@@ -126,7 +132,7 @@ def _run_daemon(path: Path, role: cfg.Role) -> int:
         return EX_CONFIG
     logs.configure(level=config.log.level, fmt=config.log.format)
     try:
-        asyncio.run(serve(path, config, keyring))
+        asyncio.run(serve(path, config, keyring, dry_run=dry_run))
     except NetworkError as err:
         print(f"powercast: {path}: {err}", file=sys.stderr)
         return 1

@@ -29,10 +29,20 @@ DEFAULT_PATHS: Final = {
     "publisher": Path("/etc/powercast/publisher.toml"),
     "controller": Path("/etc/powercast/controller.toml"),
 }
-STATES: Final = ("normal", "on_battery", "shedding", "thermal_override", "failsafe")
+STATES: Final = (
+    "normal",
+    "on_battery",
+    "shedding",
+    "thermal_override",
+    "failsafe",
+    "manual_on",
+    "manual_off",
+)
 
 Role = Literal["publisher", "controller"]
-StateName = Literal["normal", "on_battery", "shedding", "thermal_override", "failsafe"]
+StateName = Literal[
+    "normal", "on_battery", "shedding", "thermal_override", "failsafe", "manual_on", "manual_off"
+]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 LogFormat = Literal["auto", "console", "logfmt", "json", "journal"]
 PowerStatusName = Literal["online", "on_battery", "low_battery", "unknown"]
@@ -100,6 +110,36 @@ class ControllerAuth(_Table, frozen=True):
 class Log(_Table, frozen=True):
     level: LogLevel = "info"
     format: LogFormat = "auto"
+
+
+class Control(_Table, frozen=True):
+    """The operator's control socket (`powercast status`, `powercast override`)."""
+
+    socket: str = ""
+    """A Unix socket path; empty: <role>.sock in $RUNTIME_DIRECTORY, else in /run/powercast."""
+
+
+class Metrics(_Table, frozen=True):
+    """The optional Prometheus endpoint."""
+
+    listen: str = ""
+    """``host:port`` (``[::1]:9301`` for IPv6) to serve /metrics on; empty: off."""
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            listen_address(self.listen)
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:9301"`` -> ("127.0.0.1", 9301); ``"[::1]:9301"`` -> ("::1", 9301)."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535 or "[" in host:
+        raise ValueError(
+            f"listen: expected host:port such as 127.0.0.1:9301 or [::1]:9301, got {text!r}"
+        )
+    return host, int(port)
 
 
 class PowerReading(_Table, frozen=True):
@@ -319,6 +359,8 @@ class PublisherConfig(_Table, frozen=True):
     """News is repeated after this gap, then at doubling gaps until the heartbeat."""
     network: PublisherNetwork = msgspec.field(default_factory=PublisherNetwork)
     auth: PublisherAuth = msgspec.field(default_factory=PublisherAuth)
+    control: Control = msgspec.field(default_factory=Control)
+    metrics: Metrics = msgspec.field(default_factory=Metrics)
     sources: Annotated[list[Source], msgspec.Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: [
             SimulatedSource(timeline=[Step(power=PowerReading(status="online"))], repeat=False)
@@ -342,6 +384,12 @@ class Policy(_Table, frozen=True):
     """Power back this long before shed fans are restored (lets the mains settle)."""
     max_tal_s: Annotated[float, msgspec.Meta(gt=0.0, le=3600.0)] = 30.0
     """A publisher's data counts as stale after this long, whatever TAL it announces."""
+    flap_window_s: Annotated[float, msgspec.Meta(gt=0.0, le=86_400.0)] = 600.0
+    flap_max_sheds: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
+    """At most this many sheds per flap_window_s; beyond, the fans stay on (logged)."""
+    startup_grace_s: Annotated[float, msgspec.Meta(ge=0.0, le=600.0)] = 3.0
+    """At start, wait this long for data before failing safe, so a restart does not
+    toggle fans that are already right."""
 
 
 class Action(_Table, frozen=True):
@@ -352,13 +400,115 @@ class Action(_Table, frozen=True):
     timeout_s: Positive = 10.0
 
 
+class CommandActuator(_Table, frozen=True, tag="command", tag_field="kind"):
+    """Fans switched by programs: one to turn them on, one to turn them off."""
+
+    on_argv: Argv
+    off_argv: Argv
+    verify_argv: Argv | None = None
+    """Prints "on" or "off": the real position. Without it, success of the last command counts."""
+    timeout_s: Positive = 10.0
+    ok_exit_codes: list[int] = msgspec.field(default_factory=lambda: [0])
+
+
+class HwmonActuator(_Table, frozen=True, tag="hwmon", tag_field="kind"):
+    """A fan PWM in sysfs, e.g. /sys/class/hwmon/hwmon2/pwm1; verified by reading back."""
+
+    path: str
+    on_value: Annotated[int, msgspec.Meta(ge=0, le=255)] = 255
+    off_value: Annotated[int, msgspec.Meta(ge=0, le=255)] = 0
+    enable_path: str | None = None
+    """pwmN_enable: written with enable_value (1 = manual) before the first write."""
+    enable_value: int = 1
+
+
+class ModbusActuator(_Table, frozen=True, tag="modbus", tag_field="kind"):
+    """A coil or holding register on a Modbus TCP device (a fan drive); verified by reading back."""
+
+    host: str
+    port: Port = 502
+    unit: Annotated[int, msgspec.Meta(ge=0, le=255)] = 1
+    coil: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    register: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    on_value: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 1
+    off_value: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    timeout_s: Positive = 3.0
+
+    def __post_init__(self) -> None:
+        if (self.coil is None) == (self.register is None):
+            raise ValueError(
+                f"coil: expected exactly one of coil or register, got coil={self.coil!r}"
+                f" and register={self.register!r}"
+            )
+
+
+Actuator = CommandActuator | HwmonActuator | ModbusActuator
+ZoneName = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+]
+
+
+class Zone(_Table, frozen=True):
+    """A fan group with its own sources, rules, state machine and actuators."""
+
+    name: ZoneName
+    publishers: list[PublisherId] = []
+    """Publishers whose power counts for this zone; empty: all (as policy.publishers)."""
+    power_quorum: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    """How many fresh publishers must say "on battery" (and none "online") to believe it."""
+    sensors: list[Annotated[str, msgspec.Meta(min_length=1, max_length=100)]] = []
+    """Globs over "publisher/sensor"; empty: every sensor of the zone's publishers."""
+    temperature: Literal["max", "mean"] = "max"
+    """How the zone's sensors combine; max is the safe choice."""
+    policy: Policy | None = None
+    """Thresholds and timers for this zone; absent: the top-level [policy]."""
+    actions: list[Action] = []
+    actuators: list[Actuator] = []
+
+
+class Persist(_Table, frozen=True):
+    state_dir: str = ""
+    """Where the controller keeps its state and actuator positions across restarts; empty:
+    $STATE_DIRECTORY (systemd's StateDirectory=, e.g. /var/lib/powercast), else not kept."""
+
+
 class ControllerConfig(_Table, frozen=True):
     role: Literal["controller"] = "controller"
     network: Network = msgspec.field(default_factory=Network)
     policy: Policy = msgspec.field(default_factory=Policy)
     auth: ControllerAuth = msgspec.field(default_factory=ControllerAuth)
+    control: Control = msgspec.field(default_factory=Control)
+    metrics: Metrics = msgspec.field(default_factory=Metrics)
     actions: list[Action] = []
+    """Commands of the default zone (when no [[zones]] are given)."""
+    actuators: list[Actuator] = []
+    """Actuators of the default zone (when no [[zones]] are given)."""
+    zones: list[Zone] = []
+    persist: Persist = msgspec.field(default_factory=Persist)
     log: Log = msgspec.field(default_factory=Log)
+
+    def __post_init__(self) -> None:
+        names = [zone.name for zone in self.zones]
+        if len(set(names)) != len(names):
+            raise ValueError(f"zones: expected distinct zone names, got {names}")
+        if self.zones and (self.actions or self.actuators):
+            raise ValueError(
+                "actions: expected actions and actuators inside [[zones]] when zones are"
+                " given, got top-level ones too"
+            )
+
+    def effective_zones(self) -> list[Zone]:
+        """The zones to run: as configured, or one "default" zone from the top level."""
+        if self.zones:
+            return self.zones
+        return [
+            Zone(
+                name="default",
+                publishers=self.policy.publishers,
+                actions=self.actions,
+                actuators=self.actuators,
+            )
+        ]
 
 
 Config = PublisherConfig | ControllerConfig
@@ -515,8 +665,9 @@ def _field_names(cls: type, raw: Any, keys: list[str | int]) -> list[str]:
 
 def _options(cls: type, raw: Any, keys: list[str | int]) -> list[str]:
     """The values a Literal key (or a table's ``kind``) may take."""
-    if keys and keys[-1] == "kind":
-        return [str(m.__struct_config__.tag) for m in typing.get_args(Source)]
+    if keys and keys[-1] == "kind":  # the tag of a union of tables: its members' tags
+        union = _strip(_type_at(cls, raw, keys[:-1]))
+        return [str(_strip(m).__struct_config__.tag) for m in typing.get_args(union)]
     tp = _strip(_type_at(cls, raw, keys))
     return list(typing.get_args(tp)) if typing.get_origin(tp) is Literal else []
 

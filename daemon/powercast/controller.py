@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from powercast import wire
 from powercast.auth import Keyring
-from powercast.config import ControllerConfig
-from powercast.policy import Decision, Policy, Situation, combine
+from powercast.config import ControllerConfig, Zone
+from powercast.policy import Decision, Override, Policy, Reading, Situation, combine
 from powercast.session import Session, Verdict
 
 NOTHING: Final[list[Decision]] = []
@@ -40,11 +41,12 @@ class Notice:
 
 @dataclass
 class Controller:
-    """All publishers' sessions feeding one policy."""
+    """All publishers' sessions feeding one policy per zone."""
 
     config: ControllerConfig
     keyring: Keyring = field(default_factory=lambda: Keyring(Path()))
-    policy: Policy = field(init=False)
+    zones: dict[str, Policy] = field(init=False)
+    zone_configs: dict[str, Zone] = field(init=False)
     sessions: dict[str, Session] = field(default_factory=dict)
     counters: Counter[str] = field(default_factory=Counter)
     notices: list[Notice] = field(default_factory=list)
@@ -52,22 +54,63 @@ class Controller:
     _allowed: frozenset[str] = field(init=False)
     _quiet_until: dict[str, float] = field(default_factory=dict)
     _suppressed: Counter[str] = field(default_factory=Counter)
+    grace_until: float = float("-inf")
+    """Until then, a zone without any fresh data waits instead of failing safe: after a
+    restart, the first heartbeats decide, so nothing that is right gets toggled."""
 
     def __post_init__(self) -> None:
-        self.policy = Policy(self.config.policy)
+        self.zone_configs = {z.name: z for z in self.config.effective_zones()}
+        self.zones = {
+            name: Policy(zone.policy or self.config.policy, zone=name)
+            for name, zone in self.zone_configs.items()
+        }
         self._allowed = frozenset(self.config.policy.publishers)
+
+    @property
+    def policy(self) -> Policy:
+        """The first zone's policy (the only one in a config without [[zones]])."""
+        return next(iter(self.zones.values()))
 
     def reconfigure(self, config: ControllerConfig, keyring: Keyring, now: float) -> list[Decision]:
         """Take a new config and keys, keeping the state and what is known of publishers."""
         self.config = config
         self.keyring = keyring
-        self.policy.settings = config.policy
+        self.zone_configs = {z.name: z for z in config.effective_zones()}
+        self.zones = {  # zones that stay keep their state; new ones start in failsafe
+            name: self.zones.get(name) or Policy(zone.policy or config.policy, zone=name)
+            for name, zone in self.zone_configs.items()
+        }
+        for name, policy in self.zones.items():
+            policy.settings = self.zone_configs[name].policy or config.policy
         self._allowed = frozenset(config.policy.publishers)
         if self._allowed:  # publishers no longer listed stop counting now, not at their TAL
             self.sessions = {p: s for p, s in self.sessions.items() if p in self._allowed}
         for session in self.sessions.values():
             session.max_tal = config.policy.max_tal_s
-        return self.policy.evaluate(self.situation(now), now)
+        return self.evaluate(now)
+
+    def evaluate(self, now: float, only: Iterable[str] | None = None) -> list[Decision]:
+        """Run every zone's rules (or those named) on the current data."""
+        fresh, stale = self._fresh(now)
+        decisions: list[Decision] = []
+        for name in self.zones if only is None else only:
+            situation = self._situation(name, fresh, stale)
+            policy = self.zones[name]
+            if not situation.sources and not policy.settled and now < self.grace_until:
+                continue  # just started: wait for the first heartbeat, not failsafe at once
+            decisions += policy.evaluate(situation, now)
+        return decisions
+
+    def start(self, now: float) -> None:
+        """Begin the startup grace: zones wait up to policy.startup_grace_s for data."""
+        self.grace_until = now + self.config.policy.startup_grace_s
+        for policy in self.zones.values():
+            policy.since = now if policy.since == 0.0 else policy.since
+
+    def set_override(self, zone: str, override: Override | None, now: float) -> list[Decision]:
+        """An operator's override for one zone (None clears it), applied at once."""
+        self.zones[zone].override = override
+        return self.evaluate(now, only=[zone])
 
     def receive(self, data: bytes, now: float, wall: float) -> list[Decision]:
         """One datagram, at monotonic ``now`` and wall-clock ``wall``.
@@ -128,7 +171,7 @@ class Controller:
         heapq.heappush(self._expiries, (session.expires_at, publisher))
         if verdict is Verdict.REPEAT and was_fresh and message.temperatures == before:
             return NOTHING  # a heartbeat with the very same readings: nothing to decide
-        return self.policy.evaluate(self.situation(now), now)
+        return self.evaluate(now)
 
     def tick(self, now: float) -> list[Decision]:
         """Timers: publishers running out of time, and the policy's own deadlines."""
@@ -138,19 +181,28 @@ class Controller:
             session = self.sessions.get(publisher)
             if session is not None and not session.fresh(now):
                 expired = True
-        policy_due = (deadline := self.policy.deadline()) is not None and deadline <= now
-        if expired or policy_due:
-            return self.policy.evaluate(self.situation(now), now)
-        return NOTHING
+        unsettled = [n for n, p in self.zones.items() if not p.settled]
+        if expired or (unsettled and now >= self.grace_until):
+            return self.evaluate(now)
+        due = [n for n, p in self.zones.items() if (d := p.deadline()) is not None and d <= now]
+        return self.evaluate(now, only=due) if due else NOTHING
 
     def deadline(self) -> float | None:
         """The next time :meth:`tick` has work to do."""
-        times = [t for t in (self.policy.deadline(), self._next_expiry()) if t is not None]
-        return min(times) if times else None
+        times = [p.deadline() for p in self.zones.values()]
+        times.append(self._next_expiry())
+        if self.grace_until > float("-inf") and any(not p.settled for p in self.zones.values()):
+            times.append(self.grace_until)
+        present = [t for t in times if t is not None]
+        return min(present) if present else None
 
-    def situation(self, now: float) -> Situation:
-        """The combined view of every fresh publisher."""
-        fresh = {}
+    def situation(self, now: float, zone: str | None = None) -> Situation:
+        """The combined view of every fresh publisher, for ``zone`` (default: the first)."""
+        fresh, stale = self._fresh(now)
+        return self._situation(zone or next(iter(self.zones)), fresh, stale)
+
+    def _fresh(self, now: float) -> tuple[dict[str, Reading], tuple[str, ...]]:
+        fresh: dict[str, Reading] = {}
         stale = []
         for publisher, session in self.sessions.items():
             if session.fresh(now):
@@ -158,7 +210,18 @@ class Controller:
                 fresh[publisher] = (message.power.status, message.temperatures)
             else:
                 stale.append(publisher)
-        return combine(fresh, tuple(sorted(stale)))
+        return fresh, tuple(sorted(stale))
+
+    def _situation(self, zone: str, fresh: dict[str, Reading], stale: tuple[str, ...]) -> Situation:
+        config = self.zone_configs[zone]
+        return combine(
+            fresh,
+            stale,
+            quorum=config.power_quorum,
+            power_from=frozenset(config.publishers) if config.publishers else None,
+            sensors=tuple(config.sensors),
+            temperature=config.temperature,
+        )
 
     def _next_expiry(self) -> float | None:
         return self._expiries[0][0] if self._expiries else None

@@ -24,7 +24,6 @@ import tomli_w
 from powercast.auth import keygen
 
 EXPECTED: Final = (
-    "failsafe",
     "normal",
     "on_battery",
     "shedding",
@@ -80,6 +79,8 @@ def write_configs(directory: Path, port: int) -> tuple[Path, Path]:
     keys = directory / "keys"
     keys.mkdir(mode=0o700)
     keygen(1, keys / "1.key")
+    pwm = directory / "pwm1"  # stands in for /sys/class/hwmon/hwmonN/pwm1
+    pwm.write_text("255\n")
     network = {"group": "239.1.1.1", "port": port, "interface": "127.0.0.1"}
     fans = [sys.executable, "-c", "import os; print('fans', os.environ['POWERCAST_FANS'])"]
     controller = {
@@ -93,7 +94,12 @@ def write_configs(directory: Path, port: int) -> tuple[Path, Path]:
             "restore_after_s": 1.0,
         },
         "auth": {"keys_dir": str(keys), "mode": "enforce"},
-        "actions": [{"on": state, "argv": fans, "timeout_s": 5.0} for state in EXPECTED[:5]],
+        "actions": [
+            {"on": state, "argv": fans, "timeout_s": 5.0}
+            for state in ("failsafe", "normal", "on_battery", "shedding", "thermal_override")
+        ],
+        "actuators": [{"kind": "hwmon", "path": str(pwm), "on_value": 255, "off_value": 0}],
+        "persist": {"state_dir": str(directory)},
         "log": {"format": "json"},
     }
     publisher = {
@@ -144,6 +150,8 @@ class _Show:
             self.actions.append(event["state"])
             said = event.get("output", "")
             self._line(t, "", f"  action for {event['state']}: {event['result']}, said {said!r}")
+        elif name == "actuator_set":
+            self._line(t, "", f"  fan PWM set {event['position']}, read back: {event['verified']}")
         elif event.get("level") in ("warning", "error", "critical") or name == "output":
             self._line(t, "!", str(event))
 

@@ -1,26 +1,30 @@
-"""The fan policy: from what the publishers say to whether the fans may be shed.
+"""The fan policy: from what the publishers say to whether a zone's fans may be shed.
 
-Everything that decides a state lives in this file, in two parts read top to bottom:
+Everything that decides a state lives in this file, in three parts read top to bottom:
 
 1. :class:`FanChart`, the python-statemachine chart: the states and the only moves
    between them, as data. A rule that asks for any other move is a bug and raises.
-2. :meth:`Policy.evaluate`, the rules: given a :class:`Situation` and ``now``, which
-   state is right. The rules are plain Python, cheap enough for every datagram that
-   brings news; the chart (about 80 µs a move) only runs when the answer changes.
+2. :func:`combine`, which folds the fresh publishers' readings into one
+   :class:`Situation` per zone: the power vote and the zone temperature.
+3. :meth:`Policy.evaluate`, the rules: given a situation and ``now``, which state is
+   right. The rules are plain Python, cheap enough for every datagram that brings
+   news; the chart (about 80 µs a move) only runs when the answer changes.
 
-The one principle: **when in doubt, the fans run**. Only ``shedding`` turns them off,
-and it is reached only from ``on_battery`` after the debounce, with fresh data from
-every kind the decision needs: a known power status that says battery, and a fresh
-temperature below the limit. Stale, missing or unknown data means ``failsafe``.
+The one principle: **when in doubt, the fans run**. The fans go off in ``shedding``,
+reached only from ``on_battery`` after the debounce, with fresh data of every kind the
+decision needs (a power vote that says battery, a fresh temperature below the limit),
+and in ``manual_off``, an operator's override, which never beats stale data or heat.
 
 No clocks and no I/O: ``now`` comes in as an argument (monotonic seconds).
 """
 
 from __future__ import annotations
 
-import math
+import fnmatch
+import statistics
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 from statemachine import State, StateMachine
 
@@ -33,6 +37,8 @@ FANS_ON: Final = {
     "shedding": False,
     "thermal_override": True,
     "failsafe": True,
+    "manual_on": True,
+    "manual_off": False,
 }
 
 
@@ -44,45 +50,75 @@ class FanChart(StateMachine):
     on_battery = State()
     shedding = State()
     thermal_override = State()
+    manual_on = State()
+    manual_off = State()
 
     to_normal = (
         failsafe.to(normal)
         | on_battery.to(normal)
         | shedding.to(normal)
         | thermal_override.to(normal)
+        | manual_on.to(normal)
+        | manual_off.to(normal)
     )
     to_on_battery = (
-        failsafe.to(on_battery) | normal.to(on_battery) | thermal_override.to(on_battery)
+        failsafe.to(on_battery)
+        | normal.to(on_battery)
+        | thermal_override.to(on_battery)
+        | manual_on.to(on_battery)
+        | manual_off.to(on_battery)
     )
-    # Fans go off only after the debounce in on_battery, or when a hot spell ends.
+    # The policy sheds only after the debounce in on_battery, or when a hot spell ends.
     to_shedding = on_battery.to(shedding) | thermal_override.to(shedding)
     to_thermal_override = (
         failsafe.to(thermal_override)
         | normal.to(thermal_override)
         | on_battery.to(thermal_override)
         | shedding.to(thermal_override)
+        | manual_on.to(thermal_override)
+        | manual_off.to(thermal_override)
     )
     to_failsafe = (
         normal.to(failsafe)
         | on_battery.to(failsafe)
         | shedding.to(failsafe)
         | thermal_override.to(failsafe)
+        | manual_on.to(failsafe)
+        | manual_off.to(failsafe)
+    )
+    to_manual_on = (
+        failsafe.to(manual_on)
+        | normal.to(manual_on)
+        | on_battery.to(manual_on)
+        | shedding.to(manual_on)
+        | thermal_override.to(manual_on)
+        | manual_off.to(manual_on)
+    )
+    to_manual_off = (
+        normal.to(manual_off)
+        | on_battery.to(manual_off)
+        | shedding.to(manual_off)
+        | thermal_override.to(manual_off)
+        | failsafe.to(manual_off)
+        | manual_on.to(manual_off)
     )
 
 
 @dataclass(frozen=True)
 class Situation:
-    """What the fresh data says, already combined across publishers."""
+    """What a zone's fresh data says, already combined across publishers."""
 
     power: PowerStatus
     temperature: float | None
-    """The hottest fresh sensor, or None when no fresh publisher reports one."""
+    """The zone temperature (hottest sensor by default), or None when no fresh sensor."""
     hottest: str | None = None
-    """Which sensor that is, as ``publisher/sensor``."""
+    """The hottest sensor, as ``publisher/sensor``."""
     sources: tuple[str, ...] = ()
     """The fresh publishers the situation was built from."""
     stale: tuple[str, ...] = ()
     """Publishers that were heard but whose data has run out."""
+    votes: tuple[tuple[str, str], ...] = ()
+    """Each fresh publisher's power status: which sources decided."""
 
     def describe(self) -> dict[str, object]:
         """The readings as log fields."""
@@ -92,10 +128,21 @@ class Situation:
             "hottest": self.hottest,
             "sources": list(self.sources),
             "stale": list(self.stale),
+            "votes": dict(self.votes),
         }
 
 
 NO_DATA: Final = Situation(power=PowerStatus.UNKNOWN, temperature=None)
+
+
+@dataclass(frozen=True)
+class Override:
+    """An operator's order for a zone, until a time (monotonic)."""
+
+    fans_on: bool
+    until: float
+    who: str
+    why: str
 
 
 @dataclass(frozen=True)
@@ -107,6 +154,7 @@ class Decision:
     state: str
     reason: str
     situation: Situation
+    zone: str = "default"
 
     @property
     def fans_on(self) -> bool:
@@ -115,9 +163,10 @@ class Decision:
 
 @dataclass
 class Policy:
-    """The rules, the chart, and the two timers the rules need."""
+    """The rules, the chart, and the timers the rules need, for one zone."""
 
     settings: PolicySettings
+    zone: str = "default"
     chart: FanChart = field(default_factory=FanChart)
     since: float = 0.0
     """When the current state was entered."""
@@ -127,6 +176,11 @@ class Policy:
     """Since when fresh data has said 'on battery' without a break."""
     online_since: float | None = None
     """Since when fresh data has said 'online' without a break."""
+    override: Override | None = None
+    sheds: deque[float] = field(default_factory=deque)
+    """When shedding was entered, within the flap window."""
+    settled: bool = False
+    """The rules have run at least once since start (data came, or the grace ended)."""
 
     @property
     def state(self) -> str:
@@ -136,24 +190,35 @@ class Policy:
         """Apply the rules until the state is stable; return the moves made (often none)."""
         self._track(situation, now)
         self.situation = situation
+        self.settled = True
         decisions = []
         for _ in range(len(FANS_ON)):  # each rule pass moves at most once; never loops forever
             target, reason = self._rule(situation, now)
             if target == self.state:
                 self.reason = reason  # the why may change without a move (status shows it)
                 break
-            decisions.append(Decision(now, self.state, target, reason, situation))
+            decisions.append(Decision(now, self.state, target, reason, situation, self.zone))
             self.chart.send(f"to_{target}")
             self.since, self.reason = now, reason
+            if target == "shedding":
+                self.sheds.append(now)
         return decisions
+
+    def set_override(self, override: Override | None, now: float) -> list[Decision]:
+        """Take (or with None, clear) an operator's override and apply it at once."""
+        self.override = override
+        return self.evaluate(self.situation, now)
 
     def deadline(self) -> float | None:
         """When the rules must run again even if no datagram brings news."""
+        times = []
+        if self.override is not None:
+            times.append(self.override.until)
         if self.state == "on_battery" and self.battery_since is not None:
-            return self.battery_since + self.settings.shed_after_s
+            times.append(max(self.battery_since + self.settings.shed_after_s, self._flap_free()))
         if self.state == "shedding" and self.online_since is not None:
-            return self.online_since + self.settings.restore_after_s
-        return None
+            times.append(self.online_since + self.settings.restore_after_s)
+        return min(times) if times else None
 
     def _track(self, situation: Situation, now: float) -> None:
         on_battery = situation.power in (PowerStatus.ON_BATTERY, PowerStatus.LOW_BATTERY)
@@ -166,42 +231,72 @@ class Policy:
             self.online_since = None
         elif self.online_since is None:
             self.online_since = now
+        if self.override is not None and now >= self.override.until:
+            self.override = None
+        window = self.settings.flap_window_s
+        while self.sheds and self.sheds[0] <= now - window:
+            self.sheds.popleft()
+
+    def _flap_free(self) -> float:
+        """When another shed is allowed by the flap guard (-inf: now)."""
+        if len(self.sheds) < self.settings.flap_max_sheds:
+            return float("-inf")
+        return self.sheds[0] + self.settings.flap_window_s
 
     def _rule(self, s: Situation, now: float) -> tuple[str, str]:
         """The state the situation calls for, and why, in words for the log."""
-        cfg = self.settings
-        state = self.state
         if not s.sources:
             stale = f" (stale: {', '.join(s.stale)})" if s.stale else ""
             return "failsafe", f"no fresh data from any publisher{stale}"
+        if self.override is not None and (ruled := self._override_rule(s, self.override)):
+            return ruled
         if s.power is PowerStatus.UNKNOWN:
             return "failsafe", "power status unknown"
-        temp = s.temperature
-        hot = temp is not None and temp >= cfg.temp_high_c
-
         if s.power is PowerStatus.ONLINE:
-            since = now if self.online_since is None else self.online_since
-            waited = now - since
-            if state != "shedding":
-                return "normal", "power online"
-            if hot or temp is None:
-                return "normal", f"power back and {'too hot' if hot else 'no fresh temperature'}"
-            if now < since + cfg.restore_after_s:  # the same sum as deadline(), to the bit
-                left = cfg.restore_after_s - waited
-                return "shedding", f"power back, restoring fans in {left:.1f} s"
-            return "normal", f"power back for {waited:.1f} s"
+            return self._online_rule(s, now)
+        return self._battery_rule(s, now)
 
-        # On battery (or low battery) from here on.
+    def _override_rule(self, s: Situation, o: Override) -> tuple[str, str] | None:
+        """ "Fans on" always wins; "fans off" never beats heat or a blind zone."""
+        if o.fans_on:
+            return "manual_on", f"override by {o.who}: fans on ({o.why})"
+        temp = s.temperature
+        if temp is None:
+            return "failsafe", f"override by {o.who} ignored: no fresh temperature"
+        if temp < self.settings.temp_high_c:
+            return "manual_off", f"override by {o.who}: fans off ({o.why})"
+        if s.power is PowerStatus.ONLINE:
+            return "normal", f"override by {o.who} ignored: {_where(s)} is {temp:g} °C"
+        return None  # on battery and hot: the thermal rule below decides
+
+    def _online_rule(self, s: Situation, now: float) -> tuple[str, str]:
+        cfg = self.settings
+        if self.state != "shedding":
+            return "normal", "power online"
+        temp = s.temperature
+        if temp is None or temp >= cfg.temp_high_c:
+            return (
+                "normal",
+                f"power back and {'no fresh temperature' if temp is None else 'too hot'}",
+            )
+        since = now if self.online_since is None else self.online_since
+        waited = now - since
+        if now < since + cfg.restore_after_s:  # the same sum as deadline(), to the bit
+            return "shedding", f"power back, restoring fans in {cfg.restore_after_s - waited:.1f} s"
+        return "normal", f"power back for {waited:.1f} s"
+
+    def _battery_rule(self, s: Situation, now: float) -> tuple[str, str]:
+        cfg = self.settings
+        state = self.state
+        temp = s.temperature
         if temp is None:
             return (
                 "failsafe",
                 "on battery but no fresh temperature: cannot tell that shedding is safe",
             )
-        if hot:
-            return (
-                "thermal_override",
-                f"on battery but {_where(s)} is {temp:g} °C >= {cfg.temp_high_c:g}",
-            )
+        if temp >= cfg.temp_high_c:
+            limit = cfg.temp_high_c
+            return "thermal_override", f"on battery but {_where(s)} is {temp:g} °C >= {limit:g}"
         if state == "thermal_override" and temp > cfg.temp_high_c - cfg.temp_hysteresis_c:
             return "thermal_override", f"{_where(s)} still {temp:g} °C, within hysteresis"
         since = now if self.battery_since is None else self.battery_since
@@ -210,6 +305,11 @@ class Policy:
         if state == "shedding":
             return "shedding", f"{status}, {_where(s)} {temp:g} °C"
         if state in ("on_battery", "thermal_override") and now >= since + cfg.shed_after_s:
+            if now < (free := self._flap_free()):
+                return "on_battery", (
+                    f"flapping: {len(self.sheds)} sheds in {cfg.flap_window_s:g} s;"
+                    f" fans stay on for {free - now:.0f} s more"
+                )
             return "shedding", (
                 f"{status} for {elapsed:.1f} s, {_where(s)} {temp:g} °C < {cfg.temp_high_c:g}"
             )
@@ -221,33 +321,62 @@ def _where(s: Situation) -> str:
     return s.hottest or "temperature"
 
 
-def combine(
-    readings: dict[str, tuple[PowerStatus, dict[str, float]]], stale: tuple[str, ...]
-) -> Situation:
-    """Fold fresh publishers' readings into one situation, leaning to the safe side.
+Reading = tuple[PowerStatus, dict[str, float]]
 
-    Power: ``online`` if any publisher says so (fans may run), else ``low_battery`` or
-    ``on_battery`` when every publisher that knows says so, else ``unknown``.
-    Temperature: the hottest fresh sensor.
+
+def combine(
+    readings: dict[str, Reading],
+    stale: tuple[str, ...],
+    *,
+    quorum: int = 1,
+    power_from: frozenset[str] | None = None,
+    sensors: tuple[str, ...] = (),
+    temperature: Literal["max", "mean"] = "max",
+) -> Situation:
+    """Fold fresh publishers' readings into one zone situation, leaning to the safe side.
+
+    Power, from the publishers in ``power_from`` (all when None): ``on_battery`` (or
+    ``low_battery`` if any says so) when at least ``quorum`` of them say so and none says
+    ``online``; ``online`` when any says so (a contradiction keeps the fans running);
+    otherwise ``unknown``. Temperature: over the sensors matching ``sensors`` (globs on
+    ``publisher/sensor``; empty: every sensor of the power publishers), the hottest by
+    default.
     """
-    statuses = {status for status, _ in readings.values()} - {PowerStatus.UNKNOWN}
-    if PowerStatus.ONLINE in statuses:
+    votes = tuple(
+        (publisher, status.value)
+        for publisher, (status, _) in sorted(readings.items())
+        if power_from is None or publisher in power_from
+    )
+    said = [status for _, status in votes]
+    battery = said.count("on_battery") + said.count("low_battery")
+    if "online" in said:
         power = PowerStatus.ONLINE
-    elif PowerStatus.LOW_BATTERY in statuses:
-        power = PowerStatus.LOW_BATTERY
-    elif PowerStatus.ON_BATTERY in statuses:
-        power = PowerStatus.ON_BATTERY
+    elif battery >= quorum:
+        power = PowerStatus.LOW_BATTERY if "low_battery" in said else PowerStatus.ON_BATTERY
     else:
         power = PowerStatus.UNKNOWN
-    hottest, top = None, -math.inf
+
+    values: dict[str, float] = {}
     for publisher, (_, temperatures) in readings.items():
         for sensor, value in temperatures.items():
-            if value > top:
-                hottest, top = f"{publisher}/{sensor}", value
+            name = f"{publisher}/{sensor}"
+            if sensors:
+                if any(fnmatch.fnmatchcase(name, pattern) for pattern in sensors):
+                    values[name] = value
+            elif power_from is None or publisher in power_from:
+                values[name] = value
+    hottest = max(values, key=values.__getitem__) if values else None
+    if not values:
+        zone_temp = None
+    elif temperature == "mean":
+        zone_temp = statistics.fmean(values.values())
+    else:
+        zone_temp = values[hottest] if hottest else None
     return Situation(
         power=power,
-        temperature=None if hottest is None else top,
+        temperature=zone_temp,
         hottest=hottest,
         sources=tuple(sorted(readings)),
         stale=stale,
+        votes=votes,
     )

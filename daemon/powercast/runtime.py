@@ -20,13 +20,14 @@ from typing import Any, Generic, TypeVar
 import structlog
 
 from powercast import config as cfg
-from powercast import net, wire
+from powercast import net, persist, wire
 from powercast.actions import ActionQueue
+from powercast.actuators import Worker, make_driver
 from powercast.announcer import Announcer, merge
 from powercast.auth import Keyring, KeyringError, load_keys
 from powercast.config import ControllerConfig, PublisherConfig, Reading
 from powercast.controller import Controller
-from powercast.policy import Decision
+from powercast.policy import FANS_ON, Decision, Override
 from powercast.sources import Reader, SourceError, make_reader
 from powercast.systemd import Notifier
 
@@ -141,22 +142,62 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         config: ControllerConfig,
         keyring: Keyring,
         notifier: Notifier | None = None,
+        *,
+        dry_run: bool = False,
     ):
         super().__init__(path, config, keyring, notifier)
         self.loop = asyncio.get_running_loop()
+        self._save_failed = False
         self.core = Controller(config, keyring)
         self.actions = ActionQueue()
+        self.dry_run = dry_run
+        self.workers: dict[str, list[Worker]] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._worker_tasks: list[asyncio.Task[None]] = []
         self._transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
+        self._settled: set[str] = set()
+        state_dir = config.persist.state_dir or os.environ.get("STATE_DIRECTORY", "")
+        self._state_dir = Path(state_dir.split(":")[0]) if state_dir else None
 
     async def start(self, tg: asyncio.TaskGroup) -> None:
+        self._tg = tg
         self._transport = await self._listen(self.config.network)
         tg.create_task(self.actions.run(), name="actions")
-        now = self.loop.time()
-        self.core.policy.since = now
-        policy = self.core.policy
-        self._decided([Decision(now, "failsafe", "failsafe", policy.reason, policy.situation)])
+        now, wall = self.loop.time(), time.time()
+        saved = persist.load(self._state_dir) if self._state_dir else None
+        restored = persist.restore(saved, self.core.zones, now, wall) if saved else []
+        if restored:
+            log.info("state_restored", zones={z: self.core.zones[z].state for z in restored})
+        if self._state_dir is None:
+            log.info("state_not_kept", hint="set persist.state_dir, or StateDirectory= in the unit")
+        await self._start_workers(saved.actuators if saved and restored else {})
+        self.core.start(now)
+        self._arm()
+
+    async def _start_workers(self, known: dict[str, bool | None]) -> None:
+        """One worker per actuator; each learns its real position before anything moves."""
+        assert self._tg is not None
+        for task in self._worker_tasks:
+            task.cancel()
+        self.workers = {}
+        for zone in self.core.zone_configs.values():
+            workers = []
+            for index, actuator in enumerate(zone.actuators):
+                key = f"{zone.name}/{index}"
+                driver = make_driver(actuator, f"{key}({actuator.__struct_config__.tag})")
+                worker = Worker(driver, zone.name, known=known.get(key), dry_run=self.dry_run)
+                worker.on_change = lambda _: self._save()
+                await worker.probe()
+                workers.append(worker)
+            self.workers[zone.name] = workers
+        self._worker_tasks = [
+            self._tg.create_task(w.run(), name=w.driver.name)
+            for ws in self.workers.values()
+            for w in ws
+        ]
+        self._settled = set()
 
     async def _listen(self, network: cfg.Network) -> asyncio.DatagramTransport:
         sock = net.open_receiver(network.group, network.port, network.interface)
@@ -172,7 +213,16 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             if self._transport is not None:
                 self._transport.close()
             self._transport = transport
+        old_zones = self.config.effective_zones()
         self._decided(self.core.reconfigure(new, keyring, self.loop.time()))
+        if new.effective_zones() != old_zones:
+            known = {
+                f"{zone}/{i}": w.known
+                for zone, ws in self.workers.items()
+                for i, w in enumerate(ws)
+            }
+            await self._start_workers(known)
+            self._reconcile()
         self._arm()
 
     def close(self) -> None:
@@ -182,11 +232,16 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             self._timer.cancel()
 
     def status(self) -> str:
-        policy = self.core.policy
         now = self.loop.time()
         fresh = sum(s.fresh(now) for s in self.core.sessions.values())
         heard = len(self.core.sessions)
-        return f"{policy.state}: {policy.reason} ({fresh}/{heard} publishers fresh)"
+        zones = self.core.zones
+        if len(zones) == 1:
+            policy = self.core.policy
+            text = f"{policy.state}: {policy.reason}"
+        else:
+            text = "; ".join(f"{name} {p.state}" for name, p in zones.items())
+        return f"{text} ({fresh}/{heard} publishers fresh)"
 
     def _on_datagram(self, data: bytes) -> None:
         decisions = self.core.receive(data, self.loop.time(), time.time())
@@ -201,6 +256,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, float("inf")
         self._decided(self.core.tick(self.loop.time()))
+        if len(self._settled) < len(self.core.zones):
+            self._reconcile()
         self._arm()
 
     def _arm(self) -> None:
@@ -217,15 +274,74 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         for decision in decisions:
             log.info(
                 "transition",
+                zone=decision.zone,
                 previous=decision.previous,
                 state=decision.state,
                 reason=decision.reason,
                 fans="on" if decision.fans_on else "off",
                 **decision.situation.describe(),
             )
-            self.actions.submit(decision, self.config.actions)
+            zone = self.core.zone_configs[decision.zone]
+            if self.dry_run:
+                for action in zone.actions:
+                    if action.on == decision.state:
+                        log.info("action_dry_run", zone=decision.zone, argv=action.argv)
+            else:
+                self.actions.submit(decision, zone.actions)
+            for worker in self.workers.get(decision.zone, []):
+                worker.want(decision.fans_on)
         if decisions:
+            self._settled.update(d.zone for d in decisions)
             self.notifier.status(self.status())
+            self._save()
+        if len(self._settled) < len(self.core.zones):
+            self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Zones whose first evaluation moved nothing (a restored state the data confirms,
+        or failsafe after the grace): set their actuators to the state's position. Workers
+        only write what differs from the real position."""
+        for name, policy in self.core.zones.items():
+            if name in self._settled or not policy.settled:
+                continue
+            self._settled.add(name)
+            log.info("reconciled", zone=name, state=policy.state, reason=policy.reason)
+            for worker in self.workers.get(name, []):
+                worker.want(FANS_ON[policy.state])
+            self.notifier.status(self.status())
+
+    def set_override(self, zone: str, override: Override | None) -> list[Decision]:
+        """An operator's override for ``zone`` (None clears it), logged and applied now."""
+        if override is None:
+            log.warning("override_cleared", zone=zone)
+        else:
+            log.warning(
+                "override",
+                zone=zone,
+                fans="on" if override.fans_on else "off",
+                for_s=round(override.until - self.loop.time()),
+                who=override.who,
+                why=override.why,
+            )
+        decisions = self.core.set_override(zone, override, self.loop.time())
+        self._decided(decisions)
+        self._save()
+        self._arm()
+        return decisions
+
+    def _save(self) -> None:
+        if self._state_dir is None:
+            return
+        known = {f"{z}/{i}": w.known for z, ws in self.workers.items() for i, w in enumerate(ws)}
+        record = persist.snapshot(self.core.zones, known, self.loop.time(), time.time())
+        try:
+            persist.save(self._state_dir, record)
+        except OSError as err:
+            if not self._save_failed:
+                log.error("state_not_saved", directory=str(self._state_dir), error=str(err))
+            self._save_failed = True
+        else:
+            self._save_failed = False
 
 
 # --- publisher -----------------------------------------------------------------------------
@@ -393,7 +509,7 @@ def _where(network: cfg.Network) -> dict[str, Any]:
     return {"group": network.group, "port": network.port, "interface": network.interface}
 
 
-async def serve(path: Path, config: cfg.Config, keyring: Keyring) -> None:
+async def serve(path: Path, config: cfg.Config, keyring: Keyring, *, dry_run: bool = False) -> None:
     """Run the daemon for ``config``'s role until SIGTERM.
 
     A startup failure (NetworkError) comes out bare, not wrapped in an ExceptionGroup,
@@ -401,7 +517,7 @@ async def serve(path: Path, config: cfg.Config, keyring: Keyring) -> None:
     """
     daemon: Daemon[Any]
     if isinstance(config, ControllerConfig):
-        daemon = ControllerDaemon(path, config, keyring)
+        daemon = ControllerDaemon(path, config, keyring, dry_run=dry_run)
     else:
         daemon = PublisherDaemon(path, config, keyring)
     try:

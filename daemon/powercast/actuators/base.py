@@ -1,0 +1,147 @@
+"""The actuator interface and the worker that drives one actuator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+import structlog
+
+log = structlog.get_logger("powercast.actuators")
+
+SAFE_POSITION: Final = True
+"""Every actuator's safe state: fans on."""
+
+
+class DriverError(Exception):
+    """An actuator could not be moved or read; ``str()`` names it and says why."""
+
+
+class Driver(Protocol):
+    name: str
+    timeout_s: float
+
+    async def apply(self, on: bool) -> None: ...
+
+    async def read(self) -> bool | None: ...
+
+
+@dataclass
+class Worker:
+    """Moves one actuator to the desired position and knows where it really is.
+
+    ``known`` is the last position read back (or, for a device that cannot be read, the
+    last one applied successfully); None means unknown. ``dry_run`` decides and logs but
+    touches nothing.
+    """
+
+    driver: Driver
+    zone: str
+    known: bool | None = None
+    desired: bool | None = None
+    status: str = "idle"
+    """idle, applying, ok, failed, dry_run."""
+    error: str = ""
+    attempts: int = 0
+    last_applied_at: float | None = None
+    last_verified_at: float | None = None
+    last_duration_s: float | None = None
+    dry_run: bool = False
+    max_backoff_s: float = 30.0
+    on_change: Callable[[Worker], None] | None = None
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def want(self, on: bool) -> None:
+        """Ask for a position; the worker gets there when it can (latest wish wins)."""
+        self.desired = on
+        self._wake.set()
+
+    async def probe(self) -> None:
+        """Learn the real position at start, so nothing that is right gets toggled."""
+        try:
+            async with asyncio.timeout(self.driver.timeout_s):
+                position = await self.driver.read()
+        except (DriverError, TimeoutError) as err:
+            log.warning(
+                "actuator_unreadable", actuator=self.driver.name, error=str(err) or "timeout"
+            )
+            return
+        if position is not None:
+            self.known = position
+            self.last_verified_at = time.time()
+
+    async def run(self) -> None:
+        backoff = 1.0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.desired is not None and self.desired != self.known:
+                target = self.desired
+                if await self._step(target):
+                    backoff = 1.0
+                    continue
+                try:  # a new wish ends the wait early
+                    async with asyncio.timeout(backoff):
+                        await self._wake.wait()
+                        self._wake.clear()
+                except TimeoutError:
+                    pass
+                backoff = min(backoff * 2, self.max_backoff_s)
+
+    async def _step(self, on: bool) -> bool:
+        name = self.driver.name
+        position = "on" if on else "off"
+        if self.dry_run:
+            log.info("actuator_dry_run", actuator=name, zone=self.zone, would_set=position)
+            self.known, self.status = on, "dry_run"
+            self._changed()
+            return True
+        self.status = "applying"
+        self.attempts += 1
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.driver.timeout_s):
+                await self.driver.apply(on)
+                readback = await self.driver.read()
+        except (DriverError, TimeoutError) as err:
+            self.known, self.status = None, "failed"
+            self.error = str(err) or f"{name}: no answer within {self.driver.timeout_s:g} s"
+            log.error(
+                "actuator_failed",
+                actuator=name,
+                zone=self.zone,
+                wanted=position,
+                attempt=self.attempts,
+                error=self.error,
+                position="unknown",
+            )
+            self._changed()
+            return False
+        self.last_duration_s = time.monotonic() - started
+        self.last_applied_at = time.time()
+        if readback is not None and readback != on:
+            self.known, self.status = readback, "failed"
+            self.error = f"{name}: set {position} but reads back {'on' if readback else 'off'}"
+            log.error("actuator_failed", actuator=name, zone=self.zone, error=self.error)
+            self._changed()
+            return False
+        if readback is not None:
+            self.last_verified_at = self.last_applied_at
+        self.known, self.status, self.error, self.attempts = on, "ok", "", 0
+        log.info(
+            "actuator_set",
+            actuator=name,
+            zone=self.zone,
+            position=position,
+            verified=readback is not None,
+            duration_s=round(self.last_duration_s, 4),
+        )
+        self._changed()
+        return True
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)

@@ -1,0 +1,32 @@
+"""Fans switched by programs (argv, no shell); optionally a program that reports the position."""
+
+from __future__ import annotations
+
+from powercast.actions import run_argv
+from powercast.actuators.base import DriverError
+from powercast.config import CommandActuator
+
+
+class CommandDriver:
+    def __init__(self, name: str, config: CommandActuator) -> None:
+        self.name = name
+        self.timeout_s = config.timeout_s * (2 if config.verify_argv else 1)
+        self._config = config
+
+    async def apply(self, on: bool) -> None:
+        argv = self._config.on_argv if on else self._config.off_argv
+        outcome = await run_argv(argv, self._config.timeout_s)
+        if outcome.exit_code not in self._config.ok_exit_codes:
+            raise DriverError(f"{self.name}: {argv[0]} {outcome.result}: {outcome.output[-200:]}")
+
+    async def read(self) -> bool | None:
+        if self._config.verify_argv is None:
+            return None
+        outcome = await run_argv(self._config.verify_argv, self._config.timeout_s)
+        answer = outcome.output.strip().lower()
+        if outcome.exit_code != 0 or answer not in ("on", "off"):
+            raise DriverError(
+                f"{self.name}: {self._config.verify_argv[0]} should print on or off,"
+                f" got {answer[:40]!r} ({outcome.result})"
+            )
+        return answer == "on"

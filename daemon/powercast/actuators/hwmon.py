@@ -1,0 +1,48 @@
+"""A fan PWM in sysfs (/sys/class/hwmon/hwmonN/pwmM), verified by reading it back."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from powercast.actuators.base import DriverError
+from powercast.config import HwmonActuator
+
+
+class HwmonDriver:
+    timeout_s = 2.0
+
+    def __init__(self, name: str, config: HwmonActuator) -> None:
+        self.name = name
+        self._config = config
+        self._path = Path(config.path)
+        self._enabled = False
+
+    async def apply(self, on: bool) -> None:
+        value = self._config.on_value if on else self._config.off_value
+        await asyncio.to_thread(self._write, value)
+
+    def _write(self, value: int) -> None:
+        try:
+            if self._config.enable_path and not self._enabled:
+                Path(self._config.enable_path).write_text(f"{self._config.enable_value}\n")
+                self._enabled = True
+            self._path.write_text(f"{value}\n")
+        except OSError as err:
+            raise DriverError(f"{self.name}: cannot write {err.filename}: {err.strerror}") from None
+
+    async def read(self) -> bool | None:
+        try:
+            text = await asyncio.to_thread(self._path.read_text)
+            value = int(text.strip())
+        except OSError as err:
+            raise DriverError(f"{self.name}: cannot read {self._path}: {err.strerror}") from None
+        except ValueError:
+            raise DriverError(
+                f"{self.name}: {self._path} holds {text.strip()[:20]!r}, not a number"
+            ) from None
+        if value == self._config.on_value:
+            return True
+        if value == self._config.off_value:
+            return False
+        return value > self._config.off_value  # another speed: spinning counts as on
