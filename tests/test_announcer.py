@@ -56,6 +56,39 @@ class TestAnnouncer:
         assert a.change == 1
         assert a.announce(11.0, 1e9).power == drained
 
+    def test_analogue_power_move_beyond_deadband_is_news(self) -> None:
+        """Charge or load moving 5 points, runtime 60 s or input 10 V since the last news: news."""
+        start = Power(PowerStatus.ON_BATTERY, 90.0, 1200.0, 40.0, 0.0)
+        for moved in (
+            Power(PowerStatus.ON_BATTERY, 85.0, 1200.0, 40.0, 0.0),
+            Power(PowerStatus.ON_BATTERY, 90.0, 1140.0, 40.0, 0.0),
+            Power(PowerStatus.ON_BATTERY, 90.0, 1200.0, 45.0, 0.0),
+            Power(PowerStatus.ON_BATTERY, 90.0, 1200.0, 40.0, 10.0),
+        ):
+            a = announcer()
+            a.update(start, {}, 10.0)
+            assert a.update(moved, {}, 11.0) is True, moved
+            assert a.change == 2
+
+    def test_analogue_power_jitter_is_not_news(self) -> None:
+        """Moves below the deadbands ride on the heartbeat; drift that adds up is news."""
+        a = announcer()
+        a.update(Power(PowerStatus.ON_BATTERY, 90.0, 1200.0), {}, 10.0)
+        assert a.update(Power(PowerStatus.ON_BATTERY, 87.0, 1150.0), {}, 11.0) is False
+        assert a.update(Power(PowerStatus.ON_BATTERY, 91.0, 1250.0), {}, 12.0) is False
+        assert a.update(Power(PowerStatus.ON_BATTERY, 85.0, 1200.0), {}, 13.0) is True
+        # Measured from 85 now, the value of the last news.
+        assert a.update(Power(PowerStatus.ON_BATTERY, 81.0, 1200.0), {}, 14.0) is False
+        assert a.change == 2
+
+    def test_value_that_appears_is_measured_from_there(self) -> None:
+        """A value first seen after the news is the base of later comparisons."""
+        a = announcer()
+        a.update(ON_BATTERY, {}, 10.0)
+        assert a.update(Power(PowerStatus.ON_BATTERY, charge_pct=60.0), {}, 11.0) is False
+        assert a.update(Power(PowerStatus.ON_BATTERY, charge_pct=57.0), {}, 12.0) is False
+        assert a.update(Power(PowerStatus.ON_BATTERY, charge_pct=55.0), {}, 13.0) is True
+
     def test_sensor_appearing_or_going_is_news(self) -> None:
         """A sensor that appears or disappears is news, even at the same values."""
         a = announcer()

@@ -2,9 +2,10 @@
 
 Pure: readings and the monotonic ``now`` come in; announcements and the time of the
 next one go out. A reading that is news (power status changed, a sensor appeared or
-went, a temperature moved by more than the deadband) bumps the change number and is
-announced at once, then repeated after ``retransmit_first_gap_s`` and at doubling gaps
-until the gap reaches the heartbeat (as IEC 61850 GOOSE does), so one lost datagram
+went, a temperature moved by more than the deadband, an analogue power value moved by at
+least its :data:`POWER_DEADBANDS`) bumps the change number and is announced at once,
+then repeated after ``retransmit_first_gap_s`` and at doubling gaps until the gap
+reaches the heartbeat (as IEC 61850 GOOSE does), so one lost datagram
 does not delay the news by a heartbeat. Other readings ride on the next heartbeat.
 
 Every datagram's time-allowed-to-live is ``heartbeat_s * tal_factor``: it covers the
@@ -16,9 +17,19 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from typing import Final
+
+import msgspec
 
 from powercast.config import PublisherConfig, Reading
 from powercast.wire import Announcement, Power, PowerStatus
+
+POWER_DEADBANDS: Final = {"charge_pct": 5.0, "runtime_s": 60.0, "load_pct": 5.0, "input_v": 10.0}
+"""A move of at least this much since the last news is news: 5 points of charge or load,
+a minute of runtime, 10 V of input. Less rides on the next heartbeat, so a UPS whose
+runtime estimate jitters with the load does not set off a burst at every poll. A value
+that appears (was unknown) is not news by itself; it becomes what later moves are
+measured from."""
 
 
 def merge(readings: list[Reading | None]) -> tuple[Power, dict[str, float]]:
@@ -55,11 +66,13 @@ class Announcer:
     gap: float | None = None
     """The next gap of a burst of repeats after news; None once back on the heartbeat."""
     _news_temperatures: dict[str, float] = field(default_factory=dict)
+    _news_power: Power = field(default_factory=lambda: Power(PowerStatus.UNKNOWN))
 
     def update(self, power: Power, temperatures: dict[str, float], now: float) -> bool:
         """Take the latest reading; True (and an announcement due now) when it is news."""
         news = (
             power.status != self.power.status
+            or self._power_moved(power)
             or temperatures.keys() != self._news_temperatures.keys()
             or any(
                 abs(value - self._news_temperatures[name]) > self.config.temp_deadband_c
@@ -70,9 +83,24 @@ class Announcer:
         if news:
             self.change += 1
             self._news_temperatures = dict(temperatures)
+            self._news_power = power
             self.next_at = now
             self.gap = self.config.retransmit_first_gap_s
         return news
+
+    def _power_moved(self, power: Power) -> bool:
+        """An analogue value moved by its deadband since the last news (see POWER_DEADBANDS).
+
+        Values that were unknown at the last news are measured from where they first appear.
+        """
+        moved = False
+        for name, band in POWER_DEADBANDS.items():
+            new, old = getattr(power, name), getattr(self._news_power, name)
+            if old is None and new is not None:
+                self._news_power = msgspec.structs.replace(self._news_power, **{name: new})
+            elif new is not None and old is not None and abs(new - old) >= band:
+                moved = True
+        return moved
 
     def announce(self, now: float, wall: float) -> Announcement:
         """The announcement to send now; schedules the next heartbeat."""
