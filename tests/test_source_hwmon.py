@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from powercast.config import HwmonSource, Reading
+from powercast.config import ConfigError, HwmonSource, PublisherConfig, Reading, parse
 from powercast.sources import SourceError, make_reader
 from powercast.sources.hwmon import HwmonReader, clean, discover
 
@@ -48,6 +48,21 @@ def read(root: Path, *sensors: str, **rename: str) -> Reading:
     reader = make_reader(config, 0, 0.0)
     assert isinstance(reader, HwmonReader)
     return asyncio.run(reader.read())
+
+
+class TestHwmonConfig:
+    def test_defaults_and_errors(self) -> None:
+        """All sensors under / by default; a rename target must be a valid sensor name."""
+        got = parse('role = "publisher"\n[[sources]]\nkind = "hwmon"', "p.toml")
+        assert isinstance(got, PublisherConfig)
+        hwmon = got.sources[0]
+        assert isinstance(hwmon, HwmonSource)
+        assert (hwmon.sensors, hwmon.root, hwmon.rename, hwmon.interval_s) == (["*"], "/", {}, 2.0)
+        with pytest.raises(ConfigError, match=r"sources\[0\]\.rename\.\*: expected"):
+            parse(
+                'role = "publisher"\n[[sources]]\nkind = "hwmon"\nrename = { a = "b c" }',
+                "p.toml",
+            )
 
 
 class TestDiscover:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from powercast.config import Reading, SnmpSource
+from powercast.config import ConfigError, PublisherConfig, Reading, SnmpSource, parse
 from powercast.sources import SourceError, make_reader
 
 with warnings.catch_warnings():  # pysnmp imports pysmi's old names when pysmi is there
@@ -151,6 +151,47 @@ def read_once(config: SnmpSource) -> Reading:
 
 def status(reading: Reading) -> str | None:
     return reading.power.status if reading.power else None
+
+
+def config_error(toml: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(f'role = "publisher"\n[[sources]]\nkind = "snmp"\n{toml}', "p.toml")
+    return str(info.value)
+
+
+class TestSnmpConfig:
+    def test_v2c_and_v3(self) -> None:
+        """v2c needs a community; v3 a user and keys (8 characters or more)."""
+        got = parse(
+            'role = "publisher"\n[[sources]]\nkind = "snmp"\nhost = "ups1"\ncommunity = "c"',
+            "p.toml",
+        )
+        assert isinstance(got, PublisherConfig)
+        snmp = got.sources[0]
+        assert isinstance(snmp, SnmpSource)
+        assert (snmp.port, snmp.version, snmp.sensor, snmp.timeout_s) == (
+            161,
+            "2c",
+            "ups.battery",
+            1.0,
+        )
+        assert config_error('host = "ups1"') == (
+            "p.toml: sources[0].community: expected community or community_file for version 2c,"
+            " got neither"
+        )
+        assert config_error('host = "ups1"\nversion = "3"') == (
+            "p.toml: sources[0].user: expected an SNMPv3 user name for version 3, got none"
+        )
+        assert config_error('host = "ups1"\nversion = "3"\nuser = "u"\nauth_key = "short"') == (
+            "p.toml: sources[0].auth_key: expected at least 8 characters, got 5"
+        )
+        assert config_error('host = "ups1"\nversion = "3"\nuser = "u"\nauth_protocol = "none"') == (
+            'p.toml: sources[0].priv_protocol: expected "none" when auth_protocol is "none",'
+            " got 'aes'"
+        )
+        assert config_error('host = "bad host"\ncommunity = "c"') == (
+            "p.toml: sources[0].host: expected a host name or IP address, got 'bad host'"
+        )
 
 
 class TestPowerStatus:

@@ -323,6 +323,11 @@ class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
             return
         if self.user is None:
             raise ValueError("user: expected an SNMPv3 user name for version 3, got none")
+        if self.auth_protocol == "none" and self.priv_protocol != "none":
+            raise ValueError(
+                f'priv_protocol: expected "none" when auth_protocol is "none",'
+                f" got {self.priv_protocol!r}"
+            )
         for proto, key, key_file, name in (
             (self.auth_protocol, self.auth_key, self.auth_key_file, "auth_key"),
             (self.priv_protocol, self.priv_key, self.priv_key_file, "priv_key"),
@@ -331,11 +336,6 @@ class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
                 raise ValueError(f"{name}: expected {name} or {name}_file, got neither")
             if key is not None and len(key) < 8:
                 raise ValueError(f"{name}: expected at least 8 characters, got {len(key)}")
-        if self.auth_protocol == "none" and self.priv_protocol != "none":
-            raise ValueError(
-                f'priv_protocol: expected "none" when auth_protocol is "none",'
-                f" got {self.priv_protocol!r}"
-            )
 
 
 Source = SimulatedSource | FileSource | CommandSource | NutSource | HwmonSource | SnmpSource
