@@ -84,7 +84,7 @@ class Keyring:
             have = ", ".join(map(str, self.ids)) or "none"
             raise KeyringError(
                 f"{self.directory}: no key {key_id} to sign with (keys found: {have});"
-                f" create one with: powercast keygen {key_id} {self.directory}/{key_id}.key"
+                f" create one with: powercast keygen {key_id} {_home(self.directory)}/{key_id}.key"
             ) from None
 
         def sign(data: bytes) -> bytes:
@@ -104,6 +104,12 @@ class Keyring:
         h = mac.copy()
         h.update(frame.signed)
         return None if hmac.compare_digest(h.digest(), frame.tag) else "bad_tag"
+
+
+def _home(directory: Path) -> Path:
+    """Where an operator creates keys: systemd's credentials directory is only a copy."""
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    return DEFAULT_DIR if credentials and directory == Path(credentials) else directory
 
 
 def read_key(path: Path) -> bytes:
@@ -161,6 +167,6 @@ def load_keys(config: PublisherConfig | ControllerConfig) -> Keyring:
     elif config.auth.mode != "off" and not ring.ids:
         raise KeyringError(
             f"{directory}: no key files (*.key) for auth.mode = {config.auth.mode!r}:"
-            f" create one with: powercast keygen 1 {directory}/1.key"
+            f" create one with: powercast keygen 1 {_home(directory)}/1.key"
         )
     return ring
