@@ -15,8 +15,9 @@ import traceback
 from pathlib import Path
 from typing import Final
 
-from powercast import __version__, logs
+from powercast import __version__, logs, tools
 from powercast import config as cfg
+from powercast.actuators import to_safe_state
 from powercast.auth import Keyring, KeyringError, keygen, keys_dir, load_keys
 from powercast.demo import run_demo
 from powercast.net import NetworkError
@@ -64,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     init = conf_sub.add_parser("init", help="print a default config on stdout")
     init.add_argument("--role", required=True, choices=["publisher", "controller"])
 
+    safe = sub.add_parser(
+        "failsafe",
+        help="drive every actuator of a controller config to its safe position (fans on)",
+    )
+    safe.add_argument("--config", type=Path, default=cfg.DEFAULT_PATHS["controller"])
+    safe.add_argument(
+        "--after-failure",
+        action="store_true",
+        help="only when systemd says the controller failed ($SERVICE_RESULT, for ExecStopPost=)",
+    )
+
     keygen_p = sub.add_parser(
         "keygen", help="write a new random key file (mode 0600; never overwrites)"
     )
@@ -82,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     tap.add_argument("--count", type=int, help="stop after N datagrams")
     tap.add_argument("--timeout", type=float, help="stop after S seconds")
 
+    tools.add_parsers(sub)
+
     demo = sub.add_parser(
         "demo", help="play a power outage between a real publisher and controller on loopback"
     )
@@ -98,12 +112,18 @@ def main(argv: list[str] | None = None) -> int:
             return _config(args)
         if args.command == "demo":
             return run_demo()
+        if args.command == "failsafe":
+            if args.after_failure and os.environ.get("SERVICE_RESULT", "success") == "success":
+                return 0  # a clean stop or restart: the next controller reconciles
+            return _failsafe(args.config)
         if args.command == "keygen":
             keygen(args.key_id, args.file)
             print(f"{args.file}: new key {args.key_id} (mode 0600)")
             return 0
         if args.command == "tap":
             return _tap(args)
+        if args.command in tools.COMMANDS:
+            return tools.run(args)
     except (cfg.ConfigError, KeyringError, NetworkError) as err:
         print(f"powercast: {err}", file=sys.stderr)
         return EX_CONFIG if not isinstance(err, NetworkError) else 1
@@ -183,3 +203,15 @@ def _tap(args: argparse.Namespace) -> int:
         count=args.count,
         timeout=args.timeout,
     )
+
+
+def _failsafe(path: Path) -> int:
+    config = cfg.load(path, "controller")
+    assert isinstance(config, cfg.ControllerConfig)
+    zones = config.effective_zones()
+    failures = asyncio.run(to_safe_state(zones))
+    for failure in failures:
+        print(f"powercast: {failure}", file=sys.stderr)
+    count = sum(len(zone.actuators) for zone in zones)
+    print(f"powercast failsafe: {count - len(failures)} of {count} actuators set to fans on")
+    return 1 if failures else 0
