@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Final
 
-from powercast import __version__, logs, tools
+from powercast import __version__, logs
 from powercast import config as cfg
 from powercast.actuators import to_safe_state
 from powercast.auth import Keyring, KeyringError, keygen, keys_dir, load_keys
@@ -94,7 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     tap.add_argument("--count", type=int, help="stop after N datagrams")
     tap.add_argument("--timeout", type=float, help="stop after S seconds")
 
-    tools.add_parsers(sub)
 
     demo = sub.add_parser(
         "demo", help="play a power outage between a real publisher and controller on loopback"
@@ -122,8 +121,6 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "tap":
             return _tap(args)
-        if args.command in tools.COMMANDS:
-            return tools.run(args)
     except (cfg.ConfigError, KeyringError, NetworkError) as err:
         print(f"powercast: {err}", file=sys.stderr)
         return EX_CONFIG if not isinstance(err, NetworkError) else 1
