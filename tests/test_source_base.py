@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from powercast.config import PublisherConfig, parse
 from powercast.sources import Backoff, SourceError
 from powercast.sources.base import make_reading, read_secret
+
+
+class TestExampleSources:
+    def test_commented_examples_in_the_shipped_config_are_valid(self) -> None:
+        """The commented-out nut, snmp and hwmon examples in config/publisher.toml validate."""
+        text = (Path(__file__).parent.parent / "config" / "publisher.toml").read_text()
+        blocks = re.findall(r"^# \[\[sources\]\]\n((?:# \w+ = .*\n)+)", text, re.MULTILINE)
+        kinds = []
+        for block in blocks:
+            if not re.match(r'# kind = "(nut|snmp|hwmon)"', block):
+                continue  # others span lines this simple match does not follow
+            body = "".join(line[2:] + "\n" for line in block.splitlines())
+            config = parse(f'role = "publisher"\n[[sources]]\n{body}', "publisher.toml")
+            assert isinstance(config, PublisherConfig)
+            kinds.append(config.sources[0].__struct_config__.tag)
+        assert {"nut", "snmp", "hwmon"} <= set(kinds)
 
 
 class TestBackoff:
