@@ -177,8 +177,9 @@ class NutConnection:
             await self._writer.start_tls(context, server_hostname=server_hostname)
         self.encrypted = True
 
-    async def login(self, username: str, password: str) -> None:
-        for line in (f"USERNAME {username}", f"PASSWORD {password}"):
+    async def login(self, username: str, password: str | None) -> None:
+        lines = [f"USERNAME {username}"] + ([f"PASSWORD {password}"] if password else [])
+        for line in lines:
             answer = await self.command(line)
             if not answer.startswith("OK"):
                 raise ProtocolError(f"{line.split()[0]} answered {answer[:80]!r}")
@@ -305,7 +306,7 @@ class NutReader:
                 if config.password_file is not None:
                     password = read_secret(config.password_file, f"{self._origin}: password_file")
                 try:
-                    await conn.login(config.username, password or "")
+                    await conn.login(config.username, password)
                 except NutError as err:
                     raise SourceError(f"{self._origin}: login: {err.describe()}") from None
         except BaseException:

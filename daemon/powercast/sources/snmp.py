@@ -109,7 +109,9 @@ def to_reading(values: dict[str, int], sensor: str, origin: str) -> Reading:
 
 
 class SnmpReader:
-    """One SnmpEngine kept across polls; set up anew after any failure."""
+    """One SnmpEngine for the reader's life: its first request stalls the event loop for
+    ~0.3 s (pysnmp loads its MIB tables), later ones take milliseconds. After a failure
+    the target and the credentials (secret files re-read) are set up anew."""
 
     def __init__(self, name: str, config: SnmpSource) -> None:
         self.name = name
@@ -130,15 +132,16 @@ class SnmpReader:
         try:
             values = await self._get()
         except BaseException:
-            self.close()
+            self._target = self._auth = None  # a late answer to a lost request is dropped
             raise
         return to_reading(values, self._config.sensor, self._origin)
 
     async def _get(self) -> dict[str, int]:
         config = self._config
         if self._engine is None:
-            self._auth = self._auth_data()
             self._engine = hlapi.SnmpEngine()
+        if self._target is None:
+            self._auth = self._auth_data()
             try:
                 self._target = await hlapi.UdpTransportTarget.create(
                     (config.host, config.port), timeout=config.timeout_s, retries=config.retries
