@@ -512,12 +512,16 @@ class Hall:
             self.ctl_configs.append(path)
 
     def start(self) -> None:
-        """Every controller, then every publisher (with its relay first when relayed)."""
+        """Every controller, then every publisher (with its relay first when relayed);
+        returns once every publisher has sent its first reading."""
         self.controllers = [self.start_controller(i) for i in range(len(self.ctl_hosts))]
         for name in self.pub_hosts:
             self.start_publisher(name)
         for ctl in self.controllers:
             ctl.wait_for("ready", timeout=10)
+        for pub in self.publishers.values():
+            pub.wait_for("reading_changed", timeout=10)  # its first reading, sent at once
+        time.sleep(0.1)  # ...and heard: every publisher counts from here on
 
     def start_controller(self, index: int) -> NetDaemon:
         """Start (or restart) controller ``index``."""
