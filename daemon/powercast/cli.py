@@ -94,11 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     tap.add_argument("--count", type=int, help="stop after N datagrams")
     tap.add_argument("--timeout", type=float, help="stop after S seconds")
 
-
     demo = sub.add_parser(
         "demo", help="play a power outage between a real publisher and controller on loopback"
     )
     demo.add_argument("--speed", type=float, default=1.0, help=argparse.SUPPRESS)
+
+    diagram = sub.add_parser(
+        "diagram", help="print the fan policy's state chart as Mermaid text, or draw it"
+    )
+    diagram.add_argument(
+        "--output", type=Path, metavar="FILE", help="write a .png or .svg image (needs Graphviz)"
+    )
     return parser
 
 
@@ -121,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "tap":
             return _tap(args)
+        if args.command == "diagram":
+            return _diagram(args.output)
     except (cfg.ConfigError, KeyringError, NetworkError) as err:
         print(f"powercast: {err}", file=sys.stderr)
         return EX_CONFIG if not isinstance(err, NetworkError) else 1
@@ -176,6 +184,21 @@ def _config(args: argparse.Namespace) -> int:
             keys = ", ".join(map(str, keyring.ids)) or "none"
             print(f"{path}: ok ({config.role}; keys in {keyring.directory}: {keys})")
     return status
+
+
+def _diagram(output: Path | None) -> int:
+    from powercast import diagram  # noqa: PLC0415  # only this command draws
+
+    if output is None:
+        sys.stdout.write(diagram.mermaid())
+        return 0
+    try:
+        diagram.write_image(output)
+    except diagram.DiagramError as err:
+        print(f"powercast: diagram: {err}", file=sys.stderr)
+        return 1
+    print(f"{output}: the fan policy's state chart")
+    return 0
 
 
 def _tap(args: argparse.Namespace) -> int:

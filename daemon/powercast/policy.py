@@ -340,7 +340,9 @@ def combine(
     ``online``; ``online`` when any says so (a contradiction keeps the fans running);
     otherwise ``unknown``. Temperature: over the sensors matching ``sensors`` (globs on
     ``publisher/sensor``; empty: every sensor of the power publishers), the hottest by
-    default.
+    default. Sources and stale publishers are the zone's own: those that vote or whose
+    sensors it reads (or could read), so another zone's publisher cannot stand in for
+    them.
     """
     votes = tuple(
         (publisher, status.value)
@@ -372,11 +374,22 @@ def combine(
         zone_temp = statistics.fmean(values.values())
     else:
         zone_temp = values[hottest] if hottest else None
+    used = {publisher for publisher, _ in votes} | {name.split("/", 1)[0] for name in values}
     return Situation(
         power=power,
         temperature=zone_temp,
         hottest=hottest,
-        sources=tuple(sorted(readings)),
-        stale=stale,
+        sources=tuple(sorted(used)),
+        stale=tuple(p for p in stale if _serves(p, power_from, sensors)),
         votes=votes,
+    )
+
+
+def _serves(publisher: str, power_from: frozenset[str] | None, sensors: tuple[str, ...]) -> bool:
+    """Whether ``publisher`` votes for a zone or may have a sensor its globs select."""
+    if power_from is None or publisher in power_from:
+        return True
+    return any(  # a glob without "/" may match across it: any publisher may serve
+        fnmatch.fnmatchcase(publisher, glob.split("/", 1)[0] if "/" in glob else "*")
+        for glob in sensors
     )

@@ -172,8 +172,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             log.info("state_restored", zones={z: self.core.zones[z].state for z in restored})
         if self._state_dir is None:
             log.info("state_not_kept", hint="set persist.state_dir, or StateDirectory= in the unit")
+        self.core.start(now)  # before the probes: datagrams may arrive while they run
         await self._start_workers(saved.actuators if saved and restored else {})
-        self.core.start(now)
         self._arm()
 
     async def _start_workers(self, known: dict[str, bool | None]) -> None:
@@ -245,8 +245,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
 
     def _on_datagram(self, data: bytes) -> None:
         decisions = self.core.receive(data, self.loop.time(), time.time())
-        if decisions:
-            self._decided(decisions)
+        if decisions or len(self._settled) < len(self.core.zones):
+            self._decided(decisions)  # also reconciles zones the data just confirmed
         if self.core.notices:
             for notice in self.core.notices:
                 log.warning(notice.event, **notice.fields)
@@ -330,7 +330,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         return decisions
 
     def _save(self) -> None:
-        if self._state_dir is None:
+        if self._state_dir is None or self.dry_run:  # a dry run's positions are pretend
             return
         known = {f"{z}/{i}": w.known for z, ws in self.workers.items() for i, w in enumerate(ws)}
         record = persist.snapshot(self.core.zones, known, self.loop.time(), time.time())

@@ -50,6 +50,8 @@ class Worker:
     last_verified_at: float | None = None
     last_duration_s: float | None = None
     dry_run: bool = False
+    min_backoff_s: float = 1.0
+    """The first wait after a failed step; it doubles on each failure, up to max_backoff_s."""
     max_backoff_s: float = 30.0
     on_change: Callable[[Worker], None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -74,14 +76,14 @@ class Worker:
             self.last_verified_at = time.time()
 
     async def run(self) -> None:
-        backoff = 1.0
+        backoff = self.min_backoff_s
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self.desired is not None and self.desired != self.known:
                 target = self.desired
                 if await self._step(target):
-                    backoff = 1.0
+                    backoff = self.min_backoff_s
                     continue
                 try:  # a new wish ends the wait early
                     async with asyncio.timeout(backoff):

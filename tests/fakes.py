@@ -1,0 +1,68 @@
+"""Fake publishers for the controller's pure core: signed datagrams on a fake clock.
+
+A :class:`FakePublisher` builds real wire datagrams (wire.encode), signed with a key that
+``powercast.auth.keygen`` made in a temporary directory, as the default config
+(auth.mode = "enforce") requires. Time is two plain floats: monotonic ``now`` and
+wall-clock ``WALL + now``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from powercast import wire
+from powercast.auth import Keyring, keygen
+from powercast.wire import Announcement, Power, PowerStatus
+
+WALL = 1_700_000_000.0
+"""The wall clock at monotonic time 0."""
+KEY_ID = 1
+
+
+def make_keyring(directory: Path) -> Keyring:
+    """A keyring holding one fresh key, id KEY_ID, made in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    keygen(KEY_ID, directory / f"{KEY_ID}.key")
+    return Keyring.load(directory)
+
+
+@dataclass
+class FakePublisher:
+    """Just enough of a publisher: counters, the latest reading, signed datagrams."""
+
+    name: str
+    sign: Callable[[bytes], bytes]
+    tal: float = 3.0
+    epoch: int = 1
+    seq: int = 0
+    change: int = 0
+    power: PowerStatus = PowerStatus.UNKNOWN
+    temperatures: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def signed(cls, name: str, keyring: Keyring, tal: float = 3.0) -> FakePublisher:
+        """A publisher holding ``keyring``'s key KEY_ID."""
+        return cls(name, keyring.signer(KEY_ID), tal)
+
+    def say(self, now: float, power: PowerStatus, **temperatures: float) -> bytes:
+        """News at ``now``: a new reading with the next change number."""
+        self.power, self.temperatures = power, dict(temperatures)
+        self.change += 1
+        return self.heartbeat(now)
+
+    def heartbeat(self, now: float) -> bytes:
+        """The next datagram with the same change number and readings."""
+        self.seq += 1
+        message = Announcement(
+            publisher=self.name,
+            epoch=self.epoch,
+            seq=self.seq,
+            change=self.change,
+            sent=WALL + now,
+            tal=self.tal,
+            power=Power(self.power),
+            temperatures=dict(self.temperatures),
+        )
+        return wire.encode(message, key_id=KEY_ID, sign=self.sign)

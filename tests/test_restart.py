@@ -1,0 +1,268 @@
+"""A real controller restarted mid-outage: it picks up where it was without toggling the fans.
+
+Real processes over real multicast on loopback (tests/harness.py): a publisher reading a
+file source, a controller driving a hwmon actuator (a pwm file in tmp_path) and keeping
+its state in tmp_path. A thread reads the pwm file every 2 ms across the restart, so a
+fan that was turned on for a moment would be seen.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import Daemon, free_port, make_keys, network, running, write_toml
+
+ON, OFF = "255", "0"
+RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+
+
+def set_reading(path: Path, status: str, inlet: float = 24.0) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"power": {"status": status}, "temperatures": {"inlet": inlet}}))
+    tmp.replace(path)
+
+
+@dataclass
+class Files:
+    controller: Path
+    publisher: Path
+    reading: Path
+    pwm: Path
+    state_dir: Path
+    record: Path
+
+
+def make_files(tmp_path: Path, grace: float) -> Files:
+    port = free_port()
+    keys = make_keys(tmp_path / "keys")
+    pwm = tmp_path / "pwm1"
+    pwm.write_text(f"{ON}\n")  # fans run at boot
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    record = tmp_path / "actions.log"
+    reading = tmp_path / "ups.json"
+    set_reading(reading, "online")
+    controller: dict[str, Any] = {
+        "role": "controller",
+        "network": network(port),
+        "auth": {"keys_dir": str(keys)},
+        "policy": {"shed_after_s": 0.3, "restore_after_s": 0.3, "startup_grace_s": grace},
+        "actuators": [{"kind": "hwmon", "path": str(pwm), "on_value": 255, "off_value": 0}],
+        "actions": [
+            {"on": state, "argv": [sys.executable, "-c", RECORD, str(record), state]}
+            for state in ("normal", "shedding", "failsafe")
+        ],
+        "persist": {"state_dir": str(state_dir)},
+        "log": {"format": "json", "level": "debug"},
+    }
+    publisher = {
+        "role": "publisher",
+        "id": "ups-test",
+        "heartbeat_s": 0.2,
+        "tal_factor": 50.0,  # data lives 10 s: no expiry timer wakes the controller early
+        "network": {**network(port), "ttl": 1, "loop": True},
+        "auth": {"keys_dir": str(keys), "key_id": 1},
+        "sources": [{"kind": "file", "path": str(reading), "interval_s": 0.05}],
+        "log": {"format": "json"},
+    }
+    return Files(
+        controller=write_toml(tmp_path / "c.toml", controller),
+        publisher=write_toml(tmp_path / "p.toml", publisher),
+        reading=reading,
+        pwm=pwm,
+        state_dir=state_dir,
+        record=record,
+    )
+
+
+class Watch:
+    """Reads the pwm file every 2 ms in a thread; keeps every value seen, in order."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.values: list[str] = []
+        self.reads = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            value = self.path.read_text().strip()
+            self.reads += 1
+            if not self.values or self.values[-1] != value:
+                self.values.append(value)
+            time.sleep(0.002)
+
+    def stop(self) -> list[str]:
+        self._stop.set()
+        self._thread.join(1.0)
+        return self.values
+
+
+def wait_file(path: Path, value: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.read_text().strip() == value:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{path} holds {path.read_text().strip()!r}, expected {value!r}")
+
+
+def control(files: Files, *extra: str) -> Daemon:
+    return Daemon("control", "--config", str(files.controller), *extra)
+
+
+@dataclass
+class Scene:
+    files: Files
+    controller: Daemon
+    publisher: Daemon
+
+
+@pytest.fixture
+def shedding(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Scene]:
+    """A controller that has shed the fans (pwm 0) on the publisher's outage; both stopped
+    on the way out. startup_grace_s: 2 s, or the test's indirect parameter."""
+    files = make_files(tmp_path, grace=getattr(request, "param", 2.0))
+    ctl = control(files)
+    pub = Daemon("publish", "--config", str(files.publisher))
+    try:
+        ctl.wait_for("transition", state="normal")
+        set_reading(files.reading, "on_battery")
+        ctl.wait_for("transition", state="shedding")
+        ctl.wait_for("actuator_set", position="off")
+        assert files.pwm.read_text() == f"{OFF}\n"
+        yield Scene(files, ctl, pub)
+    finally:
+        ctl.stop()
+        pub.stop()
+
+
+class TestRestart:
+    def test_restart_during_outage_keeps_fans_shed(self, shedding: Scene) -> None:
+        """SIGTERM and start again while on battery: state restored, confirmed by the first
+        heartbeat within the grace, and the pwm file never reads the on value."""
+        files = shedding.files
+        watch = Watch(files.pwm)
+        assert shedding.controller.stop() == 0
+        assert (files.state_dir / "controller-state.json").exists()
+        with running("control", "--config", str(files.controller)) as ctl:
+            restored = ctl.wait_for("state_restored")
+            assert restored["zones"] == {"default": "shedding"}
+            ctl.wait_for("ready")
+            ready_at = time.monotonic()
+            reconciled = ctl.wait_for("reconciled", timeout=3.0)
+            confirmed_in = time.monotonic() - ready_at
+            assert reconciled["state"] == "shedding"
+            time.sleep(0.3)  # more heartbeats: still nothing moves
+        values = watch.stop()
+        assert watch.reads > 100
+        assert ON not in values, values
+        assert values == [OFF]
+        assert confirmed_in < 1.0  # the first heartbeat (0.2 s), well within the 2 s grace
+        events = [e.get("event") for e in ctl.seen]
+        assert "transition" not in events
+        assert "actuator_set" not in events
+
+    @pytest.mark.parametrize("shedding", [1.0], indirect=True)  # startup_grace_s
+    def test_restart_without_data_fails_safe_after_the_grace(self, shedding: Scene) -> None:
+        """Started again with the publisher gone: shed during the grace, fans on after it."""
+        files = shedding.files
+        watch = Watch(files.pwm)
+        assert shedding.controller.stop() == 0
+        shedding.publisher.stop()
+        with running("control", "--config", str(files.controller)) as ctl:
+            ctl.wait_for("state_restored")
+            ctl.wait_for("ready")
+            started = time.monotonic()
+            failsafe = ctl.wait_for("transition", state="failsafe", timeout=3.0)
+            took = time.monotonic() - started
+            assert "no fresh data" in failsafe["reason"]
+            ctl.wait_for("actuator_set", position="on")
+        assert files.pwm.read_text() == f"{ON}\n"
+        assert watch.stop() == [OFF, ON]
+        assert 0.8 <= took < 1.5  # startup_grace_s = 1 s, counted from before "ready"
+
+    def test_another_zones_data_does_not_end_a_zones_grace(self, tmp_path: Path) -> None:
+        """A zone restored shedding waits out its grace for its own publisher, even while
+        another zone's publisher speaks and actuators are still being probed."""
+        files = make_files(tmp_path, grace=1.0)
+        files.pwm.write_text(f"{OFF}\n")
+        config = tomllib.loads(files.controller.read_text())
+        hall_a = {
+            "name": "hall-a",
+            "publishers": ["ups-gone"],
+            "actuators": config.pop("actuators"),
+        }
+        slow = [sys.executable, "-c", "import time; time.sleep(0.5); print('on')"]
+        hall_b = {
+            "name": "hall-b",
+            "publishers": ["ups-test"],
+            "actuators": [
+                {"kind": "command", "on_argv": ["true"], "off_argv": ["true"], "verify_argv": slow}
+            ],
+        }
+        config.pop("actions")
+        write_toml(files.controller, {**config, "zones": [hall_a, hall_b]})
+        saved = {
+            "version": 1,
+            "saved_at": time.time(),
+            "zones": {"hall-a": {"state": "shedding", "entered_at": time.time() - 60.0}},
+            "actuators": {"hall-a/0": False},
+        }
+        (files.state_dir / "controller-state.json").write_text(json.dumps(saved))
+        watch = Watch(files.pwm)
+        with (
+            running("publish", "--config", str(files.publisher)) as pub,
+            running("control", "--config", str(files.controller)) as ctl,
+        ):
+            pub.wait_for("ready")
+            ctl.wait_for("state_restored")
+            started = time.monotonic()
+            first = ctl.wait_for("transition", zone="hall-a", timeout=3.0)
+            took = time.monotonic() - started
+            ctl.wait_for("actuator_set", position="on")
+        assert first["state"] == "failsafe"
+        assert first["stale"] == []  # ups-gone was never heard
+        assert 0.8 <= took < 1.5  # the grace (1 s), not the first datagram of ups-test
+        assert watch.stop() == [OFF, ON]
+        hall_b_moves = [e for e in ctl.seen if e.get("event") == "transition"]
+        assert {e["zone"] for e in hall_b_moves} == {"hall-a", "hall-b"}
+
+
+class TestDryRun:
+    def test_dry_run_decides_and_logs_but_touches_nothing(self, tmp_path: Path) -> None:
+        """control --dry-run: transitions and would-be moves are logged; the pwm file, the
+        actions and the state file are left alone."""
+        files = make_files(tmp_path, grace=2.0)
+        stamp = files.pwm.stat().st_mtime_ns
+        with (
+            running("control", "--config", str(files.controller), "--dry-run") as ctl,
+            running("publish", "--config", str(files.publisher)),
+        ):
+            ctl.wait_for("transition", state="normal")
+            set_reading(files.reading, "on_battery")
+            shed = ctl.wait_for("transition", state="shedding")
+            assert shed["fans"] == "off"
+            action = ctl.wait_for("action_dry_run")
+            assert action["argv"][-1] == "shedding"
+            would = ctl.wait_for("actuator_dry_run")
+            assert would["would_set"] == "off"
+        assert files.pwm.read_text() == f"{ON}\n"
+        assert files.pwm.stat().st_mtime_ns == stamp
+        assert not files.record.exists()
+        assert list(files.state_dir.iterdir()) == []
+        events = [e.get("event") for e in ctl.seen]
+        assert "action" not in events
+        assert "actuator_set" not in events
