@@ -318,10 +318,16 @@ class TestToReading:
 
     def test_quoting(self) -> None:
         """VAR lines are unquoted with NUT's escapes; anything else is a protocol error."""
-        assert _parse_var(r'VAR a ups.alarm "x \"y\" \\ z"', "a") == ("ups.alarm", r'x "y" \ z')
-        for bad in ('VAR b ups.status "OL"', 'VAR a ups.status "OL', "HELLO"):
+        assert _parse_var(r'VAR a ups.alarm "x \"y\" \\ z"', "a", "ups.alarm") == r'x "y" \ z'
+        for bad in (
+            'VAR b ups.status "OL"',  # another UPS
+            'VAR a ups.load "OL"',  # another variable
+            'VAR a ups.status "OL',  # unbalanced quotes
+            'VAR a ups.status "OL" x',
+            "HELLO",
+        ):
             with pytest.raises(ProtocolError):
-                _parse_var(bad, "a")
+                _parse_var(bad, "a", "ups.status")
 
 
 class TestNutReader:
@@ -647,7 +653,7 @@ class TestNutFaults:
         message, port = asyncio.run(main())
         assert message == (
             f"nut main@127.0.0.1:{port}: not the NUT protocol:"
-            " LIST VAR answered '220 smtp.example ESMTP'"
+            " expected 'VAR main ups.status \"<value>\"', got '220 smtp.example ESMTP'"
         )
 
 
