@@ -330,6 +330,58 @@ class TestToReading:
                 _parse_var(bad, "a", "ups.status")
 
 
+def make_certificates(directory: Path) -> Path:
+    """A CA (ca.pem) and upsd's certificate for 127.0.0.1 in an NSS database (nss/), the
+    way upsd (built with NSS on Debian) reads it: nickname "upsd", database password in pw."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import pkcs12
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(subject: str, key: Any, issuer: Any, issuer_key: Any, ca: bool) -> Any:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            ip = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+            builder = builder.add_extension(x509.SubjectAlternativeName([ip]), critical=False)
+            usage = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
+            builder = builder.add_extension(usage, critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = certificate("powercast test CA", ca_key, None, ca_key, ca=True)
+    server = certificate("127.0.0.1", key, ca.subject, ca_key, ca=False)
+    (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    p12 = pkcs12.serialize_key_and_certificates(
+        b"upsd", key, server, [ca], serialization.BestAvailableEncryption(b"p12pass")
+    )
+    (directory / "server.p12").write_bytes(p12)
+    (directory / "pw").write_text("dbpass\n")
+    (directory / "p12pw").write_text("p12pass\n")
+    nss = directory / "nss"
+    nss.mkdir()
+    pw, p12pw = str(directory / "pw"), str(directory / "p12pw")
+    subprocess.run(["certutil", "-N", "-d", str(nss), "-f", pw], check=True, capture_output=True)
+    p12 = str(directory / "server.p12")
+    subprocess.run(
+        ["pk12util", "-i", p12, "-d", str(nss), "-k", pw, "-w", p12pw],
+        check=True,
+        capture_output=True,
+    )
+    return nss
+
+
 class TestNutReader:
     def test_reads_values_over_one_connection(self, nut: NutServer) -> None:
         """Status, charge, runtime, load, voltage and temperature from upsd, on one connection."""
@@ -493,60 +545,6 @@ class TestNutReader:
             " (tls = 'required')"
         )
 
-
-def make_certificates(directory: Path) -> Path:
-    """A CA (ca.pem) and upsd's certificate for 127.0.0.1 in an NSS database (nss/), the
-    way upsd (built with NSS on Debian) reads it: nickname "upsd", database password in pw."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.serialization import pkcs12
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-
-    def certificate(subject: str, key: Any, issuer: Any, issuer_key: Any, ca: bool) -> Any:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-            .issuer_name(issuer or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if not ca:
-            ip = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
-            builder = builder.add_extension(x509.SubjectAlternativeName([ip]), critical=False)
-            usage = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
-            builder = builder.add_extension(usage, critical=False)
-        return builder.sign(issuer_key, hashes.SHA256())
-
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = certificate("powercast test CA", ca_key, None, ca_key, ca=True)
-    server = certificate("127.0.0.1", key, ca.subject, ca_key, ca=False)
-    (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    p12 = pkcs12.serialize_key_and_certificates(
-        b"upsd", key, server, [ca], serialization.BestAvailableEncryption(b"p12pass")
-    )
-    (directory / "server.p12").write_bytes(p12)
-    (directory / "pw").write_text("dbpass\n")
-    (directory / "p12pw").write_text("p12pass\n")
-    nss = directory / "nss"
-    nss.mkdir()
-    pw, p12pw = str(directory / "pw"), str(directory / "p12pw")
-    subprocess.run(["certutil", "-N", "-d", str(nss), "-f", pw], check=True, capture_output=True)
-    p12 = str(directory / "server.p12")
-    subprocess.run(
-        ["pk12util", "-i", p12, "-d", str(nss), "-k", pw, "-w", p12pw],
-        check=True,
-        capture_output=True,
-    )
-    return nss
-
-
-class TestNutTls:
     def test_starttls_verified(self, nut: NutServer, tmp_path: Path) -> None:
         """STARTTLS to a upsd with TLS: read over TLS; an unknown CA or another name is refused."""
         if not (shutil.which("certutil") and shutil.which("pk12util")):
@@ -600,8 +598,6 @@ class TestNutTls:
             upsd.wait(5)
         assert "SSL handshake done successfully" in (conf / "upsd.log").read_text()
 
-
-class TestNutFaults:
     def test_refused(self) -> None:
         """Nothing listening is a one-line SourceError, at once."""
         port = free_port()

@@ -318,8 +318,6 @@ class TestSnmpReader:
         with pytest.raises(SourceError, match=r"Wrong SNMP PDU digest$"):
             read_once(wrong)
 
-
-class TestSnmpFaults:
     def test_no_agent(self) -> None:
         """Nothing listening on the port: no answer within the timeout."""
         port = free_port()
