@@ -13,6 +13,7 @@ import contextlib
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -97,6 +98,8 @@ class ActionQueue:
         self._ready = asyncio.Event()
         self.running: tuple[Decision, Action] | None = None
         self.last: dict[str, Outcome] = {}
+        self.observers: list[Callable[[Decision, Outcome], None]] = []
+        """Told of every finished command (the operator tools count outcomes)."""
 
     def submit(self, decision: Decision, actions: list[Action]) -> None:
         for old, action in self._queue:
@@ -119,6 +122,8 @@ class ActionQueue:
                 outcome = await run_command(action, environment(decision))
                 self.running = None
                 self.last[decision.state] = outcome
+                for observe in self.observers:
+                    observe(decision, outcome)
                 level = log.info if outcome.ok else log.error
                 level(
                     "action",

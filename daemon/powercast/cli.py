@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Final
 
-from powercast import __version__, logs
+from powercast import __version__, logs, tools
 from powercast import config as cfg
 from powercast.actuators import to_safe_state
 from powercast.auth import Keyring, KeyringError, keygen, keys_dir, load_keys
@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     tap.add_argument("--count", type=int, help="stop after N datagrams")
     tap.add_argument("--timeout", type=float, help="stop after S seconds")
 
+    tools.add_parsers(sub)
+
     demo = sub.add_parser(
         "demo", help="play a power outage between a real publisher and controller on loopback"
     )
@@ -108,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912  # a branch per command
     args = build_parser().parse_args(argv)
     try:
         if args.command in ("publish", "control"):
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             return _tap(args)
         if args.command == "diagram":
             return _diagram(args.output)
+        if args.command in tools.COMMANDS:
+            return tools.run(args)
     except (cfg.ConfigError, KeyringError, NetworkError) as err:
         print(f"powercast: {err}", file=sys.stderr)
         return EX_CONFIG if not isinstance(err, NetworkError) else 1

@@ -94,6 +94,7 @@ def write_configs(directory: Path, port: int) -> tuple[Path, Path]:
             "restore_after_s": 1.0,
         },
         "auth": {"keys_dir": str(keys), "mode": "enforce"},
+        "control": {"socket": str(directory / "controller.sock")},  # no root needed
         "actions": [
             {"on": state, "argv": fans, "timeout_s": 5.0}
             for state in ("failsafe", "normal", "on_battery", "shedding", "thermal_override")
@@ -108,6 +109,7 @@ def write_configs(directory: Path, port: int) -> tuple[Path, Path]:
         "heartbeat_s": 0.25,
         "network": {**network, "ttl": 1, "loop": True},
         "auth": {"keys_dir": str(keys), "key_id": 1},
+        "control": {"socket": str(directory / "publisher.sock")},
         "sources": [{"kind": "simulated", "interval_s": 0.05, "timeline": TIMELINE}],
         "log": {"format": "json"},
     }

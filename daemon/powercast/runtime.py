@@ -20,7 +20,8 @@ from typing import Any, Generic, TypeVar
 import structlog
 
 from powercast import config as cfg
-from powercast import net, persist, wire
+from powercast import control, net, persist, wire
+from powercast import status as report
 from powercast.actions import ActionQueue
 from powercast.actuators import Worker, make_driver
 from powercast.announcer import Announcer, merge
@@ -30,6 +31,7 @@ from powercast.controller import Controller
 from powercast.policy import FANS_ON, Decision, Override
 from powercast.sources import Reader, SourceError, make_reader
 from powercast.systemd import Notifier
+from powercast.tally import Tally
 
 log = structlog.get_logger("powercast")
 
@@ -55,6 +57,9 @@ class Daemon(Generic[C]):
         self.notifier = notifier or Notifier()
         self._reload = asyncio.Event()
         self._stop = asyncio.Event()
+        self.tally = Tally()
+        self.control_path: Path | None = None
+        self.metrics_address: str | None = None
 
     # Subclasses fill these in.
     async def start(self, tg: asyncio.TaskGroup) -> None:
@@ -78,6 +83,7 @@ class Daemon(Generic[C]):
         try:
             async with asyncio.TaskGroup() as tg:
                 await self.start(tg)
+                self.start_tools(tg)
                 self.notifier.ready(self.status())
                 log.info("ready", role=self.role, config=str(self.path), pid=os.getpid())
                 tg.create_task(self._watchdog(), name="watchdog")
@@ -120,6 +126,52 @@ class Daemon(Generic[C]):
                 self.loaded_at = time.time()
                 log.info("reloaded", config=str(self.path))
             self.notifier.ready(self.status())
+
+    # --- operator tools (issue 8): control socket and metrics endpoint ------------------
+
+    def describe(self) -> dict[str, Any]:
+        """The status document that `powercast status --json` prints (status.py)."""
+        raise NotImplementedError
+
+    def control_handlers(self) -> dict[str, control.Handler]:
+        """Requests the control socket answers."""
+        return {"status": lambda request, peer: {"status": self.describe()}}
+
+    def start_tools(self, tg: asyncio.TaskGroup) -> None:
+        """The control socket and, when configured, the metrics endpoint, as tasks of ``tg``.
+
+        Neither failing stops the daemon (the fans matter more than a status line): it
+        logs why, at error, and runs on. Both are set up at start; changing
+        ``control.socket`` or ``metrics.listen`` takes a restart.
+        """
+        path = control.socket_path(self.config.control.socket, self.role)
+        try:
+            sock = control.open_socket(path)
+        except control.ControlError as err:
+            log.error(
+                "control_unavailable",
+                error=str(err),
+                hint="set control.socket, or RuntimeDirectory=powercast in the unit",
+            )
+        else:
+            self.control_path = path
+            server = control.Server(self.control_handlers())
+            tg.create_task(server.serve(sock, path), name="control")
+            log.info("control_listening", socket=str(path))
+        listen = self.config.metrics.listen
+        if not listen:
+            return
+        from powercast import metrics  # noqa: PLC0415  # prometheus-client only when asked
+
+        try:
+            msock = metrics.open_listener(listen)
+        except OSError as err:
+            log.error("metrics_unavailable", listen=listen, error=err.strerror or str(err))
+            return
+        tg.create_task(metrics.serve(msock, metrics.registry_for(self)), name="metrics")
+        host, port = msock.getsockname()[:2]
+        self.metrics_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        log.info("metrics_listening", address=self.metrics_address)
 
 
 # --- controller ----------------------------------------------------------------------------
@@ -272,6 +324,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
 
     def _decided(self, decisions: list[Decision]) -> None:
         for decision in decisions:
+            self.tally.transition(decision.zone, decision.previous, decision.state)
             log.info(
                 "transition",
                 zone=decision.zone,
@@ -342,6 +395,42 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             self._save_failed = True
         else:
             self._save_failed = False
+
+    # --- operator tools (issue 8) -----------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return report.of_controller(self, str(self.control_path))
+
+    def control_handlers(self) -> dict[str, control.Handler]:
+        return {**super().control_handlers(), "override": self._override_request}
+
+    def start_tools(self, tg: asyncio.TaskGroup) -> None:
+        self.actions.observers.append(
+            lambda decision, outcome: self.tally.outcome(
+                decision.state, outcome.result, outcome.duration_s
+            )
+        )
+        super().start_tools(tg)
+
+    def _override_request(self, request: dict[str, Any], peer: control.Peer) -> dict[str, Any]:
+        """An override from the control socket, logged with the peer's uid (SO_PEERCRED)."""
+        order = control.parse_override(request, list(self.core.zones))
+        who = control.who(peer, request.get("sudo_user"))
+        log.warning(
+            "override_requested",
+            zone=order.zone,
+            fans="clear" if order.fans_on is None else ("on" if order.fans_on else "off"),
+            for_s=order.for_s,
+            who=who,
+            uid=peer.uid,
+            pid=peer.pid,
+            why=order.why,
+        )
+        override = None
+        if order.fans_on is not None:
+            override = Override(order.fans_on, self.loop.time() + order.for_s, who, order.why)
+        self.set_override(order.zone, override)
+        return {"zone": report.zone(self, order.zone, self.loop.time(), time.time())}
 
 
 # --- publisher -----------------------------------------------------------------------------
@@ -499,6 +588,11 @@ class PublisherDaemon(Daemon[PublisherConfig]):
             log.error("send_failed", error=str(err))
         else:
             self.sent += 1
+
+    # --- operator tools (issue 8) -----------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return report.of_publisher(self, str(self.control_path))
 
 
 def _signer(config: PublisherConfig, keyring: Keyring) -> Callable[[bytes], bytes] | None:

@@ -1,0 +1,435 @@
+"""The control socket: how ``powercast status`` and ``powercast override`` talk to a daemon.
+
+Each daemon listens on a Unix stream socket, ``/run/powercast/<role>.sock`` by default
+(``control.socket`` in its config; under systemd, ``$RUNTIME_DIRECTORY/<role>.sock``).
+Who may connect is decided by the file's mode: 0660 with group ``powercast`` when that
+group exists, else 0600 (the daemon's user, and root).
+
+The protocol is one request per connection, one JSON object per line (UTF-8)::
+
+    -> {"request": "status"}
+    <- {"ok": true, "status": {"version": 1, ...}}
+    -> {"request": "override", "zone": "default", "fans": "on", "for_s": 1800,
+        "reason": "filter change", "user": "alice"}
+    <- {"ok": true, "override": {...}}
+    <- {"ok": false, "error": "override: for_s: expected 1..86400 seconds, got 0"}
+
+The server is a task of the daemon's TaskGroup and each client a task of the server's
+own group, so every client has an owner and is cancelled at shutdown. A client cannot
+hurt the daemon: a request is at most :data:`MAX_REQUEST` bytes, a whole exchange must
+finish in :data:`CLIENT_TIMEOUT_S`, at most :data:`MAX_CLIENTS` are served at once (more
+are told "busy"), and no client's error reaches the TaskGroup. The peer's uid comes
+from SO_PEERCRED (the kernel's word, not the client's), for the override log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import grp
+import os
+import pwd
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+import structlog
+
+log = structlog.get_logger("powercast.control")
+
+RUN_DIR: Final = Path("/run/powercast")
+GROUP: Final = "powercast"
+MAX_REQUEST: Final = 64 * 1024
+"""A request line longer than this is refused (a status request is about 20 bytes)."""
+MAX_ANSWER: Final = 16 * 1024 * 1024
+"""The client reads at most this much of an answer."""
+CLIENT_TIMEOUT_S: Final = 5.0
+"""A client must send its request and read the answer within this time."""
+MAX_CLIENTS: Final = 8
+
+Handler = Callable[[dict[str, Any], "Peer"], dict[str, Any]]
+"""Answers one request: gets the request object and the peer, returns the answer's fields."""
+
+
+class RequestError(Exception):
+    """A request the daemon refuses; ``str()`` is sent back to the client as the error."""
+
+
+class ControlError(Exception):
+    """Client side: one line for the operator, naming the socket and what to do."""
+
+
+def default_socket(role: str, environ: dict[str, str] | None = None) -> Path:
+    """``<role>.sock`` in systemd's RuntimeDirectory when it set one, else in /run/powercast."""
+    env = os.environ if environ is None else environ
+    runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return Path(runtime or RUN_DIR) / f"{role}.sock"
+
+
+def socket_path(configured: str, role: str) -> Path:
+    """The path a daemon with ``control.socket = configured`` listens on."""
+    return Path(configured) if configured else default_socket(role)
+
+
+# --- peers -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The process at the other end, as the kernel saw it connect."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    @property
+    def user(self) -> str:
+        """The uid's user name, or ``uid N`` when it has none here."""
+        try:
+            return pwd.getpwuid(self.uid).pw_name
+        except KeyError:
+            return f"uid {self.uid}"
+
+
+_UCRED: Final = struct.Struct("3i")
+
+
+def peer_of(conn: socket.socket) -> Peer:
+    pid, uid, gid = _UCRED.unpack(
+        conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    )
+    return Peer(pid, uid, gid)
+
+
+# --- requests --------------------------------------------------------------------------------
+
+MAX_OVERRIDE_S: Final = 86_400.0
+"""An override lasts at most a day: it must always end by itself."""
+
+
+@dataclass(frozen=True)
+class Order:
+    """A checked override request: ``fans_on`` None clears the zone's override."""
+
+    zone: str
+    fans_on: bool | None
+    for_s: float
+    why: str
+
+
+def parse_override(request: dict[str, Any], zones: list[str]) -> Order:
+    """Check an override request against the daemon's zones; RequestError says what is wrong.
+
+    ``{"zone": "hall-a", "fans": "on"|"off", "for_s": 1800, "reason": "..."}`` sets one,
+    ``{"zone": "hall-a", "clear": true, "reason": "..."}`` clears it. ``zone`` may be left
+    out when the controller has a single zone.
+    """
+    zone = request.get("zone")
+    if zone is None:
+        if len(zones) != 1:
+            raise RequestError(f"zone: expected one of {', '.join(zones)}, got none")
+        zone = zones[0]
+    elif zone not in zones:
+        raise RequestError(f"zone: expected one of {', '.join(zones)}, got {zone!r}")
+    why = request.get("reason")
+    if not isinstance(why, str) or not why.strip() or len(why) > 200:
+        raise RequestError(f"reason: expected a short text (1..200 characters), got {why!r:.60}")
+    why = "".join(c if c.isprintable() else " " for c in why.strip())
+    if request.get("clear") is True:
+        if "fans" in request or "for_s" in request:
+            raise RequestError("clear: expected no fans or for_s with clear")
+        return Order(zone, None, 0.0, why)
+    fans = request.get("fans")
+    if fans not in ("on", "off"):
+        raise RequestError(f'fans: expected "on" or "off", got {fans!r}')
+    for_s = request.get("for_s")
+    if (
+        isinstance(for_s, bool)
+        or not isinstance(for_s, int | float)
+        or not 1.0 <= for_s <= MAX_OVERRIDE_S
+    ):
+        raise RequestError(
+            f"for_s: expected 1..{MAX_OVERRIDE_S:g} seconds (an override always ends),"
+            f" got {for_s!r}"
+        )
+    return Order(zone, fans == "on", float(for_s), why)
+
+
+def who(peer: Peer, sudo_user: object = None) -> str:
+    """The peer's user name (the kernel's word), and the name sudo passed on, if any."""
+    if isinstance(sudo_user, str) and sudo_user and sudo_user != peer.user:
+        return f"{peer.user} (sudo by {sudo_user[:32]})"
+    return peer.user
+
+
+# --- server ----------------------------------------------------------------------------------
+
+
+def open_socket(path: Path, group: str = GROUP) -> socket.socket:
+    """Bind and listen on ``path``: mode 0660 and ``group`` if it exists, else 0600.
+
+    A socket file left by a daemon that died is replaced; one a live daemon answers on is
+    not (two daemons with the same path would otherwise steal each other's socket).
+    Raises ControlError with the path and the reason.
+    """
+    try:
+        gid: int | None = grp.getgrnam(group).gr_gid
+    except KeyError:
+        gid = None
+    if not path.parent.exists():
+        try:
+            path.parent.mkdir(mode=0o750)
+        except OSError as err:
+            raise ControlError(f"{path.parent}: cannot create: {err.strerror}") from None
+        if gid is not None:
+            with contextlib.suppress(OSError):
+                os.chown(path.parent, -1, gid)
+    _remove_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old_umask = os.umask(0o177)  # never a moment with more than 0600
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        mode = 0o600
+        if gid is not None:
+            try:
+                os.chown(path, -1, gid)
+            except OSError as err:
+                log.warning(
+                    "control_group_not_set",
+                    socket=str(path),
+                    group=group,
+                    error=err.strerror,
+                    mode="0600",
+                )
+            else:
+                mode = 0o660
+        os.chmod(path, mode)
+        sock.listen(MAX_CLIENTS)
+        sock.setblocking(False)
+    except OSError as err:
+        sock.close()
+        raise ControlError(f"{path}: cannot listen: {err.strerror or err}") from None
+    return sock
+
+
+def _remove_stale(path: Path) -> None:
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise ControlError(f"{path}: cannot check: {err.strerror}") from None
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ControlError(f"{path}: exists and is not a socket; not replacing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError as err:
+        if err.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise ControlError(f"{path}: cannot check: {err.strerror}") from None
+    else:
+        raise ControlError(f"{path}: another daemon is listening on it (control.socket)")
+    finally:
+        probe.close()
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+ClientHandler = Callable[
+    [asyncio.StreamReader, asyncio.StreamWriter, socket.socket], Awaitable[None]
+]
+
+
+async def accept(
+    sock: socket.socket,
+    handle: ClientHandler,
+    *,
+    name: str,
+    max_clients: int,
+    limit: int,
+    timeout: float = CLIENT_TIMEOUT_S,
+) -> None:
+    """Serve ``sock`` until cancelled: each client in a task of this function's TaskGroup.
+
+    ``handle`` gets the client's streams and socket; whatever it raises is logged here, so
+    a client can end its own task but never the daemon. Over ``max_clients`` at once, a
+    new client is closed at once.
+    """
+    loop = asyncio.get_running_loop()
+    busy = 0
+
+    async def one(conn: socket.socket) -> None:
+        nonlocal busy
+        writer = None
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(sock=conn, limit=limit)
+                await handle(reader, writer, conn)
+        except (TimeoutError, ConnectionError):
+            pass
+        except Exception as err:  # a bug in a handler: log it, keep serving
+            log.error(f"{name}_client_failed", error=repr(err))
+        finally:
+            busy -= 1
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+            else:
+                conn.close()
+
+    async with asyncio.TaskGroup() as clients:
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as err:  # EMFILE and the like: say so, wait, go on serving
+                log.error(f"{name}_accept_failed", error=err.strerror or str(err))
+                await asyncio.sleep(1.0)
+                continue
+            if busy >= max_clients:
+                conn.close()
+                continue
+            conn.setblocking(False)
+            busy += 1
+            clients.create_task(one(conn), name=f"{name}-client")
+
+
+class Server:
+    """Answers requests on the control socket with the daemon's handlers."""
+
+    def __init__(self, handlers: dict[str, Handler], timeout: float = CLIENT_TIMEOUT_S) -> None:
+        self.handlers = handlers
+        self.timeout = timeout
+
+    async def serve(self, sock: socket.socket, path: Path) -> None:
+        """Run until cancelled; then close the socket and remove its file (if still ours)."""
+        ours = os.stat(path).st_ino
+        try:
+            await accept(
+                sock,
+                self._client,
+                name="control",
+                max_clients=MAX_CLIENTS,
+                limit=MAX_REQUEST,
+                timeout=self.timeout,
+            )
+        finally:
+            sock.close()
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_ino == ours:
+                    path.unlink()
+
+    async def _client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: socket.socket
+    ) -> None:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:
+            answer = {"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"}
+        except asyncio.IncompleteReadError as err:
+            if not err.partial:
+                return  # connected and left: a liveness probe
+            line = err.partial
+            answer = self.answer(line, peer_of(conn))
+        else:
+            answer = self.answer(line, peer_of(conn))
+        writer.write(msgspec.json.encode(answer) + b"\n")
+        await writer.drain()
+
+    def answer(self, line: bytes, peer: Peer) -> dict[str, Any]:
+        """The answer to one request line."""
+        try:
+            request = msgspec.json.decode(line)
+        except msgspec.DecodeError as err:
+            return {"ok": False, "error": f"request is not JSON: {err}"}
+        if not isinstance(request, dict) or not isinstance(request.get("request"), str):
+            return {"ok": False, "error": 'expected an object with "request": "<name>"'}
+        name = request["request"]
+        handler = self.handlers.get(name)
+        if handler is None:
+            known = ", ".join(sorted(self.handlers))
+            return {"ok": False, "error": f"unknown request {name!r} (this daemon knows: {known})"}
+        try:
+            return {"ok": True, **handler(request, peer)}
+        except RequestError as err:
+            return {"ok": False, "error": f"{name}: {err}"}
+
+
+# --- client ----------------------------------------------------------------------------------
+
+
+def call(path: Path, request: dict[str, Any], timeout: float = CLIENT_TIMEOUT_S) -> dict[str, Any]:
+    """Send one request to the daemon at ``path`` and return its answer's fields.
+
+    Every failure is a ControlError with one line that names the socket and what to do.
+    """
+    role = path.stem if path.stem in ("controller", "publisher", "relay") else "powercast"
+    unit = f"powercast-{role}" if role != "powercast" else "the powercast daemon"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(str(path))
+        except FileNotFoundError:
+            raise ControlError(
+                f"{path}: no such socket: the {role} is not running on this host, or it"
+                f" listens elsewhere (start it: systemctl start {unit}; or give --socket PATH)"
+            ) from None
+        except ConnectionRefusedError:
+            raise ControlError(
+                f"{path}: connection refused: the {role} is not running (the socket was left"
+                f" by one that stopped); see: systemctl status {unit}"
+            ) from None
+        except PermissionError:
+            raise ControlError(
+                f"{path}: permission denied: run as root or as a member of group {GROUP}"
+                f" (sudo usermod -aG {GROUP} $USER, then log in again)"
+            ) from None
+        except TimeoutError:
+            raise ControlError(f"{path}: no answer within {timeout:g} s (daemon busy?)") from None
+        except OSError as err:
+            raise ControlError(f"{path}: cannot connect: {err.strerror or err}") from None
+        try:
+            sock.sendall(msgspec.json.encode(request) + b"\n")
+            data = _read_line(sock)
+        except TimeoutError:
+            raise ControlError(f"{path}: no answer within {timeout:g} s (daemon busy?)") from None
+        except OSError as err:
+            raise ControlError(f"{path}: connection lost: {err.strerror or err}") from None
+    finally:
+        sock.close()
+    if not data:
+        raise ControlError(f"{path}: the daemon closed the connection without answering (busy?)")
+    try:
+        answer = msgspec.json.decode(data)
+    except msgspec.DecodeError as err:
+        raise ControlError(f"{path}: answer is not JSON: {err}") from None
+    if not isinstance(answer, dict):
+        raise ControlError(f"{path}: expected an object as the answer, got {answer!r:.80}")
+    if not answer.get("ok"):
+        raise ControlError(f"{path}: {answer.get('error', 'refused, without a reason')}")
+    return answer
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < MAX_ANSWER:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    return b"".join(chunks)

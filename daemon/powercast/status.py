@@ -1,0 +1,359 @@
+"""``powercast status``: what a daemon believes and why, as JSON (stable) and as text.
+
+The daemon builds the JSON object (:func:`of_controller`, :func:`of_publisher`) in its
+event loop when asked over the control socket, so it is one consistent moment; the
+command line renders it (:func:`render`). The fields are documented in README.md
+("Operator tools") and pinned by tests: a new field may be added, none renamed or
+removed without raising ``version``.
+
+Times are Unix seconds (wall clock) so they mean the same to every reader; ages and
+durations are seconds measured on the daemon's monotonic clock.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+from powercast.policy import FANS_ON
+from powercast.wire import Power
+
+if TYPE_CHECKING:
+    from powercast.actions import Outcome
+    from powercast.runtime import ControllerDaemon, Daemon, PublisherDaemon
+
+VERSION: Final = 1
+
+
+def _common(daemon: Daemon[Any], control: str, wall: float) -> dict[str, Any]:
+    return {
+        "version": VERSION,
+        "role": daemon.role,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "time": wall,
+        "config": {"path": str(daemon.path), "loaded_at": daemon.loaded_at},
+        "control": control,
+        "metrics": daemon.metrics_address,
+    }
+
+
+def _power(power: Power) -> dict[str, Any]:
+    return {
+        "status": power.status.value,
+        "charge_pct": power.charge_pct,
+        "runtime_s": power.runtime_s,
+        "load_pct": power.load_pct,
+        "input_v": power.input_v,
+    }
+
+
+def _outcome(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "result": outcome.result,
+        "exit_code": outcome.exit_code,
+        "duration_s": round(outcome.duration_s, 4),
+        "output": outcome.output,
+    }
+
+
+def of_controller(daemon: ControllerDaemon, control: str) -> dict[str, Any]:
+    """The controller's state, in the documented version 1 form."""
+    now, wall = daemon.loop.time(), time.time()
+    core = daemon.core
+    zones = [zone(daemon, name, now, wall) for name in core.zones]
+    publishers = []
+    for publisher, session in sorted(core.sessions.items()):
+        m = session.message
+        publishers.append(
+            {
+                "id": publisher,
+                "fresh": session.fresh(now),
+                "age_s": round(now - session.received_at, 3),
+                "expires_in_s": round(session.expires_at - now, 3),
+                "tal_s": m.tal,
+                "epoch": m.epoch,
+                "seq": m.seq,
+                "change": m.change,
+                "sent": m.sent,
+                "power": _power(m.power),
+                "temperatures": dict(m.temperatures),
+            }
+        )
+    counters = core.counters
+    running = daemon.actions.running
+    auth = daemon.config.auth
+    return {
+        **_common(daemon, control, wall),
+        "zones": zones,
+        "publishers": publishers,
+        "datagrams": {
+            "received": counters["received"],
+            "accepted": {v: counters[v] for v in ("new", "news", "repeat", "duplicate")},
+            "rejected": _prefixed(counters, "rejected."),
+            "unverified": _prefixed(counters, "accepted."),
+        },
+        "actions": {
+            "running": None
+            if running is None
+            else {"zone": running[0].zone, "state": running[0].state, "argv": running[1].argv},
+            "pending": daemon.actions.pending(),
+            "last": {state: _outcome(o) for state, o in sorted(daemon.actions.last.items())},
+            "outcomes": {
+                f"{state}/{result}": n
+                for (state, result), n in sorted(daemon.tally.outcomes.items())
+            },
+        },
+        "transitions": [
+            {"zone": zone, "from": previous, "to": state, "count": n}
+            for (zone, previous, state), n in sorted(daemon.tally.transitions.items())
+        ],
+        "keys": {
+            "dir": str(daemon.keyring.directory),
+            "ids": daemon.keyring.ids,
+            "mode": auth.mode,
+        },
+        "network": _network(daemon.config.network),
+    }
+
+
+def zone(daemon: ControllerDaemon, name: str, now: float, wall: float) -> dict[str, Any]:
+    """One zone's entry in ``zones``: its state, why, the data behind it, override, actuators."""
+    policy = daemon.core.zones[name]
+    s = policy.situation
+    override = policy.override
+
+    def wall_of(mono: float) -> float:
+        return wall - (now - mono)
+
+    return {
+        "zone": name,
+        "state": policy.state,
+        "fans": "on" if _fans_on(policy.state) else "off",
+        "reason": policy.reason,
+        "since": wall_of(policy.since),
+        "for_s": round(now - policy.since, 3),
+        "situation": {
+            "power": s.power.value,
+            "temperature_c": s.temperature,
+            "hottest": s.hottest,
+            "sources": list(s.sources),
+            "stale": list(s.stale),
+        },
+        "override": None
+        if override is None
+        else {
+            "fans": "on" if override.fans_on else "off",
+            "until": wall_of(override.until),
+            "left_s": round(max(0.0, override.until - now), 3),
+            "who": override.who,
+            "why": override.why,
+        },
+        "actuators": [
+            {
+                "name": w.driver.name,
+                "position": _position(w.known),
+                "desired": _position(w.desired),
+                "status": w.status,
+                "error": w.error or None,
+                "attempts": w.attempts,
+                "last_applied_at": w.last_applied_at,
+                "last_verified_at": w.last_verified_at,
+            }
+            for w in daemon.workers.get(name, [])
+        ],
+    }
+
+
+def of_publisher(daemon: PublisherDaemon, control: str) -> dict[str, Any]:
+    """The publisher's state, in the documented version 1 form."""
+    now, wall = daemon.loop.time(), time.time()
+    a = daemon.announcer
+    config = daemon.config
+    latest, failing = daemon._latest, daemon._failing  # the daemon's own view of its sources
+    sources = []
+    readers = zip(daemon._readers, config.sources, strict=False)
+    for index, (reader, source) in enumerate(readers):
+        sources.append(
+            {
+                "name": reader.name,
+                "kind": source.__struct_config__.tag,
+                "ok": index not in failing,
+                "error": failing.get(index),
+                "has_reading": index < len(latest) and latest[index] is not None,
+            }
+        )
+    return {
+        **_common(daemon, control, wall),
+        "announcing": {
+            "id": config.id,
+            "epoch": a.epoch,
+            "seq": a.seq,
+            "change": a.change,
+            "heartbeat_s": config.heartbeat_s,
+            "tal_s": config.heartbeat_s * config.tal_factor,
+            "next_in_s": round(max(0.0, a.next_at - now), 3),
+            "power": _power(a.power),
+            "temperatures": dict(a.temperatures),
+        },
+        "sources": sources,
+        "sent": daemon.sent,
+        "send_errors": daemon.send_errors,
+        "keys": {
+            "dir": str(daemon.keyring.directory),
+            "ids": daemon.keyring.ids,
+            "key_id": config.auth.key_id,
+        },
+        "network": {**_network(config.network), "ttl": config.network.ttl},
+    }
+
+
+def _fans_on(state: str) -> bool:
+    return FANS_ON.get(state, True)
+
+
+def _position(value: bool | None) -> str:
+    return "unknown" if value is None else ("on" if value else "off")
+
+
+def _prefixed(counters: Any, prefix: str) -> dict[str, int]:
+    return {k[len(prefix) :]: n for k, n in sorted(counters.items()) if k.startswith(prefix)}
+
+
+def _network(network: Any) -> dict[str, Any]:
+    return {"group": network.group, "port": network.port, "interface": network.interface}
+
+
+# --- text for people -----------------------------------------------------------------------
+
+
+def render(status: dict[str, Any]) -> str:
+    """The status as lines for a terminal."""
+    if status.get("role") == "publisher":
+        return _render_publisher(status)
+    return _render_controller(status)
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _clock(wall: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall))
+
+
+def _header(status: dict[str, Any]) -> list[str]:
+    config = status["config"]
+    loaded = config["loaded_at"]
+    metrics = status["metrics"] or "off"
+    return [
+        f"{status['role']} on {status['host']} (pid {status['pid']})",
+        f"  config   {config['path']}, loaded {_clock(loaded)}"
+        f" ({_ago(status['time'] - loaded)} ago)",
+        f"  control  {status['control']}; metrics {metrics}",
+    ]
+
+
+def _reading(power: dict[str, Any], temperatures: dict[str, float]) -> str:
+    parts = [power["status"]]
+    for key, unit in (("charge_pct", "%"), ("runtime_s", " s"), ("load_pct", "% load")):
+        if power.get(key) is not None:
+            parts.append(f"{power[key]:g}{unit}")
+    if power.get("input_v") is not None:
+        parts.append(f"{power['input_v']:g} V in")
+    temps = " ".join(f"{k}={v:g}" for k, v in sorted(temperatures.items()))
+    return ", ".join(parts) + (f"; {temps}" if temps else "")
+
+
+def _render_controller(status: dict[str, Any]) -> str:
+    lines = _header(status)
+    network = status["network"]
+    keys = status["keys"]
+    ids = ", ".join(map(str, keys["ids"])) or "none"
+    lines.append(
+        f"  network  {network['group']}:{network['port']} on {network['interface']};"
+        f" keys {ids} in {keys['dir']} (auth {keys['mode']})"
+    )
+    for zone in status["zones"]:
+        lines.append("")
+        lines.append(
+            f"zone {zone['zone']}: {zone['state'].upper()} (fans {zone['fans']})"
+            f" for {_ago(zone['for_s'])}"
+        )
+        lines.append(f"  why      {zone['reason']}")
+        s = zone["situation"]
+        temp = "none" if s["temperature_c"] is None else f"{s['temperature_c']:g} °C"
+        hottest = f" ({s['hottest']})" if s["hottest"] else ""
+        sources = ", ".join(s["sources"]) or "none"
+        stale = f"; stale: {', '.join(s['stale'])}" if s["stale"] else ""
+        lines.append(f"  data     power {s['power']}, temperature {temp}{hottest}")
+        lines.append(f"           from {sources}{stale}")
+        if (o := zone["override"]) is not None:
+            lines.append(
+                f"  override fans {o['fans']} until {_clock(o['until'])}"
+                f" ({_ago(o['left_s'])} left) by {o['who']}: {o['why']}"
+            )
+        for a in zone["actuators"]:
+            error = f": {a['error']}" if a["error"] else ""
+            lines.append(
+                f"  actuator {a['name']}: {a['position']} (wants {a['desired']}),"
+                f" {a['status']}{error}"
+            )
+    lines.append("")
+    if not status["publishers"]:
+        lines.append("publishers: none heard yet")
+    else:
+        lines.append("publishers:")
+        width = max(len(p["id"]) for p in status["publishers"])
+        for p in status["publishers"]:
+            fresh = "fresh" if p["fresh"] else "STALE"
+            lines.append(
+                f"  {p['id']:<{width}}  {fresh}  age {_ago(p['age_s'])}"
+                f" (TAL {p['tal_s']:g} s)  {_reading(p['power'], p['temperatures'])}"
+            )
+    d = status["datagrams"]
+    accepted = ", ".join(f"{k} {n}" for k, n in d["accepted"].items())
+    rejected = ", ".join(f"{k} {n}" for k, n in d["rejected"].items()) or "none"
+    lines.append(f"datagrams: {d['received']} received; accepted {accepted}; rejected {rejected}")
+    if d["unverified"]:
+        unverified = ", ".join(f"{k} {n}" for k, n in d["unverified"].items())
+        lines.append(f"  accepted without a good tag (auth permissive): {unverified}")
+    actions = status["actions"]
+    running = actions["running"]
+    lines.append(
+        f"actions: {actions['pending']} pending"
+        + (f"; running {' '.join(running['argv'])} ({running['state']})" if running else "")
+    )
+    for state, o in actions["last"].items():
+        code = "" if o["exit_code"] is None else f" exit {o['exit_code']}"
+        lines.append(f"  last on {state}: {o['result']}{code} in {o['duration_s']:.2f} s")
+    return "\n".join(lines)
+
+
+def _render_publisher(status: dict[str, Any]) -> str:
+    lines = _header(status)
+    network = status["network"]
+    keys = status["keys"]
+    signing = f"signed with key {keys['key_id']}" if keys["key_id"] else "UNSIGNED"
+    lines.append(
+        f"  network  {network['group']}:{network['port']} on {network['interface']}"
+        f" (ttl {network['ttl']}); {signing} from {keys['dir']}"
+    )
+    a = status["announcing"]
+    lines.append("")
+    lines.append(f"announcing as {a['id']}: {_reading(a['power'], a['temperatures'])}")
+    lines.append(
+        f"  every {a['heartbeat_s']:g} s (TAL {a['tal_s']:g} s), seq {a['seq']},"
+        f" change {a['change']}; sent {status['sent']}, send errors {status['send_errors']}"
+    )
+    lines.append("sources:")
+    for s in status["sources"]:
+        health = "ok" if s["ok"] else f"FAILING: {s['error']}"
+        lines.append(f"  {s['name']}: {health}")
+    return "\n".join(lines)
