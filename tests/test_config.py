@@ -98,7 +98,9 @@ class TestErrors:
 
     def test_role_missing_or_wrong(self) -> None:
         """The role is required, and must be the one the command expects."""
-        assert error("") == 'f.toml: role: missing (expected role = "publisher" or "controller")'
+        assert error("") == (
+            'f.toml: role: missing (expected role = "publisher", "controller" or "relay")'
+        )
         assert error('role = "controller"', "publisher") == (
             "f.toml: role: expected 'publisher' here, got 'controller'"
         )

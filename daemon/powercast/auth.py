@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from powercast.config import ControllerConfig, PublisherConfig
+from powercast.config import ControllerConfig, PublisherConfig, RelayConfig
 from powercast.wire import TAG_SIZE, Frame
 
 KEY_FILE: Final = re.compile(r"^(?:.*_)?(\d{1,5})\.key$")
@@ -157,8 +157,10 @@ def keygen(key_id: int, path: Path) -> None:
         f.write(secrets.token_hex(TAG_SIZE) + "\n")
 
 
-def load_keys(config: PublisherConfig | ControllerConfig) -> Keyring:
+def load_keys(config: PublisherConfig | ControllerConfig | RelayConfig) -> Keyring:
     """The keys a daemon with ``config`` needs, or a KeyringError saying what is missing."""
+    if isinstance(config, RelayConfig):  # a relay carries datagrams as they are: no keys
+        return Keyring(keys_dir(""))
     directory = keys_dir(config.auth.keys_dir)
     ring = Keyring.load(directory)
     if isinstance(config, PublisherConfig):

@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, role, text in (
         ("publish", "publisher", "announce power and temperatures (the publisher daemon)"),
         ("control", "controller", "listen and drive the fans (the controller daemon)"),
+        ("relay", "relay", "carry the group to a broker topic and back (the relay daemon)"),
     ):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument(
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         "files", nargs="*", type=Path, metavar="FILE", help="default: both files in /etc/powercast"
     )
     init = conf_sub.add_parser("init", help="print a default config on stdout")
-    init.add_argument("--role", required=True, choices=["publisher", "controller"])
+    init.add_argument("--role", required=True, choices=["publisher", "controller", "relay"])
 
     safe = sub.add_parser(
         "failsafe",
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912  # a branch per command
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("publish", "control"):
+        if args.command in ("publish", "control", "relay"):
             return _run_daemon(args.config, args.role, dry_run=getattr(args, "dry_run", False))
         if args.command == "config":
             return _config(args)
@@ -212,7 +213,7 @@ def _tap(args: argparse.Namespace) -> int:
     if args.config:
         config = cfg.load(args.config)
         network = config.network
-        configured_keys = config.auth.keys_dir
+        configured_keys = "" if isinstance(config, cfg.RelayConfig) else config.auth.keys_dir
         if isinstance(config, cfg.ControllerConfig):
             skew = config.auth.max_clock_skew_s
     directory = keys_dir(args.keys_dir if args.keys_dir is not None else configured_keys)

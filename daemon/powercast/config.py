@@ -28,6 +28,7 @@ import tomli_w
 DEFAULT_PATHS: Final = {
     "publisher": Path("/etc/powercast/publisher.toml"),
     "controller": Path("/etc/powercast/controller.toml"),
+    "relay": Path("/etc/powercast/relay.toml"),
 }
 STATES: Final = (
     "normal",
@@ -39,7 +40,7 @@ STATES: Final = (
     "manual_off",
 )
 
-Role = Literal["publisher", "controller"]
+Role = Literal["publisher", "controller", "relay"]
 StateName = Literal[
     "normal", "on_battery", "shedding", "thermal_override", "failsafe", "manual_on", "manual_off"
 ]
@@ -86,6 +87,60 @@ class Network(_Table, frozen=True):
 class PublisherNetwork(Network, frozen=True):
     ttl: Annotated[int, msgspec.Meta(ge=1, le=255)] = 1
     loop: bool = True
+    unicast_peers: Annotated[list[str], msgspec.Meta(max_length=64)] = []
+    """Also send each announcement to these "address:port" (networks that block multicast)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for peer in self.unicast_peers:
+            udp_address(peer, "unicast_peers")
+
+
+class ControllerNetwork(Network, frozen=True):
+    unicast_listen: str = ""
+    """Also take datagrams sent to this "address:port" (or address, on ``port``); empty: off."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.unicast_listen:
+            udp_address(self.unicast_listen, "unicast_listen", listen_port=self.port)
+
+
+class RelayNetwork(Network, frozen=True):
+    """The segment a relay bridges: it listens and re-sends on group, port and interface."""
+
+    ttl: Annotated[int, msgspec.Meta(ge=1, le=255)] = 1
+    loop: bool = True
+    """Let controllers on the relay's own host hear what it re-sends."""
+
+
+def udp_address(text: str, key: str, listen_port: int | None = None) -> tuple[str, int]:
+    """``"10.0.0.5:5001"`` or ``"[fd00::5]:5001"`` -> (address, port). To listen on
+    (``listen_port`` given), a bare address means that port and ``0.0.0.0`` is allowed.
+    IP addresses only: no name lookup stands between power news and the fans."""
+    expected = "an IP address and port such as 10.0.0.5:5001 or [fd00::5]:5001"
+    host, port = text, listen_port
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        host, sep, digits = text.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            host = ""  # an IPv6 address with a port needs brackets
+        port = int(digits) if sep and digits.isdigit() and 1 <= int(digits) <= 65535 else None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if (
+        address is None
+        or port is None
+        or address.is_multicast
+        or (address.is_unspecified and listen_port is None)
+    ):
+        raise ValueError(f"{key}: expected {expected}, got {text!r}")
+    return str(address), port
 
 
 class PublisherAuth(_Table, frozen=True):
@@ -474,7 +529,7 @@ class Persist(_Table, frozen=True):
 
 class ControllerConfig(_Table, frozen=True):
     role: Literal["controller"] = "controller"
-    network: Network = msgspec.field(default_factory=Network)
+    network: ControllerNetwork = msgspec.field(default_factory=ControllerNetwork)
     policy: Policy = msgspec.field(default_factory=Policy)
     auth: ControllerAuth = msgspec.field(default_factory=ControllerAuth)
     control: Control = msgspec.field(default_factory=Control)
@@ -511,10 +566,54 @@ class ControllerConfig(_Table, frozen=True):
         ]
 
 
-Config = PublisherConfig | ControllerConfig
-_ROLES: Final[dict[str, type[PublisherConfig] | type[ControllerConfig]]] = {
+class Broker(_Table, frozen=True):
+    """The MQTT broker relays meet at. It carries datagrams as they are; it is not trusted
+    with them (they stay signed end to end), and it never stores them (QoS 0, no retain,
+    a clean session each time)."""
+
+    host: Host = "127.0.0.1"
+    port: Port = 1883
+    topic: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] = "powercast/announcements"
+    """One topic per group: every relay of the group publishes and subscribes to it."""
+    client_id: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    """Empty: ``powercast-relay-<host name>-<pid>``."""
+    username: Secret | None = None
+    password_file: FilePath | None = None
+    """A file holding the password on its first line; others must not be able to read it."""
+    keepalive_s: Annotated[int, msgspec.Meta(ge=2, le=3600)] = 5
+    """A silent broker is declared lost after about 1.5 times this."""
+    connect_timeout_s: Annotated[float, msgspec.Meta(gt=0.0, le=300.0)] = 5.0
+    reconnect_min_s: Annotated[float, msgspec.Meta(gt=0.0, le=3600.0)] = 0.5
+    reconnect_max_s: Annotated[float, msgspec.Meta(gt=0.0, le=3600.0)] = 30.0
+    """Reconnect after reconnect_min_s, doubling up to reconnect_max_s while it fails."""
+
+    def __post_init__(self) -> None:
+        _check_host(self.host)
+        _check_tokens(self, "username")
+        if any(c in self.topic for c in "+#\0"):
+            raise ValueError(f"topic: expected a topic without + # or NUL, got {self.topic!r}")
+        if self.password_file is not None and self.username is None:
+            raise ValueError("username: expected a user name to go with the password, got none")
+
+
+class RelayConfig(_Table, frozen=True):
+    """A relay: the group on this segment <-> a topic on a broker, datagrams byte for byte."""
+
+    role: Literal["relay"] = "relay"
+    network: RelayNetwork = msgspec.field(default_factory=RelayNetwork)
+    broker: Broker = msgspec.field(default_factory=Broker)
+    direction: Literal["both", "to_broker", "from_broker"] = "both"
+    """to_broker: only send this segment's announcements out; from_broker: only bring others in."""
+    control: Control = msgspec.field(default_factory=Control)
+    metrics: Metrics = msgspec.field(default_factory=Metrics)
+    log: Log = msgspec.field(default_factory=Log)
+
+
+Config = PublisherConfig | ControllerConfig | RelayConfig
+_ROLES: Final[dict[str, type[PublisherConfig] | type[ControllerConfig] | type[RelayConfig]]] = {
     "publisher": PublisherConfig,
     "controller": ControllerConfig,
+    "relay": RelayConfig,
 }
 
 
@@ -543,9 +642,9 @@ def parse(text: str, origin: str, role: Role | None = None) -> Config:
     found = raw.get("role", role)
     if found not in _ROLES:
         raise ConfigError(
-            f"{origin}: role: expected 'publisher' or 'controller', got {_show(found)}"
+            f"{origin}: role: expected 'publisher', 'controller' or 'relay', got {_show(found)}"
             if "role" in raw or role is not None
-            else f'{origin}: role: missing (expected role = "publisher" or "controller")'
+            else f'{origin}: role: missing (expected role = "publisher", "controller" or "relay")'
         )
     if role is not None and found != role:
         raise ConfigError(f"{origin}: role: expected {role!r} here, got {found!r}")
@@ -560,6 +659,8 @@ def defaults(role: Role) -> Config:
     """The default config of ``role``, as `config init` prints it."""
     if role == "publisher":
         return PublisherConfig()
+    if role == "relay":
+        return RelayConfig()
     return ControllerConfig(
         actions=[
             Action(on="shedding", argv=["/usr/local/sbin/powercast-fans", "off"]),

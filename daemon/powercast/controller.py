@@ -27,6 +27,8 @@ from powercast.policy import Decision, Override, Policy, Reading, Situation, com
 from powercast.session import Session, Verdict
 
 NOTHING: Final[list[Decision]] = []
+_COUNTED: Final = {verdict: verdict.value for verdict in Verdict}
+"""Counter names by verdict: Enum.value is a Python-level property, too dear per datagram."""
 LOG_EVERY_S: Final = 10.0
 """At most one log line per kind of rejected datagram in this many seconds."""
 
@@ -54,6 +56,8 @@ class Controller:
     _allowed: frozenset[str] = field(init=False)
     _quiet_until: dict[str, float] = field(default_factory=dict)
     _suppressed: Counter[str] = field(default_factory=Counter)
+    accepted: int = 0
+    """Datagrams taken (not rejected): while it stays put, no deadline can have moved."""
     grace_until: float = float("-inf")
     """Until then, a zone without any fresh data waits instead of failing safe: after a
     restart, the first heartbeats decide, so nothing that is right gets toggled."""
@@ -165,7 +169,8 @@ class Controller:
                 now,
             )
             return NOTHING
-        self.counters[verdict.value] += 1
+        self.counters[_COUNTED[verdict]] += 1
+        self.accepted += 1
         if verdict is Verdict.DUPLICATE:
             return NOTHING
         heapq.heappush(self._expiries, (session.expires_at, publisher))
@@ -224,7 +229,18 @@ class Controller:
         )
 
     def _next_expiry(self) -> float | None:
-        return self._expiries[0][0] if self._expiries else None
+        """The earliest expiry still current. Every accepted datagram pushes one entry and
+        a newer datagram supersedes it; superseded entries at the top are dropped here
+        (tick would find them fresh anyway), so the timer is armed for a real expiry and
+        does not fire once per datagram with many publishers."""
+        expiries, sessions = self._expiries, self.sessions
+        while expiries:
+            at, publisher = expiries[0]
+            session = sessions.get(publisher)
+            if session is not None and session.expires_at == at:
+                return at
+            heapq.heappop(expiries)
+        return None
 
     def _reject(self, reason: str, detail: str, now: float) -> None:
         self.counters[f"rejected.{reason}"] += 1

@@ -33,6 +33,8 @@ __all__ = [
     "network_error",
     "open_receiver",
     "open_sender",
+    "open_unicast_receiver",
+    "open_unicast_sender",
     "resolve_interface",
     "validate_group",
 ]
@@ -442,6 +444,53 @@ def open_receiver(
         sock.close()
         raise
     return sock
+
+
+def open_unicast_receiver(address: str, port: int, *, setting: str = "network") -> socket.socket:
+    """Non-blocking UDP socket that receives datagrams sent to ``address:port`` itself.
+
+    For controllers behind networks that block multicast (``network.unicast_listen``). It
+    may share the port with the multicast receiver: ``IP_MULTICAST_ALL`` is off, so a
+    wildcard bind here does not also collect the group's datagrams."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    key = f"{setting}.unicast_listen"
+
+    def fail(err: OSError, action: str) -> NetworkError:
+        if err.errno == errno.EADDRINUSE:
+            line = f"port {port} on {address} is already taken (expected a free port)"
+        elif err.errno == errno.EADDRNOTAVAIL:
+            line = "no interface on this host has this address (expected one of its addresses)"
+        else:
+            line = f"cannot {action}: {err.strerror or err}"
+        return NetworkError(f"{key}: {line}, got {address!r} port {port}")
+
+    sock = _new_socket(family, fail)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        with contextlib.suppress(OSError):
+            if family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+            else:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MULTICAST_ALL, 0)
+        try:
+            sock.bind((address, port))
+        except OSError as err:
+            raise fail(err, "listen") from err
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def open_unicast_sender(family: int, *, setting: str = "network") -> socket.socket:
+    """Non-blocking, unbound UDP socket for ``sendto`` to unicast peers of ``family``."""
+
+    def fail(err: OSError, action: str) -> NetworkError:
+        return NetworkError(f"{setting}.unicast_peers: cannot {action}: {err.strerror or err}")
+
+    return _new_socket(family, fail)
 
 
 # -- helpers ------------------------------------------------------------------------------

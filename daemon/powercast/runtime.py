@@ -177,9 +177,41 @@ class Daemon(Generic[C]):
 # --- controller ----------------------------------------------------------------------------
 
 
+RECEIVE_BATCH = 64
+"""Datagrams taken per turn of the event loop. asyncio reads one per turn (an epoll round
+each); the rest of a burst is read right after it, so a flood costs one round per batch,
+and timers and the watchdog still run between batches."""
+
+
 class _Receiver(asyncio.DatagramProtocol):
     def __init__(self, on_datagram: Callable[[bytes], None]) -> None:
-        self.datagram_received = lambda data, addr: on_datagram(data)  # type: ignore[method-assign]
+        self._sock: socket.socket | None = None
+
+        def received(data: bytes, addr: object) -> None:
+            on_datagram(data)
+            sock = self._sock
+            if sock is None:
+                return
+            for _ in range(RECEIVE_BATCH - 1):
+                try:
+                    data = sock.recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    self.error_received(exc)
+                    return
+                on_datagram(data)
+
+        self.datagram_received = received  # type: ignore[method-assign]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The transport's socket, duplicated: asyncio hands out a wrapper without recv.
+        self._sock = transport.get_extra_info("socket").dup()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def error_received(self, exc: Exception) -> None:
         log.warning("socket_error", error=str(exc))
@@ -296,6 +328,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         return f"{text} ({fresh}/{heard} publishers fresh)"
 
     def _on_datagram(self, data: bytes) -> None:
+        accepted = self.core.accepted
         decisions = self.core.receive(data, self.loop.time(), time.time())
         if decisions or len(self._settled) < len(self.core.zones):
             self._decided(decisions)  # also reconciles zones the data just confirmed
@@ -303,7 +336,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             for notice in self.core.notices:
                 log.warning(notice.event, **notice.fields)
             self.core.notices.clear()
-        self._arm()
+        if decisions or self.core.accepted != accepted:  # a rejected datagram moves nothing
+            self._arm()
 
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, float("inf")

@@ -1,0 +1,557 @@
+"""The relay: the group <-> a topic on an MQTT broker, byte for byte, each datagram once.
+
+The pure core first; then real daemons through a real Mosquitto on loopback (no root
+needed); then two sites as network namespaces with no route between them, whose only
+link is one relay each (or two) through a broker in a third namespace.
+
+Broker tests need mosquitto, site tests root and network namespaces: they skip with the
+reason otherwise, and fail instead under POWERCAST_RELAY_TESTS=require (.ci/run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import netbed
+import pytest
+import sites
+import tomli_w
+from netbed import Bed, Host, NetDaemon
+from sites import Mosquitto, Sites, relay_config
+
+from powercast import config as cfg
+from powercast import wire
+from powercast.relay import TABLE_SIZE, Relay
+
+from harness import Daemon, free_port, make_keys, running, write_toml
+
+GROUP_A = "239.255.43.1"
+GROUP_B = "239.255.43.2"
+HEARTBEAT_S = 0.2
+TAL_S = HEARTBEAT_S * 3
+MARGIN_S = 0.6
+"""Beyond the TAL: the controller's timer, a loaded machine."""
+NEWS_S = 1.5
+"""A reading changing at the publisher -> the transition at a controller behind two relays."""
+BOOT_S = 10.0
+
+
+def require(reason: str | None) -> None:
+    """Skip with ``reason``; under POWERCAST_RELAY_TESTS=require, fail instead."""
+    if reason is None:
+        return
+    if os.environ.get("POWERCAST_RELAY_TESTS") == "require":
+        pytest.fail(f"{reason}, and POWERCAST_RELAY_TESTS=require")
+    pytest.skip(reason)
+
+
+# --- datagrams for the core ------------------------------------------------------------------
+
+
+def datagram(
+    seq: int, *, publisher: str = "ups-1", epoch: int = 7, sent: float | None = None
+) -> bytes:
+    message = wire.Announcement(
+        publisher=publisher,
+        epoch=epoch,
+        seq=seq,
+        change=1,
+        sent=time.time() if sent is None else sent,
+        tal=3.0,
+        power=wire.Power(wire.PowerStatus.ONLINE),
+        temperatures={},
+    )
+    return wire.encode(message)
+
+
+class TestRelayCore:
+    def test_new_datagrams_go_on_and_repeats_stop(self) -> None:
+        """A higher seq goes on; the same seq again (a loop, an echo) is seen and stops."""
+        relay = Relay()
+        now = time.time()
+        assert relay.admit(datagram(1), "segment", now) is None
+        assert relay.admit(datagram(1), "broker", now) == "seen"
+        assert relay.admit(datagram(2), "broker", now) is None
+        assert relay.admit(datagram(2), "segment", now) == "seen"
+        assert relay.counters["segment_seen"] == 1
+        assert relay.counters["broker_seen"] == 1
+
+    def test_older_seq_stops_newer_epoch_goes(self) -> None:
+        """An older seq of the same epoch stops (a controller would call it a replay);
+        another epoch of the same publisher (a restart) goes on."""
+        relay = Relay()
+        now = time.time()
+        assert relay.admit(datagram(5), "segment", now) is None
+        assert relay.admit(datagram(4), "broker", now) == "seen"
+        assert relay.admit(datagram(1, epoch=8), "broker", now) is None
+        assert relay.admit(datagram(1, publisher="ups-2"), "broker", now) is None
+
+    def test_undecodable_is_counted_with_its_reason(self) -> None:
+        """Bytes that do not decode go nowhere; the reason comes back and is counted."""
+        relay = Relay()
+        now = time.time()
+        assert relay.admit(b"hello", "segment", now) == "truncated"
+        assert relay.admit(b"XXXX" + datagram(1)[4:], "broker", now) == "magic"
+        assert relay.admit(datagram(1)[:-1], "broker", now) == "length"
+        assert relay.counters["segment_undecodable"] == 1
+        assert relay.counters["broker_undecodable"] == 2
+        assert relay.latest == {}
+
+    def test_expired_from_the_broker_is_dropped(self) -> None:
+        """A datagram from the broker whose TAL ran out before it arrived stops there;
+        from the segment, the same bytes go on (there it was just heard)."""
+        relay = Relay()
+        old = datagram(1, sent=time.time() - 3.5)
+        assert relay.admit(old, "broker", time.time()) == "expired"
+        assert relay.admit(old, "segment", time.time()) is None
+
+    def test_table_is_bounded(self) -> None:
+        """Many publishers and epochs keep at most TABLE_SIZE entries, oldest out first."""
+        relay = Relay(table_size=8)
+        now = time.time()
+        for epoch in range(20):
+            relay.admit(datagram(1, epoch=epoch), "broker", now)
+        assert len(relay.latest) == 8
+        assert ("ups-1", 19) in relay.latest
+        assert ("ups-1", 0) not in relay.latest
+        assert TABLE_SIZE >= 1024
+
+    def test_relays_on_one_segment_do_not_ping_pong(self) -> None:
+        """Four relays, two per segment, all joined by one broker, in the worst order:
+        each datagram crosses the broker at most once per relay, and reaches each segment
+        at most once per relay on it; then it stops."""
+        relays = {name: Relay() for name in ("a1", "a2", "b1", "b2")}
+        segment = {"a1": "A", "a2": "A", "b1": "B", "b2": "B"}
+        now = time.time()
+        published: list[tuple[str, bytes]] = []
+        injected: dict[str, list[bytes]] = {"A": [], "B": []}
+        work = [(name, "segment", datagram(1)) for name in ("a1", "a2")]  # heard in A
+        while work:
+            name, side, data = work.pop()
+            if relays[name].admit(data, side, now) is not None:  # type: ignore[arg-type]
+                continue
+            if side == "segment":  # to the broker, which gives it to every other relay
+                published.append((name, data))
+                work += [(other, "broker", data) for other in relays if other != name]
+            else:  # onto the segment: every relay there hears it, the sender included
+                injected[segment[name]].append(data)
+                work += [(r, "segment", data) for r in relays if segment[r] == segment[name]]
+        assert len(published) <= 4
+        assert 1 <= len(injected["B"]) <= 2
+        assert len(injected["A"]) <= 2  # a relay that got the broker's copy first
+
+
+class TestRelayConfig:
+    def test_defaults_and_role(self) -> None:
+        """`role = "relay"` alone is a whole config; `config init` writes one back."""
+        config = cfg.parse('role = "relay"\n', "r.toml")
+        assert isinstance(config, cfg.RelayConfig)
+        assert config.broker.port == 1883
+        assert config.direction == "both"
+        again = cfg.parse(cfg.dumps(cfg.defaults("relay")), "init.toml")
+        assert again == config
+        assert cfg.DEFAULT_PATHS["relay"] == Path("/etc/powercast/relay.toml")
+
+    def test_bad_values_name_the_key(self) -> None:
+        """A wildcard topic, an unknown direction, a password without a user: one line each."""
+        cases = {
+            '[broker]\ntopic = "powercast/#"': "broker.topic: expected a topic without + # or",
+            'direction = "sideways"': "direction: expected one of 'both', 'to_broker'",
+            '[broker]\npassword_file = "/p"': "broker.username: expected a user name",
+            "[broker]\nkeepalive_s = 1": "broker.keepalive_s: expected an integer >= 2",
+        }
+        for text, expected in cases.items():
+            with pytest.raises(cfg.ConfigError) as err:
+                cfg.parse(f'role = "relay"\n{text}\n', "r.toml")
+            assert expected in str(err.value), str(err.value)
+
+
+# --- real daemons through a real broker on loopback -------------------------------------------
+
+
+def publisher_config(
+    keys: Path, reading: Path, network: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    return {
+        "role": "publisher",
+        "id": "ups-far",
+        "heartbeat_s": HEARTBEAT_S,
+        "network": {"ttl": 1, "loop": True, **network},
+        "auth": {"keys_dir": str(keys), "key_id": 1},
+        "sources": [{"kind": "file", "path": str(reading), "interval_s": 0.02}],
+        "log": {"format": "json"},
+        **extra,
+    }
+
+
+def controller_config(keys: Path, network: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "role": "controller",
+        "network": network,
+        "auth": {"keys_dir": str(keys)},
+        "policy": {"shed_after_s": 0.3, "restore_after_s": 0.3},
+        "log": {"format": "json"},
+    }
+
+
+def states(daemon: Daemon | NetDaemon) -> list[str]:
+    """States entered so far (seen events and the queue), in order."""
+    while not daemon.events.empty():
+        daemon.seen.append(daemon.events.get_nowait())
+    return [
+        e["state"]
+        for e in daemon.seen
+        if e.get("event") == "transition" and e.get("previous") != e["state"]
+    ]
+
+
+def events(daemon: Daemon | NetDaemon, name: str) -> list[dict[str, Any]]:
+    while not daemon.events.empty():
+        daemon.seen.append(daemon.events.get_nowait())
+    return [e for e in daemon.seen if e.get("event") == name]
+
+
+def summary(daemon: Daemon | NetDaemon) -> dict[str, Any]:
+    """The counters a relay logs when it stops (stops it)."""
+    daemon.stop()
+    return daemon.wait_for("relay_summary", timeout=2)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    require(sites.mosquitto_missing())
+    made = Mosquitto(tmp_path)
+    made.start()
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+class Loopback:
+    """Segment A (GROUP_A) with a publisher and relay A; segment B (GROUP_B) with relay B
+    and a controller. Only the relays and the broker join them."""
+
+    def __init__(self, tmp_path: Path, broker: Mosquitto) -> None:
+        self.port = free_port()
+        self.keys = make_keys(tmp_path / "keys")
+        self.reading = tmp_path / "ups.json"
+        netbed.set_reading(self.reading, "online")
+        a = {"group": GROUP_A, "port": self.port, "interface": "127.0.0.1"}
+        b = {"group": GROUP_B, "port": self.port, "interface": "127.0.0.1"}
+        topic = f"powercast/test-{self.port}"
+        where = (broker.address, broker.port)
+        for name, net in (("ra", a), ("rb", b)):
+            config = relay_config(net, *where, topic=topic, control=_socket(tmp_path, name))
+            write_toml(tmp_path / f"{name}.toml", _looped(config))
+        self.relay_a_config, self.relay_b_config = tmp_path / "ra.toml", tmp_path / "rb.toml"
+        pub = publisher_config(self.keys, self.reading, a, control=_socket(tmp_path, "p"))
+        self.pub_config = write_toml(tmp_path / "p.toml", pub)
+        ctl = {**controller_config(self.keys, b), "control": _socket(tmp_path, "c")}
+        self.ctl_config = write_toml(tmp_path / "c.toml", ctl)
+
+
+def _socket(directory: Path, name: str) -> dict[str, str]:
+    """A control socket of the test's own: daemons on one host must not share one."""
+    return {"socket": str(directory / f"{name}.sock")}
+
+
+def _looped(config: dict[str, Any]) -> dict[str, Any]:
+    """On one host, what a relay re-sends must loop back to the controller beside it."""
+    config["network"]["loop"] = True
+    return config
+
+
+@contextlib.contextmanager
+def loopback_daemons(lo: Loopback) -> Iterator[dict[str, Daemon]]:
+    with (
+        running("relay", "--config", str(lo.relay_a_config)) as relay_a,
+        running("relay", "--config", str(lo.relay_b_config)) as relay_b,
+        running("control", "--config", str(lo.ctl_config)) as ctl,
+    ):
+        for relay in (relay_a, relay_b):
+            relay.wait_for("broker_connected", timeout=BOOT_S)
+        ctl.wait_for("ready", timeout=BOOT_S)
+        with running("publish", "--config", str(lo.pub_config)) as pub:
+            yield {"relay_a": relay_a, "relay_b": relay_b, "ctl": ctl, "pub": pub}
+
+
+class TestRelayDaemon:
+    def test_outage_crosses_the_broker(self, tmp_path: Path, broker: Mosquitto) -> None:
+        """A publisher on one group makes a controller on another shed and restore: the
+        only way between them is relay -> broker -> relay."""
+        lo = Loopback(tmp_path, broker)
+        with loopback_daemons(lo) as d:
+            d["ctl"].wait_for("transition", timeout=BOOT_S, state="normal")
+            netbed.set_reading(lo.reading, "on_battery")
+            d["ctl"].wait_for("transition", timeout=NEWS_S, state="on_battery")
+            d["ctl"].wait_for("transition", timeout=0.3 + NEWS_S, state="shedding")
+            netbed.set_reading(lo.reading, "online")
+            d["ctl"].wait_for("transition", timeout=0.3 + NEWS_S, state="normal")
+            assert states(d["ctl"]) == ["normal", "on_battery", "shedding", "normal"]
+            a, b = summary(d["relay_a"]), summary(d["relay_b"])
+        assert a["segment_relayed"] > 10
+        assert b["broker_relayed"] >= a["segment_relayed"] - 2  # in flight at the stop
+        assert b.get("segment_relayed", 0) == 0  # its own output, heard back, stays here
+        assert b["segment_seen"] >= b["broker_relayed"] - 2
+
+    def test_broker_down_fails_safe_then_recovers(self, tmp_path: Path, broker: Mosquitto) -> None:
+        """Broker killed: the controller behind it fails safe within the TAL, each relay
+        logs the outage once however often it retries, and both recover by themselves."""
+        lo = Loopback(tmp_path, broker)
+        with loopback_daemons(lo) as d:
+            d["ctl"].wait_for("transition", timeout=BOOT_S, state="normal")
+            broker.kill()
+            killed = time.monotonic()
+            d["ctl"].wait_for("transition", timeout=TAL_S + MARGIN_S, state="failsafe")
+            assert time.monotonic() - killed <= TAL_S + MARGIN_S
+            for relay in (d["relay_a"], d["relay_b"]):
+                relay.wait_for("broker_unreachable", timeout=2)
+            time.sleep(1.5)  # retries every 0.1 .. 0.5 s: several attempts, one log line
+            broker.start()
+            for relay in (d["relay_a"], d["relay_b"]):
+                back = relay.wait_for("broker_recovered", timeout=3)
+                assert back["attempts"] >= 3
+                assert len(events(relay, "broker_unreachable")) == 1
+            d["ctl"].wait_for("transition", timeout=NEWS_S, state="normal")
+            assert states(d["ctl"]) == ["normal", "failsafe", "normal"]
+            lost = summary(d["relay_a"])
+        assert lost["segment_lost"] > 0  # heard while the broker was down: dropped, not queued
+
+    def test_bytes_arrive_unchanged_and_garbage_stays(
+        self, tmp_path: Path, broker: Mosquitto
+    ) -> None:
+        """What arrives on the far group is the very bytes sent on the near one; bytes that
+        do not decode are not relayed, and are logged once and counted."""
+        lo = Loopback(tmp_path, broker)
+        far = _listener(GROUP_B, lo.port)
+        with loopback_daemons(lo) as d, far:
+            near = _listener(GROUP_A, lo.port)
+            with near, _sender() as send:
+                for _ in range(3):
+                    send.sendto(b"not a powercast datagram", (GROUP_A, lo.port))
+                heard_near = _drain(near, 1.0)
+            heard_far = set(_drain(far, 0.5))
+            d["relay_a"].wait_for("datagram_not_relayed", timeout=2, reason="magic")
+            a = summary(d["relay_a"])
+        ours = [x for x in heard_near if x.startswith(wire.MAGIC)]
+        assert len(ours) >= 3
+        assert set(ours[:-2]) <= heard_far  # byte for byte (the last may be in flight)
+        assert not any(b"not a powercast" in x for x in heard_far)
+        assert a["segment_undecodable"] == 3
+        assert len(events(d["relay_a"], "datagram_not_relayed")) == 1
+
+
+def _listener(group: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_IP, 49, 0)  # IP_MULTICAST_ALL off
+    sock.bind((group, port))
+    mreq = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton("127.0.0.1"))
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+    return sock
+
+
+def _sender() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+    return sock
+
+
+def _drain(sock: socket.socket, seconds: float) -> list[bytes]:
+    got = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            got.append(sock.recv(65535))
+        except TimeoutError:
+            break
+    return got
+
+
+# --- two sites, no route between them ----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def netns() -> None:
+    require(netbed.unavailable())
+    require(sites.mosquitto_missing())
+    netbed.sweep()
+
+
+@pytest.fixture
+def two_sites(netns: None, tmp_path: Path) -> Iterator[Sites]:
+    with Sites(tmp_path) as made:
+        yield made
+    assert made.leftovers() == []
+
+
+class Campus:
+    """Site 1: a publisher and ``relays[0]`` relays; site 2: a controller, ``relays[1]``
+    relays and a tap (``powercast tap``: every datagram on site 2's group, classified)."""
+
+    def __init__(self, s: Sites, workdir: Path, relays: tuple[int, int] = (1, 1)) -> None:
+        self.s = s
+        self.keys = make_keys(workdir / "keys")
+        self.reading = workdir / "ups.json"
+        netbed.set_reading(self.reading, "online")
+        self.pub_host = s.host(0, "pub")
+        self.relay_hosts: list[list[Host]] = [
+            [s.relay_host(site, f"relay{i + 1}") for i in range(relays[site])] for site in (0, 1)
+        ]
+        self.ctl_host = s.host(1, "ctl")
+        self.tap_host = s.host(1, "tap")
+        self.workdir = workdir
+        assert s.broker is not None
+        self.broker = s.broker
+        self.relays: list[NetDaemon] = []
+        self.tap: subprocess.Popen[str]
+
+    def _write(self, name: str, data: dict[str, Any]) -> str:
+        path = self.workdir / f"{name}.toml"
+        path.write_text(tomli_w.dumps(data))
+        return str(path)
+
+    def _net(self, host: Host) -> dict[str, Any]:
+        return {"group": netbed.GROUP, "port": netbed.PORT, "interface": host.address}
+
+    def start(self) -> tuple[NetDaemon, NetDaemon]:
+        """Broker, relays, controller, tap, then the publisher; returns (ctl, pub)."""
+        self.broker.start()
+        for site, hosts in enumerate(self.relay_hosts):
+            for i, host in enumerate(hosts):
+                name = f"relay-{site}-{i}"
+                config = relay_config(
+                    self._net(host),
+                    sites.BROKER_ADDRESS,
+                    sites.BROKER_PORT,
+                    control=_socket(self.workdir, name),
+                )
+                path = self._write(name, config)
+                self.relays.append(NetDaemon(self._bed(site), host, "relay", "--config", path))
+        for relay in self.relays:
+            relay.wait_for("broker_connected", timeout=BOOT_S)
+        ctl_config = controller_config(self.keys, self._net(self.ctl_host))
+        ctl_config["control"] = _socket(self.workdir, "ctl")
+        ctl = NetDaemon(
+            self.s.sites[1], self.ctl_host, "control", "--config", self._write("ctl", ctl_config)
+        )
+        self.tap = self.s.sites[1].start(
+            self.tap_host, sys.executable, "-m", "powercast", "tap", "--json",
+            "--keys-dir", str(self.keys), "--group", netbed.GROUP, "--port", str(netbed.PORT),
+            "--interface", self.tap_host.address, "--timeout", "60",
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        ctl.wait_for("ready", timeout=BOOT_S)
+        pub_config = publisher_config(self.keys, self.reading, self._net(self.pub_host))
+        pub_config["network"]["loop"] = False
+        pub_config["control"] = _socket(self.workdir, "pub")
+        pub = NetDaemon(
+            self.s.sites[0], self.pub_host, "publish", "--config", self._write("pub", pub_config)
+        )
+        return ctl, pub
+
+    def taps(self) -> list[dict[str, Any]]:
+        """What the tap printed: one JSON object per datagram on site 2's group (stops it)."""
+        self.tap.terminate()
+        out, _ = self.tap.communicate(timeout=5)
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def _bed(self, site: int) -> Bed:
+        return self.s.sites[site]
+
+    def stop(self, *daemons: NetDaemon) -> None:
+        for daemon in [*daemons, *self.relays]:
+            daemon.stop()
+
+
+class TestAcrossSites:
+    def test_outage_in_site_1_sheds_site_2(self, two_sites: Sites, tmp_path: Path) -> None:
+        """Site 1's publisher, through one relay per site and the broker, makes site 2's
+        controller shed and restore; site 2 shares no network with site 1."""
+        campus = Campus(two_sites, tmp_path)
+        ctl, pub = campus.start()
+        try:
+            ctl.wait_for("transition", timeout=BOOT_S, state="normal")
+            netbed.set_reading(campus.reading, "on_battery")
+            ctl.wait_for("transition", timeout=NEWS_S, state="on_battery")
+            ctl.wait_for("transition", timeout=0.3 + NEWS_S, state="shedding")
+            netbed.set_reading(campus.reading, "online")
+            ctl.wait_for("transition", timeout=0.3 + NEWS_S, state="normal")
+            assert states(ctl) == ["normal", "on_battery", "shedding", "normal"]
+        finally:
+            campus.stop(pub, ctl)
+
+    def test_broker_killed_fails_safe_within_tal(self, two_sites: Sites, tmp_path: Path) -> None:
+        """Killing the broker makes site 2's controller fail safe within the announced TAL;
+        brought back, the relays reconnect and the controller follows site 1 again."""
+        campus = Campus(two_sites, tmp_path)
+        ctl, pub = campus.start()
+        try:
+            ctl.wait_for("transition", timeout=BOOT_S, state="normal")
+            campus.broker.kill()
+            killed = time.monotonic()
+            failed = ctl.wait_for("transition", timeout=TAL_S + MARGIN_S, state="failsafe")
+            assert failed["_at"] - killed <= TAL_S + MARGIN_S
+            for relay in campus.relays:
+                relay.wait_for("broker_unreachable", timeout=2)
+            campus.broker.start()
+            for relay in campus.relays:
+                relay.wait_for("broker_recovered", timeout=3)
+            ctl.wait_for("transition", timeout=NEWS_S, state="normal")
+            assert states(ctl) == ["normal", "failsafe", "normal"]
+        finally:
+            campus.stop(pub, ctl)
+
+    def test_two_relays_per_site_deliver_each_announcement_once(
+        self, two_sites: Sites, tmp_path: Path
+    ) -> None:
+        """Two relays in each site: the controller moves exactly once per change; a
+        datagram reaches site 2 at most once per relay there, a second copy being a
+        `duplicate` and never a `replay`, and no relay passes any datagram on twice (no
+        ping-pong); with one relay of each site stopped, the other carries on, no gap."""
+        campus = Campus(two_sites, tmp_path, relays=(2, 2))
+        ctl, pub = campus.start()
+        cycle = ["on_battery", "shedding", "normal"]
+        try:
+            ctl.wait_for("transition", timeout=BOOT_S, state="normal")
+            for round_ in range(2):
+                if round_ == 1:  # redundancy: one relay of each site goes away
+                    campus.relays[0].stop()
+                    campus.relays[2].stop()
+                netbed.set_reading(campus.reading, "on_battery")
+                ctl.wait_for("transition", timeout=NEWS_S, state="on_battery")
+                ctl.wait_for("transition", timeout=0.3 + NEWS_S, state="shedding")
+                netbed.set_reading(campus.reading, "online")
+                ctl.wait_for("transition", timeout=0.3 + NEWS_S, state="normal")
+            time.sleep(0.5)
+            assert states(ctl) == ["normal", *cycle, *cycle]  # no failsafe, nothing twice
+        finally:
+            campus.stop(pub, ctl)
+        by_seq: dict[int, list[str]] = {}
+        for record in campus.taps():
+            by_seq.setdefault(record["message"]["seq"], []).append(record["result"])
+        sent = max(by_seq)
+        assert len(by_seq) >= sent - 2  # every datagram arrived (bar the last in flight)
+        assert all(len(r) <= 2 and r[0] == "good" for r in by_seq.values()), by_seq
+        assert all(set(r[1:]) <= {"duplicate"} for r in by_seq.values()), by_seq
+        counters = [r.wait_for("relay_summary", timeout=2) for r in campus.relays]
+        for c in counters:
+            assert c.get("segment_relayed", 0) <= sent  # each at most once, each way
+            assert c.get("broker_relayed", 0) <= sent
+        site1 = counters[:2]
+        assert all(c.get("broker_relayed", 0) <= max(2, sent // 20) for c in site1)
+        assert counters[1]["segment_relayed"] >= sent - 2  # the survivor carried it all
+        assert counters[3]["broker_relayed"] > 0
