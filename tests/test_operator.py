@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import grp
@@ -519,3 +520,69 @@ class TestMetrics:
             status = site.status(site.controller_sock)
         assert status["metrics"] is None
         assert not any(e.get("event") == "metrics_listening" for e in ctl.seen)
+
+
+class TestOverrideRequest:
+    def test_zone_fans_duration_and_reason_are_checked(self) -> None:
+        """Unknown zones, a missing zone among several, bad fans, endless or zero durations
+        and missing reasons are refused, naming the key; a good request becomes an Order."""
+        zones = ["hall-a", "hall-b"]
+        good = {"zone": "hall-a", "fans": "off", "for_s": 600, "reason": "drill"}
+        assert control.parse_override(good, zones) == control.Order("hall-a", False, 600.0, "drill")
+        assert control.parse_override(
+            {"clear": True, "reason": "done"}, ["default"]
+        ) == control.Order("default", None, 0.0, "done")
+        for change, message in (
+            ({"zone": None}, "zone: expected one of hall-a, hall-b, got none"),
+            ({"zone": "hall-z"}, "zone: expected one of hall-a, hall-b, got 'hall-z'"),
+            ({"fans": "maybe"}, 'fans: expected "on" or "off", got \'maybe\''),
+            ({"for_s": 0}, "for_s: expected 1..86400 seconds"),
+            ({"for_s": 86_401}, "for_s: expected 1..86400 seconds"),
+            ({"for_s": True}, "for_s: expected 1..86400 seconds"),
+            ({"reason": ""}, "reason: expected a short text"),
+            ({"clear": True}, "clear: expected no fans or for_s with clear"),
+        ):
+            request = {k: v for k, v in {**good, **change}.items() if v is not None}
+            with pytest.raises(control.RequestError, match=message.replace("(", r"\(")):
+                control.parse_override(request, zones)
+
+    def test_who_names_the_kernel_user_and_sudo(self) -> None:
+        """who is the peer's user from its uid, with the sudo user when it differs."""
+        peer = control.Peer(pid=1, uid=0, gid=0)
+        assert control.who(peer) == "root"
+        assert control.who(peer, "alice") == "root (sudo by alice)"
+        assert control.who(control.Peer(1, 2_000_000_000, 0)) == "uid 2000000000"
+
+
+class TestDuration:
+    def test_durations(self) -> None:
+        """Seconds, or units s m h d, combined: 90, 90s, 30m, 1h30m, 1d."""
+        from powercast.tools import duration
+
+        assert [duration(t) for t in ("90", "90s", "30m", "1h30m", "1d", "0.5s")] == [
+            90.0, 90.0, 1800.0, 5400.0, 86400.0, 0.5,
+        ]  # fmt: skip
+        for bad in ("", "m", "30 m", "1h-5m", "soon", "inf", "nan", "-5"):
+            with pytest.raises(argparse.ArgumentTypeError, match="expected a duration"):
+                duration(bad)
+
+
+class TestPingProtocol:
+    def test_signed_pings_verify_and_are_not_announcements(self, tmp_path: Path) -> None:
+        """A signed ping verifies with the same key, shows unknown_key or bad_tag otherwise,
+        and is rejected by the announcement decoder for its magic."""
+        from powercast import ping, wire
+        from powercast.auth import Keyring
+
+        ours = Keyring.load(make_keys(tmp_path / "ours", 1))
+        theirs = Keyring.load(make_keys(tmp_path / "theirs", 2))
+        data = ping.encode(ping.Probe("ping", "node-a", 7, 1, count=10), ours, 1)
+        assert ping.decode(data, ours) == (ping.Probe("ping", "node-a", 7, 1, count=10), "good")
+        assert ping.decode(data, theirs) is not None
+        assert ping.decode(data, theirs)[1] == "unknown_key"  # type: ignore[index]
+        tampered = data[:-1] + bytes([data[-1] ^ 1])
+        assert ping.decode(tampered, ours)[1] == "bad_tag"  # type: ignore[index]
+        assert ping.decode(b"PWRC" + data[4:], ours) is None
+        with pytest.raises(wire.DecodeError) as caught:
+            wire.decode(data)
+        assert caught.value.reason == "magic"

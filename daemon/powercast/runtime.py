@@ -130,8 +130,9 @@ class Daemon(Generic[C]):
     # --- operator tools (issue 8): control socket and metrics endpoint ------------------
 
     def describe(self) -> dict[str, Any]:
-        """The status document that `powercast status --json` prints (status.py)."""
-        raise NotImplementedError
+        """The status document that `powercast status --json` prints (status.py); a role
+        without its own gives the fields every daemon has."""
+        return report.of_daemon(self, str(self.control_path))
 
     def control_handlers(self) -> dict[str, control.Handler]:
         """Requests the control socket answers."""

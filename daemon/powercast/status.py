@@ -27,13 +27,14 @@ if TYPE_CHECKING:
 VERSION: Final = 1
 
 
-def _common(daemon: Daemon[Any], control: str, wall: float) -> dict[str, Any]:
+def of_daemon(daemon: Daemon[Any], control: str, wall: float | None = None) -> dict[str, Any]:
+    """The fields every daemon's status has (a role may add its own)."""
     return {
         "version": VERSION,
         "role": daemon.role,
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "time": wall,
+        "time": time.time() if wall is None else wall,
         "config": {"path": str(daemon.path), "loaded_at": daemon.loaded_at},
         "control": control,
         "metrics": daemon.metrics_address,
@@ -86,7 +87,7 @@ def of_controller(daemon: ControllerDaemon, control: str) -> dict[str, Any]:
     running = daemon.actions.running
     auth = daemon.config.auth
     return {
-        **_common(daemon, control, wall),
+        **of_daemon(daemon, control, wall),
         "zones": zones,
         "publishers": publishers,
         "datagrams": {
@@ -186,7 +187,7 @@ def of_publisher(daemon: PublisherDaemon, control: str) -> dict[str, Any]:
             }
         )
     return {
-        **_common(daemon, control, wall),
+        **of_daemon(daemon, control, wall),
         "announcing": {
             "id": config.id,
             "epoch": a.epoch,
@@ -233,7 +234,9 @@ def render(status: dict[str, Any]) -> str:
     """The status as lines for a terminal."""
     if status.get("role") == "publisher":
         return _render_publisher(status)
-    return _render_controller(status)
+    if status.get("role") == "controller":
+        return _render_controller(status)
+    return "\n".join(_header(status))
 
 
 def _ago(seconds: float) -> str:

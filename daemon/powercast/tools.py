@@ -30,11 +30,9 @@ _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 def duration(text: str) -> float:
     """``90``, ``90s``, ``30m``, ``1h30m``, ``1d`` -> seconds."""
     text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
     parts = _DURATION.findall(text)
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)
     if not parts or "".join(n + u for n, u in parts) != text:
         raise argparse.ArgumentTypeError(
             f"expected a duration such as 90s, 30m or 1h30m, got {text!r}"
@@ -304,8 +302,8 @@ def _send(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.repeat < 1 or args.tal <= 0:
-        print("powercast: send: --repeat must be at least 1 and --tal above 0", file=sys.stderr)
+    if not 1 <= args.repeat <= 10:
+        print(f"powercast: send: --repeat: expected 1..10, got {args.repeat}", file=sys.stderr)
         return 2
     temperatures = dict(args.temp)
     plan = drill.Drill(
