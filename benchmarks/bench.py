@@ -1,0 +1,930 @@
+"""powercast benchmarks: each figure measured in this run, next to its baseline and target.
+
+    benchmarks/run [--quick] [--json] [--only NAME[,NAME...]]
+
+Figures (the README's "Performance" section explains each):
+
+  ingest        Controller.receive on signed datagrams pre-filled in one socket buffer,
+                per second, against a bare recvfrom loop draining the same buffer; also
+                with auth off (no HMAC) and a recvfrom + HMAC-only loop (the ceiling)
+  flood         a controller daemon under a flood of forged datagrams from another
+                process: real change at a publisher daemon -> action started, p99; and
+                the largest gap between watchdog pings (late: longer than WATCHDOG_USEC)
+  dispatch      datagram arrival -> transition logged and handed to the action queue
+  e2e_loopback  source change seen by the publisher daemon -> action started at the
+                controller daemon, on loopback
+  e2e_netns     the same, publisher and controller in two network namespaces (root)
+  loss20        20 % random loss on each of 3 controllers' links (iptables, root):
+                change at the publisher -> the last controller's transition
+  idle          CPU and RSS of each daemon, 10 publishers at 1 Hz and a controller
+  ready         exec -> READY=1 on NOTIFY_SOCKET, controller and publisher
+  scale_1000    controller CPU with 1,000 synthetic signed publishers at 1 Hz
+
+Targets are those of issue 9. Timestamps of daemons come from their JSON log lines (ts,
+wall clock, microseconds) and from a tiny action, bash writing $EPOCHREALTIME.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import hmac
+import itertools
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from powercast import wire
+from powercast.auth import Keyring
+from powercast.config import ControllerConfig, load
+from powercast.controller import Controller
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import netbed  # noqa: E402
+
+import harness  # noqa: E402  # the tests' daemon runner and network bed, shared
+
+GROUP = "239.255.91.1"
+"""Loopback benchmarks use their own group and a free port: nothing else on the host hears."""
+WATCHDOG_USEC = 500_000
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; the module may lack it
+STATES = ("normal", "on_battery", "shedding", "thermal_override", "failsafe")
+
+TARGETS: dict[str, str] = {
+    "ingest": "ratio >= 0.35",
+    "flood": "p99 <= 50 ms, no late ping",
+    "dispatch": "p99 <= 1 ms",
+    "e2e_loopback": "p99 <= 5 ms",
+    "e2e_netns": "p99 <= 5 ms",
+    "loss20": "p99 <= 50 ms",
+    "idle": "CPU <= 0.1 %, RSS <= 40 MB",
+    "ready": "p99 <= 500 ms",
+    "scale_1000": "CPU <= 5 %",
+}
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def latency(samples_s: list[float]) -> dict[str, Any]:
+    ms = [s * 1000 for s in samples_s]
+    return {
+        "p50_ms": round(percentile(ms, 50), 3),
+        "p99_ms": round(percentile(ms, 99), 3),
+        "max_ms": round(max(ms), 3),
+        "samples": len(ms),
+    }
+
+
+def log_time(event: dict[str, Any]) -> float:
+    """A daemon's JSON log line's ts as Unix seconds."""
+    return datetime.datetime.fromisoformat(event["ts"]).timestamp()
+
+
+def free_port() -> int:
+    return harness.free_port()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of ``pid``: schedstat (ns) when the kernel keeps it, else
+    utime + stime from /proc/PID/stat (in clock ticks, 10 ms)."""
+    total = 0.0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0]) / 1e9
+    except (FileNotFoundError, IndexError, ValueError):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Notify:
+    """A NOTIFY_SOCKET whose messages are read in a thread and stamped on arrival."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = str(directory / f"notify-{time.monotonic_ns()}.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self.ready = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            text = data.decode(errors="replace")
+            self.messages.append((time.monotonic(), text))
+            if "READY=1" in text.splitlines():
+                self.ready.set()
+
+    def pings(self) -> list[float]:
+        return [t for t, text in self.messages if "WATCHDOG=1" in text.splitlines()]
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(1)
+        self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+class Workdir:
+    """Keys, configs and the action record of one benchmark, in a temporary directory."""
+
+    def __init__(self, base: Path, name: str) -> None:
+        self.dir = base / name
+        self.dir.mkdir()
+        self.keys = harness.make_keys(self.dir / "keys")
+        self.keyring = Keyring.load(self.keys)
+        self.port = free_port()
+
+    def write(self, name: str, data: dict[str, Any]) -> Path:
+        path = self.dir / name
+        path.write_text(tomli_w.dumps(data))
+        return path
+
+    def actions(self, record: Path) -> list[dict[str, Any]]:
+        """A tiny action: bash appends the state and its $EPOCHREALTIME when it starts."""
+        line = f'echo "$POWERCAST_STATE $EPOCHREALTIME" >> {record}'
+        return [{"on": s, "argv": ["/bin/bash", "-c", line], "timeout_s": 5.0} for s in STATES]
+
+    def controller(
+        self,
+        *,
+        interface: str = "127.0.0.1",
+        record: Path | None = None,
+        group: str = GROUP,
+        port: int | None = None,
+        **policy: Any,
+    ) -> Path:
+        return self.write(
+            f"controller-{time.monotonic_ns()}.toml",
+            {
+                "role": "controller",
+                "network": {"group": group, "port": port or self.port, "interface": interface},
+                "auth": {"keys_dir": str(self.keys), "mode": "enforce"},
+                # Never shed: changes go normal <-> on_battery, each one transition.
+                "policy": {"shed_after_s": 3600.0, "restore_after_s": 0.0, **policy},
+                "actions": self.actions(record) if record else [],
+                "log": {"format": "json", "level": "info"},
+            },
+        )
+
+    def publisher(
+        self,
+        name: str,
+        reading: Path,
+        *,
+        interface: str = "127.0.0.1",
+        heartbeat_s: float = 1.0,
+        interval_s: float = 0.01,
+        tal_factor: float = 3.0,
+        group: str = GROUP,
+        port: int | None = None,
+    ) -> Path:
+        netbed.set_reading(reading, "online")
+        loop = interface == "127.0.0.1"
+        return self.write(
+            f"{name}.toml",
+            {
+                "role": "publisher",
+                "id": name,
+                "heartbeat_s": heartbeat_s,
+                "tal_factor": tal_factor,
+                "network": {
+                    "group": group,
+                    "port": port or self.port,
+                    "interface": interface,
+                    "loop": loop,
+                    "ttl": 1,
+                },
+                "auth": {"keys_dir": str(self.keys), "key_id": 1},
+                "sources": [{"kind": "file", "path": str(reading), "interval_s": interval_s}],
+                "log": {"format": "json", "level": "info"},
+            },
+        )
+
+
+def action_times(record: Path) -> list[tuple[str, float]]:
+    if not record.exists():
+        return []
+    out = []
+    for line in record.read_text().splitlines():
+        state, _, stamp = line.partition(" ")
+        with contextlib.suppress(ValueError):
+            out.append((state, float(stamp)))
+    return out
+
+
+class ActionLog:
+    """The tiny action's record, read in order: each call takes the next action started."""
+
+    def __init__(self, record: Path) -> None:
+        self.record = record
+        self.cursor = 0
+        self.skipped: list[str] = []
+        """States whose actions ran in between, unasked (failsafe under a flood...)."""
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Skip the start-up actions, which end with "normal" (a start may or may not run
+        failsafe first, depending on the version's start-up grace)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = action_times(self.record)
+            if done and done[-1][0] == "normal":
+                self.cursor = len(done)
+                return
+            time.sleep(0.005)
+        raise TimeoutError(f"no 'normal' action in {timeout} s: {action_times(self.record)}")
+
+    def next(self, state: str, timeout: float = 5.0) -> float:
+        """When the next action for ``state`` started (Unix seconds)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = action_times(self.record)
+            for index in range(self.cursor, len(done)):
+                self.cursor = index + 1
+                if done[index][0] == state:
+                    return done[index][1]
+                self.skipped.append(done[index][0])
+            time.sleep(0.002)
+        raise TimeoutError(f"no {state!r} action in {timeout} s: {action_times(self.record)}")
+
+
+def announcement(
+    publisher: str, epoch: int, seq: int, status: str, change: int
+) -> wire.Announcement:
+    return wire.Announcement(
+        publisher=publisher,
+        epoch=epoch,
+        seq=seq,
+        change=change,
+        sent=time.time(),
+        tal=3.0,
+        power=wire.Power(wire.PowerStatus(status), 100.0, 1200.0, 30.0, 230.0),
+        temperatures={"inlet": 24.0, "outlet": 31.5},
+    )
+
+
+def multicast_sender(interface: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+    return sock
+
+
+@contextlib.contextmanager
+def daemons(*args_list: tuple[list[str], dict[str, str] | None]) -> Iterator[list[harness.Daemon]]:
+    started: list[harness.Daemon] = []
+    try:
+        for args, env in args_list:
+            started.append(harness.Daemon(*args, env=env))
+        yield started
+    finally:
+        for d in started:
+            d.stop()
+
+
+def toggle_changes(
+    n: int,
+    set_status: Callable[[str], None],
+    publisher: Any,
+    on_change: Callable[[int, str, float], None],
+    gap_s: float,
+) -> None:
+    """Flip the publisher's reading ``n`` times; ``on_change(k, state, t0)`` measures."""
+    for k in range(n):
+        status, state = ("on_battery", "on_battery") if k % 2 == 0 else ("online", "normal")
+        set_status(status)
+        changed = publisher.wait_for("reading_changed", timeout=5, power=status)
+        on_change(k, state, log_time(changed))
+        time.sleep(gap_s)
+
+
+# --- figures -------------------------------------------------------------------------------
+
+
+def bench_ingest(base: Path, quick: bool) -> dict[str, Any]:  # noqa: PLR0915  # one scenario
+    """Signed datagrams pre-filled in one receive buffer, drained four ways, interleaved."""
+    work = Workdir(base, "ingest")
+    count = 30_000 if quick else 150_000
+    rounds = 3 if quick else 5
+    sign = work.keyring.signer(1)
+    epoch = 12345
+    publishers = [f"rack-{i}.ups" for i in range(10)]
+    datagrams = [
+        wire.encode(
+            announcement(publishers[i % 10], epoch, 1 + i // 10, "online", 1),
+            key_id=1,
+            sign=sign,
+        )
+        for i in range(count)
+    ]
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    want = 1 << 30
+    try:
+        rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, want)  # root only
+    except PermissionError:
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, want)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    address = rx.getsockname()
+    mac = hmac.new(bytes.fromhex((work.keys / "1.key").read_text().strip()), digestmod="sha256")
+
+    def fill() -> None:
+        for data in datagrams:
+            tx.sendto(data, address)
+        time.sleep(0.05)
+
+    def bare() -> int:
+        recv, n = rx.recvfrom, 0
+        while True:
+            try:
+                recv(2048)
+            except BlockingIOError:
+                return n
+            n += 1
+
+    def hmac_only() -> int:
+        recv, n, copy, compare = rx.recvfrom, 0, mac.copy, hmac.compare_digest
+        while True:
+            try:
+                data, _ = recv(2048)
+            except BlockingIOError:
+                return n
+            h = copy()
+            h.update(data[:-32])
+            compare(h.digest(), data[-32:])
+            n += 1
+
+    def controller(mode: str) -> Callable[[], int]:
+        config = load_config(work, mode)
+
+        def drain() -> int:
+            ctl = Controller(config, work.keyring)
+            recv, receive, mono, wall, n = rx.recvfrom, ctl.receive, time.monotonic, time.time, 0
+            while True:
+                try:
+                    data, _ = recv(2048)
+                except BlockingIOError:
+                    break
+                receive(data, mono(), wall())
+                n += 1
+            assert ctl.counters["repeat"] == n - len(publishers), ctl.counters
+            return n
+
+        return drain
+
+    ways: dict[str, Callable[[], int]] = {
+        "bare": bare,
+        "hmac_only": hmac_only,
+        "controller": controller("enforce"),
+        "controller_auth_off": controller("off"),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in ways}
+    drained: dict[str, int] = {}
+    for _ in range(rounds):
+        for name, way in ways.items():
+            fill()
+            started = time.perf_counter()
+            n = way()
+            rates[name].append(n / (time.perf_counter() - started))
+            drained[name] = n
+    rx.close()
+    tx.close()
+    median = {name: statistics.median(r) for name, r in rates.items()}
+    ratio = median["controller"] / median["bare"]
+    return {
+        "per_s": round(median["controller"]),
+        "baseline_per_s": round(median["bare"]),
+        "ratio": round(ratio, 3),
+        "auth_off_per_s": round(median["controller_auth_off"]),
+        "hmac_only_per_s": round(median["hmac_only"]),
+        "datagrams": drained["controller"],
+        "filled": count,
+        "rounds": rounds,
+        "met": ratio >= 0.35,
+    }
+
+
+def load_config(work: Workdir, mode: str) -> ControllerConfig:
+    """A controller config with auth ``mode``, as the config loader makes it."""
+    path = work.write(
+        f"auth-{mode}.toml",
+        {
+            "role": "controller",
+            "auth": {"keys_dir": str(work.keys), "mode": mode, "max_clock_skew_s": 3600.0},
+        },
+    )
+    config = load(path, "controller")
+    assert isinstance(config, ControllerConfig)
+    return config
+
+
+def bench_flood(base: Path, quick: bool) -> dict[str, Any]:  # one scenario
+    """Publisher and controller daemons; a third process floods forged datagrams."""
+    work = Workdir(base, "flood")
+    record = work.dir / "actions"
+    reading = work.dir / "ups.json"
+    notify = Notify(work.dir)
+    changes = 10 if quick else 40
+    ctl_config = work.controller(record=record)
+    pub_config = work.publisher("ups-flood", reading, heartbeat_s=0.5)
+    # Forgeries: the legitimate publisher's id claiming the opposite, signed with a key
+    # the controller does not have under the id it knows: full decode and HMAC, then drop.
+    forger = Workdir(base, "forger")
+    lie = announcement("ups-flood", 1, 10**9, "on_battery", 10**9)
+    forged = wire.encode(lie, key_id=1, sign=forger.keyring.signer(1)).hex()
+    flood_code = (
+        "import socket, sys, time\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton('127.0.0.1'))\n"
+        f"data, to = bytes.fromhex('{forged}'), ('{GROUP}', {work.port})\n"
+        "n, start = 0, time.monotonic()\n"
+        "try:\n"
+        "    while True:\n"
+        "        for _ in range(1000):\n"
+        "            s.sendto(data, to)\n"
+        "        n += 1000\n"
+        "except KeyboardInterrupt:\n"
+        "    pass\n"
+        "finally:\n"
+        "    print(n / (time.monotonic() - start), flush=True)\n"
+    )
+    env = {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
+    samples: list[float] = []
+    started_actions = ActionLog(record)
+    flood = None
+    try:
+        with daemons(
+            (["control", "--config", str(ctl_config)], env),
+            (["publish", "--config", str(pub_config)], None),
+        ) as (ctl, pub):
+            ctl.wait_for("transition", timeout=10, state="normal")
+            started_actions.settle()
+            flood = subprocess.Popen(
+                [sys.executable, "-c", flood_code], stdout=subprocess.PIPE, text=True
+            )
+            time.sleep(0.5)
+            flood_started = time.monotonic()
+
+            def measure(_: int, state: str, t0: float) -> None:
+                samples.append(started_actions.next(state, timeout=10) - t0)
+
+            toggle_changes(
+                changes, lambda s: netbed.set_reading(reading, s), pub, measure, gap_s=0.2
+            )
+            flood_ended = time.monotonic()
+            flood.send_signal(signal.SIGINT)  # its finally prints the rate
+            rate = float(flood.communicate(timeout=5)[0].strip() or 0)
+            alive = ctl.proc.poll() is None
+    finally:
+        if flood is not None and flood.poll() is None:
+            flood.kill()
+        notify.close()
+    pings = [t for t in notify.pings() if flood_started - 1 <= t <= flood_ended + 0.1]
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    max_gap = max(gaps) if gaps else float("inf")
+    late = max_gap > WATCHDOG_USEC / 1e6
+    figures = latency(samples)
+    return {
+        **figures,
+        "flood_per_s": round(rate),
+        "watchdog_max_gap_ms": round(max_gap * 1000, 1),
+        "watchdog_interval_ms": WATCHDOG_USEC / 2000,
+        "watchdog_late": late,
+        "controller_alive": alive,
+        "failsafe_flaps": started_actions.skipped.count("failsafe"),
+        "met": figures["p99_ms"] <= 50 and not late and alive,
+    }
+
+
+def bench_dispatch(base: Path, quick: bool) -> dict[str, Any]:
+    """The benchmark is the publisher: a signed change, sent at t0, to the transition."""
+    work = Workdir(base, "dispatch")
+    record = work.dir / "actions"
+    changes = 30 if quick else 200
+    ctl_config = work.controller(record=record)
+    sign = work.keyring.signer(1)
+    sock = multicast_sender()
+    to = (GROUP, work.port)
+    dispatch: list[float] = []
+    started: list[float] = []
+    with daemons((["control", "--config", str(ctl_config)], None)) as (ctl,):
+        ctl.wait_for("ready", timeout=10)
+        seq, change = 1, 1
+        sock.sendto(
+            wire.encode(announcement("ups-x", 7, seq, "online", change), key_id=1, sign=sign), to
+        )
+        ctl.wait_for("transition", state="normal")
+        actions = ActionLog(record)
+        actions.settle()
+        for k in range(changes):
+            status, state = ("on_battery", "on_battery") if k % 2 == 0 else ("online", "normal")
+            seq, change = seq + 1, change + 1
+            data = wire.encode(announcement("ups-x", 7, seq, status, change), key_id=1, sign=sign)
+            time.sleep(0.02)
+            t0 = time.time()
+            sock.sendto(data, to)
+            event = ctl.wait_for("transition", timeout=5, state=state)
+            dispatch.append(log_time(event) - t0)
+            started.append(actions.next(state) - t0)
+            time.sleep(0.03)
+    sock.close()
+    figures = latency(dispatch)
+    action = latency(started)
+    return {
+        **figures,
+        "action_started_p50_ms": action["p50_ms"],
+        "action_started_p99_ms": action["p99_ms"],
+        "met": figures["p99_ms"] <= 1.0,
+    }
+
+
+def bench_e2e_loopback(base: Path, quick: bool) -> dict[str, Any]:
+    work = Workdir(base, "e2e")
+    record = work.dir / "actions"
+    reading = work.dir / "ups.json"
+    changes = 20 if quick else 100
+    samples: list[float] = []
+    with daemons(
+        (["control", "--config", str(work.controller(record=record))], None),
+        (["publish", "--config", str(work.publisher("ups-e2e", reading))], None),
+    ) as (ctl, pub):
+        ctl.wait_for("transition", timeout=10, state="normal")
+        actions = ActionLog(record)
+        actions.settle()
+
+        def measure(_: int, state: str, t0: float) -> None:
+            samples.append(actions.next(state) - t0)
+
+        toggle_changes(changes, lambda s: netbed.set_reading(reading, s), pub, measure, 0.05)
+    figures = latency(samples)
+    return {**figures, "met": figures["p99_ms"] <= 5.0}
+
+
+def bench_e2e_netns(base: Path, quick: bool) -> dict[str, Any]:
+    reason = netbed.unavailable()
+    if reason is not None:
+        return {"skipped": reason, "met": None}
+    work = Workdir(base, "e2e_netns")
+    record = work.dir / "actions"
+    reading = work.dir / "ups.json"
+    changes = 20 if quick else 100
+    samples: list[float] = []
+    with netbed.Bed() as bed:
+        pub_host, ctl_host = bed.add_host("pub"), bed.add_host("ctl")
+        ctl_config = work.controller(
+            interface=ctl_host.address, record=record, group=netbed.GROUP, port=netbed.PORT
+        )
+        pub_config = work.publisher(
+            "ups-ns", reading, interface=pub_host.address, group=netbed.GROUP, port=netbed.PORT
+        )
+        ctl = netbed.NetDaemon(bed, ctl_host, "control", "--config", str(ctl_config))
+        pub = netbed.NetDaemon(bed, pub_host, "publish", "--config", str(pub_config))
+        try:
+            ctl.wait_for("transition", timeout=10, state="normal")
+            actions = ActionLog(record)
+            actions.settle()
+
+            def measure(_: int, state: str, t0: float) -> None:
+                samples.append(actions.next(state) - t0)
+
+            toggle_changes(changes, lambda s: netbed.set_reading(reading, s), pub, measure, 0.05)
+        finally:
+            ctl.stop()
+            pub.stop()
+    figures = latency(samples)
+    return {**figures, "met": figures["p99_ms"] <= 5.0}
+
+
+def bench_loss20(base: Path, quick: bool) -> dict[str, Any]:
+    reason = netbed.unavailable() or netbed.no_iptables()
+    if reason is not None:
+        return {"skipped": reason, "met": None}
+    work = base / "loss20"
+    work.mkdir()
+    changes = 20 if quick else 200
+    samples: list[float] = []
+    with netbed.Bed() as bed:
+        hall = netbed.Hall(
+            bed,
+            work,
+            controllers=3,
+            tal_factor=10.0,
+            heartbeat_s=1.0,
+            actions=False,
+            policy={"shed_after_s": 3600.0, "restore_after_s": 0.0},
+        )
+        for host in hall.ctl_hosts:
+            bed.loss(host, 0.2)
+        try:
+            hall.start()
+            hall.wait_all("normal", 10)
+            pub = hall.publishers["ups-a"]
+
+            def measure(k: int, state: str, t0: float) -> None:
+                seen = [c.wait_for("transition", timeout=5, state=state) for c in hall.controllers]
+                samples.append(max(log_time(e) for e in seen) - t0)
+
+            toggle_changes(changes, lambda s: hall.set("ups-a", s), pub, measure, 0.05)
+            flaps = sum(s == "failsafe" for c in hall.controllers for s in c.states()[1:])
+        finally:
+            hall.stop()
+    figures = latency(samples)
+    return {**figures, "controllers": 3, "failsafe_flaps": flaps, "met": figures["p99_ms"] <= 50}
+
+
+def bench_idle(base: Path, quick: bool) -> dict[str, Any]:
+    work = Workdir(base, "idle")
+    window = 6.0 if quick else 30.0
+    configs = [
+        work.publisher(f"ups-{i}", work.dir / f"ups-{i}.json", interval_s=1.0) for i in range(10)
+    ]
+    specs: list[tuple[list[str], dict[str, str] | None]] = [
+        (["control", "--config", str(work.controller())], None),
+        *((["publish", "--config", str(c)], None) for c in configs),
+    ]
+    with daemons(*specs) as started:
+        ctl = started[0]
+        ctl.wait_for("ready", timeout=15)
+        for d in started[1:]:
+            d.wait_for("ready", timeout=15)
+        ctl.wait_for("transition", timeout=10, state="normal")
+        time.sleep(3.0)  # every publisher heard, past start-up work
+        pids = [d.proc.pid for d in started]
+        before = [cpu_seconds(p) for p in pids]
+        t0 = time.monotonic()
+        time.sleep(window)
+        elapsed = time.monotonic() - t0
+        cpu = [100 * (cpu_seconds(p) - b) / elapsed for p, b in zip(pids, before, strict=True)]
+        rss = [rss_mb(p) for p in pids]
+    pub_cpu, pub_rss = cpu[1:], rss[1:]
+    return {
+        "controller_cpu_pct": round(cpu[0], 3),
+        "controller_rss_mb": round(rss[0], 1),
+        "publisher_cpu_pct": round(statistics.mean(pub_cpu), 3),
+        "publisher_cpu_pct_max": round(max(pub_cpu), 3),
+        "publisher_rss_mb": round(max(pub_rss), 1),
+        "window_s": window,
+        "met": max(cpu) <= 0.1 and max(rss) <= 40,
+    }
+
+
+def bench_ready(base: Path, quick: bool) -> dict[str, Any]:
+    work = Workdir(base, "ready")
+    runs = 5 if quick else 20
+    reading = work.dir / "ups.json"
+    configs = {
+        "controller": ["control", "--config", str(work.controller())],
+        "publisher": ["publish", "--config", str(work.publisher("ups-r", reading))],
+    }
+    times: dict[str, list[float]] = {role: [] for role in configs}
+    for _ in range(runs):
+        for role, args in configs.items():
+            notify = Notify(work.dir)
+            started = time.monotonic()
+            daemon = harness.Daemon(*args, env={"NOTIFY_SOCKET": notify.path})
+            try:
+                if not notify.ready.wait(10):
+                    raise TimeoutError(f"{role}: no READY=1 in 10 s")
+                at = next(t for t, m in notify.messages if "READY=1" in m.splitlines())
+                times[role].append(at - started)
+            finally:
+                daemon.stop()
+                notify.close()
+    everything = [t for ts in times.values() for t in ts]
+    figures = latency(everything)
+    return {
+        **figures,
+        "controller_p50_ms": latency(times["controller"])["p50_ms"],
+        "publisher_p50_ms": latency(times["publisher"])["p50_ms"],
+        "met": figures["p99_ms"] <= 500,
+    }
+
+
+def bench_scale_1000(base: Path, quick: bool) -> dict[str, Any]:
+    """1,000 synthetic publishers, each signed heartbeats at 1 Hz, from this process."""
+    work = Workdir(base, "scale")
+    window = 6.0 if quick else 30.0
+    publishers = 1000
+    sign = work.keyring.signer(1)
+    sock = multicast_sender()
+    to = (GROUP, work.port)
+    ids = [f"node-{i:04d}.ups" for i in range(publishers)]
+    seq = [0] * publishers
+    sent = 0
+
+    def send_for(seconds: float) -> None:
+        """Each publisher once a second, spread evenly: a batch of 10 every 10 ms."""
+        nonlocal sent
+        start = time.monotonic()
+        slot = 0
+        while (now := time.monotonic()) < start + seconds:
+            due = start + slot * 0.01
+            if due > now:
+                time.sleep(due - now)
+            for j in range(10):
+                i = (slot * 10 + j) % publishers
+                seq[i] += 1
+                message = announcement(ids[i], 1000 + i, seq[i], "online", 1)
+                sock.sendto(wire.encode(message, key_id=1, sign=sign), to)
+                sent += 1
+            slot += 1
+
+    with daemons((["control", "--config", str(work.controller())], None)) as (ctl,):
+        ctl.wait_for("ready", timeout=10)
+        send_for(3.0)  # every publisher heard: past the first-datagram work
+        pid = ctl.proc.pid
+        before = cpu_seconds(pid)
+        sent = 0
+        t0 = time.monotonic()
+        send_for(window)
+        elapsed = time.monotonic() - t0
+        cpu = 100 * (cpu_seconds(pid) - before) / elapsed
+        rss = rss_mb(pid)
+    sock.close()
+    return {
+        "cpu_pct": round(cpu, 2),
+        "rss_mb": round(rss, 1),
+        "datagrams_per_s": round(sent / elapsed),
+        "window_s": window,
+        "met": cpu <= 5.0,
+    }
+
+
+BENCHMARKS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
+    "ingest": bench_ingest,
+    "flood": bench_flood,
+    "dispatch": bench_dispatch,
+    "e2e_loopback": bench_e2e_loopback,
+    "e2e_netns": bench_e2e_netns,
+    "loss20": bench_loss20,
+    "idle": bench_idle,
+    "ready": bench_ready,
+    "scale_1000": bench_scale_1000,
+}
+
+
+# --- output --------------------------------------------------------------------------------
+
+
+def describe(name: str, r: dict[str, Any]) -> tuple[str, str]:
+    """(measured, baseline or detail) for the table."""
+    if "error" in r:
+        return "error", r["error"][:60]
+    if "skipped" in r:
+        return "skipped", r["skipped"][:60]
+    if name == "ingest":
+        return (
+            f"{r['per_s']:,}/s (ratio {r['ratio']:.2f})",
+            f"bare recvfrom {r['baseline_per_s']:,}/s; auth off {r['auth_off_per_s']:,}/s;"
+            f" recvfrom+HMAC {r['hmac_only_per_s']:,}/s",
+        )
+    if name == "flood":
+        return (
+            f"p50 {r['p50_ms']:.1f} / p99 {r['p99_ms']:.1f} ms",
+            f"{r['flood_per_s']:,} forged/s; watchdog max gap {r['watchdog_max_gap_ms']:.0f} ms"
+            f" (pings every {r['watchdog_interval_ms']:.0f} ms,"
+            f" late: {'yes' if r['watchdog_late'] else 'no'});"
+            f" {r['failsafe_flaps']} failsafe flaps",
+        )
+    if name == "dispatch":
+        return (
+            f"p50 {r['p50_ms']:.3f} / p99 {r['p99_ms']:.3f} ms",
+            f"to action started: p50 {r['action_started_p50_ms']:.2f}"
+            f" / p99 {r['action_started_p99_ms']:.2f} ms",
+        )
+    if name in ("e2e_loopback", "e2e_netns", "loss20"):
+        extra = f"{r['samples']} changes"
+        if name == "loss20":
+            extra += f", 3 controllers, {r['failsafe_flaps']} failsafe flaps"
+        return f"p50 {r['p50_ms']:.2f} / p99 {r['p99_ms']:.2f} ms", extra
+    if name == "idle":
+        return (
+            f"controller {r['controller_cpu_pct']:.3f} % {r['controller_rss_mb']:.0f} MB;"
+            f" publishers {r['publisher_cpu_pct']:.3f} % (max {r['publisher_cpu_pct_max']:.3f})"
+            f" {r['publisher_rss_mb']:.0f} MB",
+            f"over {r['window_s']:g} s",
+        )
+    if name == "ready":
+        return (
+            f"p50 {r['p50_ms']:.0f} / p99 {r['p99_ms']:.0f} ms",
+            f"controller p50 {r['controller_p50_ms']:.0f} ms, publisher p50"
+            f" {r['publisher_p50_ms']:.0f} ms",
+        )
+    if name == "scale_1000":
+        return (
+            f"{r['cpu_pct']:.2f} % of a core, {r['rss_mb']:.0f} MB",
+            f"{r['datagrams_per_s']:,} signed datagrams/s over {r['window_s']:g} s",
+        )
+    return json.dumps(r), ""
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    rows = [("figure", "measured", "baseline / detail", "target", "met")]
+    for name, r in results.items():
+        measured, detail = describe(name, r)
+        met = {True: "yes", False: "NO", None: "-"}[r.get("met")]
+        rows.append((name, measured, detail, TARGETS[name], met))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for i, row in enumerate(rows):
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        if i == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{os.cpu_count()} cores, {model}, Linux {platform.release()},"
+        f" Python {platform.python_version()}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples: about a minute")
+    parser.add_argument("--json", action="store_true", help="one JSON object keyed by figure")
+    parser.add_argument("--only", help="comma-separated figures to run (default: all)")
+    args = parser.parse_args(argv)
+    names = args.only.split(",") if args.only else list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown figure(s) {unknown}; expected some of {list(BENCHMARKS)}")
+    if shutil.which("bash") is None:
+        print("benchmarks/run: bash is needed for the timestamping action", file=sys.stderr)
+        return 2
+    if netbed.unavailable() is None:
+        netbed.sweep()
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="powercast-bench-") as tmp:
+        for name in names:
+            if not args.json:
+                print(f"running {name}...", file=sys.stderr, flush=True)
+            started = time.monotonic()
+            try:
+                results[name] = BENCHMARKS[name](Path(tmp), args.quick)
+            except Exception as err:  # one figure failing must not hide the others
+                results[name] = {"error": f"{type(err).__name__}: {err}", "met": False}
+            results[name]["seconds"] = round(time.monotonic() - started, 1)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(table(results))
+        print(f"\n{machine()}; {'--quick' if args.quick else 'full run'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
