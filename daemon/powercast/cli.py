@@ -121,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912  # a branch per
         if args.command == "demo":
             return run_demo()
         if args.command == "failsafe":
-            if args.after_failure and os.environ.get("SERVICE_RESULT", "success") == "success":
-                return 0  # a clean stop or restart: the next controller reconciles
+            if args.after_failure and (
+                os.environ.get("SERVICE_RESULT", "success") == "success"
+                or os.environ.get("EXIT_STATUS") == str(EX_CONFIG)
+            ):
+                return 0  # a clean stop, or a config it refused: it moved nothing
             return _failsafe(args.config)
         if args.command == "keygen":
             keygen(args.key_id, args.file)
