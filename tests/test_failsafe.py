@@ -57,6 +57,9 @@ class TestFailsafe:
         config = config_with_pwm(tmp_path, pwm)
         assert run(config, "--after-failure", service_result="success").returncode == 0
         assert pwm.read_text() == "0\n"
+        refused = run(config, "--after-failure", service_result="exit-code", exit_status="78")
+        assert refused.returncode == 0
+        assert pwm.read_text() == "0\n"  # a refused config never started, so moved nothing
         assert run(config, "--after-failure", service_result="watchdog").returncode == 0
         assert pwm.read_text() == "255\n"
 
