@@ -11,11 +11,13 @@ from harness import write_toml
 
 
 def run(
-    config: Path, *extra: str, service_result: str | None = None
+    config: Path, *extra: str, service_result: str | None = None, exit_status: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "SERVICE_RESULT"}
+    env = {k: v for k, v in os.environ.items() if k not in ("SERVICE_RESULT", "EXIT_STATUS")}
     if service_result is not None:
         env["SERVICE_RESULT"] = service_result
+    if exit_status is not None:
+        env["EXIT_STATUS"] = exit_status
     return subprocess.run(
         [sys.executable, "-m", "powercast", "failsafe", "--config", str(config), *extra],
         capture_output=True,
