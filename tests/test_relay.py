@@ -18,6 +18,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ from netbed import Bed, Host, NetDaemon
 from sites import Mosquitto, Sites, relay_config
 
 from powercast import config as cfg
-from powercast import wire
+from powercast import control, wire
+from powercast import status as report
 from powercast.relay import TABLE_SIZE, Relay
 
 from harness import Daemon, free_port, make_keys, running, write_toml
@@ -253,6 +255,7 @@ class Loopback:
         where = (broker.address, broker.port)
         for name, net in (("ra", a), ("rb", b)):
             config = relay_config(net, *where, topic=topic, control=_socket(tmp_path, name))
+            config["metrics"] = {"listen": "127.0.0.1:0"}
             write_toml(tmp_path / f"{name}.toml", _looped(config))
         self.relay_a_config, self.relay_b_config = tmp_path / "ra.toml", tmp_path / "rb.toml"
         pub = publisher_config(self.keys, self.reading, a, control=_socket(tmp_path, "p"))
@@ -318,6 +321,14 @@ class TestRelayDaemon:
             for relay in (d["relay_a"], d["relay_b"]):
                 relay.wait_for("broker_unreachable", timeout=2)
             time.sleep(1.5)  # retries every 0.1 .. 0.5 s: several attempts, one log line
+            down = control.call(tmp_path / "ra.sock", {"request": "status"})["status"]
+            assert down["role"] == "relay"
+            assert down["broker"]["connected"] is False
+            assert down["broker"]["down_since"] is not None
+            assert down["broker"]["attempts"] >= 3
+            assert down["broker"]["error"]
+            assert "broker   127.0.0.1:" in report.render(down)
+            assert "UNREACHABLE since" in report.render(down)
             broker.start()
             for relay in (d["relay_a"], d["relay_b"]):
                 back = relay.wait_for("broker_recovered", timeout=3)
@@ -325,6 +336,14 @@ class TestRelayDaemon:
                 assert len(events(relay, "broker_unreachable")) == 1
             d["ctl"].wait_for("transition", timeout=NEWS_S, state="normal")
             assert states(d["ctl"]) == ["normal", "failsafe", "normal"]
+            up = control.call(tmp_path / "ra.sock", {"request": "status"})["status"]
+            assert up["broker"]["connected"] is True
+            assert up["broker"]["down_since"] is None
+            address = events(d["relay_a"], "metrics_listening")[0]["address"]
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
+                scraped = reply.read().decode()
+            assert "powercast_relay_broker_connected 1.0" in scraped
+            assert 'powercast_relay_datagrams_total{outcome="lost",side="segment"}' in scraped
             lost = summary(d["relay_a"])
         assert lost["segment_lost"] > 0  # heard while the broker was down: dropped, not queued
 

@@ -63,6 +63,8 @@ def registry_for(daemon: Daemon[Any]) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     if isinstance(daemon, ControllerDaemon):
         registry.register(ControllerCollector(daemon))
+    elif daemon.role == "relay":
+        registry.register(RelayCollector(daemon))
     else:
         registry.register(PublisherCollector(daemon))  # type: ignore[arg-type]
     return registry
@@ -265,6 +267,32 @@ class PublisherCollector(Collector):
         for sensor, value in sorted(d.announcer.temperatures.items()):
             temps.add_metric([sensor], value)
         yield temps
+
+
+class RelayCollector(Collector):
+    """A relay's datagram counters and its broker connection, read at scrape time."""
+
+    def __init__(self, daemon: Daemon[Any]) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterable[Metric]:
+        d: Any = self.daemon  # a RelayDaemon (relay.py imports aiomqtt: not imported here)
+        yield from _common(d)
+        datagrams = CounterMetricFamily(
+            "powercast_relay_datagrams",
+            "Datagrams by where they came from (segment, broker) and what became of them.",
+            labels=["side", "outcome"],
+        )
+        for key, n in sorted(d.core.counters.items()):
+            side, _, outcome = key.partition("_")
+            datagrams.add_metric([side, outcome], float(n))
+        yield datagrams
+        broker = d.broker_state()
+        yield GaugeMetricFamily(
+            "powercast_relay_broker_connected",
+            "1 while connected to the broker, 0 while it is unreachable.",
+            value=float(broker["connected"]),
+        )
 
 
 # --- HTTP, from the event loop --------------------------------------------------------------

@@ -26,7 +26,7 @@ from powercast.actions import ActionQueue
 from powercast.actuators import Worker, make_driver
 from powercast.announcer import Announcer, merge
 from powercast.auth import Keyring, KeyringError, load_keys
-from powercast.config import ControllerConfig, PublisherConfig, Reading
+from powercast.config import ControllerConfig, PublisherConfig, Reading, RelayConfig
 from powercast.controller import Controller
 from powercast.policy import FANS_ON, Decision, Override
 from powercast.sources import Reader, SourceError, make_reader
@@ -35,7 +35,7 @@ from powercast.tally import Tally
 
 log = structlog.get_logger("powercast")
 
-C = TypeVar("C", PublisherConfig, ControllerConfig)
+C = TypeVar("C", PublisherConfig, ControllerConfig, RelayConfig)
 
 
 class _Stopping(Exception):
@@ -240,6 +240,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._tg: asyncio.TaskGroup | None = None
         self._worker_tasks: list[asyncio.Task[None]] = []
         self._transport: asyncio.DatagramTransport | None = None
+        self._unicast: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._settled: set[str] = set()
@@ -249,6 +250,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
     async def start(self, tg: asyncio.TaskGroup) -> None:
         self._tg = tg
         self._transport = await self._listen(self.config.network)
+        self._unicast = await self._listen_unicast(self.config.network)
         tg.create_task(self.actions.run(), name="actions")
         now, wall = self.loop.time(), time.time()
         saved = persist.load(self._state_dir) if self._state_dir else None
@@ -292,12 +294,33 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         log.info("listening", group=network.group, port=network.port, interface=network.interface)
         return transport
 
+    async def _listen_unicast(
+        self, network: cfg.ControllerNetwork
+    ) -> asyncio.DatagramTransport | None:
+        """network.unicast_listen (off when empty): datagrams sent to this host directly,
+        taken by the very same path as the group's."""
+        if not network.unicast_listen:
+            return None
+        where = cfg.udp_address(network.unicast_listen, "", listen_port=network.port)
+        sock = net.open_unicast_receiver(*where)
+        transport, _ = await self.loop.create_datagram_endpoint(
+            lambda: _Receiver(self._on_datagram), sock=sock
+        )
+        log.info("listening_unicast", address=where[0], port=where[1])
+        return transport
+
     async def apply(self, new: ControllerConfig, keyring: Keyring) -> None:
         if new.network != self.config.network:
             transport = await self._listen(new.network)  # fails before the old one is closed
-            if self._transport is not None:
-                self._transport.close()
-            self._transport = transport
+            try:
+                unicast = await self._listen_unicast(new.network)
+            except net.NetworkError:
+                transport.close()
+                raise
+            for old in (self._transport, self._unicast):
+                if old is not None:
+                    old.close()
+            self._transport, self._unicast = transport, unicast
         old_zones = self.config.effective_zones()
         self._decided(self.core.reconfigure(new, keyring, self.loop.time()))
         if new.effective_zones() != old_zones:
@@ -313,6 +336,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+        if self._unicast is not None:
+            self._unicast.close()
         if self._timer is not None:
             self._timer.cancel()
 
@@ -485,6 +510,8 @@ class PublisherDaemon(Daemon[PublisherConfig]):
         self.loop = asyncio.get_running_loop()
         self.announcer = Announcer(config)
         self._sock: socket.socket | None = None
+        self._peers: list[tuple[socket.socket, tuple[str, int]]] = []
+        self.peer_errors: dict[str, int] = {}
         self._readers: list[Reader] = []
         self._latest: list[Reading | None] = []
         self._failing: dict[int, str] = {}
@@ -498,6 +525,7 @@ class PublisherDaemon(Daemon[PublisherConfig]):
     async def start(self, tg: asyncio.TaskGroup) -> None:
         self._tg = tg
         self._sock = self._open(self.config.network)
+        self._peers = _open_peers(self.config.network)
         self._start_sources(self.config)
         tg.create_task(self._sender(), name="sender")
 
@@ -533,6 +561,8 @@ class PublisherDaemon(Daemon[PublisherConfig]):
             if self._sock is not None:
                 self._sock.close()
             self._sock = sock
+            _close_peers(self._peers)
+            self._peers = _open_peers(new.network)
         self.announcer.config = new
         self._sign = _signer(new, keyring)
         if new.sources != self.config.sources:
@@ -542,6 +572,7 @@ class PublisherDaemon(Daemon[PublisherConfig]):
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
+        _close_peers(self._peers)
 
     def status(self) -> str:
         a = self.announcer
@@ -610,19 +641,27 @@ class PublisherDaemon(Daemon[PublisherConfig]):
         assert self._sock is not None
         n = self.config.network
         try:
-            key_id = self.config.auth.key_id
-            self._sock.sendto(
-                wire.encode(message, key_id=key_id, sign=self._sign), (n.group, n.port)
-            )
+            data = wire.encode(message, key_id=self.config.auth.key_id, sign=self._sign)
+        except wire.EncodeError as err:
+            self.send_errors += 1
+            log.error("send_failed", error=str(err))
+            return
+        try:
+            self._sock.sendto(data, (n.group, n.port))
         except OSError as err:
             self.send_errors += 1
             if self.send_errors == 1 or self.send_errors % 100 == 0:
                 log.error("send_failed", error=str(err), errors=self.send_errors, **_where(n))
-        except wire.EncodeError as err:
-            self.send_errors += 1
-            log.error("send_failed", error=str(err))
         else:
             self.sent += 1
+        for sock, peer in self._peers:  # network.unicast_peers: the same bytes, each peer
+            try:
+                sock.sendto(data, peer)
+            except OSError as err:
+                name = f"{peer[0]}:{peer[1]}"
+                errors = self.peer_errors[name] = self.peer_errors.get(name, 0) + 1
+                if errors == 1 or errors % 100 == 0:
+                    log.error("send_failed", peer=name, error=str(err), errors=errors)
 
     # --- operator tools (issue 8) -----------------------------------------------------
 
@@ -638,6 +677,24 @@ def _where(network: cfg.Network) -> dict[str, Any]:
     return {"group": network.group, "port": network.port, "interface": network.interface}
 
 
+def _open_peers(network: cfg.PublisherNetwork) -> list[tuple[socket.socket, tuple[str, int]]]:
+    """network.unicast_peers, each with a socket of its address family (shared)."""
+    peers = [cfg.udp_address(p, "network.unicast_peers") for p in network.unicast_peers]
+    sockets: dict[int, socket.socket] = {}
+    for address, _ in peers:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        if family not in sockets:
+            sockets[family] = net.open_unicast_sender(family)
+    if peers:
+        log.info("sending_unicast", peers=[f"{a}:{p}" for a, p in peers])
+    return [(sockets[socket.AF_INET6 if ":" in a else socket.AF_INET], (a, p)) for a, p in peers]
+
+
+def _close_peers(peers: list[tuple[socket.socket, tuple[str, int]]]) -> None:
+    for sock in {id(s): s for s, _ in peers}.values():
+        sock.close()
+
+
 async def serve(path: Path, config: cfg.Config, keyring: Keyring, *, dry_run: bool = False) -> None:
     """Run the daemon for ``config``'s role until SIGTERM.
 
@@ -647,6 +704,10 @@ async def serve(path: Path, config: cfg.Config, keyring: Keyring, *, dry_run: bo
     daemon: Daemon[Any]
     if isinstance(config, ControllerConfig):
         daemon = ControllerDaemon(path, config, keyring, dry_run=dry_run)
+    elif isinstance(config, RelayConfig):
+        from powercast.relay import RelayDaemon  # noqa: PLC0415  # the MQTT client only here
+
+        daemon = RelayDaemon(path, config, keyring)
     else:
         daemon = PublisherDaemon(path, config, keyring)
     try:

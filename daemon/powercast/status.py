@@ -236,6 +236,8 @@ def render(status: dict[str, Any]) -> str:
         return _render_publisher(status)
     if status.get("role") == "controller":
         return _render_controller(status)
+    if status.get("role") == "relay":
+        return _render_relay(status)
     return "\n".join(_header(status))
 
 
@@ -359,4 +361,29 @@ def _render_publisher(status: dict[str, Any]) -> str:
     for s in status["sources"]:
         health = "ok" if s["ok"] else f"FAILING: {s['error']}"
         lines.append(f"  {s['name']}: {health}")
+    return "\n".join(lines)
+
+
+def _render_relay(status: dict[str, Any]) -> str:
+    lines = _header(status)
+    n, b = status["network"], status["broker"]
+    lines.append(f"  network  {n['group']}:{n['port']} on {n['interface']} ({status['direction']})")
+    where = f"{b['host']}:{b['port']} topic {b['topic']}"
+    if b["connected"]:
+        state = f"connected since {_clock(b['connected_since'])}"
+    elif b["down_since"] is None:
+        state = "connecting"
+    else:
+        state = (
+            f"UNREACHABLE since {_clock(b['down_since'])}"
+            f" ({_ago(status['time'] - b['down_since'])}, {b['attempts']} attempts): {b['error']}"
+        )
+    lines.append(f"  broker   {where}: {state}")
+    c = status["counters"]
+    for side, what in (("segment", "heard here -> broker"), ("broker", "from broker -> here")):
+        counts = ", ".join(
+            f"{outcome} {c.get(f'{side}_{outcome}', 0)}"
+            for outcome in ("received", "relayed", "seen", "expired", "undecodable", "lost")
+        )
+        lines.append(f"  {what}: {counts}")
     return "\n".join(lines)
