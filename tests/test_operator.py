@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from powercast import control
+from powercast import cli, control
 
 from harness import GROUP, Daemon, free_port, make_keys, network, running, write_toml
 
@@ -64,30 +65,32 @@ def set_reading(path: Path, status: str, inlet: float) -> None:
     tmp.replace(path)
 
 
-def call_as_nobody(sock: Path) -> str:
-    """What `powercast status` prints for user nobody (uid 65534), from a forked child: root
-    cannot be refused, and nobody may not be able to run this venv's python."""
+def cli_as_nobody(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """`powercast ARGV` run as user nobody (uid 65534), from a forked child: root cannot be
+    refused, and nobody may not be able to run this venv's python. (status, stderr)"""
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: drop to nobody, ask, report the line, leave without cleanup
+    if pid == 0:  # the child: drop to nobody, run, leave without cleanup
         os.close(read_end)
-        line = "no error"
+        os.dup2(write_end, 2)
+        sys.stderr = os.fdopen(2, "w")  # not pytest's capture
+        code = 99
         try:
             os.setgroups([])
             os.setgid(65534)
             os.setuid(65534)
-            control.call(sock, {"request": "status"})
-        except control.ControlError as err:
-            line = f"powercast: {err}"
-        except BaseException as err:
-            line = repr(err)
-        os.write(write_end, line.encode())
-        os._exit(0)
+            os.environ.update(env or {})
+            code = cli.main(list(argv))
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as f:
-        line = f.read().decode()
-    os.waitpid(pid, 0)
-    return line
+        err = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), err
 
 
 class Site:
@@ -246,7 +249,8 @@ class TestCommandErrors:
         assert line.startswith(f"powercast: {missing}: connection refused: the controller is not")
 
     def test_permission_denied_is_one_line(self, site: Site) -> None:
-        """A user the socket's mode shuts out gets one line saying how to get access."""
+        """A user the socket's or its directory's mode shuts out gets one line saying how to
+        get access, whether the socket is named or found in the runtime directory."""
         shared = Path(tempfile.mkdtemp(prefix="pc-perm-"))
         try:
             shared.chmod(0o755)
@@ -259,21 +263,33 @@ class TestCommandErrors:
             )  # fmt: skip
             with running("control", "--config", str(path)) as ctl:
                 ctl.wait_for("control_listening")
+                runtime = {"RUNTIME_DIRECTORY": str(shared)}
                 if os.getuid() == 0:
-                    line = call_as_nobody(sock)
+                    named = cli_as_nobody("status", "--socket", str(sock))
+                    shared.chmod(0o700)  # now nobody cannot even look into the directory
+                    found = cli_as_nobody("status", env=runtime)
                 else:
                     sock.chmod(0)
                     done = powercast("status", "--socket", str(sock))
-                    assert done.returncode == 1
-                    line = done.stderr.strip()
+                    named = done.returncode, done.stderr
+                    shared.chmod(0)
+                    done = subprocess.run(
+                        [sys.executable, "-m", "powercast", "status"],
+                        capture_output=True, text=True, timeout=20, check=False,
+                        env={**os.environ, **runtime},
+                    )  # fmt: skip
+                    found = done.returncode, done.stderr
+                    shared.chmod(0o700)
         finally:
             for child in shared.iterdir():
                 child.unlink()
             shared.rmdir()
-        assert line == (
+        line = (
             f"powercast: {sock}: permission denied: run as root or as a member of group"
-            " powercast (sudo usermod -aG powercast $USER, then log in again)"
+            " powercast (sudo usermod -aG powercast $USER, then log in again)\n"
         )
+        assert named == (1, line)
+        assert found == (1, line)
 
     def test_bad_override_is_refused_with_the_reason(self, site: Site) -> None:
         """An override for a zone that does not exist comes back as one line naming the key."""
@@ -549,9 +565,16 @@ class TestOverrideRequest:
     def test_who_names_the_kernel_user_and_sudo(self) -> None:
         """who is the peer's user from its uid, with the sudo user when it differs."""
         peer = control.Peer(pid=1, uid=0, gid=0)
-        assert control.who(peer) == "root"
-        assert control.who(peer, "alice") == "root (sudo by alice)"
-        assert control.who(control.Peer(1, 2_000_000_000, 0)) == "uid 2000000000"
+        assert control.who(peer, {"user": "mallory"}) == "root"
+        assert control.who(peer, {"sudo_user": "alice"}) == "root (sudo by alice)"
+        assert control.who(control.Peer(1, 2_000_000_000, 0), {}) == "uid 2000000000"
+
+    def test_who_under_private_users_takes_the_clients_word_marked(self) -> None:
+        """When the daemon sees only the overflow uid (PrivateUsers=yes), the name the client
+        gives is logged, marked as the client's claim."""
+        hidden = control.Peer(pid=1, uid=control.OVERFLOW_UID, gid=control.OVERFLOW_UID)
+        assert control.who(hidden, {"user": "alice"}) == "alice (said by the client)"
+        assert control.who(hidden, {"user": "alice bob\n"}) == "alice_bob_ (said by the client)"
 
 
 class TestDuration:

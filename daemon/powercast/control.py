@@ -161,11 +161,26 @@ def parse_override(request: dict[str, Any], zones: list[str]) -> Order:
     return Order(zone, fans == "on", float(for_s), why)
 
 
-def who(peer: Peer, sudo_user: object = None) -> str:
-    """The peer's user name (the kernel's word), and the name sudo passed on, if any."""
+OVERFLOW_UID: Final = 65534
+"""The uid the kernel shows for a user not mapped into the daemon's user namespace (the
+units' PrivateUsers=yes maps only root and powercast): then only the client can say who."""
+
+
+def who(peer: Peer, request: dict[str, Any]) -> str:
+    """Who asked, for the log: the peer's user name from its uid (the kernel's word), with
+    the name sudo passed on; when the kernel cannot tell (the uid is not mapped here), the
+    user the client names, marked as such. The socket's mode already limited who could ask."""
+    user, sudo_user = request.get("user"), request.get("sudo_user")
+    name = peer.user
+    if peer.uid == OVERFLOW_UID and isinstance(user, str) and user:
+        name = f"{_clean(user)} (said by the client)"
     if isinstance(sudo_user, str) and sudo_user and sudo_user != peer.user:
-        return f"{peer.user} (sudo by {sudo_user[:32]})"
-    return peer.user
+        return f"{name} (sudo by {_clean(sudo_user)})"
+    return name
+
+
+def _clean(text: str) -> str:
+    return "".join(c if c.isprintable() and not c.isspace() else "_" for c in text[:32])
 
 
 # --- server ----------------------------------------------------------------------------------
@@ -185,6 +200,7 @@ def open_socket(path: Path, group: str = GROUP) -> socket.socket:
     if not path.parent.exists():
         try:
             path.parent.mkdir(mode=0o750)
+            path.parent.chmod(0o750)  # whatever the umask
         except OSError as err:
             raise ControlError(f"{path.parent}: cannot create: {err.strerror}") from None
         if gid is not None:
@@ -201,7 +217,10 @@ def open_socket(path: Path, group: str = GROUP) -> socket.socket:
         mode = 0o600
         if gid is not None:
             try:
-                os.chown(path, -1, gid)
+                # Under the units (Group=powercast) the file is the group's already, and
+                # their syscall filter would refuse a chown.
+                if os.stat(path).st_gid != gid:
+                    os.chown(path, -1, gid)
             except OSError as err:
                 log.warning(
                     "control_group_not_set",

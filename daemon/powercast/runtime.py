@@ -475,7 +475,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
     def _override_request(self, request: dict[str, Any], peer: control.Peer) -> dict[str, Any]:
         """An override from the control socket, logged with the peer's uid (SO_PEERCRED)."""
         order = control.parse_override(request, list(self.core.zones))
-        who = control.who(peer, request.get("sudo_user"))
+        who = control.who(peer, request)
         log.warning(
             "override_requested",
             zone=order.zone,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import re
 import socket
 import sys
@@ -168,6 +169,14 @@ def _network_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _user_name() -> str:
+    """Our user, for a daemon that cannot see our uid (it logs it marked as our claim)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"
+
+
 def _host_id() -> str:
     name = re.sub(r"[^A-Za-z0-9._:@-]", "-", socket.gethostname())[:64].lstrip("._:@-")
     return name or "node"
@@ -204,7 +213,19 @@ def _socket(args: argparse.Namespace, role: str | None) -> Path:
         return control.default_socket(role)
     controller = control.default_socket("controller")
     publisher = control.default_socket("publisher")
-    return publisher if not controller.exists() and publisher.exists() else controller
+    return publisher if not _exists(controller) and _exists(publisher) else controller
+
+
+def _exists(path: Path) -> bool:
+    """False only when it is surely not there: a path we may not look at is left for
+    control.call to explain."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -241,6 +262,7 @@ def _override(args: argparse.Namespace) -> int:
             )
             return 2
         request.update(fans=args.fans, for_s=args.for_s, reason=args.reason)
+    request["user"] = _user_name()
     if sudo_user := os.environ.get("SUDO_USER"):
         request["sudo_user"] = sudo_user
     answer = control.call(_socket(args, "controller"), request, timeout=args.timeout)
