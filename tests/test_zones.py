@@ -183,12 +183,13 @@ class TestZones:
         """Two zones fed the same datagrams decide each from their own publishers and sensors."""
         bench = two_halls(tmp_path)
         a, b, room = bench.publisher("ups-a"), bench.publisher("ups-b"), bench.publisher("room")
+        bench.send(room.say(0.0, UNKNOWN, ceiling=24.0), 0.0)  # only hall B reads the room
         bench.send(a.say(0.0, ON_BATTERY, inlet=25.0), 0.0)
         bench.send(b.say(0.0, ONLINE, inlet=25.0), 0.0)
         assert bench.states() == {"hall-a": "on_battery", "hall-b": "normal"}
         bench.send(b.say(1.0, ON_BATTERY, inlet=25.0), 1.0)
         assert bench.states() == {"hall-a": "on_battery", "hall-b": "shedding"}
-        bench.send(room.say(2.0, UNKNOWN, ceiling=31.0), 2.0)  # only hall B reads the room
+        bench.send(room.say(2.0, UNKNOWN, ceiling=31.0), 2.0)
         assert bench.states() == {"hall-a": "on_battery", "hall-b": "thermal_override"}
         for now in (3.0, 4.0):
             for pub in (a, b, room):
@@ -201,8 +202,9 @@ class TestZones:
     def test_decisions_name_their_zone(self, tmp_path: Path) -> None:
         """Every decision carries its zone's name and that zone's votes."""
         bench = two_halls(tmp_path)
-        a, b = bench.publisher("ups-a"), bench.publisher("ups-b")
+        a, b, room = bench.publisher("ups-a"), bench.publisher("ups-b"), bench.publisher("room")
         bench.send(a.say(0.0, ONLINE, inlet=25.0), 0.0)
+        bench.send(room.say(0.0, UNKNOWN, ceiling=24.0), 0.0)
         moved = bench.send(b.say(0.0, ON_BATTERY, inlet=25.0), 0.0)
         assert [(d.zone, d.state) for d in moved] == [
             ("hall-b", "on_battery"),
@@ -240,3 +242,13 @@ class TestZones:
         moved = bench.tick(3.0)
         assert [(d.zone, d.state) for d in moved] == [("hall-a", "failsafe")]
         assert "no fresh data" in moved[0].reason
+
+
+class TestRequiredSensors:
+    def test_a_configured_sensor_that_goes_quiet_makes_the_temperature_unknown(self) -> None:
+        """A listed sensor with no fresh reading may be the hot one: temperature unknown."""
+        readings = {"ups-a": (ON_BATTERY, {"inlet": 25.0})}
+        s = combine(readings, (), sensors=("ups-a/inlet", "ups-a/outlet"))
+        assert s.temperature is None
+        assert s.missing == ("ups-a/outlet",)
+        assert s.describe()["missing_sensors"] == ["ups-a/outlet"]

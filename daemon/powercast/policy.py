@@ -119,10 +119,12 @@ class Situation:
     """Publishers that were heard but whose data has run out."""
     votes: tuple[tuple[str, str], ...] = ()
     """Each fresh publisher's power status: which sources decided."""
+    missing: tuple[str, ...] = ()
+    """Configured sensors with no fresh reading: the zone temperature is then unknown."""
 
     def describe(self) -> dict[str, object]:
         """The readings as log fields."""
-        return {
+        fields: dict[str, object] = {
             "power": self.power.value,
             "temperature_c": self.temperature,
             "hottest": self.hottest,
@@ -130,6 +132,9 @@ class Situation:
             "stale": list(self.stale),
             "votes": dict(self.votes),
         }
+        if self.missing:
+            fields["missing_sensors"] = list(self.missing)
+        return fields
 
 
 NO_DATA: Final = Situation(power=PowerStatus.UNKNOWN, temperature=None)
@@ -290,10 +295,10 @@ class Policy:
         state = self.state
         temp = s.temperature
         if temp is None:
-            return (
-                "failsafe",
-                "on battery but no fresh temperature: cannot tell that shedding is safe",
+            what = (
+                f"no reading from {', '.join(s.missing)}" if s.missing else "no fresh temperature"
             )
+            return "failsafe", f"on battery but {what}: cannot tell that shedding is safe"
         if temp >= cfg.temp_high_c:
             limit = cfg.temp_high_c
             return "thermal_override", f"on battery but {_where(s)} is {temp:g} °C >= {limit:g}"
@@ -367,8 +372,11 @@ def combine(
                     values[name] = value
             elif power_from is None or publisher in power_from:
                 values[name] = value
-    hottest = max(values, key=values.__getitem__) if values else None
-    if not values:
+    # Every configured sensor (or glob) must be read: a sensor that went quiet may be the
+    # hot one, so without it the zone temperature is unknown, not the coolest of the rest.
+    missing = tuple(p for p in sensors if not any(fnmatch.fnmatchcase(n, p) for n in values))
+    hottest = max(values, key=values.__getitem__) if values and not missing else None
+    if not values or missing:
         zone_temp = None
     elif temperature == "mean":
         zone_temp = statistics.fmean(values.values())
@@ -382,6 +390,7 @@ def combine(
         sources=tuple(sorted(used)),
         stale=tuple(p for p in stale if _serves(p, power_from, sensors)),
         votes=votes,
+        missing=missing,
     )
 
 
