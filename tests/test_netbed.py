@@ -15,6 +15,7 @@ Needs root (network namespaces) and iptables for loss; skipped with the reason o
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -282,3 +283,36 @@ class TestAcrossHosts:
 
 def _status(frame: wire.Frame) -> str:
     return frame.message.power.status.value
+
+
+class TestSoak:
+    @pytest.mark.slow
+    def test_outages_under_loss_and_cuts(self, bed: Bed, tmp_path: Path) -> None:
+        """A minute of outages over lossy links with a controller cut off each round: every
+        controller on the wire follows each change in bounds, the cut one fails safe and
+        catches up, and none ever sheds while cut off."""
+        rounds = 12
+        options = {"tal_factor": 10.0, "policy": {"flap_max_sheds": 1000}}
+        with hall(bed, tmp_path, **options) as h:
+            for host in h.ctl_hosts:
+                bed.loss(host, 0.2)
+            h.wait_all("normal", BOOT_S)
+            for r in range(rounds):
+                cut = r % 3
+                others = [i for i in range(3) if i != cut]
+                bed.cut(h.ctl_hosts[cut])
+                h.wait_all("failsafe", 2.0 + STALE_MARGIN_S, only=[cut])  # TAL: 10 x 0.2 s
+                h.wait_all("on_battery", NEWS_S, since=h.set("ups-a", "on_battery"), only=others)
+                h.wait_all("shedding", 0.3 + NEWS_S, only=others)
+                assert h.controllers[cut].states()[-1] == "failsafe"
+                bed.heal(h.ctl_hosts[cut])
+                h.wait_all("on_battery", NEWS_S, only=[cut])
+                h.wait_all("shedding", 0.3 + NEWS_S, only=[cut])
+                h.wait_all("normal", 0.3 + NEWS_S, since=h.set("ups-a", "online"))
+            for i, ctl in enumerate(h.controllers):
+                states = ctl.states()
+                assert states.count("shedding") == rounds
+                for before, after in itertools.pairwise(states):
+                    assert (before, after) != ("failsafe", "shedding")
+                assert "failsafe" not in states[:1]
+                assert states.count("failsafe") == rounds // 3 + (1 if i < rounds % 3 else 0)
