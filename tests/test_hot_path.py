@@ -1,0 +1,136 @@
+"""The datagram path's shortcuts keep its behaviour: the controller's timer aims at current
+expiries only, and the receiver drains a burst in batches without losing or reordering."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from powercast import wire
+from powercast.auth import Keyring, keygen
+from powercast.config import ControllerAuth, ControllerConfig
+from powercast.config import Policy as PolicySettings
+from powercast.controller import Controller
+from powercast.runtime import RECEIVE_BATCH, _Receiver
+
+WALL = 1_700_000_000.0
+
+
+@pytest.fixture(scope="module")
+def keyring(tmp_path_factory: pytest.TempPathFactory) -> Keyring:
+    directory: Path = tmp_path_factory.mktemp("keys")
+    keygen(1, directory / "1.key")
+    return Keyring.load(directory)
+
+
+def datagram(keyring: Keyring, publisher: str, seq: int, now: float, tal: float = 3.0) -> bytes:
+    message = wire.Announcement(
+        publisher=publisher,
+        epoch=1,
+        seq=seq,
+        change=1,
+        sent=WALL + now,
+        tal=tal,
+        power=wire.Power(wire.PowerStatus.ONLINE),
+        temperatures={"inlet": 22.0},
+    )
+    return wire.encode(message, key_id=1, sign=keyring.signer(1))
+
+
+def controller(keyring: Keyring) -> Controller:
+    config = ControllerConfig(
+        auth=ControllerAuth(max_clock_skew_s=0.0),
+        policy=PolicySettings(startup_grace_s=0.0),
+    )
+    core = Controller(config, keyring)
+    core.start(0.0)
+    return core
+
+
+class TestControllerExpiries:
+    def test_deadline_is_the_earliest_current_expiry(self, keyring: Keyring) -> None:
+        """With heartbeats superseding each other, the deadline is the earliest publisher's
+        latest expiry, not the expiry of a datagram already superseded."""
+        core = controller(keyring)
+        for second in range(5):
+            for i in range(100):
+                now = second + i / 100
+                core.receive(datagram(keyring, f"ups-{i}", second + 1, now), now, WALL + now)
+        assert core.deadline() == pytest.approx(4.0 + 3.0)
+        assert core.tick(5.0) == []
+        assert core.policy.state == "normal"
+
+    def test_a_publisher_that_goes_quiet_still_expires(self, keyring: Keyring) -> None:
+        """After many superseded heartbeats, silence still ends in failsafe at the TAL."""
+        core = controller(keyring)
+        for seq in range(1, 21):
+            now = seq * 0.1
+            core.receive(datagram(keyring, "ups-a", seq, now), now, WALL + now)
+        assert core.policy.state == "normal"
+        deadline = core.deadline()
+        assert deadline == pytest.approx(2.0 + 3.0)
+        assert [d.state for d in core.tick(deadline)] == ["failsafe"]
+        assert core.deadline() is None
+
+    def test_a_shorter_tal_moves_the_deadline_earlier(self, keyring: Keyring) -> None:
+        """A later datagram promising less time brings the deadline forward."""
+        core = controller(keyring)
+        core.receive(datagram(keyring, "ups-a", 1, 0.0, tal=30.0), 0.0, WALL)
+        core.receive(datagram(keyring, "ups-a", 2, 1.0, tal=2.0), 1.0, WALL + 1.0)
+        assert core.deadline() == pytest.approx(3.0)
+        assert [d.state for d in core.tick(3.0)] == ["failsafe"]
+
+    def test_rejected_datagrams_are_not_accepted(self, keyring: Keyring) -> None:
+        """``accepted`` counts taken datagrams only: forged or replayed ones leave it."""
+        core = controller(keyring)
+        good = datagram(keyring, "ups-a", 5, 0.0)
+        core.receive(good, 0.0, WALL)
+        assert core.accepted == 1
+        core.receive(good[:-1] + bytes([good[-1] ^ 1]), 0.1, WALL + 0.1)  # bad tag
+        core.receive(datagram(keyring, "ups-a", 4, 0.2), 0.2, WALL + 0.2)  # replay
+        assert core.accepted == 1
+
+
+class TestReceiver:
+    def test_a_burst_arrives_whole_and_in_order_in_batches(self) -> None:
+        """300 queued datagrams reach the callback in order, at most RECEIVE_BATCH per turn
+        of the loop, and each turn gives other callbacks their chance."""
+
+        async def scenario() -> tuple[list[bytes], list[int]]:
+            loop = asyncio.get_running_loop()
+            rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            rx.bind(("127.0.0.1", 0))
+            rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            got: list[bytes] = []
+            turns: list[int] = []
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Receiver(got.append), sock=rx
+            )
+
+            def count_turn() -> None:
+                turns.append(len(got))
+                if len(got) < 300:
+                    loop.call_soon(count_turn)
+
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+                for i in range(300):
+                    tx.sendto(i.to_bytes(2, "big"), rx.getsockname())
+            time.sleep(0.05)  # all queued before the loop looks
+            loop.call_soon(count_turn)
+            deadline = loop.time() + 5
+            while len(got) < 300 and loop.time() < deadline:
+                await asyncio.sleep(0.001)
+            transport.close()
+            await asyncio.sleep(0)
+            return got, turns
+
+        got, turns = asyncio.run(scenario())
+        assert [int.from_bytes(d, "big") for d in got] == list(range(300))
+        steps = [b - a for a, b in itertools.pairwise(turns)]
+        assert max(steps) <= RECEIVE_BATCH
+        assert max(steps) > 1  # batched, not one per turn
