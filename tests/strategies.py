@@ -203,3 +203,28 @@ time_steps = st.one_of(
 
 histories = st.lists(st.tuples(time_steps, situations()), max_size=40)
 """What the policy is fed: (seconds since the previous evaluation, situation) pairs."""
+
+
+# -- controller: stateful runs over zones (tests/test_policy_stateful.py) ------------
+
+zone_temperatures = st.one_of(
+    st.none(),
+    st.sampled_from([20.0, 26.9, 27.0, 29.9, 30.0, 31.9, 32.0, 34.9, 35.0, 40.0]),
+    st.floats(min_value=0.0, max_value=60.0, allow_nan=False),
+)
+"""One sensor's reading, or None when the publisher does not report it; often right at
+one of the stateful zones' limits (30 and 35 °C) or their hysteresis bands."""
+
+sensor_readings = st.fixed_dictionaries({"inlet": zone_temperatures, "cpu": zone_temperatures}).map(
+    lambda readings: {name: value for name, value in readings.items() if value is not None}
+)
+"""What a publisher announces: an inlet and a cpu sensor, either or both may be missing."""
+
+pauses = st.one_of(
+    st.sampled_from([0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 12.0, 30.0]),
+    st.floats(min_value=0.0, max_value=40.0, allow_nan=False),
+)
+"""Seconds of fake time between two events: heartbeats, expiries and timers run in it."""
+
+override_lengths = st.sampled_from([0.5, 2.0, 10.0, 120.0])
+"""How long an operator's override lasts, in seconds."""

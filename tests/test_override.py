@@ -171,6 +171,23 @@ class TestOverrideInController:
         assert [d.state for d in ctrl.tick(20.0)] == ["normal"]
 
 
+    def test_override_ending_in_the_grace_waits_for_the_grace(self, tmp_path: Path) -> None:
+        """A restored override that ends while its zone waits for data sets no timer of
+        its own (it would fire again and again): the grace's end decides the zone."""
+        saved = Policy(SETTINGS)
+        saved.evaluate(seen(ONLINE, 25.0), 0.0)
+        saved.set_override(fans_on(0.5), 0.0)
+        record = persist.snapshot({"default": saved}, {}, 0.0, WALL)
+        ctrl = Controller(ControllerConfig(policy=SETTINGS), make_keyring(tmp_path / "keys"))
+        assert persist.restore(record, ctrl.zones, 10.0, WALL + 1.0) == ["default"]
+        ctrl.start(10.0)  # startup_grace_s: 3 s
+        assert ctrl.policy.deadline() == pytest.approx(9.5)  # already past
+        assert ctrl.deadline() == 13.0
+        assert [d.state for d in ctrl.tick(13.0)] == ["failsafe"]
+        assert ctrl.policy.override is None
+        assert ctrl.deadline() is None
+
+
 class TestOverridePersistence:
     def test_survives_snapshot_and_restore(self) -> None:
         """An override outlives a restart with its who, why and remaining time."""

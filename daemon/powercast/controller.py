@@ -194,7 +194,9 @@ class Controller:
 
     def deadline(self) -> float | None:
         """The next time :meth:`tick` has work to do."""
-        times = [p.deadline() for p in self.zones.values()]
+        # A zone waiting out the grace is not evaluated before its data or the grace's
+        # end: its own timers (a restored override's end) would only fire, again and again.
+        times = [p.deadline() for p in self.zones.values() if p.settled]
         times.append(self._next_expiry())
         if self.grace_until > float("-inf") and any(not p.settled for p in self.zones.values()):
             times.append(self.grace_until)

@@ -1,0 +1,351 @@
+"""Safety proofs: long random runs of a controller with zones, publishers, restarts, overrides.
+
+A hypothesis RuleBasedStateMachine drives the real Controller core (signed datagrams, a
+fake clock) through announcements, time passing (heartbeats, expiries and timers run in
+it), publishers going silent, restarts (persist.snapshot -> JSON -> a new Controller ->
+persist.restore, with the startup grace) and operator overrides. After every step, and
+at every timer and heartbeat inside a pause, it checks against its own model of who is
+fresh and what they said:
+
+1. Safety: a zone's fans are never off while any of its selected fresh temperatures is
+   at or above its temp_high_c (the mean, for a zone configured with mean), nor while it
+   has no fresh data or no fresh temperature.
+2. Liveness: on battery for longer than shed_after_s, fresh and cool, no override: the
+   zone sheds, unless the flap guard holds it, and then the reason says so.
+3. Flap guard: at most flap_max_sheds sheds within any flap_window_s.
+4. Timers: the controller's deadline is never in the past after a tick (the runtime's
+   timer would spin), and after the startup grace every zone has been decided.
+
+The one allowed exception to 1 is the startup grace: a zone restored from the state file
+keeps its saved state until its own data comes or the grace ends.
+
+Bounded by default (50 runs of up to 50 steps, a few seconds); HYPOTHESIS_PROFILE=long
+runs more, and ``pytest -m slow`` runs a large variant.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import statistics
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+
+from powercast import persist
+from powercast.auth import Keyring
+from powercast.config import ControllerConfig, Zone
+from powercast.config import Policy as PolicySettings
+from powercast.controller import Controller
+from powercast.policy import FANS_ON, Decision, Override
+from powercast.wire import PowerStatus
+
+from fakes import WALL, FakePublisher, make_keyring
+from strategies import override_lengths, pauses, sensor_readings
+
+PUBLISHERS = ("ups-a", "ups-b", "ups-c")
+TAL = 3.0
+HEARTBEAT_S = 1.0
+EPS = 1e-6
+"""Slack for times that went through the state file (monotonic -> wall clock -> back)."""
+BATTERY = (PowerStatus.ON_BATTERY, PowerStatus.LOW_BATTERY)
+ANNOUNCED = (*BATTERY, PowerStatus.ON_BATTERY, PowerStatus.ONLINE, PowerStatus.UNKNOWN)
+"""What a publisher says, twice as often on battery as anything else."""
+
+CONFIG = ControllerConfig(
+    policy=PolicySettings(
+        shed_after_s=5.0,
+        restore_after_s=3.0,
+        flap_window_s=60.0,
+        flap_max_sheds=3,
+        startup_grace_s=3.0,
+    ),
+    zones=[
+        # Every publisher votes, one "on battery" is enough; the hottest of all sensors.
+        Zone(name="hall"),
+        # Both UPSes of a redundant pair must say so; their own sensors; a lower limit.
+        Zone(
+            name="pair",
+            publishers=["ups-a", "ups-b"],
+            power_quorum=2,
+            sensors=["ups-a/*", "ups-b/*"],
+            policy=PolicySettings(
+                temp_high_c=30.0,
+                temp_hysteresis_c=1.0,
+                shed_after_s=2.0,
+                restore_after_s=1.0,
+                flap_window_s=20.0,
+                flap_max_sheds=2,
+            ),
+        ),
+        # One UPS; the mean of its inlet and another publisher's; no debounce at all.
+        Zone(
+            name="room",
+            publishers=["ups-c"],
+            sensors=["ups-c/inlet", "ups-a/inlet"],
+            temperature="mean",
+            policy=PolicySettings(
+                temp_hysteresis_c=0.0,
+                shed_after_s=0.0,
+                restore_after_s=0.0,
+                flap_window_s=10.0,
+                flap_max_sheds=1,
+            ),
+        ),
+    ],
+)
+ZONES = {zone.name: zone for zone in CONFIG.zones}
+
+LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
+BOUNDED = settings(
+    max_examples=1000 if LONG else 50,
+    stateful_step_count=200 if LONG else 50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+LARGE = settings(
+    max_examples=2000,
+    stateful_step_count=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+class ControllerRuns(RuleBasedStateMachine):
+    """The controller core under random events; its own model of freshness beside it."""
+
+    keyring: Keyring
+    """Set on the subclass that a test makes (a key made in tmp_path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.publishers = {n: FakePublisher.signed(n, self.keyring, TAL) for n in PUBLISHERS}
+        self.silent = set(PUBLISHERS)
+        """Publishers that send no heartbeats (none has spoken yet)."""
+        self.next_beat: dict[str, float] = {}
+        self.heard: dict[str, float] = {}
+        """When the running controller last took a datagram from each publisher."""
+        self.spells: dict[str, float | None] = dict.fromkeys(ZONES)
+        """Since when each zone's fresh data has said "on battery" without a break."""
+        self.sheds: dict[str, list[float]] = {name: [] for name in ZONES}
+        self.ctrl = Controller(CONFIG, self.keyring)
+        self.ctrl.start(self.now)
+
+    # -- the model -----------------------------------------------------------------------
+
+    def fresh(self, name: str) -> bool:
+        return name in self.heard and self.now < self.heard[name] + TAL
+
+    def votes(self, zone: Zone) -> list[PowerStatus]:
+        voters = zone.publishers or PUBLISHERS
+        return [self.publishers[n].power for n in PUBLISHERS if n in voters and self.fresh(n)]
+
+    def on_battery(self, zone: Zone) -> bool:
+        said = self.votes(zone)
+        battery = sum(status in BATTERY for status in said)
+        return PowerStatus.ONLINE not in said and battery >= zone.power_quorum
+
+    def temperatures(self, zone: Zone) -> dict[str, float]:
+        """The zone's selected fresh temperatures, by "publisher/sensor"."""
+        values = {}
+        for name in PUBLISHERS:
+            if not self.fresh(name):
+                continue
+            for sensor, value in self.publishers[name].temperatures.items():
+                key = f"{name}/{sensor}"
+                if zone.sensors:
+                    wanted = any(fnmatch.fnmatchcase(key, glob) for glob in zone.sensors)
+                else:
+                    wanted = not zone.publishers or name in zone.publishers
+                if wanted:
+                    values[key] = value
+        return values
+
+    def level(self, zone: Zone) -> float | None:
+        """The zone temperature; None without any, or while a listed sensor is quiet."""
+        values = self.temperatures(zone)
+        quiet = [g for g in zone.sensors if not any(fnmatch.fnmatchcase(k, g) for k in values)]
+        if not values or quiet:
+            return None
+        if zone.temperature == "mean":
+            return statistics.fmean(values.values())
+        return max(values.values())
+
+    # -- driving the controller ----------------------------------------------------------
+
+    def deliver(self, name: str, data: bytes) -> None:
+        """One datagram; the model follows it at once, as the controller does."""
+        self.record(self.ctrl.receive(data, self.now, WALL + self.now))
+        self.heard[name] = self.now
+        self.observe()
+
+    def record(self, decisions: list[Decision]) -> None:
+        for d in decisions:
+            if d.state != "shedding":
+                continue
+            sheds = self.sheds[d.zone]
+            sheds.append(d.at)
+            cfg = self.ctrl.zones[d.zone].settings
+            recent = [t for t in sheds if t > d.at - cfg.flap_window_s + EPS]
+            assert len(recent) <= cfg.flap_max_sheds, (
+                f"{d.zone}: {len(recent)} sheds within {cfg.flap_window_s} s: {recent}"
+            )
+
+    def observe(self) -> None:
+        for name, zone in ZONES.items():
+            if not self.on_battery(zone):
+                self.spells[name] = None
+            elif self.spells[name] is None:
+                self.spells[name] = self.now
+
+    def settle(self) -> None:
+        """Run the timers that are due now, as the runtime's timer would."""
+        for _ in range(20):
+            due = self.ctrl.deadline()
+            if due is None or due > self.now:
+                return
+            self.record(self.ctrl.tick(self.now))
+            self.observe()
+        raise AssertionError(
+            f"deadline {self.ctrl.deadline()} <= now {self.now} after ticks that moved"
+            f" nothing: the runtime's timer would fire again at once, forever"
+        )
+
+    def after(self) -> None:
+        self.observe()
+        self.settle()
+        self.check()
+
+    # -- rules ---------------------------------------------------------------------------
+
+    @rule(
+        name=st.sampled_from(PUBLISHERS),
+        power=st.sampled_from(ANNOUNCED),
+        readings=sensor_readings,
+    )
+    def announce(self, name: str, power: PowerStatus, readings: dict[str, float]) -> None:
+        """A publisher announces news, then keeps sending heartbeats."""
+        self.deliver(name, self.publishers[name].say(self.now, power, **readings))
+        self.silent.discard(name)
+        self.next_beat[name] = self.now + HEARTBEAT_S
+        self.after()
+
+    @rule(power=st.sampled_from([PowerStatus.ON_BATTERY, PowerStatus.ONLINE]), data=st.data())
+    def site_wide(self, power: PowerStatus, data: st.DataObject) -> None:
+        """The mains fail or return for every UPS at once: all publishers announce it."""
+        for name in PUBLISHERS:
+            readings = data.draw(sensor_readings, label=name)
+            self.deliver(name, self.publishers[name].say(self.now, power, **readings))
+            self.silent.discard(name)
+            self.next_beat[name] = self.now + HEARTBEAT_S
+        self.after()
+
+    @rule(name=st.sampled_from(PUBLISHERS))
+    def go_silent(self, name: str) -> None:
+        """A publisher stops sending: its data runs out at its TAL."""
+        self.silent.add(name)
+        self.after()
+
+    @rule(seconds=pauses)
+    def time_passes(self, seconds: float) -> None:
+        """Time passes: heartbeats of the live publishers, expiries and timers, in order."""
+        target = self.now + seconds
+        while True:
+            beats = [t for n, t in self.next_beat.items() if n not in self.silent]
+            due = self.ctrl.deadline()
+            step = min([*beats, target] + ([due] if due is not None else []))
+            self.now = max(self.now, step)
+            for name in PUBLISHERS:
+                if name not in self.silent and self.next_beat[name] <= self.now:
+                    self.deliver(name, self.publishers[name].heartbeat(self.now))
+                    self.next_beat[name] = self.now + HEARTBEAT_S
+            self.observe()
+            self.record(self.ctrl.tick(self.now))
+            self.after()
+            if step >= target:
+                return
+
+    @rule(down_s=st.sampled_from([0.0, 0.5, 4.0, 30.0]))
+    def restart(self, down_s: float) -> None:
+        """The controller stops, stays down a while, and starts from its state file."""
+        saved = persist.snapshot(self.ctrl.zones, {}, self.now, WALL + self.now)
+        record = msgspec.json.decode(msgspec.json.encode(saved), type=persist.StateRecord)
+        self.now += down_s
+        ctrl = Controller(CONFIG, self.keyring)
+        persist.restore(record, ctrl.zones, self.now, WALL + self.now)
+        ctrl.start(self.now)
+        self.ctrl = ctrl
+        self.heard = {}
+        for name in self.next_beat:
+            self.next_beat[name] = max(self.next_beat[name], self.now)
+        self.after()
+
+    @rule(zone=st.sampled_from(list(ZONES)), fans_on=st.booleans(), length=override_lengths)
+    def override(self, zone: str, fans_on: bool, length: float) -> None:
+        """An operator forces a zone's fans on or off for a while."""
+        order = Override(fans_on, self.now + length, "drill", "stateful test")
+        self.record(self.ctrl.set_override(zone, order, self.now))
+        self.after()
+
+    @rule(zone=st.sampled_from(list(ZONES)))
+    def clear_override(self, zone: str) -> None:
+        """An operator clears a zone's override."""
+        self.record(self.ctrl.set_override(zone, None, self.now))
+        self.after()
+
+    # -- invariants ----------------------------------------------------------------------
+
+    @invariant()
+    def check(self) -> None:
+        for name, zone in ZONES.items():
+            policy = self.ctrl.zones[name]
+            cfg = policy.settings
+            where = f"{name} at {self.now:g} in {policy.state} ({policy.reason})"
+            waiting = not policy.settled and self.now < self.ctrl.grace_until
+            if self.now >= self.ctrl.grace_until:
+                assert policy.settled, f"{where}: not decided after the grace"
+            level = self.level(zone)
+            if not FANS_ON[policy.state] and not waiting:
+                assert level is not None, f"{where}: fans off without a fresh temperature"
+                assert level < cfg.temp_high_c, f"{where}: fans off at {level} °C"
+                if policy.state == "shedding":
+                    said = self.votes(zone)
+                    assert said, f"{where}: shedding without fresh power data"
+                    assert self.on_battery(zone) or PowerStatus.ONLINE in said, where
+                else:
+                    assert policy.override is not None, where
+                    assert not policy.override.fans_on, where
+            if "flapping" in policy.reason:
+                assert len(policy.sheds) >= cfg.flap_max_sheds, where
+            since = self.spells[name]
+            due = since is not None and self.now >= since + cfg.shed_after_s + EPS
+            cool = level is not None and level <= cfg.temp_high_c - cfg.temp_hysteresis_c
+            if due and cool and level < cfg.temp_high_c and policy.override is None:
+                held = policy.state == "on_battery" and "flapping" in policy.reason
+                assert policy.state == "shedding" or held, f"{where}: should have shed"
+
+
+def machine(keyring: Keyring) -> type[ControllerRuns]:
+    return type("ControllerRuns", (ControllerRuns,), {"keyring": keyring})
+
+
+@pytest.fixture(scope="module")
+def keyring(tmp_path_factory: pytest.TempPathFactory) -> Keyring:
+    directory: Path = tmp_path_factory.mktemp("keys")
+    return make_keyring(directory)
+
+
+class TestControllerStateful:
+    def test_invariants_over_random_runs(self, keyring: Keyring) -> None:
+        """Safety, liveness, flap and timer invariants hold over bounded random runs."""
+        run_state_machine_as_test(machine(keyring), settings=BOUNDED)
+
+    @pytest.mark.slow
+    def test_invariants_over_long_random_runs(self, keyring: Keyring) -> None:
+        """The same invariants over 2,000 runs of up to 300 steps (pytest -m slow)."""
+        run_state_machine_as_test(machine(keyring), settings=LARGE)
