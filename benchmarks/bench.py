@@ -343,6 +343,44 @@ def toggle_changes(
         time.sleep(gap_s)
 
 
+BARE_RECEIVER = """
+import asyncio, socket, sys
+group, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_IP, 49, 0)  # IP_MULTICAST_ALL off
+s.bind((group, port))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+             socket.inet_aton(group) + socket.inet_aton("127.0.0.1"))
+class Drop(asyncio.DatagramProtocol):
+    def datagram_received(self, data, addr):
+        pass
+async def main():
+    await asyncio.get_running_loop().create_datagram_endpoint(Drop, sock=s)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+"""The baseline of idle and scale_1000: an asyncio datagram endpoint on the same group that
+drops what it gets. The controller's CPU above it is what powercast itself costs."""
+
+
+@contextlib.contextmanager
+def bare_receiver(port: int) -> Iterator[int]:
+    """A bare asyncio receiver process on GROUP:port; yields its pid."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BARE_RECEIVER, GROUP, str(port)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the bare receiver did not start")
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 # --- figures -------------------------------------------------------------------------------
 
 
@@ -688,23 +726,26 @@ def bench_idle(base: Path, quick: bool) -> dict[str, Any]:
         (["control", "--config", str(work.controller())], None),
         *((["publish", "--config", str(c)], None) for c in configs),
     ]
-    with daemons(*specs) as started:
+    with daemons(*specs) as started, bare_receiver(work.port) as bare:
         ctl = started[0]
         ctl.wait_for("ready", timeout=15)
         for d in started[1:]:
             d.wait_for("ready", timeout=15)
         ctl.wait_for("transition", timeout=10, state="normal")
         time.sleep(3.0)  # every publisher heard, past start-up work
-        pids = [d.proc.pid for d in started]
+        pids = [d.proc.pid for d in started] + [bare]
         before = [cpu_seconds(p) for p in pids]
         t0 = time.monotonic()
         time.sleep(window)
         elapsed = time.monotonic() - t0
         cpu = [100 * (cpu_seconds(p) - b) / elapsed for p, b in zip(pids, before, strict=True)]
         rss = [rss_mb(p) for p in pids]
+    baseline = cpu.pop()
+    rss.pop()
     pub_cpu, pub_rss = cpu[1:], rss[1:]
     return {
         "controller_cpu_pct": round(cpu[0], 3),
+        "baseline_cpu_pct": round(baseline, 3),
         "controller_rss_mb": round(rss[0], 1),
         "publisher_cpu_pct": round(statistics.mean(pub_cpu), 3),
         "publisher_cpu_pct_max": round(max(pub_cpu), 3),
@@ -775,20 +816,25 @@ def bench_scale_1000(base: Path, quick: bool) -> dict[str, Any]:
                 sent += 1
             slot += 1
 
-    with daemons((["control", "--config", str(work.controller())], None)) as (ctl,):
+    with (
+        daemons((["control", "--config", str(work.controller())], None)) as (ctl,),
+        bare_receiver(work.port) as bare,
+    ):
         ctl.wait_for("ready", timeout=10)
         send_for(3.0)  # every publisher heard: past the first-datagram work
         pid = ctl.proc.pid
-        before = cpu_seconds(pid)
+        before, bare_before = cpu_seconds(pid), cpu_seconds(bare)
         sent = 0
         t0 = time.monotonic()
         send_for(window)
         elapsed = time.monotonic() - t0
         cpu = 100 * (cpu_seconds(pid) - before) / elapsed
+        baseline = 100 * (cpu_seconds(bare) - bare_before) / elapsed
         rss = rss_mb(pid)
     sock.close()
     return {
         "cpu_pct": round(cpu, 2),
+        "baseline_cpu_pct": round(baseline, 2),
         "rss_mb": round(rss, 1),
         "datagrams_per_s": round(sent / elapsed),
         "window_s": window,
@@ -848,7 +894,7 @@ def describe(name: str, r: dict[str, Any]) -> tuple[str, str]:
             f"controller {r['controller_cpu_pct']:.3f} % {r['controller_rss_mb']:.0f} MB;"
             f" publishers {r['publisher_cpu_pct']:.3f} % (max {r['publisher_cpu_pct_max']:.3f})"
             f" {r['publisher_rss_mb']:.0f} MB",
-            f"over {r['window_s']:g} s",
+            f"bare asyncio receiver {r['baseline_cpu_pct']:.3f} %; over {r['window_s']:g} s",
         )
     if name == "ready":
         return (
@@ -859,7 +905,8 @@ def describe(name: str, r: dict[str, Any]) -> tuple[str, str]:
     if name == "scale_1000":
         return (
             f"{r['cpu_pct']:.2f} % of a core, {r['rss_mb']:.0f} MB",
-            f"{r['datagrams_per_s']:,} signed datagrams/s over {r['window_s']:g} s",
+            f"bare asyncio receiver {r['baseline_cpu_pct']:.2f} %;"
+            f" {r['datagrams_per_s']:,} signed datagrams/s over {r['window_s']:g} s",
         )
     return json.dumps(r), ""
 
