@@ -86,7 +86,8 @@ def make_files(tmp_path: Path, grace: float) -> Files:
 
 
 class Watch:
-    """Reads the pwm file every 2 ms in a thread; keeps every value seen, in order."""
+    """Reads the pwm file every 2 ms in a thread; keeps every value seen, in order (an
+    empty read, mid-rewrite, is neither on nor off and is skipped)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -100,7 +101,8 @@ class Watch:
         while not self._stop.is_set():
             value = self.path.read_text().strip()
             self.reads += 1
-            if not self.values or self.values[-1] != value:
+            # Empty: caught between the truncate and the write of a new value.
+            if value and (not self.values or self.values[-1] != value):
                 self.values.append(value)
             time.sleep(0.002)
 

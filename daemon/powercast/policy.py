@@ -309,12 +309,13 @@ class Policy:
         status = s.power.value.replace("_", " ")
         if state == "shedding":
             return "shedding", f"{status}, {_where(s)} {temp:g} °C"
+        free = self._flap_free()
+        if now < free and since + cfg.shed_after_s < free:  # held past the debounce: say so now
+            return "on_battery", (
+                f"flapping: {len(self.sheds)} sheds in {cfg.flap_window_s:g} s;"
+                f" fans stay on for {free - now:.0f} s more"
+            )
         if state in ("on_battery", "thermal_override") and now >= since + cfg.shed_after_s:
-            if now < (free := self._flap_free()):
-                return "on_battery", (
-                    f"flapping: {len(self.sheds)} sheds in {cfg.flap_window_s:g} s;"
-                    f" fans stay on for {free - now:.0f} s more"
-                )
             return "shedding", (
                 f"{status} for {elapsed:.1f} s, {_where(s)} {temp:g} °C < {cfg.temp_high_c:g}"
             )

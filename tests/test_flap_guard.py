@@ -1,0 +1,60 @@
+"""The flap guard: at most flap_max_sheds sheds per flap_window_s, and the reason says so."""
+
+from __future__ import annotations
+
+from powercast.config import Policy as PolicySettings
+from powercast.policy import Policy, Situation
+from powercast.wire import PowerStatus
+
+SETTINGS = PolicySettings(
+    shed_after_s=5.0, restore_after_s=0.0, flap_window_s=100.0, flap_max_sheds=2
+)
+BATTERY = Situation(PowerStatus.ON_BATTERY, 25.0, "ups/inlet", sources=("ups",))
+ONLINE = Situation(PowerStatus.ONLINE, 25.0, "ups/inlet", sources=("ups",))
+
+
+def outages(p: Policy, starts: list[float]) -> list[float]:
+    """An outage at each start, lasting 10 s; when each shed (at its deadline), or not."""
+    shed_at = []
+    for start in starts:
+        p.evaluate(BATTERY, start)
+        while (due := p.deadline()) is not None and due <= start + 10.0:
+            if any(d.state == "shedding" for d in p.evaluate(BATTERY, due)):
+                shed_at.append(due)
+        p.evaluate(ONLINE, start + 10.0)
+    return shed_at
+
+
+class TestFlapGuard:
+    def test_at_most_max_sheds_per_window(self) -> None:
+        """Outages every 20 s: two shed, the next ones within the window keep the fans on."""
+        p = Policy(SETTINGS)
+        assert outages(p, [0.0, 20.0, 40.0, 60.0]) == [5.0, 25.0]
+        assert p.state == "normal"
+
+    def test_held_outage_says_flapping_from_its_start(self) -> None:
+        """An outage the guard will hold is logged as flapping when it begins, not as a
+        shed that is coming (the rules do not run again at the end of the debounce)."""
+        p = Policy(SETTINGS)
+        outages(p, [0.0, 20.0])
+        moved = p.evaluate(BATTERY, 40.0)
+        assert [d.state for d in moved] == ["on_battery"]
+        assert moved[0].reason == "flapping: 2 sheds in 100 s; fans stay on for 65 s more"
+        assert p.deadline() == 105.0  # when the first shed leaves the window
+
+    def test_sheds_again_once_the_oldest_shed_leaves_the_window(self) -> None:
+        """A long outage held by the guard sheds at the moment the window frees a shed."""
+        p = Policy(SETTINGS)
+        outages(p, [0.0, 20.0])
+        p.evaluate(BATTERY, 40.0)
+        assert p.evaluate(BATTERY, 104.9) == []
+        assert p.state == "on_battery"
+        assert [d.state for d in p.evaluate(BATTERY, 105.0)] == ["shedding"]
+
+    def test_guard_that_frees_before_the_debounce_ends_is_not_mentioned(self) -> None:
+        """When the window frees a shed before the debounce is over, it is a plain debounce."""
+        p = Policy(SETTINGS)
+        outages(p, [0.0, 20.0])
+        moved = p.evaluate(BATTERY, 101.0)
+        assert moved[0].reason == "on battery, shedding in 5.0 s unless power returns"
+        assert p.deadline() == 106.0
