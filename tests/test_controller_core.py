@@ -254,7 +254,7 @@ class TestController:
             (b"XXXX" + bytes(20), "magic"),
             (struct.pack("!4sBBHH", b"PWRC", 9, 0, 0, 0), "version"),
             (struct.pack("!4sBBHH", b"PWRC", 1, 0, 0, 5), "length"),
-            (bad_body(), "body"),
+            (bad_body(), "unsigned"),  # enforcing: refused before its body is read
             (bytes(wire.MAX_DATAGRAM + 1), "size"),
         ],
     )
@@ -274,6 +274,27 @@ class TestController:
         after = (ctrl.policy.state, ctrl.policy.situation, session.message, session.expires_at)
         assert after == before
         assert ctrl.notices[0].fields["reason"] == reason
+
+    def test_signed_datagram_with_a_bad_body_is_rejected_as_body(
+        self, make: Callable[..., Bench]
+    ) -> None:
+        """A correctly signed datagram whose body is not an announcement is a body error."""
+        bench = make()
+        body = b"\x93\x01\x02\x03"
+        signed = wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.TAG_SIZE, KEY_ID, len(body)) + body
+        assert bench.receive(signed + bench.keyring.signer(KEY_ID)(signed), 1.0) == []
+        assert bench.ctrl.counters["rejected.body"] == 1
+
+    def test_forgery_is_refused_before_its_body_is_decoded(
+        self, make: Callable[..., Bench]
+    ) -> None:
+        """A bad tag is refused as bad_tag even when the body would not decode either."""
+        bench = make()
+        body = b"\x93\x01\x02\x03"
+        signed = wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.TAG_SIZE, KEY_ID, len(body)) + body
+        assert bench.receive(signed + bytes(wire.TAG_SIZE), 1.0) == []
+        assert bench.ctrl.counters["rejected.bad_tag"] == 1
+        assert bench.ctrl.counters["rejected.body"] == 0
 
     def test_rejection_notices_are_rate_limited(self, make: Callable[..., Bench]) -> None:
         """Bad datagrams within 10 s give one notice; the next one says how many went unlogged."""

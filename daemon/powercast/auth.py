@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from powercast.config import ControllerConfig, PublisherConfig, RelayConfig
-from powercast.wire import TAG_SIZE, Frame
+from powercast.wire import TAG_SIZE, Envelope, Frame
 
 KEY_FILE: Final = re.compile(r"^(?:.*_)?(\d{1,5})\.key$")
 DEFAULT_DIR: Final = Path("/etc/powercast/keys")
@@ -94,7 +94,7 @@ class Keyring:
 
         return sign
 
-    def verify(self, frame: Frame) -> str | None:
+    def verify(self, frame: Frame | Envelope) -> str | None:
         """None when the tag is good, else why not: ``unsigned``, ``unknown_key``, ``bad_tag``."""
         if frame.key_id == 0:
             return "unsigned"

