@@ -170,7 +170,6 @@ class TestOverrideInController:
         assert ctrl.tick(19.0) == []
         assert [d.state for d in ctrl.tick(20.0)] == ["normal"]
 
-
     def test_override_ending_in_the_grace_waits_for_the_grace(self, tmp_path: Path) -> None:
         """A restored override that ends while its zone waits for data sets no timer of
         its own (it would fire again and again): the grace's end decides the zone."""
