@@ -272,9 +272,10 @@ class TestModbusDriver:
         gaps, worker, coil = run(go())
         assert (worker.status, worker.known, worker.attempts, coil) == ("ok", True, 0, [True])
         # Waits of 0.05, 0.1, 0.2 s (capped), each plus a refused connect of well under 50 ms.
-        assert 0.05 <= gaps[0] < 0.1
-        assert 0.1 <= gaps[1] < 0.15
-        assert 0.2 <= gaps[2] < 0.25
+        # Doubling from min_backoff_s; the upper bounds leave room for a busy machine.
+        assert 0.05 <= gaps[0] < 0.05 + 0.5
+        assert 0.1 <= gaps[1] < 0.1 + 0.5
+        assert 0.2 <= gaps[2] < 0.2 + 0.5
 
 
 # -- command ------------------------------------------------------------------------------
@@ -349,7 +350,7 @@ class TestCommandDriver:
                 return time.monotonic() - started
 
         took = run(go())
-        assert 0.3 <= took < 1.0
+        assert 0.3 <= took < 3.0
         assert worker.known is None
         pid = int(pidfile.read_text())
         assert not Path(f"/proc/{pid}").exists()  # killed and reaped
