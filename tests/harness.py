@@ -74,10 +74,21 @@ class Notify:
 
 
 class Daemon:
-    """``python -m powercast ARGS`` with its JSON log lines collected from stderr."""
+    """``python -m powercast ARGS`` with its JSON log lines collected from stderr.
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
+    Each event is stamped with ``_at``, the test's monotonic time when it was read.
+    ``proc`` takes a process started some other way (e.g. inside a network namespace).
+    """
+
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        proc: subprocess.Popen[bytes] | None = None,
+        name: str = "daemon",
+    ) -> None:
+        self.name = name
+        self.proc = proc or subprocess.Popen(
             [sys.executable, "-m", "powercast", *args],
             stderr=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -95,6 +106,7 @@ class Daemon:
                 event = json.loads(raw)
             except ValueError:
                 event = {"event": "output", "text": raw.decode(errors="replace").rstrip()}
+            event["_at"] = time.monotonic()
             self.events.put(event)
 
     def wait_for(self, event: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
@@ -109,8 +121,8 @@ class Daemon:
             if got.get("event") == event and all(got.get(k) == v for k, v in fields.items()):
                 return got
         raise AssertionError(
-            f"no {event} {fields} in {timeout} s; saw: {[e.get('event') for e in self.seen]}"
-            f" last: {self.seen[-5:]}"
+            f"{self.name}: no {event} {fields} in {timeout:.2f} s;"
+            f" saw: {[e.get('event') for e in self.seen]} last: {self.seen[-5:]}"
         )
 
     def wait(self, timeout: float = 10.0) -> int:

@@ -38,7 +38,6 @@ import socket
 import string
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ from typing import Any
 
 import tomli_w
 
-from harness import make_keys
+from harness import Daemon, make_keys
 
 PREFIX = "pcnb"
 """Every namespace, bridge and veth of a bed starts with this."""
@@ -310,51 +309,20 @@ class Bed:
 # --- daemons in hosts ----------------------------------------------------------------------
 
 
-class NetDaemon:
-    """``python -m powercast ARGS`` inside a host, its JSON log lines collected from stderr.
-
-    The same interface as ``harness.Daemon`` (``wait_for``, ``seen``, ``stop``), plus
-    :meth:`kill` for a crash.
+class NetDaemon(Daemon):
+    """``python -m powercast ARGS`` inside a host: ``harness.Daemon`` (``wait_for``,
+    ``seen``, ``stop``), plus :meth:`drain`, :meth:`states` and :meth:`kill` for a crash.
     """
 
     def __init__(self, bed: Bed, host: Host, *args: str, env: dict[str, str] | None = None):
         self.host = host
-        self.proc = bed.start(
+        proc = bed.start(
             host,
             sys.executable, "-m", "powercast", *args,
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
         )  # fmt: skip
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.seen: list[dict[str, Any]] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                event = {"event": "output", "text": raw.decode(errors="replace").rstrip()}
-            event["_at"] = time.monotonic()
-            self.events.put(event)
-
-    def wait_for(self, event: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
-        """The next log event named ``event`` whose fields match ``fields``."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                got = self.events.get(timeout=left)
-            except queue.Empty:
-                break
-            self.seen.append(got)
-            if got.get("event") == event and all(got.get(k) == v for k, v in fields.items()):
-                return got
-        raise AssertionError(
-            f"{self.host.name}: no {event} {fields} in {timeout:.2f} s;"
-            f" saw: {[e.get('event') for e in self.seen]} last: {self.seen[-5:]}"
-        )
+        super().__init__(proc=proc, name=host.name)
 
     def drain(self) -> list[dict[str, Any]]:
         """Move every event logged so far into ``seen``; return them."""
@@ -382,17 +350,6 @@ class NetDaemon:
         self.proc.kill()
         self.proc.wait()
         self._reader.join(2)
-
-    def stop(self, timeout: float = 5.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(2)
-        return self.proc.returncode
 
 
 # --- configs ----------------------------------------------------------------------------
