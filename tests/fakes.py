@@ -33,13 +33,16 @@ class FakePublisher:
     """Just enough of a publisher: counters, the latest reading, signed datagrams."""
 
     name: str
-    sign: Callable[[bytes], bytes]
+    sign: Callable[[bytes], bytes] | None
+    """None sends unsigned datagrams (a forger without the key)."""
     tal: float = 3.0
     epoch: int = 1
     seq: int = 0
     change: int = 0
     power: PowerStatus = PowerStatus.UNKNOWN
     temperatures: dict[str, float] = field(default_factory=dict)
+    last: bytes = b""
+    """The latest datagram, to send again."""
 
     @classmethod
     def signed(cls, name: str, keyring: Keyring, tal: float = 3.0) -> FakePublisher:
@@ -52,8 +55,9 @@ class FakePublisher:
         self.change += 1
         return self.heartbeat(now)
 
-    def heartbeat(self, now: float) -> bytes:
-        """The next datagram with the same change number and readings."""
+    def heartbeat(self, now: float, **temperatures: float) -> bytes:
+        """The next datagram with the same change number (temperatures may drift)."""
+        self.temperatures.update(temperatures)
         self.seq += 1
         message = Announcement(
             publisher=self.name,
@@ -65,4 +69,8 @@ class FakePublisher:
             power=Power(self.power),
             temperatures=dict(self.temperatures),
         )
-        return wire.encode(message, key_id=KEY_ID, sign=self.sign)
+        if self.sign is None:
+            self.last = wire.encode(message)
+        else:
+            self.last = wire.encode(message, key_id=KEY_ID, sign=self.sign)
+        return self.last

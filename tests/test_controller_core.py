@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +21,13 @@ from powercast.config import ControllerAuth, ControllerConfig
 from powercast.config import Policy as PolicySettings
 from powercast.controller import LOG_EVERY_S, Controller
 from powercast.policy import Decision
-from powercast.wire import Announcement, Power, PowerStatus
+from powercast.wire import PowerStatus
+
+from fakes import KEY_ID, WALL, FakePublisher
 
 ONLINE = PowerStatus.ONLINE
 ON_BATTERY = PowerStatus.ON_BATTERY
-WALL = 1_700_000_000.0
 """The wall clock at monotonic time 0."""
-KEY_ID = 1
 
 
 @pytest.fixture(scope="module")
@@ -39,48 +39,6 @@ def keyring(tmp_path_factory: pytest.TempPathFactory) -> Keyring:
 
 
 @dataclass
-class FakePublisher:
-    """Just enough of a publisher: counters, the latest reading, signed datagrams."""
-
-    sign: Callable[[bytes], bytes] | None
-    name: str = "ups-a"
-    epoch: int = 1
-    tal: float = 3.0
-    seq: int = 0
-    change: int = 0
-    power: PowerStatus = PowerStatus.UNKNOWN
-    temperatures: dict[str, float] = field(default_factory=dict)
-    last: bytes = b""
-    """The latest datagram, to send again."""
-
-    def say(self, now: float, power: PowerStatus, **temperatures: float) -> bytes:
-        """News at ``now``: a new reading with the next change number."""
-        self.power, self.temperatures = power, temperatures
-        self.change += 1
-        return self.heartbeat(now)
-
-    def heartbeat(self, now: float, **temperatures: float) -> bytes:
-        """The next datagram with the same change number (temperatures may drift)."""
-        self.temperatures.update(temperatures)
-        self.seq += 1
-        message = Announcement(
-            publisher=self.name,
-            epoch=self.epoch,
-            seq=self.seq,
-            change=self.change,
-            sent=WALL + now,
-            tal=self.tal,
-            power=Power(self.power),
-            temperatures=dict(self.temperatures),
-        )
-        if self.sign is None:
-            self.last = wire.encode(message)
-        else:
-            self.last = wire.encode(message, key_id=KEY_ID, sign=self.sign)
-        return self.last
-
-
-@dataclass
 class Bench:
     """A controller and the publishers that talk to it, on one fake clock."""
 
@@ -89,7 +47,7 @@ class Bench:
 
     def publisher(self, name: str = "ups-a", **kw: Any) -> FakePublisher:
         """A publisher holding the controller's key."""
-        return FakePublisher(self.keyring.signer(KEY_ID), name, **kw)
+        return FakePublisher(name, self.keyring.signer(KEY_ID), **kw)
 
     def receive(self, data: bytes, now: float) -> list[Decision]:
         """Deliver ``data`` at monotonic ``now`` (wall clock in step)."""
@@ -388,7 +346,7 @@ class TestController:
         bench = make()
         ctrl = bench.ctrl
         bench.say(bench.publisher(), 0.0, ON_BATTERY, cpu=25.0)
-        forged = FakePublisher(None, "forged", epoch=666)
+        forged = FakePublisher("forged", None, epoch=666)
         assert bench.say(forged, 1.0, ONLINE) == []
         assert ctrl.counters["rejected.unsigned"] == 1
         assert ctrl.policy.state == "on_battery"
@@ -398,7 +356,7 @@ class TestController:
         """With auth.mode = permissive an unsigned datagram counts, with a counter and a notice."""
         bench = make(auth="permissive")
         ctrl = bench.ctrl
-        assert bench.say(FakePublisher(None), 0.0, ONLINE, cpu=25.0) == ["normal"]
+        assert bench.say(FakePublisher("ups-a", None), 0.0, ONLINE, cpu=25.0) == ["normal"]
         assert ctrl.counters["accepted.unsigned"] == 1
         assert [n.event for n in ctrl.notices] == ["datagram_not_authentic"]
 
