@@ -275,7 +275,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
                 key = f"{zone.name}/{index}"
                 driver = make_driver(actuator, f"{key}({actuator.__struct_config__.tag})")
                 worker = Worker(driver, zone.name, known=known.get(key), dry_run=self.dry_run)
-                worker.on_change = lambda _: self._save()
+                worker.on_change = self._actuator_changed
                 await worker.probe()
                 workers.append(worker)
             self.workers[zone.name] = workers
@@ -351,7 +351,14 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             text = f"{policy.state}: {policy.reason}"
         else:
             text = "; ".join(f"{name} {p.state}" for name, p in zones.items())
-        return f"{text} ({fresh}/{heard} publishers fresh)"
+        failed = [w.driver.name for ws in self.workers.values() for w in ws if w.status == "failed"]
+        alarm = f"; ACTUATOR FAILED, position unknown: {', '.join(failed)}" if failed else ""
+        return f"{text} ({fresh}/{heard} publishers fresh){alarm}"
+
+    def _actuator_changed(self, worker: Worker) -> None:
+        """Keep the state file and systemd's status line true to the actuators."""
+        self._save()
+        self.notifier.status(self.status())
 
     def _on_datagram(self, data: bytes) -> None:
         accepted = self.core.accepted
