@@ -13,7 +13,7 @@ import pytest
 
 from powercast import persist
 from powercast.auth import Keyring
-from powercast.config import ControllerConfig, Zone
+from powercast.config import ConfigError, ControllerConfig, Zone, parse
 from powercast.config import Policy as PolicySettings
 from powercast.controller import Controller
 from powercast.policy import FANS_ON, Decision, Policy, Reading, combine
@@ -252,3 +252,25 @@ class TestRequiredSensors:
         assert s.temperature is None
         assert s.missing == ("ups-a/outlet",)
         assert s.describe()["missing_sensors"] == ["ups-a/outlet"]
+
+
+class TestZonePolicy:
+    def test_zone_keys_override_the_top_level_ones(self) -> None:
+        """A zone's [zones.policy] changes only the keys it gives; the rest are the top level's."""
+        config = parse(
+            'role = "controller"\n[policy]\ntemp_high_c = 40.0\nshed_after_s = 7.0\n'
+            '[[zones]]\nname = "a"\n[zones.policy]\nshed_after_s = 1.0\n'
+            '[[zones]]\nname = "b"\n',
+            "c.toml",
+        )
+        assert isinstance(config, ControllerConfig)
+        a, b = (config.policy_for(zone) for zone in config.zones)
+        assert (a.temp_high_c, a.shed_after_s) == (40.0, 1.0)
+        assert (b.temp_high_c, b.shed_after_s) == (40.0, 7.0)
+
+    def test_zone_policy_refuses_top_level_only_keys(self) -> None:
+        """Keys that are only read from the top level are refused in a zone, naming them."""
+        with pytest.raises(ConfigError, match=r"zones\[0\].policy: unknown key 'publishers'"):
+            parse(
+                'role = "controller"\n[[zones]]\nname = "a"\n[zones.policy]\npublishers = []\n', "c"
+            )

@@ -447,6 +447,17 @@ class Policy(_Table, frozen=True):
     toggle fans that are already right."""
 
 
+class ZonePolicy(_Table, frozen=True):
+    """A zone's own thresholds and timers; a key left out keeps the top-level [policy]'s."""
+
+    temp_high_c: Celsius | None = None
+    temp_hysteresis_c: Annotated[float, msgspec.Meta(ge=0.0, le=50.0)] | None = None
+    shed_after_s: Annotated[float, msgspec.Meta(ge=0.0, le=86_400.0)] | None = None
+    restore_after_s: Annotated[float, msgspec.Meta(ge=0.0, le=86_400.0)] | None = None
+    flap_window_s: Annotated[float, msgspec.Meta(gt=0.0, le=86_400.0)] | None = None
+    flap_max_sheds: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
+
+
 class Action(_Table, frozen=True):
     """A command run on entering a state: argv without a shell, bounded by a timeout."""
 
@@ -515,8 +526,8 @@ class Zone(_Table, frozen=True):
     """Globs over "publisher/sensor"; empty: every sensor of the zone's publishers."""
     temperature: Literal["max", "mean"] = "max"
     """How the zone's sensors combine; max is the safe choice."""
-    policy: Policy | None = None
-    """Thresholds and timers for this zone; absent: the top-level [policy]."""
+    policy: ZonePolicy | None = None
+    """This zone's thresholds and timers, over the top-level [policy]."""
     actions: list[Action] = []
     actuators: list[Actuator] = []
 
@@ -551,6 +562,19 @@ class ControllerConfig(_Table, frozen=True):
                 "actions: expected actions and actuators inside [[zones]] when zones are"
                 " given, got top-level ones too"
             )
+
+    def policy_for(self, zone: Zone) -> Policy:
+        """The top-level [policy] with the zone's own keys over it."""
+        own = zone.policy
+        if own is None:
+            return self.policy
+        changes = {
+            name: value
+            for name in own.__struct_fields__
+            if name not in ("publishers", "max_tal_s", "startup_grace_s")
+            and (value := getattr(own, name)) is not None
+        }
+        return msgspec.structs.replace(self.policy, **changes)
 
     def effective_zones(self) -> list[Zone]:
         """The zones to run: as configured, or one "default" zone from the top level."""

@@ -65,7 +65,7 @@ class Controller:
     def __post_init__(self) -> None:
         self.zone_configs = {z.name: z for z in self.config.effective_zones()}
         self.zones = {
-            name: Policy(zone.policy or self.config.policy, zone=name)
+            name: Policy(self.config.policy_for(zone), zone=name)
             for name, zone in self.zone_configs.items()
         }
         self._allowed = frozenset(self.config.policy.publishers)
@@ -81,11 +81,11 @@ class Controller:
         self.keyring = keyring
         self.zone_configs = {z.name: z for z in config.effective_zones()}
         self.zones = {  # zones that stay keep their state; new ones start in failsafe
-            name: self.zones.get(name) or Policy(zone.policy or config.policy, zone=name)
+            name: self.zones.get(name) or Policy(config.policy_for(zone), zone=name)
             for name, zone in self.zone_configs.items()
         }
         for name, policy in self.zones.items():
-            policy.settings = self.zone_configs[name].policy or config.policy
+            policy.settings = config.policy_for(self.zone_configs[name])
         self._allowed = frozenset(config.policy.publishers)
         if self._allowed:  # publishers no longer listed stop counting now, not at their TAL
             self.sessions = {p: s for p, s in self.sessions.items() if p in self._allowed}
