@@ -236,9 +236,9 @@ class TestCommandErrors:
         done = powercast("status", "--socket", str(missing))
         assert done.returncode == 1
         assert done.stderr.splitlines() == [
-            f"powercast: {missing}: no such socket: the controller is not running on this host,"
-            " or it listens elsewhere (start it: systemctl start powercast-controller; or give"
-            " --socket PATH)"
+            f"powercast: {missing}: no such socket: the powercast controller is not running on"
+            " this host, or it listens elsewhere (start it: systemctl start powercast-controller;"
+            " or give --socket PATH)"
         ]
         stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         stale.bind(str(missing))
@@ -246,7 +246,9 @@ class TestCommandErrors:
         done = powercast("override", "--socket", str(missing), "--clear")
         assert done.returncode == 1
         (line,) = done.stderr.splitlines()
-        assert line.startswith(f"powercast: {missing}: connection refused: the controller is not")
+        assert line.startswith(
+            f"powercast: {missing}: connection refused: the powercast controller is not"
+        )
 
     def test_permission_denied_is_one_line(self, site: Site) -> None:
         """A user the socket's or its directory's mode shuts out gets one line saying how to

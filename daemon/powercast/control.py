@@ -392,8 +392,9 @@ def call(path: Path, request: dict[str, Any], timeout: float = CLIENT_TIMEOUT_S)
 
     Every failure is a ControlError with one line that names the socket and what to do.
     """
-    role = path.stem if path.stem in ("controller", "publisher", "relay") else "powercast"
-    unit = f"powercast-{role}" if role != "powercast" else "the powercast daemon"
+    known = path.stem in ("controller", "publisher", "relay")
+    role = f"powercast {path.stem}" if known else "powercast daemon"
+    unit = f"powercast-{path.stem}" if known else "powercast-controller (or -publisher)"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
