@@ -12,6 +12,7 @@ import asyncio
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=cfg.DEFAULT_PATHS[role],
             help=f"TOML file (default: {cfg.DEFAULT_PATHS[role]})",
         )
-        p.set_defaults(role=role)
+        p.set_defaults(role=role, run=_daemon_command)
         if role == "controller":
             p.add_argument(
                 "--dry-run",
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
 
     conf = sub.add_parser("config", help="check or create configuration files")
+    conf.set_defaults(run=_config)
     conf_sub = conf.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = conf_sub.add_parser("check", help="validate a config file; the role is read from it")
     check.add_argument(
@@ -77,12 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="only when systemd says the controller failed ($SERVICE_RESULT, for ExecStopPost=)",
     )
 
+    safe.set_defaults(run=_failsafe_command)
     keygen_p = sub.add_parser(
         "keygen", help="write a new random key file (mode 0600; never overwrites)"
     )
     keygen_p.add_argument("key_id", type=int, metavar="ID", help="key id, 1..65535")
     keygen_p.add_argument("file", type=Path, metavar="FILE", help="e.g. /etc/powercast/keys/1.key")
 
+    keygen_p.set_defaults(run=_keygen)
     tap = sub.add_parser(
         "tap", help="print each datagram on the group, decoded, with its verification result"
     )
@@ -94,13 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     tap.add_argument("--json", action="store_true", help="one JSON object per line")
     tap.add_argument("--count", type=int, help="stop after N datagrams")
     tap.add_argument("--timeout", type=float, help="stop after S seconds")
+    tap.set_defaults(run=_tap)
 
-    tools.add_parsers(sub)
+    tools.add_parsers(sub)  # status, override, send, ping: run by tools.run
 
     demo = sub.add_parser(
         "demo", help="play a power outage between a real publisher and controller on loopback"
     )
-    demo.add_argument("--speed", type=float, default=1.0, help=argparse.SUPPRESS)
+    demo.set_defaults(run=lambda _: run_demo())
 
     diagram = sub.add_parser(
         "diagram", help="print the fan policy's state chart as Mermaid text, or draw it"
@@ -108,35 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     diagram.add_argument(
         "--output", type=Path, metavar="FILE", help="write a .png or .svg image (needs Graphviz)"
     )
+    diagram.set_defaults(run=lambda args: _diagram(args.output))
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912  # a branch per command
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = getattr(args, "run", tools.run)
     try:
-        if args.command in ("publish", "control", "relay"):
-            return _run_daemon(args.config, args.role, dry_run=getattr(args, "dry_run", False))
-        if args.command == "config":
-            return _config(args)
-        if args.command == "demo":
-            return run_demo()
-        if args.command == "failsafe":
-            if args.after_failure and (
-                os.environ.get("SERVICE_RESULT", "success") == "success"
-                or os.environ.get("EXIT_STATUS") == str(EX_CONFIG)
-            ):
-                return 0  # a clean stop, or a config it refused: it moved nothing
-            return _failsafe(args.config)
-        if args.command == "keygen":
-            keygen(args.key_id, args.file)
-            print(f"{args.file}: new key {args.key_id} (mode 0600)")
-            return 0
-        if args.command == "tap":
-            return _tap(args)
-        if args.command == "diagram":
-            return _diagram(args.output)
-        if args.command in tools.COMMANDS:
-            return tools.run(args)
+        return run(args)
     except (cfg.ConfigError, KeyringError, NetworkError) as err:
         print(f"powercast: {err}", file=sys.stderr)
         return EX_CONFIG if not isinstance(err, NetworkError) else 1
@@ -152,7 +137,25 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912  # a branch per
         )
         traceback.print_exc(limit=0)
         return 70
-    return 2
+
+
+def _daemon_command(args: argparse.Namespace) -> int:
+    return _run_daemon(args.config, args.role, dry_run=getattr(args, "dry_run", False))
+
+
+def _failsafe_command(args: argparse.Namespace) -> int:
+    if args.after_failure and (
+        os.environ.get("SERVICE_RESULT", "success") == "success"
+        or os.environ.get("EXIT_STATUS") == str(EX_CONFIG)
+    ):
+        return 0  # a clean stop, or a config it refused: it moved nothing
+    return _failsafe(args.config)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    keygen(args.key_id, args.file)
+    print(f"{args.file}: new key {args.key_id} (mode 0600)")
+    return 0
 
 
 def _run_daemon(path: Path, role: cfg.Role, *, dry_run: bool = False) -> int:
