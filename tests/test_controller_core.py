@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from powercast import controller as controller_module
 from powercast import wire
 from powercast.auth import Keyring, keygen
 from powercast.config import ControllerAuth, ControllerConfig
@@ -386,3 +387,19 @@ class TestController:
         assert states(bench.ctrl.tick(5.0)) == ["shedding"]
         # 35.0 is within the default 0.5 °C deadband of 34.6, so it rides on a heartbeat.
         assert states(bench.receive(pub.heartbeat(5.2, cpu=35.0), 5.2)) == ["thermal_override"]
+
+
+class TestCapacity:
+    def test_made_up_publishers_cannot_grow_the_table(
+        self, make: Callable[..., Bench], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With auth off, publishers beyond the cap are refused until others go stale."""
+        monkeypatch.setattr(controller_module, "MAX_PUBLISHERS", 3)
+        bench = make(auth="off")
+        for i in range(3):
+            bench.say(FakePublisher(f"p{i}", None), 0.0, ONLINE, cpu=25.0)
+        assert bench.receive(FakePublisher("p3", None).say(0.5, ONLINE, cpu=25.0), 0.5) == []
+        assert bench.ctrl.counters["rejected.capacity"] == 1
+        assert sorted(bench.ctrl.sessions) == ["p0", "p1", "p2"]
+        bench.say(FakePublisher("p4", None), 10.0, ONLINE, cpu=25.0)  # the others are stale
+        assert sorted(bench.ctrl.sessions) == ["p4"]

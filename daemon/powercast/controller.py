@@ -29,6 +29,9 @@ from powercast.session import Session, Verdict
 NOTHING: Final[list[Decision]] = []
 _COUNTED: Final = {verdict: verdict.value for verdict in Verdict}
 """Counter names by verdict: Enum.value is a Python-level property, too dear per datagram."""
+MAX_PUBLISHERS: Final = 4096
+"""Sessions kept at most: with authentication off, made-up publisher ids must not grow
+memory and the work of every decision without bound."""
 LOG_EVERY_S: Final = 10.0
 """At most one log line per kind of rejected datagram in this many seconds."""
 
@@ -155,6 +158,11 @@ class Controller:
             return NOTHING
         session = self.sessions.get(publisher)
         if session is None:
+            if len(self.sessions) >= MAX_PUBLISHERS and not self._make_room(now):
+                self._reject(
+                    "capacity", f"{MAX_PUBLISHERS} publishers fresh; {publisher!r} not taken", now
+                )
+                return NOTHING
             session = Session.first(message, now, self.config.policy.max_tal_s)
             self.sessions[publisher] = session
             verdict = Verdict.NEW
@@ -246,6 +254,13 @@ class Controller:
                 return at
             heapq.heappop(expiries)
         return None
+
+    def _make_room(self, now: float) -> bool:
+        """Forget publishers whose data ran out, so new ones fit; False if none did."""
+        stale = [p for p, session in self.sessions.items() if not session.fresh(now)]
+        for publisher in stale:
+            del self.sessions[publisher]
+        return bool(stale)
 
     def _reject(self, reason: str, detail: str, now: float) -> None:
         self.counters[f"rejected.{reason}"] += 1
