@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,11 +24,20 @@ def error(text: str, role: cfg.Role | None = None) -> str:
 
 
 class TestExamples:
-    @pytest.mark.parametrize("name", ["publisher.toml", "controller.toml"])
+    @pytest.mark.parametrize("name", ["publisher.toml", "controller.toml", "relay.toml"])
     def test_shipped_examples_are_valid(self, name: str) -> None:
         """The commented files in config/ load without error, in their own role."""
         config = cfg.load(ROOT / "config" / name)
         assert config.role == name.removesuffix(".toml")
+
+    def test_commented_relay_keys_are_valid(self) -> None:
+        """config/relay.toml with its commented-out keys and tables switched on still loads."""
+        text = (ROOT / "config" / "relay.toml").read_text()
+        on = re.sub(r"^# (?=\[\w+\]$|\w+ = )", "", text, flags=re.MULTILINE)
+        config = cfg.parse(on, "relay.toml")
+        assert isinstance(config, cfg.RelayConfig)
+        assert (config.broker.username, config.broker.client_id) == ("powercast", "relay-hall-a")
+        assert config.metrics.listen == "127.0.0.1:9303"
 
     @pytest.mark.parametrize("role", ["publisher", "controller"])
     def test_defaults_round_trip_through_toml(self, role: cfg.Role) -> None:

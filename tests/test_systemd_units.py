@@ -4,7 +4,7 @@ One container for the whole session (../shared/tools/systemd-sandbox; its root i
 overlay of this host's, so installing there touches nothing here). The .deb is built from
 this checkout by packaging/build-deb, installed with dpkg -i, and its units are started as
 an admin would: with the package's /usr/bin/powercast, User=powercast, the keys as
-credentials and the full sandbox. Each test leaves both units stopped.
+credentials and the full sandbox. Each test leaves every unit stopped.
 
 Needs root, util-linux unshare and dpkg-deb; without them the tests skip, saying why. CI
 sets POWERCAST_SYSTEMD_TESTS=require so that a skip there is a failure instead.
@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SANDBOX = ROOT.parent / "shared" / "tools" / "systemd-sandbox"
 CONTROLLER = "powercast-controller.service"
 PUBLISHER = "powercast-publisher.service"
-UNITS = (CONTROLLER, PUBLISHER)
+RELAY = "powercast-relay.service"
+UNITS = (CONTROLLER, PUBLISHER, RELAY)
 READING = "/run/powercast/ups.toml"  # the publisher's file source, in its RuntimeDirectory
 DROP_IN_DIR = "powercast-controller.service.d"
 
@@ -79,6 +80,19 @@ PUBLISHER_CONFIG: dict[str, Any] = {
     "network": {"group": "239.1.1.1", "port": 5001, "interface": "127.0.0.1"},
     "sources": [{"kind": "file", "path": READING, "interval_s": 0.2}],
 }
+
+UNREACHABLE = "10.255.255.1"
+"""A broker on a private address (the unit allows those) that the container, with only a
+loopback network, has no route to: the connection fails at once."""
+
+
+def relay_config(host: str = UNREACHABLE, port: int = 1883) -> dict[str, Any]:
+    """The relay's test config: the test group, a broker at host:port, quick retries."""
+    return {
+        "role": "relay",
+        "network": {"group": "239.1.1.1", "port": 5001, "interface": "127.0.0.1"},
+        "broker": {"host": host, "port": port, "reconnect_max_s": 1.0},
+    }
 
 
 @dataclass
@@ -167,7 +181,7 @@ class Sandbox:
         return entry
 
     def reset(self) -> None:
-        """Both units stopped and not failed; the test configs and a fresh reading in place."""
+        """Every unit stopped and not failed; the test configs and a fresh reading in place."""
         self.sh("systemctl", "stop", *UNITS)
         self.sh("systemctl", "reset-failed", *UNITS, check=False)
         self.write("/etc/powercast/controller.toml", tomli_w.dumps(controller_config()))
@@ -246,7 +260,7 @@ def sandbox(deb: Path) -> Iterator[Sandbox]:
 
 @pytest.fixture
 def box(sandbox: Sandbox) -> Iterator[Sandbox]:
-    """The session's container, with both units stopped and the test configs, before and after."""
+    """The session's container, with every unit stopped and the test configs, before and after."""
     sandbox.reset()
     yield sandbox
     sandbox.reset()
@@ -266,11 +280,14 @@ class TestDebianPackage:
             "/usr/lib/powercast/structlog/__init__.py",
             "/lib/systemd/system/powercast-controller.service",
             "/lib/systemd/system/powercast-publisher.service",
+            "/lib/systemd/system/powercast-relay.service",
             "/usr/lib/sysusers.d/powercast.conf",
             "/usr/lib/tmpfiles.d/powercast.conf",
             "/etc/powercast/controller.toml",
             "/etc/powercast/publisher.toml",
+            "/etc/powercast/relay.toml",
             "/usr/share/doc/powercast/examples/hwmon.conf",
+            "/usr/share/doc/powercast/examples/relay.toml",
         ):
             assert path in paths, path
         conffiles = subprocess.run(
@@ -279,7 +296,11 @@ class TestDebianPackage:
             text=True,
             check=True,
         ).stdout.split()
-        assert conffiles == ["/etc/powercast/controller.toml", "/etc/powercast/publisher.toml"]
+        assert conffiles == [
+            "/etc/powercast/controller.toml",
+            "/etc/powercast/publisher.toml",
+            "/etc/powercast/relay.toml",
+        ]
 
     def test_units_are_the_repository_units(self, deb: Path, tmp_path: Path) -> None:
         """The package installs systemd/*.service from this checkout unchanged."""
@@ -289,7 +310,7 @@ class TestDebianPackage:
             assert installed == (ROOT / "systemd" / unit).read_text()
 
     def test_install_starts_nothing(self, sandbox: Sandbox) -> None:
-        """dpkg -i leaves both units disabled and inactive."""
+        """dpkg -i leaves every unit disabled and inactive."""
         assert sandbox.after_install == dict.fromkeys(UNITS, "disabled/inactive")
 
     def test_user_and_directories(self, sandbox: Sandbox) -> None:
@@ -306,6 +327,8 @@ class TestDebianPackage:
         """/usr/bin/powercast runs on the system python3 with the vendored dependencies."""
         done = sandbox.sh("powercast", "config", "check", "/etc/powercast/controller.toml")
         assert done.stdout.startswith("/etc/powercast/controller.toml: ok (controller")
+        done = sandbox.sh("powercast", "config", "check", "/etc/powercast/relay.toml")
+        assert done.stdout.startswith("/etc/powercast/relay.toml: ok (relay")  # the conffile
 
 
 class TestUnitFiles:
@@ -518,3 +541,57 @@ class TestPublisherUnit:
         box.sh("systemctl", "stop", CONTROLLER)
         assert box.sh("test", "-f", READING, check=False).returncode == 0
         assert box.prop(PUBLISHER, "ActiveState") == "active"
+
+
+class TestRelayUnit:
+    def test_ready_without_broker(self, box: Sandbox) -> None:
+        """READY=1 does not wait for the broker: active at once, broker_unreachable logged
+        and shown in STATUS= and on the control socket (in the shared /run/powercast)."""
+        box.write("/etc/powercast/relay.toml", tomli_w.dumps(relay_config()))
+        cursor = box.cursor()
+        box.sh("systemctl", "start", RELAY)
+        assert box.prop(RELAY, "ActiveState") == "active"
+        ready = box.event(RELAY, "ready", after=cursor)
+        assert ready["POWERCAST_ROLE"] == "relay"
+        down = box.event(RELAY, "broker_unreachable", after=cursor)
+        assert down["POWERCAST_BROKER"] == f"{UNREACHABLE}:1883"
+        assert down["PRIORITY"] == "4"
+        assert int(down["__MONOTONIC_TIMESTAMP"]) >= int(ready["__MONOTONIC_TIMESTAMP"])
+        assert "broker unreachable" in box.prop(RELAY, "StatusText")
+        status = box.sh("powercast", "status", "--config", "/etc/powercast/relay.toml").stdout
+        assert "UNREACHABLE" in status, status
+        assert (box.prop(RELAY, "ActiveState"), box.prop(RELAY, "NRestarts")) == ("active", "0")
+
+    def test_reload_reaches_a_broker(self, box: Sandbox) -> None:
+        """systemctl reload points the running relay at a broker, which it reaches through
+        its sandbox (TCP to loopback): broker_recovered, by the same process."""
+        mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(mosquitto).is_file():
+            _skip_or_fail("needs mosquitto for a broker (.ci/run installs it)")
+        box.write("/etc/powercast/relay.toml", tomli_w.dumps(relay_config()))
+        box.write(
+            "/run/mosquitto-test.conf",
+            "listener 18830 127.0.0.1\nallow_anonymous true\npersistence false\n",
+        )
+        broker = "powercast-test-mosquitto"
+        box.sh(
+            "systemd-run",
+            "--collect",
+            f"--unit={broker}",
+            mosquitto,
+            "-c",
+            "/run/mosquitto-test.conf",
+        )
+        try:
+            cursor = box.cursor()
+            box.sh("systemctl", "start", RELAY)
+            pid = box.prop(RELAY, "MainPID")
+            box.event(RELAY, "broker_unreachable", after=cursor)
+            box.write("/etc/powercast/relay.toml", tomli_w.dumps(relay_config("127.0.0.1", 18830)))
+            box.sh("systemctl", "reload", RELAY)
+            back = box.event(RELAY, "broker_recovered", after=cursor)
+            assert back["POWERCAST_BROKER"] == "127.0.0.1:18830"
+            assert box.prop(RELAY, "MainPID") == pid
+            assert "broker connected" in box.prop(RELAY, "StatusText")
+        finally:
+            box.sh("systemctl", "stop", broker, check=False)
