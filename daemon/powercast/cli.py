@@ -191,6 +191,9 @@ def _config(args: argparse.Namespace) -> int:
         except (cfg.ConfigError, KeyringError) as err:
             print(f"powercast: {err}", file=sys.stderr)
             status = EX_CONFIG
+            continue
+        if isinstance(config, cfg.RelayConfig):
+            print(f"{path}: ok (relay; carries datagrams as they are, needs no keys)")
         else:
             keys = ", ".join(map(str, keyring.ids)) or "none"
             print(f"{path}: ok ({config.role}; keys in {keyring.directory}: {keys})")
