@@ -138,6 +138,13 @@ class TestHwmonDriver:
         with pytest.raises(DriverError, match=f"{pwm} holds {garbage.strip()!r}, not a number"):
             run(hwmon(pwm).read())
 
+    def test_undecodable_bytes_are_a_driver_error(self, tmp_path: Path) -> None:
+        """A PWM file holding bytes that are not text: DriverError, not another exception."""
+        pwm, _ = pwm_tree(tmp_path)
+        pwm.write_bytes(b"\xff\xfe\n")
+        with pytest.raises(DriverError, match=f"{pwm}"):
+            run(hwmon(pwm).read())
+
 
 # -- modbus -------------------------------------------------------------------------------
 

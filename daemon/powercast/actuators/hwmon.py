@@ -33,7 +33,7 @@ class HwmonDriver:
 
     async def read(self) -> bool | None:
         try:
-            text = await asyncio.to_thread(self._path.read_text)
+            text = await asyncio.to_thread(self._path.read_text, errors="replace")
             value = int(text.strip())
         except OSError as err:
             raise DriverError(f"{self.name}: cannot read {self._path}: {err.strerror}") from None
