@@ -196,6 +196,30 @@ class TestLifecycle:
         assert "STOPPING=1" in notify.wait_for("STOPPING=1")
         notify.close()
 
+    def test_reload_does_not_credit_a_new_actuator_with_the_old_ones_position(
+        self, files: dict[str, Path], tmp_path: Path
+    ) -> None:
+        """An actuator replaced on reload is written: the old one's position is not its own."""
+        path, port = files["controller"], int(str(files["port"]))
+
+        def with_actuator(name: str) -> dict[str, Any]:
+            marker = tmp_path / name
+            touch = [sys.executable, "-c", f"open({str(marker)!r}, 'a').write('x')"]
+            actuator = {"kind": "command", "on_argv": touch, "off_argv": ["true"]}
+            return {**controller_config(port, files["record"]), "actuators": [actuator]}
+
+        write_toml(path, with_actuator("old-fans-on"))
+        with (
+            running("control", "--config", str(path)) as ctl,
+            running("publish", "--config", str(files["publisher"])),
+        ):
+            ctl.wait_for("actuator_set", position="on")
+            write_toml(path, with_actuator("new-fans-on"))
+            ctl.signal(signal.SIGHUP)
+            ctl.wait_for("reloaded")
+            ctl.wait_for("actuator_set", position="on")
+            assert (tmp_path / "new-fans-on").exists()
+
     def test_sighup_reloads_a_valid_config_and_keeps_running_on_a_bad_one(
         self, files: dict[str, Path], tmp_path: Path
     ) -> None:

@@ -324,10 +324,17 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         old_zones = self.config.effective_zones()
         self._decided(self.core.reconfigure(new, keyring, self.loop.time()))
         if new.effective_zones() != old_zones:
+            # A position is carried over only to the same actuator: another one in its
+            # place has its own, unknown until read or written.
+            before, after = (
+                {f"{z.name}/{i}": a for z in zones for i, a in enumerate(z.actuators)}
+                for zones in (old_zones, new.effective_zones())
+            )
             known = {
-                f"{zone}/{i}": w.known
+                key: w.known
                 for zone, ws in self.workers.items()
                 for i, w in enumerate(ws)
+                if (key := f"{zone}/{i}") in after and after[key] == before.get(key)
             }
             await self._start_workers(known)
             self._reconcile()
