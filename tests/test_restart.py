@@ -8,6 +8,7 @@ fan that was turned on for a moment would be seen.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import threading
@@ -20,6 +21,11 @@ from typing import Any
 
 import pytest
 
+from powercast import config, persist
+from powercast.runtime import ControllerDaemon
+from powercast.wire import PowerStatus
+
+from fakes import FakePublisher, make_keyring
 from harness import Daemon, free_port, make_keys, network, running, write_toml
 
 ON, OFF = "255", "0"
@@ -268,3 +274,62 @@ class TestDryRun:
         events = [e.get("event") for e in ctl.seen]
         assert "action" not in events
         assert "actuator_set" not in events
+
+
+class _Done(Exception):
+    """Ends the in-process controller's TaskGroup."""
+
+
+class TestStartOrder:
+    def test_a_datagram_taken_while_the_sockets_open_does_not_undo_the_restore(
+        self, tmp_path: Path
+    ) -> None:
+        """Data arriving before start() has restored the state is judged after the restore."""
+        keyring = make_keyring(tmp_path / "keys")
+        state_dir = tmp_path / "state"
+        state_dir.mkdir()
+        path = write_toml(
+            tmp_path / "c.toml",
+            {
+                "role": "controller",
+                "network": network(free_port()),
+                "auth": {"keys_dir": str(tmp_path / "keys"), "max_clock_skew_s": 0.0},
+                "policy": {"shed_after_s": 5.0, "startup_grace_s": 5.0},
+                "persist": {"state_dir": str(state_dir)},
+                "zones": [
+                    {"name": "a", "publishers": ["ups-a"]},
+                    {"name": "b", "publishers": ["ups-b"]},
+                ],
+                "log": {"format": "json"},
+            },
+        )
+        ctl_config = config.load(path, "controller")
+        assert isinstance(ctl_config, config.ControllerConfig)
+        wall = time.time()
+        shed = persist.ZoneRecord("shedding", wall - 60.0, "saved", battery_since=wall - 70.0)
+        persist.save(state_dir, persist.StateRecord(1, wall - 1.0, zones={"a": shed, "b": shed}))
+        datagram = FakePublisher.signed("ups-a", keyring).say(
+            0.0, PowerStatus.ON_BATTERY, inlet=24.0
+        )
+
+        class Early(ControllerDaemon):
+            async def _listen(self, network: config.Network) -> Any:
+                transport = await super()._listen(network)
+                self._on_datagram(datagram)  # came in while start() was still opening sockets
+                return transport
+
+        async def go() -> dict[str, tuple[str, bool]]:
+            daemon = Early(path, ctl_config, keyring)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    await daemon.start(tg)
+                    zones = {n: (p.state, p.settled) for n, p in daemon.core.zones.items()}
+                    raise _Done
+            except* _Done:
+                pass
+            finally:
+                daemon.close()
+            return zones
+
+        # a: the restored shed is confirmed by its data; b: restored, waiting out the grace.
+        assert asyncio.run(go()) == {"a": ("shedding", True), "b": ("shedding", False)}

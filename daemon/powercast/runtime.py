@@ -249,9 +249,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
 
     async def start(self, tg: asyncio.TaskGroup) -> None:
         self._tg = tg
-        self._transport = await self._listen(self.config.network)
-        self._unicast = await self._listen_unicast(self.config.network)
-        tg.create_task(self.actions.run(), name="actions")
+        # Restore and begin the grace before the sockets open: a datagram taken earlier
+        # would be judged without either, and its save would overwrite the saved state.
         now, wall = self.loop.time(), time.time()
         saved = persist.load(self._state_dir) if self._state_dir else None
         restored = persist.restore(saved, self.core.zones, now, wall) if saved else []
@@ -260,6 +259,9 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         if self._state_dir is None:
             log.info("state_not_kept", hint="set persist.state_dir, or StateDirectory= in the unit")
         self.core.start(now)  # before the probes: datagrams may arrive while they run
+        self._transport = await self._listen(self.config.network)
+        self._unicast = await self._listen_unicast(self.config.network)
+        tg.create_task(self.actions.run(), name="actions")
         await self._start_workers(saved.actuators if saved and restored else {})
         self._arm()
 
