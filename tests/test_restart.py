@@ -333,3 +333,51 @@ class TestStartOrder:
 
         # a: the restored shed is confirmed by its data; b: restored, waiting out the grace.
         assert asyncio.run(go()) == {"a": ("shedding", True), "b": ("shedding", False)}
+
+    def test_a_decision_taken_while_the_actuators_are_probed_reaches_them(
+        self, tmp_path: Path
+    ) -> None:
+        """A move decided during the start-up probes is wanted by the actuators once they exist."""
+        keyring = make_keyring(tmp_path / "keys")
+        state_dir = tmp_path / "state"
+        state_dir.mkdir()
+        path = write_toml(
+            tmp_path / "c.toml",
+            {
+                "role": "controller",
+                "network": network(free_port()),
+                "auth": {"keys_dir": str(tmp_path / "keys"), "max_clock_skew_s": 0.0},
+                "persist": {"state_dir": str(state_dir)},
+                "actuators": [{"kind": "command", "on_argv": ["true"], "off_argv": ["true"]}],
+                "log": {"format": "json"},
+            },
+        )
+        ctl_config = config.load(path, "controller")
+        assert isinstance(ctl_config, config.ControllerConfig)
+        wall = time.time()
+        shed = persist.ZoneRecord("shedding", wall - 60.0, "saved", battery_since=wall - 70.0)
+        record = persist.StateRecord(
+            1, wall - 1.0, zones={"default": shed}, actuators={"default/0": False}
+        )
+        persist.save(state_dir, record)
+        hot = FakePublisher.signed("ups-a", keyring).say(0.0, PowerStatus.ON_BATTERY, inlet=50.0)
+
+        class DuringProbes(ControllerDaemon):
+            async def _start_workers(self, known: dict[str, bool | None]) -> None:
+                self._on_datagram(hot)  # came in while the actuators were being probed
+                await super()._start_workers(known)
+
+        async def go() -> tuple[str, bool | None]:
+            daemon = DuringProbes(path, ctl_config, keyring)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    await daemon.start(tg)
+                    seen = (daemon.core.policy.state, daemon.workers["default"][0].desired)
+                    raise _Done
+            except* _Done:
+                pass
+            finally:
+                daemon.close()
+            return seen
+
+        assert asyncio.run(go()) == ("thermal_override", True)

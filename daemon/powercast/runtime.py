@@ -263,6 +263,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._unicast = await self._listen_unicast(self.config.network)
         tg.create_task(self.actions.run(), name="actions")
         await self._start_workers(saved.actuators if saved and restored else {})
+        self._reconcile()  # decisions taken during the probes had no workers to tell
         self._arm()
 
     async def _start_workers(self, known: dict[str, bool | None]) -> None:
