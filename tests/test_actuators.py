@@ -472,3 +472,37 @@ class TestWorker:
         run(go())
         assert spy.applied == [False]
         assert pwm.read_text() == "0\n"
+
+
+class BuggyDriver:
+    """A driver with a bug: every call raises something that is not a DriverError."""
+
+    name = "z/0(buggy)"
+    timeout_s = 1.0
+
+    async def apply(self, on: bool) -> None:
+        raise RuntimeError("driver bug")
+
+    async def read(self) -> bool | None:
+        raise KeyError("also a bug")
+
+
+class TestWorkerContainsDriverBugs:
+    def test_a_driver_bug_is_a_failed_actuator_not_a_dead_daemon(self) -> None:
+        """Exceptions other than DriverError mark the actuator failed; none escapes."""
+
+        async def go() -> Worker:
+            worker = Worker(BuggyDriver(), "z", min_backoff_s=0.05)
+            await worker.probe()  # must not raise
+            task = asyncio.create_task(worker.run())
+            worker.want(True)
+            await until(worker, lambda w: w.status == "failed")
+            assert not task.done()  # still retrying, not crashed
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return worker
+
+        worker = run(go())
+        assert worker.known is None
+        assert worker.error == "z/0(buggy): RuntimeError: driver bug"

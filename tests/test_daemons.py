@@ -220,6 +220,29 @@ class TestLifecycle:
             ctl.wait_for("actuator_set", position="on")
             assert (tmp_path / "new-fans-on").exists()
 
+    def test_reload_leaves_a_dropped_actuator_with_its_fans_on(
+        self, files: dict[str, Path], tmp_path: Path
+    ) -> None:
+        """An actuator the new config no longer drives is set to fans on before it is let go."""
+        path, port = files["controller"], int(str(files["port"]))
+        pwm = tmp_path / "pwm1"
+        pwm.write_text("255\n")
+        config = controller_config(port, files["record"])
+        write_toml(path, {**config, "actuators": [{"kind": "hwmon", "path": str(pwm)}]})
+        with (
+            running("control", "--config", str(path)) as ctl,
+            running("publish", "--config", str(files["publisher"])),
+        ):
+            ctl.wait_for("transition", state="normal")
+            set_reading(files["reading"], "on_battery", 24.0)
+            ctl.wait_for("actuator_set", position="off")
+            assert pwm.read_text() == "0\n"
+            write_toml(path, config)  # the same, without the actuator
+            ctl.signal(signal.SIGHUP)
+            released = ctl.wait_for("actuator_released")
+            assert released["actuator"] == "default/0(hwmon)"
+            assert pwm.read_text() == "255\n"
+
     def test_sighup_reloads_a_valid_config_and_keeps_running_on_a_bad_one(
         self, files: dict[str, Path], tmp_path: Path
     ) -> None:

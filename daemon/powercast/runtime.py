@@ -24,6 +24,7 @@ from powercast import control, net, persist, wire
 from powercast import status as report
 from powercast.actions import ActionQueue
 from powercast.actuators import Worker, make_driver
+from powercast.actuators.base import SAFE_POSITION
 from powercast.announcer import Announcer, merge
 from powercast.auth import Keyring, KeyringError, load_keys
 from powercast.config import ControllerConfig, PublisherConfig, Reading, RelayConfig
@@ -339,9 +340,27 @@ class ControllerDaemon(Daemon[ControllerConfig]):
                 for i, w in enumerate(ws)
                 if (key := f"{zone}/{i}") in after and after[key] == before.get(key)
             }
+            released = {k: a for k, a in before.items() if after.get(k) != a}
             await self._start_workers(known)
             self._reconcile()
+            if released and self._tg is not None:
+                self._tg.create_task(self._release(released), name="release")
         self._arm()
+
+    async def _release(self, released: dict[str, cfg.Actuator]) -> None:
+        """Actuators the new config no longer drives are left in their safe state, fans on:
+        nothing will move them again, so they must not stay off."""
+        for key, actuator in released.items():
+            driver = make_driver(actuator, f"{key}({actuator.__struct_config__.tag})")
+            try:
+                async with asyncio.timeout(driver.timeout_s):
+                    await driver.apply(SAFE_POSITION)
+            except Exception as err:  # one device's failure must not end the daemon
+                log.error(
+                    "actuator_release_failed", actuator=driver.name, error=str(err) or repr(err)
+                )
+            else:
+                log.warning("actuator_released", actuator=driver.name, position="on")
 
     def close(self) -> None:
         if self._transport is not None:

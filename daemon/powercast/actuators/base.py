@@ -66,10 +66,8 @@ class Worker:
         try:
             async with asyncio.timeout(self.driver.timeout_s):
                 position = await self.driver.read()
-        except (DriverError, TimeoutError) as err:
-            log.warning(
-                "actuator_unreadable", actuator=self.driver.name, error=str(err) or "timeout"
-            )
+        except Exception as err:  # a driver's bug must not end the daemon
+            log.warning("actuator_unreadable", actuator=self.driver.name, error=_why(err))
             return
         if position is not None:
             self.known = position
@@ -108,9 +106,15 @@ class Worker:
             async with asyncio.timeout(self.driver.timeout_s):
                 await self.driver.apply(on)
                 readback = await self.driver.read()
-        except (DriverError, TimeoutError) as err:
+        except Exception as err:  # a driver's bug is a failed actuator, not a dead daemon
             self.known, self.status = None, "failed"
-            self.error = str(err) or f"{name}: no answer within {self.driver.timeout_s:g} s"
+            self.error = (
+                f"{name}: no answer within {self.driver.timeout_s:g} s"
+                if isinstance(err, TimeoutError)
+                else f"{name}: {_why(err)}"
+                if not isinstance(err, DriverError)
+                else str(err)
+            )
             log.error(
                 "actuator_failed",
                 actuator=name,
@@ -147,3 +151,12 @@ class Worker:
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change(self)
+
+
+def _why(err: Exception) -> str:
+    """One line for an error: a DriverError's own words, else its type and message."""
+    if isinstance(err, DriverError):
+        return str(err)
+    if isinstance(err, TimeoutError):
+        return "timeout"
+    return f"{type(err).__name__}: {err}"
