@@ -41,6 +41,8 @@ from typing import Any, Final
 import msgspec
 import structlog
 
+from powercast.policy import MAX_OVERRIDE_S
+
 log = structlog.get_logger("powercast.control")
 
 RUN_DIR: Final = Path("/run/powercast")
@@ -108,9 +110,6 @@ def peer_of(conn: socket.socket) -> Peer:
 
 
 # --- requests --------------------------------------------------------------------------------
-
-MAX_OVERRIDE_S: Final = 86_400.0
-"""An override lasts at most a day: it must always end by itself."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Final
 
 import msgspec
 
-from powercast.policy import FanChart, Override, Policy
+from powercast.policy import MAX_OVERRIDE_S, FanChart, Override, Policy
 
 MAX_AGE_S: Final = 600.0
 FILE_NAME: Final = "controller-state.json"
@@ -80,7 +80,8 @@ def restore(record: StateRecord, zones: dict[str, Policy], now: float, wall: flo
         return []
 
     def to_mono(t: float | None) -> float | None:
-        return None if t is None else now - (wall - t)
+        """A saved moment on the monotonic clock; never in the future (a file may lie)."""
+        return None if t is None else min(now, now - (wall - t))
 
     restored = []
     for name, saved in record.zones.items():
@@ -88,13 +89,14 @@ def restore(record: StateRecord, zones: dict[str, Policy], now: float, wall: flo
         if policy is None or saved.state not in FanChart.states_map:
             continue
         policy.chart = FanChart(start_value=saved.state)
-        policy.since = now - (wall - saved.entered_at)
+        policy.since = min(now, now - (wall - saved.entered_at))
         policy.reason = f"restored after restart: {saved.reason}"
         policy.battery_since = to_mono(saved.battery_since)
         policy.online_since = to_mono(saved.online_since)
-        policy.sheds.extend(now - (wall - t) for t in saved.sheds)
+        policy.sheds.extend(sorted(min(now, now - (wall - t)) for t in saved.sheds))
         if (o := saved.override) is not None:
-            policy.override = Override(o.fans_on, now - (wall - o.until), o.who, o.why)
+            until = min(now - (wall - o.until), now + MAX_OVERRIDE_S)
+            policy.override = Override(o.fans_on, until, o.who, o.why)
         restored.append(name)
     return restored
 

@@ -140,6 +140,10 @@ class Situation:
 NO_DATA: Final = Situation(power=PowerStatus.UNKNOWN, temperature=None)
 
 
+MAX_OVERRIDE_S: Final = 86_400.0
+"""The longest an operator's override may last: it must end by itself."""
+
+
 @dataclass(frozen=True)
 class Override:
     """An operator's order for a zone, until a time (monotonic)."""
