@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from powercast import config, persist
+from powercast.auth import Keyring
 from powercast.runtime import ControllerDaemon
 from powercast.wire import PowerStatus
 
@@ -276,6 +277,28 @@ class TestDryRun:
         assert "actuator_set" not in events
 
 
+def in_process(tmp_path: Path, **extra: Any) -> tuple[Keyring, Path, Path, config.ControllerConfig]:
+    """Keys, a state directory and a controller config file (with ``extra`` keys), loaded,
+    for a ControllerDaemon run inside the test process."""
+    keyring = make_keyring(tmp_path / "keys")
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    path = write_toml(
+        tmp_path / "c.toml",
+        {
+            "role": "controller",
+            "network": network(free_port()),
+            "auth": {"keys_dir": str(tmp_path / "keys"), "max_clock_skew_s": 0.0},
+            "persist": {"state_dir": str(state_dir)},
+            "log": {"format": "json"},
+            **extra,
+        },
+    )
+    ctl_config = config.load(path, "controller")
+    assert isinstance(ctl_config, config.ControllerConfig)
+    return keyring, state_dir, path, ctl_config
+
+
 class _Done(Exception):
     """Ends the in-process controller's TaskGroup."""
 
@@ -285,26 +308,14 @@ class TestStartOrder:
         self, tmp_path: Path
     ) -> None:
         """Data arriving before start() has restored the state is judged after the restore."""
-        keyring = make_keyring(tmp_path / "keys")
-        state_dir = tmp_path / "state"
-        state_dir.mkdir()
-        path = write_toml(
-            tmp_path / "c.toml",
-            {
-                "role": "controller",
-                "network": network(free_port()),
-                "auth": {"keys_dir": str(tmp_path / "keys"), "max_clock_skew_s": 0.0},
-                "policy": {"shed_after_s": 5.0, "startup_grace_s": 5.0},
-                "persist": {"state_dir": str(state_dir)},
-                "zones": [
-                    {"name": "a", "publishers": ["ups-a"]},
-                    {"name": "b", "publishers": ["ups-b"]},
-                ],
-                "log": {"format": "json"},
-            },
+        keyring, state_dir, path, ctl_config = in_process(
+            tmp_path,
+            policy={"shed_after_s": 5.0, "startup_grace_s": 5.0},
+            zones=[
+                {"name": "a", "publishers": ["ups-a"]},
+                {"name": "b", "publishers": ["ups-b"]},
+            ],
         )
-        ctl_config = config.load(path, "controller")
-        assert isinstance(ctl_config, config.ControllerConfig)
         wall = time.time()
         shed = persist.ZoneRecord("shedding", wall - 60.0, "saved", battery_since=wall - 70.0)
         persist.save(state_dir, persist.StateRecord(1, wall - 1.0, zones={"a": shed, "b": shed}))
@@ -338,22 +349,9 @@ class TestStartOrder:
         self, tmp_path: Path
     ) -> None:
         """A move decided during the start-up probes is wanted by the actuators once they exist."""
-        keyring = make_keyring(tmp_path / "keys")
-        state_dir = tmp_path / "state"
-        state_dir.mkdir()
-        path = write_toml(
-            tmp_path / "c.toml",
-            {
-                "role": "controller",
-                "network": network(free_port()),
-                "auth": {"keys_dir": str(tmp_path / "keys"), "max_clock_skew_s": 0.0},
-                "persist": {"state_dir": str(state_dir)},
-                "actuators": [{"kind": "command", "on_argv": ["true"], "off_argv": ["true"]}],
-                "log": {"format": "json"},
-            },
+        keyring, state_dir, path, ctl_config = in_process(
+            tmp_path, actuators=[{"kind": "command", "on_argv": ["true"], "off_argv": ["true"]}]
         )
-        ctl_config = config.load(path, "controller")
-        assert isinstance(ctl_config, config.ControllerConfig)
         wall = time.time()
         shed = persist.ZoneRecord("shedding", wall - 60.0, "saved", battery_since=wall - 70.0)
         record = persist.StateRecord(
