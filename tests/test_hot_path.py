@@ -16,7 +16,7 @@ from powercast.auth import Keyring, keygen
 from powercast.config import ControllerAuth, ControllerConfig
 from powercast.config import Policy as PolicySettings
 from powercast.controller import Controller
-from powercast.runtime import RECEIVE_BATCH, _Receiver
+from powercast.runtime import RECEIVE_BATCH, Receiver
 
 WALL = 1_700_000_000.0
 
@@ -109,7 +109,7 @@ class TestReceiver:
             got: list[bytes] = []
             turns: list[int] = []
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Receiver(got.append), sock=rx
+                lambda: Receiver(got.append), sock=rx
             )
 
             def count_turn() -> None:

@@ -55,7 +55,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from powercast import config as cfg
 from powercast import net, wire
 from powercast.auth import Keyring
-from powercast.runtime import Daemon, _Receiver
+from powercast.runtime import Daemon, Receiver
 from powercast.sources.base import Backoff, SourceError, read_secret
 from powercast.systemd import Notifier
 
@@ -153,7 +153,7 @@ class RelayDaemon(Daemon[cfg.RelayConfig]):
         try:
             sock = net.open_receiver(network.group, network.port, network.interface)
             receiver, _ = await self.loop.create_datagram_endpoint(
-                lambda: _Receiver(self._from_segment), sock=sock
+                lambda: Receiver(self._from_segment), sock=sock
             )
         except BaseException:
             sender.close()

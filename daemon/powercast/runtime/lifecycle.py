@@ -1,0 +1,165 @@
+"""One lifecycle for every daemon: load the config, open sockets, tell systemd READY=1,
+ping the watchdog from the event loop, reload on SIGHUP (keeping the running config when
+the new one is bad), stop cleanly on SIGTERM. Every task has an owner: the TaskGroup in
+:meth:`Daemon.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import structlog
+
+from powercast import config as cfg
+from powercast import control, net
+from powercast import status as report
+from powercast.auth import Keyring, KeyringError, load_keys
+from powercast.config import ControllerConfig, PublisherConfig, RelayConfig
+from powercast.systemd import Notifier
+from powercast.tally import Tally
+
+log = structlog.get_logger("powercast")
+
+C = TypeVar("C", PublisherConfig, ControllerConfig, RelayConfig)
+
+
+class _Stopping(Exception):
+    """Raised inside the TaskGroup to end it on SIGTERM."""
+
+
+class Daemon(Generic[C]):
+    """Lifecycle shared by the publisher and the controller."""
+
+    role: cfg.Role
+
+    def __init__(
+        self, path: Path, config: C, keyring: Keyring, notifier: Notifier | None = None
+    ) -> None:
+        self.path = path
+        self.config: C = config
+        self.keyring = keyring
+        self.loaded_at = time.time()
+        self.notifier = notifier or Notifier()
+        self._reload = asyncio.Event()
+        self._stop = asyncio.Event()
+        self.tally = Tally()
+        self.control_path: Path | None = None
+        self.metrics_address: str | None = None
+
+    # Subclasses fill these in.
+    async def start(self, tg: asyncio.TaskGroup) -> None:
+        raise NotImplementedError
+
+    async def apply(self, new: C, keyring: Keyring) -> None:
+        """Switch to ``new``; raise (NetworkError) to keep the running config."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release sockets; runs on every exit path."""
+
+    def status(self) -> str:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                await self.start(tg)
+                self.start_tools(tg)
+                self.notifier.ready(self.status())
+                log.info("ready", role=self.role, config=str(self.path), pid=os.getpid())
+                tg.create_task(self._watchdog(), name="watchdog")
+                tg.create_task(self._reloader(), name="reloader")
+                await self._stop.wait()
+                self.notifier.stopping()
+                log.info("stopping", role=self.role)
+                raise _Stopping
+        except* _Stopping:
+            pass
+        finally:
+            self.close()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    async def _watchdog(self) -> None:
+        """Pinging from the loop itself: a hung loop stops the pings and systemd acts."""
+        interval = self.notifier.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _reloader(self) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            self.notifier.reloading()
+            log.info("reloading", config=str(self.path))
+            try:
+                new = cfg.load(self.path, self.role)
+                keyring = load_keys(new)
+                await self.apply(new, keyring)  # type: ignore[arg-type]  # load() gave this role
+            except (cfg.ConfigError, KeyringError, net.NetworkError) as err:
+                log.error("reload_failed", error=str(err), keeping="running config")
+            else:
+                self.config = new  # type: ignore[assignment]
+                self.keyring = keyring
+                self.loaded_at = time.time()
+                log.info("reloaded", config=str(self.path))
+            self.notifier.ready(self.status())
+
+    # --- operator tools (issue 8): control socket and metrics endpoint ------------------
+
+    def describe(self) -> dict[str, Any]:
+        """The status document that `powercast status --json` prints (status.py); a role
+        without its own gives the fields every daemon has."""
+        return report.of_daemon(self, str(self.control_path))
+
+    def control_handlers(self) -> dict[str, control.Handler]:
+        """Requests the control socket answers."""
+        return {"status": lambda request, peer: {"status": self.describe()}}
+
+    def start_tools(self, tg: asyncio.TaskGroup) -> None:
+        """The control socket and, when configured, the metrics endpoint, as tasks of ``tg``.
+
+        Neither failing stops the daemon (the fans matter more than a status line): it
+        logs why, at error, and runs on. Both are set up at start; changing
+        ``control.socket`` or ``metrics.listen`` takes a restart.
+        """
+        path = control.socket_path(self.config.control.socket, self.role)
+        try:
+            sock = control.open_socket(path)
+        except control.ControlError as err:
+            log.error(
+                "control_unavailable",
+                error=str(err),
+                hint="set control.socket, or RuntimeDirectory=powercast in the unit",
+            )
+        else:
+            self.control_path = path
+            server = control.Server(self.control_handlers())
+            tg.create_task(server.serve(sock, path), name="control")
+            log.info("control_listening", socket=str(path))
+        listen = self.config.metrics.listen
+        if not listen:
+            return
+        from powercast import metrics  # noqa: PLC0415  # prometheus-client only when asked
+
+        try:
+            msock = metrics.open_listener(listen)
+        except OSError as err:
+            log.error("metrics_unavailable", listen=listen, error=err.strerror or str(err))
+            return
+        tg.create_task(metrics.serve(msock, metrics.registry_for(self)), name="metrics")
+        host, port = msock.getsockname()[:2]
+        self.metrics_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        log.info("metrics_listening", address=self.metrics_address)
