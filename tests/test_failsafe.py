@@ -11,9 +11,18 @@ from harness import write_toml
 
 
 def run(
-    config: Path, *extra: str, service_result: str | None = None, exit_status: str | None = None
+    config: Path,
+    *extra: str,
+    service_result: str | None = None,
+    exit_status: str | None = None,
+    runtime_dir: Path | None = None,
+    state_dir: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("SERVICE_RESULT", "EXIT_STATUS")}
+    private = ("SERVICE_RESULT", "EXIT_STATUS", "RUNTIME_DIRECTORY", "STATE_DIRECTORY")
+    env = {k: v for k, v in os.environ.items() if k not in private}
+    env["RUNTIME_DIRECTORY"] = str(runtime_dir or config.parent / "no-runtime-dir")
+    if state_dir is not None:
+        env["STATE_DIRECTORY"] = str(state_dir)
     if service_result is not None:
         env["SERVICE_RESULT"] = service_result
     if exit_status is not None:
@@ -52,17 +61,25 @@ class TestFailsafe:
         assert [p.read_text() for p in pwms] == ["255\n", "255\n"]
         assert done.stdout == "powercast failsafe: 2 of 2 actuators set to fans on\n"
 
-    def test_after_failure_only_when_systemd_says_so(self, tmp_path: Path) -> None:
-        """With --after-failure, a clean stop leaves the fans alone; a watchdog kill does not."""
+    def test_after_every_stop_unless_the_operator_leaves_the_fans(self, tmp_path: Path) -> None:
+        """After any stop (clean, refused config, watchdog) no controller runs: fans on. The
+        leave-fans marker in the runtime directory keeps them as they are, for one stop."""
         pwm = tmp_path / "pwm1"
-        pwm.write_text("0\n")
         config = config_with_pwm(tmp_path, pwm)
-        assert run(config, "--after-failure", service_result="success").returncode == 0
+        runtime = tmp_path / "run"
+        runtime.mkdir()
+        for result, status in (("success", "0"), ("exit-code", "78"), ("watchdog", "6")):
+            pwm.write_text("0\n")
+            done = run(config, "--after-failure", service_result=result, exit_status=status)
+            assert done.returncode == 0, done.stderr
+            assert pwm.read_text() == "255\n", result
+        pwm.write_text("0\n")
+        (runtime / "controller.leave-fans").write_text("filter change\n")
+        done = run(config, "--after-failure", runtime_dir=runtime)
+        assert done.returncode == 0
+        assert "fans left as they are" in done.stdout
         assert pwm.read_text() == "0\n"
-        refused = run(config, "--after-failure", service_result="exit-code", exit_status="78")
-        assert refused.returncode == 0
-        assert pwm.read_text() == "0\n"  # a refused config never started, so moved nothing
-        assert run(config, "--after-failure", service_result="watchdog").returncode == 0
+        assert run(config, runtime_dir=runtime).returncode == 0  # by hand: always
         assert pwm.read_text() == "255\n"
 
     def test_failure_is_named(self, tmp_path: Path) -> None:

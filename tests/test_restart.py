@@ -159,14 +159,18 @@ def shedding(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Scene]:
 
 
 class TestRestart:
-    def test_restart_during_outage_keeps_fans_shed(self, shedding: Scene) -> None:
-        """SIGTERM and start again while on battery: state restored, confirmed by the first
-        heartbeat within the grace, and the pwm file never reads the on value."""
+    def test_restart_during_outage_costs_one_on_off_pair(self, shedding: Scene) -> None:
+        """SIGTERM and start again while on battery: the fans run while no controller does
+        (one on), then the restored state, confirmed by the first heartbeat within the
+        grace, sheds them again (one off) and replays the state's commands; no transition."""
         files = shedding.files
         watch = Watch(files.pwm)
         assert shedding.controller.stop() == 0
+        assert shedding.controller.wait_for("stopping_fans_on", timeout=1.0)
+        assert files.pwm.read_text() == f"{ON}\n"
         assert (files.state_dir / "controller-state.json").exists()
-        with running("control", "--config", str(files.controller)) as ctl:
+        ctl = control(files)
+        try:
             restored = ctl.wait_for("state_restored")
             assert restored["zones"] == {"default": "shedding"}
             ctl.wait_for("ready")
@@ -174,19 +178,21 @@ class TestRestart:
             reconciled = ctl.wait_for("reconciled", timeout=3.0)
             confirmed_in = time.monotonic() - ready_at
             assert reconciled["state"] == "shedding"
+            ctl.wait_for("actuator_set", position="off")
+            ctl.wait_for("action", state="shedding")
             time.sleep(0.3)  # more heartbeats: still nothing moves
-        values = watch.stop()
-        assert watch.reads > 100
-        assert ON not in values, values
-        assert values == [OFF]
+            assert watch.stop() == [OFF, ON, OFF]
+        finally:
+            ctl.stop()
         assert confirmed_in < 1.9  # the first heartbeat (0.2 s), not the end of the 2 s grace
         events = [e.get("event") for e in ctl.seen]
         assert "transition" not in events
-        assert "actuator_set" not in events
+        assert files.record.read_text().splitlines()[-1] == "shedding"  # replayed
 
     @pytest.mark.parametrize("shedding", [1.0], indirect=True)  # startup_grace_s
     def test_restart_without_data_fails_safe_after_the_grace(self, shedding: Scene) -> None:
-        """Started again with the publisher gone: shed during the grace, fans on after it."""
+        """Started again with the publisher gone: the stop turned the fans on, and the
+        restored shed is not carried out without data: failsafe after the grace."""
         files = shedding.files
         watch = Watch(files.pwm)
         assert shedding.controller.stop() == 0
@@ -198,9 +204,8 @@ class TestRestart:
             failsafe = ctl.wait_for("transition", state="failsafe", timeout=3.0)
             took = time.monotonic() - started
             assert "no fresh data" in failsafe["reason"]
-            ctl.wait_for("actuator_set", position="on")
         assert files.pwm.read_text() == f"{ON}\n"
-        assert watch.stop() == [OFF, ON]
+        assert watch.stop() == [OFF, ON]  # on at the stop, and on it stays
         assert 0.8 <= took < 3.0  # startup_grace_s = 1 s, counted from before "ready"
 
     def test_another_zones_data_does_not_end_a_zones_grace(self, tmp_path: Path) -> None:
@@ -348,29 +353,35 @@ class TestStartOrder:
     def test_a_decision_taken_while_the_actuators_are_probed_reaches_them(
         self, tmp_path: Path
     ) -> None:
-        """A move decided during the start-up probes is wanted by the actuators once they exist."""
+        """Probes run in each worker's own task: start() does not wait for a slow one, and a
+        move decided meanwhile is the worker's wish, carried out once its probe is done."""
+        slow = [sys.executable, "-c", "import time; time.sleep(0.5); print('on')"]
         keyring, state_dir, path, ctl_config = in_process(
-            tmp_path, actuators=[{"kind": "command", "on_argv": ["true"], "off_argv": ["true"]}]
+            tmp_path,
+            actuators=[
+                {"kind": "command", "on_argv": ["true"], "off_argv": ["true"], "verify_argv": slow}
+            ],
         )
         wall = time.time()
         shed = persist.ZoneRecord("shedding", wall - 60.0, "saved", battery_since=wall - 70.0)
-        record = persist.StateRecord(
-            1, wall - 1.0, zones={"default": shed}, actuators={"default/0": False}
-        )
-        persist.save(state_dir, record)
+        persist.save(state_dir, persist.StateRecord(1, wall - 1.0, zones={"default": shed}))
         hot = FakePublisher.signed("ups-a", keyring).say(0.0, PowerStatus.ON_BATTERY, inlet=50.0)
 
-        class DuringProbes(ControllerDaemon):
-            async def _start_workers(self, known: dict[str, bool | None]) -> None:
-                self._on_datagram(hot)  # came in while the actuators were being probed
-                await super()._start_workers(known)
-
-        async def go() -> tuple[str, bool | None]:
-            daemon = DuringProbes(path, ctl_config, keyring)
+        async def go() -> tuple[float, str, bool | None, bool | None]:
+            daemon = ControllerDaemon(path, ctl_config, keyring)
             try:
                 async with asyncio.TaskGroup() as tg:
+                    started = time.monotonic()
                     await daemon.start(tg)
-                    seen = (daemon.core.policy.state, daemon.workers["default"][0].desired)
+                    took = time.monotonic() - started
+                    daemon._on_datagram(hot)  # while the probe still runs
+                    worker = daemon.workers["default"][0]
+                    wish = worker.desired
+                    for _ in range(300):
+                        if worker.known is True:
+                            break
+                        await asyncio.sleep(0.01)
+                    seen = (took, daemon.core.policy.state, wish, worker.known)
                     raise _Done
             except* _Done:
                 pass
@@ -378,4 +389,6 @@ class TestStartOrder:
                 daemon.close()
             return seen
 
-        assert asyncio.run(go()) == ("thermal_override", True)
+        took, state, wish, known = asyncio.run(go())
+        assert took < 0.4  # the 0.5 s probe did not hold up the start
+        assert (state, wish, known) == ("thermal_override", True, True)

@@ -16,9 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from powercast import __version__, logs, tools
+from powercast import __version__, failsafe, logs, tools
 from powercast import config as cfg
-from powercast.actuators import to_safe_state
 from powercast.auth import Keyring, KeyringError, keygen, keys_dir, load_keys
 from powercast.demo import run_demo
 from powercast.net import NetworkError
@@ -76,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     safe.add_argument(
         "--after-failure",
         action="store_true",
-        help="only when systemd says the controller failed ($SERVICE_RESULT, for ExecStopPost=)",
+        help="after the controller stopped (ExecStopPost=): honour the leave-fans marker",
     )
 
     safe.set_defaults(run=_failsafe_command)
@@ -144,11 +143,10 @@ def _daemon_command(args: argparse.Namespace) -> int:
 
 
 def _failsafe_command(args: argparse.Namespace) -> int:
-    if args.after_failure and (
-        os.environ.get("SERVICE_RESULT", "success") == "success"
-        or os.environ.get("EXIT_STATUS") == str(EX_CONFIG)
-    ):
-        return 0  # a clean stop, or a config it refused: it moved nothing
+    marker = failsafe.leave_fans_marker()
+    if args.after_failure and marker is not None and marker.exists():
+        print(f"powercast failsafe: fans left as they are ({marker} exists)")
+        return 0
     return _failsafe(args.config)
 
 
@@ -240,12 +238,14 @@ def _tap(args: argparse.Namespace) -> int:
 
 
 def _failsafe(path: Path) -> int:
-    config = cfg.load(path, "controller")
-    assert isinstance(config, cfg.ControllerConfig)
-    zones = config.effective_zones()
-    failures = asyncio.run(to_safe_state(zones))
-    for failure in failures:
-        print(f"powercast: {failure}", file=sys.stderr)
-    count = sum(len(zone.actuators) for zone in zones)
-    print(f"powercast failsafe: {count - len(failures)} of {count} actuators set to fans on")
-    return 1 if failures else 0
+    configs, notes = failsafe.gather_configs(path)
+    for note in notes:
+        print(f"powercast: {note}", file=sys.stderr)
+    if not configs:
+        print("powercast failsafe: no config could be read; nothing moved", file=sys.stderr)
+        return 1
+    report = asyncio.run(failsafe.to_safe_state(configs))
+    for line in [*report.failures, *report.notes]:
+        print(f"powercast: {line}", file=sys.stderr)
+    print(f"powercast failsafe: {report.moved} of {report.total} actuators set to fans on")
+    return 1 if report.failures else 0

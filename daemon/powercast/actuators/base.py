@@ -74,6 +74,9 @@ class Worker:
             self.last_verified_at = time.time()
 
     async def run(self) -> None:
+        """The worker's task: learn the position, then follow the wishes."""
+        await self.probe()
+        self._wake.set()  # a wish made during the probe is acted on now
         backoff = self.min_backoff_s
         while True:
             await self._wake.wait()

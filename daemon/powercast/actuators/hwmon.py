@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from powercast.actuators.base import DriverError
 from powercast.config import HwmonActuator
+from powercast.offload import Lane, LaneBusy
 
 
 class HwmonDriver:
@@ -17,10 +17,15 @@ class HwmonDriver:
         self._config = config
         self._path = Path(config.path)
         self._enabled = False
+        self._lane = Lane(name)
+        """Its own thread: a hung file (a FIFO, a stuck bus) delays this fan only."""
 
     async def apply(self, on: bool) -> None:
         value = self._config.on_value if on else self._config.off_value
-        await asyncio.to_thread(self._write, value)
+        try:
+            await self._lane.call(lambda: self._write(value), self.timeout_s)
+        except LaneBusy as err:
+            raise DriverError(str(err)) from None
 
     def _write(self, value: int) -> None:
         try:
@@ -33,8 +38,12 @@ class HwmonDriver:
 
     async def read(self) -> bool | None:
         try:
-            text = await asyncio.to_thread(self._path.read_text, errors="replace")
+            text = await self._lane.call(
+                lambda: self._path.read_text(errors="replace"), self.timeout_s
+            )
             value = int(text.strip())
+        except LaneBusy as err:
+            raise DriverError(str(err)) from None
         except OSError as err:
             raise DriverError(f"{self.name}: cannot read {self._path}: {err.strerror}") from None
         except ValueError:

@@ -6,12 +6,12 @@ import asyncio
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
 from powercast import config as cfg
-from powercast import control, net, persist
+from powercast import control, failsafe, net, persist
 from powercast import status as report
 from powercast.actions import ActionQueue
 from powercast.actuators import Worker, make_driver
@@ -19,7 +19,18 @@ from powercast.actuators.base import SAFE_POSITION
 from powercast.auth import Keyring
 from powercast.config import ControllerConfig
 from powercast.controller import Controller
-from powercast.policy import FANS_ON, Decision, Override
+from powercast.plan import (
+    Effect,
+    LogDryRun,
+    Notify,
+    Plan,
+    ReleaseActuator,
+    RunActions,
+    Save,
+    SetActuator,
+    StartActuator,
+)
+from powercast.policy import Decision, Override
 from powercast.runtime.lifecycle import Daemon
 from powercast.runtime.receiver import Receiver
 from powercast.systemd import Notifier
@@ -43,23 +54,31 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self.loop = asyncio.get_running_loop()
         self._save_failed = False
         self.core = Controller(config, keyring)
+        self.plan = Plan(dict(self.core.zone_configs), dry_run=dry_run)
         self.actions = ActionQueue()
         self.dry_run = dry_run
-        self.workers: dict[str, list[Worker]] = {}
+        self._workers: dict[str, tuple[Worker, asyncio.Task[None]]] = {}
         self._tg: asyncio.TaskGroup | None = None
-        self._worker_tasks: list[asyncio.Task[None]] = []
         self._transport: asyncio.DatagramTransport | None = None
         self._unicast: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
-        self._settled: set[str] = set()
         state_dir = config.persist.state_dir or os.environ.get("STATE_DIRECTORY", "")
         self._state_dir = Path(state_dir.split(":")[0]) if state_dir else None
+
+    @property
+    def workers(self) -> dict[str, list[Worker]]:
+        """Each zone's actuator workers, in config order."""
+        zones: dict[str, list[Worker]] = {name: [] for name in self.core.zone_configs}
+        for key, (worker, _) in self._workers.items():
+            zones.setdefault(key.split("/", 1)[0], []).append(worker)
+        return zones
 
     async def start(self, tg: asyncio.TaskGroup) -> None:
         self._tg = tg
         # Restore and begin the grace before the sockets open: a datagram taken earlier
         # would be judged without either, and its save would overwrite the saved state.
+        # Saved actuator positions are not believed: each is read back or written.
         now, wall = self.loop.time(), time.time()
         saved = persist.load(self._state_dir) if self._state_dir else None
         restored = persist.restore(saved, self.core.zones, now, wall) if saved else []
@@ -67,36 +86,83 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             log.info("state_restored", zones={z: self.core.zones[z].state for z in restored})
         if self._state_dir is None:
             log.info("state_not_kept", hint="set persist.state_dir, or StateDirectory= in the unit")
-        self.core.start(now)  # before the probes: datagrams may arrive while they run
+        leave = failsafe.leave_fans_marker()
+        if leave is not None:
+            leave.unlink(missing_ok=True)  # it asked for one stop to leave the fans: that was it
+        self.core.start(now)
+        tg.create_task(self.actions.run(), name="actions")
+        self._carry_out(self.plan.start())  # workers probe on their own: none waits for another
         self._transport = await self._listen(self.config.network)
         self._unicast = await self._listen_unicast(self.config.network)
-        tg.create_task(self.actions.run(), name="actions")
-        await self._start_workers(saved.actuators if saved and restored else {})
-        self._reconcile()  # decisions taken during the probes had no workers to tell
+        self._carry_out(self.plan.reconcile(self.core.zones))
         self._arm()
 
-    async def _start_workers(self, known: dict[str, bool | None]) -> None:
-        """One worker per actuator; each learns its real position before anything moves."""
+    def loaded(self) -> None:
+        """Keep a copy of the config now running, for ``powercast failsafe`` after a crash."""
+        if not self.dry_run:  # a dry run drives nothing the failsafe should take over
+            failsafe.keep_running_config(self.config, self._state_dir)
+
+    async def shutdown(self) -> None:
+        """No controller will react to heat once this one is gone: fans on, bounded."""
+        leave = failsafe.leave_fans_marker()
+        if leave is not None and leave.exists():
+            log.warning("stopping_fans_left", marker=str(leave), hint="remove it to fail safe")
+            return
+        if self.dry_run:
+            return
+        self._carry_out(self.plan.stop(leave_fans=False))
+        workers = [w for w, _ in self._workers.values()]
+        try:
+            async with asyncio.timeout(SHUTDOWN_GRACE_S):
+                while any(w.known is not True for w in workers):
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            pass
+        left = [w.driver.name for w in workers if w.known is not True]
+        if left:
+            log.error("stopping_fans_unknown", actuators=left, grace_s=SHUTDOWN_GRACE_S)
+        else:
+            log.info("stopping_fans_on", actuators=len(workers))
+
+    def _carry_out(self, effects: list[Effect]) -> None:
+        """The plan's effects, in order; the only place the controller touches the world."""
+        for effect in effects:
+            match effect:
+                case SetActuator(key, on):
+                    entry = self._workers.get(key)
+                    if entry is not None:
+                        entry[0].want(on)
+                case RunActions(decision, actions, replay):
+                    if replay:
+                        log.info("actions_replayed", zone=decision.zone, state=decision.state)
+                    self.actions.submit(decision, list(actions))
+                case LogDryRun(decision, actions):
+                    for action in actions:
+                        log.info("action_dry_run", zone=decision.zone, argv=action.argv)
+                case StartActuator(key, zone, config):
+                    self._start_worker(key, zone, config)
+                case ReleaseActuator(key, config):
+                    self._release(key, config)
+                case Save():
+                    self._save()
+                case Notify():
+                    self.notifier.status(self.status())
+
+    def _start_worker(self, key: str, zone: str, config: cfg.Actuator) -> None:
         assert self._tg is not None
-        for task in self._worker_tasks:
-            task.cancel()
-        self.workers = {}
-        for zone in self.core.zone_configs.values():
-            workers = []
-            for index, actuator in enumerate(zone.actuators):
-                key = f"{zone.name}/{index}"
-                driver = make_driver(actuator, f"{key}({actuator.__struct_config__.tag})")
-                worker = Worker(driver, zone.name, known=known.get(key), dry_run=self.dry_run)
-                worker.on_change = self._actuator_changed
-                await worker.probe()
-                workers.append(worker)
-            self.workers[zone.name] = workers
-        self._worker_tasks = [
-            self._tg.create_task(w.run(), name=w.driver.name)
-            for ws in self.workers.values()
-            for w in ws
-        ]
-        self._settled = set()
+        driver = make_driver(config, f"{key}({config.__struct_config__.tag})")
+        worker = Worker(driver, zone, dry_run=self.dry_run)
+        worker.on_change = self._actuator_changed
+        self._workers[key] = (worker, self._tg.create_task(worker.run(), name=driver.name))
+
+    def _release(self, key: str, config: cfg.Actuator) -> None:
+        """An actuator the config no longer drives (or drives differently) is left in its
+        safe state, fans on, by a task of its own: nothing will move it again."""
+        entry = self._workers.pop(key, None)
+        if entry is not None:
+            entry[1].cancel()
+        if self._tg is not None and not self.dry_run:
+            self._tg.create_task(_release(key, config), name=f"release {key}")
 
     async def _listen(self, network: cfg.Network) -> asyncio.DatagramTransport:
         sock = net.open_receiver(network.group, network.port, network.interface)
@@ -133,42 +199,10 @@ class ControllerDaemon(Daemon[ControllerConfig]):
                 if old is not None:
                     old.close()
             self._transport, self._unicast = transport, unicast
-        old_zones = self.config.effective_zones()
-        self._decided(self.core.reconfigure(new, keyring, self.loop.time()))
-        if new.effective_zones() != old_zones:
-            # A position is carried over only to the same actuator: another one in its
-            # place has its own, unknown until read or written.
-            before, after = (
-                {f"{z.name}/{i}": a for z in zones for i, a in enumerate(z.actuators)}
-                for zones in (old_zones, new.effective_zones())
-            )
-            known = {
-                key: w.known
-                for zone, ws in self.workers.items()
-                for i, w in enumerate(ws)
-                if (key := f"{zone}/{i}") in after and after[key] == before.get(key)
-            }
-            released = {k: a for k, a in before.items() if after.get(k) != a}
-            await self._start_workers(known)
-            self._reconcile()
-            if released and self._tg is not None:
-                self._tg.create_task(self._release(released), name="release")
+        decisions = self.core.reconfigure(new, keyring, self.loop.time())
+        self._carry_out(self.plan.reload(dict(self.core.zone_configs), self.core.zones))
+        self._decided(decisions)
         self._arm()
-
-    async def _release(self, released: dict[str, cfg.Actuator]) -> None:
-        """Actuators the new config no longer drives are left in their safe state, fans on:
-        nothing will move them again, so they must not stay off."""
-        for key, actuator in released.items():
-            driver = make_driver(actuator, f"{key}({actuator.__struct_config__.tag})")
-            try:
-                async with asyncio.timeout(driver.timeout_s):
-                    await driver.apply(SAFE_POSITION)
-            except Exception as err:  # one device's failure must not end the daemon
-                log.error(
-                    "actuator_release_failed", actuator=driver.name, error=str(err) or repr(err)
-                )
-            else:
-                log.warning("actuator_released", actuator=driver.name, position="on")
 
     def close(self) -> None:
         if self._transport is not None:
@@ -188,7 +222,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             text = f"{policy.state}: {policy.reason}"
         else:
             text = "; ".join(f"{name} {p.state}" for name, p in zones.items())
-        failed = [w.driver.name for ws in self.workers.values() for w in ws if w.status == "failed"]
+        failed = [w.driver.name for w, _ in self._workers.values() if w.status == "failed"]
         alarm = f"; ACTUATOR FAILED, position unknown: {', '.join(failed)}" if failed else ""
         return f"{text} ({fresh}/{heard} publishers fresh){alarm}"
 
@@ -200,7 +234,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
     def _on_datagram(self, data: bytes) -> None:
         accepted = self.core.accepted
         decisions = self.core.receive(data, self.loop.time(), time.time())
-        if decisions or len(self._settled) < len(self.core.zones):
+        if decisions or len(self.plan.settled) < len(self.core.zones):
             self._decided(decisions)  # also reconciles zones the data just confirmed
         if self.core.notices:
             for notice in self.core.notices:
@@ -212,8 +246,6 @@ class ControllerDaemon(Daemon[ControllerConfig]):
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, float("inf")
         self._decided(self.core.tick(self.loop.time()))
-        if len(self._settled) < len(self.core.zones):
-            self._reconcile()
         self._arm()
 
     def _arm(self) -> None:
@@ -238,34 +270,18 @@ class ControllerDaemon(Daemon[ControllerConfig]):
                 fans="on" if decision.fans_on else "off",
                 **decision.situation.describe(),
             )
-            zone = self.core.zone_configs[decision.zone]
-            if self.dry_run:
-                for action in zone.actions:
-                    if action.on == decision.state:
-                        log.info("action_dry_run", zone=decision.zone, argv=action.argv)
-            else:
-                self.actions.submit(decision, zone.actions)
-            for worker in self.workers.get(decision.zone, []):
-                worker.want(decision.fans_on)
-        if decisions:
-            self._settled.update(d.zone for d in decisions)
-            self.notifier.status(self.status())
-            self._save()
-        if len(self._settled) < len(self.core.zones):
+        self._carry_out(self.plan.decided(decisions))
+        if len(self.plan.settled) < len(self.core.zones):
             self._reconcile()
 
     def _reconcile(self) -> None:
-        """Zones whose first evaluation moved nothing (a restored state the data confirms,
-        or failsafe after the grace): set their actuators to the state's position. Workers
-        only write what differs from the real position."""
-        for name, policy in self.core.zones.items():
-            if name in self._settled or not policy.settled:
-                continue
-            self._settled.add(name)
+        """Zones whose first evaluation moved nothing: their actuators to the state's
+        position, their state's commands replayed (the plan decides which)."""
+        effects = self.plan.reconcile(self.core.zones)
+        for name in {e.decision.zone for e in effects if isinstance(e, RunActions | LogDryRun)}:
+            policy = self.core.zones[name]
             log.info("reconciled", zone=name, state=policy.state, reason=policy.reason)
-            for worker in self.workers.get(name, []):
-                worker.want(FANS_ON[policy.state])
-            self.notifier.status(self.status())
+        self._carry_out(effects)
 
     def set_override(self, zone: str, override: Override | None) -> list[Decision]:
         """An operator's override for ``zone`` (None clears it), logged and applied now."""
@@ -289,7 +305,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
     def _save(self) -> None:
         if self._state_dir is None or self.dry_run:  # a dry run's positions are pretend
             return
-        known = {f"{z}/{i}": w.known for z, ws in self.workers.items() for i, w in enumerate(ws)}
+        known = {key: w.known for key, (w, _) in self._workers.items()}
         record = persist.snapshot(self.core.zones, known, self.loop.time(), time.time())
         try:
             persist.save(self._state_dir, record)
@@ -335,3 +351,19 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             override = Override(order.fans_on, self.loop.time() + order.for_s, who, order.why)
         self.set_override(order.zone, override)
         return {"zone": report.zone(self, order.zone, self.loop.time(), time.time())}
+
+
+SHUTDOWN_GRACE_S: Final = 10.0
+"""At a stop, how long the actuators get to reach fans on (the unit allows 30 s to stop;
+``powercast failsafe`` tries again after)."""
+
+
+async def _release(key: str, config: cfg.Actuator) -> None:
+    driver = make_driver(config, f"{key}({config.__struct_config__.tag})")
+    try:
+        async with asyncio.timeout(driver.timeout_s):
+            await driver.apply(SAFE_POSITION)
+    except Exception as err:  # one device's failure must not end the daemon
+        log.error("actuator_release_failed", actuator=driver.name, error=str(err) or repr(err))
+    else:
+        log.warning("actuator_released", actuator=driver.name, position="on")

@@ -62,6 +62,12 @@ class Daemon(Generic[C]):
     def close(self) -> None:
         """Release sockets; runs on every exit path."""
 
+    def loaded(self) -> None:
+        """A config was loaded and is now running (at start and after each reload)."""
+
+    async def shutdown(self) -> None:
+        """Last work before the tasks are cancelled at a stop; bounded by the daemon."""
+
     def status(self) -> str:
         raise NotImplementedError
 
@@ -73,6 +79,7 @@ class Daemon(Generic[C]):
         try:
             async with asyncio.TaskGroup() as tg:
                 await self.start(tg)
+                self.loaded()
                 self.start_tools(tg)
                 self.notifier.ready(self.status())
                 log.info("ready", role=self.role, config=str(self.path), pid=os.getpid())
@@ -81,6 +88,7 @@ class Daemon(Generic[C]):
                 await self._stop.wait()
                 self.notifier.stopping()
                 log.info("stopping", role=self.role)
+                await self.shutdown()
                 raise _Stopping
         except* _Stopping:
             pass
@@ -114,6 +122,7 @@ class Daemon(Generic[C]):
                 self.config = new  # type: ignore[assignment]
                 self.keyring = keyring
                 self.loaded_at = time.time()
+                self.loaded()
                 log.info("reloaded", config=str(self.path))
             self.notifier.ready(self.status())
 

@@ -14,7 +14,6 @@ Every scan reads the tree afresh, so sensors that come or go are seen at the nex
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import re
 from dataclasses import dataclass
@@ -22,7 +21,11 @@ from pathlib import Path
 from typing import Final
 
 from powercast.config import HwmonSource, Reading
+from powercast.offload import Lane, LaneBusy
 from powercast.sources.base import SourceError, make_reading
+
+SCAN_TIMEOUT_S: Final = 10.0
+"""A scan that takes longer (a hung sensor file) has failed; the next waits for it to return."""
 
 MAX_SENSORS: Final = 24
 NAME_LEN: Final = 32
@@ -127,13 +130,21 @@ class HwmonReader:
         self._config = config
         self._root = Path(config.root)
         self._origin = f"hwmon {self._root / 'sys/class'}"
+        self._lane = Lane(name)
 
     def close(self) -> None:
         """Nothing is kept open between reads."""
 
     async def read(self) -> Reading:
         # A sensor behind a slow bus (I2C, IPMI) can take a while: keep it off the loop.
-        return await asyncio.to_thread(self.scan)
+        try:
+            return await self._lane.call(self.scan, SCAN_TIMEOUT_S)
+        except LaneBusy as err:
+            raise SourceError(f"{self._origin}: {err}") from None
+        except TimeoutError:
+            raise SourceError(
+                f"{self._origin}: no answer within {SCAN_TIMEOUT_S:g} s (a sensor file hung)"
+            ) from None
 
     def scan(self) -> Reading:
         """Discover, select, rename and read the sensors (blocking)."""

@@ -1,0 +1,177 @@
+"""Fans on when no controller runs: ``powercast failsafe``, run by the unit after every stop.
+
+It drives every actuator the controller drove to its safe position (fans on), all at
+once, each within its own bound, so a hung device delays only itself and the command
+ends within :data:`FAILSAFE_BOUND_S`; then it runs the ``failsafe`` state's commands (a
+config that moves fans with commands is still covered). It reads the config the
+controller last *ran* (a copy the controller keeps at each successful load), not only
+the file on disk, which may hold a typo saved after a refused reload.
+
+An operator who wants the fans left alone for one stop (maintenance) creates
+:data:`powercast.plan.LEAVE_FANS` in the runtime directory; the next start removes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from powercast import config as cfg
+from powercast.actions import environment, run_command
+from powercast.actuators import make_driver
+from powercast.actuators.base import SAFE_POSITION
+from powercast.plan import LEAVE_FANS
+from powercast.policy import NO_DATA, Decision
+
+RUNNING_CONFIG: Final = "controller.running.toml"
+"""The copy of the config the controller runs, in its state (else runtime) directory."""
+FAILSAFE_BOUND_S: Final = 30.0
+"""``powercast failsafe`` gives up waiting on any device or command after this long."""
+RUN_DIR: Final = Path("/run/powercast")
+
+
+def _first(value: str) -> Path | None:
+    first = value.split(":", maxsplit=1)[0]
+    return Path(first) if first else None
+
+
+def runtime_dir() -> Path:
+    return _first(os.environ.get("RUNTIME_DIRECTORY", "")) or RUN_DIR
+
+
+def leave_fans_marker() -> Path | None:
+    """Where the operator's "leave the fans" file would be."""
+    return runtime_dir() / LEAVE_FANS
+
+
+def keep_running_config(config: cfg.ControllerConfig, state_dir: Path | None) -> None:
+    """Write the running config's copy atomically; failing to is not fatal (logged by
+    the caller's next failsafe, which falls back to the file on disk)."""
+    directory = state_dir or runtime_dir()
+    with contextlib.suppress(OSError):
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".running-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(cfg.dumps(config))
+            os.replace(tmp, directory / RUNNING_CONFIG)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def running_config_paths(configured: cfg.ControllerConfig | None) -> list[Path]:
+    """Where a copy of the running config may be: state directory, then runtime directory."""
+    dirs = [
+        _first(os.environ.get("STATE_DIRECTORY", "")),
+        Path(configured.persist.state_dir) if configured and configured.persist.state_dir else None,
+        runtime_dir(),
+    ]
+    return [d / RUNNING_CONFIG for d in dirs if d is not None]
+
+
+@dataclass
+class Report:
+    """What ``powercast failsafe`` did."""
+
+    moved: int = 0
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.moved + len(self.failures)
+
+
+def gather_configs(path: Path) -> tuple[list[cfg.ControllerConfig], list[str]]:
+    """The running copy and the file on disk, whichever can be read; notes say why not."""
+    configs: list[cfg.ControllerConfig] = []
+    notes: list[str] = []
+    on_disk: cfg.ControllerConfig | None = None
+    try:
+        loaded = cfg.load(path, "controller")
+        assert isinstance(loaded, cfg.ControllerConfig)
+        on_disk = loaded
+    except cfg.ConfigError as err:
+        notes.append(f"{err} (using the config the controller last ran)")
+    for copy in running_config_paths(on_disk):
+        if not copy.exists():
+            continue
+        try:
+            loaded = cfg.load(copy, "controller")
+        except cfg.ConfigError as err:
+            notes.append(str(err))
+            continue
+        assert isinstance(loaded, cfg.ControllerConfig)
+        configs.append(loaded)
+        break
+    if on_disk is not None:
+        configs.append(on_disk)
+    return configs, notes
+
+
+async def to_safe_state(configs: list[cfg.ControllerConfig]) -> Report:
+    """Every actuator of ``configs`` (each once) to fans on, and the failsafe commands."""
+    seen: list[object] = []
+    jobs: list[tuple[str, cfg.Actuator]] = []
+    actions: list[cfg.Action] = []
+    for config in configs:
+        for zone in config.effective_zones():
+            for index, actuator in enumerate(zone.actuators):
+                if actuator not in seen:
+                    seen.append(actuator)
+                    jobs.append(
+                        (f"{zone.name}/{index}({actuator.__struct_config__.tag})", actuator)
+                    )
+            for action in zone.actions:
+                if action.on == "failsafe" and action not in actions:
+                    actions.append(action)
+    report = Report()
+    tasks = [asyncio.create_task(_safe(name, actuator)) for name, actuator in jobs]
+    commands = [asyncio.create_task(_command(action)) for action in actions]
+    if tasks or commands:
+        await asyncio.wait([*tasks, *commands], timeout=FAILSAFE_BOUND_S)
+    for (name, _), task in zip(jobs, tasks, strict=True):
+        result = _result(task, name)
+        if result is None:
+            report.moved += 1
+        else:
+            report.failures.append(result)
+    for action, task in zip(actions, commands, strict=True):
+        if (result := _result(task, action.argv[0])) is not None:
+            report.notes.append(f"failsafe command {action.argv[0]}: {result}")
+    return report
+
+
+def _result(task: asyncio.Task[str | None], name: str) -> str | None:
+    if not task.done():
+        task.cancel()
+        return f"{name}: no answer within {FAILSAFE_BOUND_S:g} s"
+    return task.result()
+
+
+async def _safe(name: str, actuator: cfg.Actuator) -> str | None:
+    """One actuator to fans on and read back; the failure in words, or None."""
+    driver = make_driver(actuator, name)
+    try:
+        async with asyncio.timeout(driver.timeout_s):
+            await driver.apply(SAFE_POSITION)
+            position = await driver.read()
+    except TimeoutError:
+        return f"{name}: no answer within {driver.timeout_s:g} s"
+    except Exception as err:  # any driver's failure is this actuator's, not the others'
+        return str(err) if str(err).startswith(name) else f"{name}: {type(err).__name__}: {err}"
+    if position is False:
+        return f"{name}: set on but reads back off"
+    return None
+
+
+async def _command(action: cfg.Action) -> str | None:
+    decision = Decision(0.0, "unknown", "failsafe", "no controller running", NO_DATA, "")
+    outcome = await run_command(action, environment(decision))
+    return None if outcome.ok else f"{outcome.result} {outcome.output[-200:]}".strip()
