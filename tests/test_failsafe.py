@@ -70,12 +70,12 @@ class TestFailsafe:
         runtime.mkdir()
         for result, status in (("success", "0"), ("exit-code", "78"), ("watchdog", "6")):
             pwm.write_text("0\n")
-            done = run(config, "--after-failure", service_result=result, exit_status=status)
+            done = run(config, "--after-stop", service_result=result, exit_status=status)
             assert done.returncode == 0, done.stderr
             assert pwm.read_text() == "255\n", result
         pwm.write_text("0\n")
         (runtime / "controller.leave-fans").write_text("filter change\n")
-        done = run(config, "--after-failure", runtime_dir=runtime)
+        done = run(config, "--after-stop", runtime_dir=runtime)
         assert done.returncode == 0
         assert "fans left as they are" in done.stdout
         assert pwm.read_text() == "0\n"

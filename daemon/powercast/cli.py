@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     safe.add_argument("--config", type=Path, default=cfg.DEFAULT_PATHS["controller"])
     safe.add_argument(
+        "--after-stop",
         "--after-failure",
+        dest="after_stop",
         action="store_true",
         help="after the controller stopped (ExecStopPost=): honour the leave-fans marker",
     )
@@ -144,7 +146,7 @@ def _daemon_command(args: argparse.Namespace) -> int:
 
 def _failsafe_command(args: argparse.Namespace) -> int:
     marker = failsafe.leave_fans_marker()
-    if args.after_failure and marker is not None and marker.exists():
+    if args.after_stop and marker is not None and marker.exists():
         print(f"powercast failsafe: fans left as they are ({marker} exists)")
         return 0
     return _failsafe(args.config)

@@ -685,13 +685,9 @@ def defaults(role: Role) -> Config:
         return PublisherConfig()
     if role == "relay":
         return RelayConfig()
-    return ControllerConfig(
-        actions=[
-            Action(on="shedding", argv=["/usr/local/sbin/powercast-fans", "off"]),
-            Action(on="normal", argv=["/usr/local/sbin/powercast-fans", "on"]),
-            Action(on="thermal_override", argv=["/usr/local/sbin/powercast-fans", "on"]),
-            Action(on="failsafe", argv=["/usr/local/sbin/powercast-fans", "on"]),
-        ]
+    fans = "/usr/local/sbin/powercast-fans"
+    return ControllerConfig(  # fans move by an actuator (reconciled); actions only notify
+        actuators=[CommandActuator(on_argv=[fans, "on"], off_argv=[fans, "off"])]
     )
 
 

@@ -1,0 +1,126 @@
+"""The plan: effects of start, state changes, reload and stop, without sockets or processes."""
+
+from __future__ import annotations
+
+from powercast import config as cfg
+from powercast.plan import (
+    LogDryRun,
+    Notify,
+    Plan,
+    ReleaseActuator,
+    RunActions,
+    Save,
+    SetActuator,
+    StartActuator,
+)
+from powercast.policy import NO_DATA, Decision, FanChart, Policy
+
+PolicySettings = cfg.Policy
+
+PWM_A = cfg.HwmonActuator(path="/sys/class/hwmon/hwmon0/pwm1")
+PWM_B = cfg.HwmonActuator(path="/sys/class/hwmon/hwmon0/pwm2")
+FANS = cfg.CommandActuator(on_argv=["fans", "on"], off_argv=["fans", "off"])
+PAGE = cfg.Action(on="shedding", argv=["page", "shed"])
+
+
+def zone(name: str, *actuators: cfg.Actuator, actions: tuple[cfg.Action, ...] = ()) -> cfg.Zone:
+    return cfg.Zone(name=name, actuators=list(actuators), actions=list(actions))
+
+
+def zones(*zs: cfg.Zone) -> dict[str, cfg.Zone]:
+    return {z.name: z for z in zs}
+
+
+def policy(name: str, state: str | None = None) -> Policy:
+    p = Policy(PolicySettings(), zone=name)
+    if state is not None:
+        p.chart = FanChart(start_value=state)
+    p.settled = True
+    return p
+
+
+def decision(name: str, state: str, previous: str = "normal") -> Decision:
+    return Decision(1.0, previous, state, "because", NO_DATA, name)
+
+
+class TestStart:
+    def test_one_worker_per_actuator_and_nothing_moves(self) -> None:
+        plan = Plan(zones(zone("a", PWM_A, PWM_B), zone("b", FANS)))
+        assert plan.start() == [
+            StartActuator("a/0", "a", PWM_A),
+            StartActuator("a/1", "a", PWM_B),
+            StartActuator("b/0", "b", FANS),
+        ]
+
+    def test_a_zone_settles_once_its_actuators_set_and_its_actions_replayed(self) -> None:
+        """A restored shed confirmed by data: actuators off, the shed's commands again."""
+        plan = Plan(zones(zone("a", PWM_A, actions=(PAGE,))))
+        plan.start()
+        waiting = Policy(PolicySettings(), zone="a")  # not evaluated yet: nothing
+        assert plan.reconcile({"a": waiting}) == []
+        effects = plan.reconcile({"a": policy("a", "shedding")})
+        assert effects[0] == SetActuator("a/0", False)
+        run = effects[1]
+        assert isinstance(run, RunActions)
+        assert (run.replay, run.actions, run.decision.state) == (True, (PAGE,), "shedding")
+        assert effects[2:] == [Save(), Notify()]
+        assert plan.reconcile({"a": policy("a", "shedding")}) == []  # once
+
+    def test_failsafe_after_the_grace_sets_fans_on(self) -> None:
+        plan = Plan(zones(zone("a", FANS)))
+        effects = plan.reconcile({"a": policy("a")})  # the chart starts in failsafe
+        assert effects[0] == SetActuator("a/0", True)
+
+
+class TestDecisions:
+    def test_a_change_moves_the_zone_and_runs_its_actions(self) -> None:
+        plan = Plan(zones(zone("a", PWM_A, actions=(PAGE,)), zone("b", PWM_B)))
+        effects = plan.decided([decision("a", "shedding")])
+        assert effects[0] == SetActuator("a/0", False)
+        assert isinstance(effects[1], RunActions)
+        assert not effects[1].replay
+        assert effects[2:] == [Save(), Notify()]
+        assert plan.settled == {"a"}
+
+    def test_dry_run_logs_instead_of_running(self) -> None:
+        plan = Plan(zones(zone("a", PWM_A, actions=(PAGE,))), dry_run=True)
+        effects = plan.decided([decision("a", "shedding")])
+        assert isinstance(effects[1], LogDryRun)
+        assert not any(isinstance(e, RunActions) for e in effects)
+
+
+class TestReload:
+    def test_the_same_actuator_keeps_its_worker_a_replaced_one_is_released(self) -> None:
+        """Identity is zone, index and settings: a new device at a/0 is a new actuator."""
+        plan = Plan(zones(zone("a", PWM_A), zone("b", FANS)))
+        plan.decided([decision("a", "shedding"), decision("b", "shedding")])
+        effects = plan.reload(
+            zones(zone("a", PWM_B), zone("b", FANS)),
+            {"a": policy("a", "shedding"), "b": policy("b", "shedding")},
+        )
+        assert effects == [
+            ReleaseActuator("a/0", PWM_A),
+            StartActuator("a/0", "a", PWM_B),
+            SetActuator("a/0", False),  # the zone is settled: the new one is set at once
+        ]
+
+    def test_a_new_zone_starts_its_workers_and_waits_to_settle(self) -> None:
+        plan = Plan(zones(zone("a", PWM_A)))
+        effects = plan.reload(zones(zone("a", PWM_A), zone("c", FANS)), {})
+        assert effects == [StartActuator("c/0", "c", FANS)]
+        assert "c" not in plan.settled
+
+    def test_a_removed_zone_is_released(self) -> None:
+        plan = Plan(zones(zone("a", PWM_A), zone("b", FANS)))
+        assert plan.reload(zones(zone("a", PWM_A)), {}) == [ReleaseActuator("b/0", FANS)]
+
+
+class TestStop:
+    def test_every_actuator_on_unless_left(self) -> None:
+        plan = Plan(zones(zone("a", PWM_A, PWM_B), zone("b", FANS)))
+        assert plan.stop(leave_fans=False) == [
+            SetActuator("a/0", True),
+            SetActuator("a/1", True),
+            SetActuator("b/0", True),
+        ]
+        assert plan.stop(leave_fans=True) == []
