@@ -15,6 +15,10 @@ fresh and what they said:
 3. Flap guard: at most flap_max_sheds sheds within any flap_window_s.
 4. Timers: the controller's deadline is never in the past after a tick (the runtime's
    timer would spin), and after the startup grace every zone has been decided.
+5. Actuators (the plan's effects, carried out at once): an actuator is off only while its
+   zone's state is a fans-off one that 1 allows; once a zone is decided, every actuator
+   is where its state says; while no controller runs (a restart's down time), every
+   actuator is on.
 
 The one allowed exception to 1 is the startup grace: a zone restored from the state file
 keeps its saved state until its own data comes or the grace ends.
@@ -38,9 +42,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from powercast import persist
 from powercast.auth import Keyring
-from powercast.config import ControllerConfig, Zone
+from powercast.config import ControllerConfig, HwmonActuator, Zone
 from powercast.config import Policy as PolicySettings
 from powercast.controller import Controller
+from powercast.plan import Effect, Plan, SetActuator
 from powercast.policy import FANS_ON, Decision, Override
 from powercast.wire import PowerStatus
 
@@ -66,13 +71,14 @@ CONFIG = ControllerConfig(
     ),
     zones=[
         # Every publisher votes, one "on battery" is enough; the hottest of all sensors.
-        Zone(name="hall"),
+        Zone(name="hall", actuators=[HwmonActuator(path="hall1"), HwmonActuator(path="hall2")]),
         # Both UPSes of a redundant pair must say so; their own sensors; a lower limit.
         Zone(
             name="pair",
             publishers=["ups-a", "ups-b"],
             power_quorum=2,
             sensors=["ups-a/*", "ups-b/*"],
+            actuators=[HwmonActuator(path="pair1")],
             policy=PolicySettings(
                 temp_high_c=30.0,
                 temp_hysteresis_c=1.0,
@@ -88,6 +94,7 @@ CONFIG = ControllerConfig(
             publishers=["ups-c"],
             sensors=["ups-c/inlet", "ups-a/inlet"],
             temperature="mean",
+            actuators=[HwmonActuator(path="room1")],
             policy=PolicySettings(
                 temp_hysteresis_c=0.0,
                 shed_after_s=0.0,
@@ -135,6 +142,10 @@ class ControllerRuns(RuleBasedStateMachine):
         self.sheds: dict[str, list[float]] = {name: [] for name in ZONES}
         self.ctrl = Controller(CONFIG, self.keyring)
         self.ctrl.start(self.now)
+        self.plan = Plan(dict(ZONES))
+        self.positions: dict[str, bool | None] = dict.fromkeys(self.plan.actuators)
+        """Each actuator's real position; None: unknown (as found at the first start)."""
+        self.carry_out(self.plan.start())
 
     # -- the model -----------------------------------------------------------------------
 
@@ -184,7 +195,14 @@ class ControllerRuns(RuleBasedStateMachine):
         self.heard[name] = self.now
         self.observe()
 
+    def carry_out(self, effects: list[Effect]) -> None:
+        """The plan's effects, as the runtime would carry them out (every write works)."""
+        for effect in effects:
+            if isinstance(effect, SetActuator):
+                self.positions[effect.key] = effect.on
+
     def record(self, decisions: list[Decision]) -> None:
+        self.carry_out(self.plan.decided(decisions))
         for d in decisions:
             if d.state != "shedding":
                 continue
@@ -219,6 +237,7 @@ class ControllerRuns(RuleBasedStateMachine):
     def after(self) -> None:
         self.observe()
         self.settle()
+        self.carry_out(self.plan.reconcile(self.ctrl.zones))
         self.check()
 
     # -- rules ---------------------------------------------------------------------------
@@ -275,11 +294,15 @@ class ControllerRuns(RuleBasedStateMachine):
         """The controller stops, stays down a while, and starts from its state file."""
         saved = persist.snapshot(self.ctrl.zones, {}, self.now, WALL + self.now)
         record = msgspec.json.decode(msgspec.json.encode(saved), type=persist.StateRecord)
+        self.carry_out(self.plan.stop(leave_fans=False))
+        assert all(self.positions.values()), f"no controller runs, fans: {self.positions}"
         self.now += down_s
         ctrl = Controller(CONFIG, self.keyring)
         persist.restore(record, ctrl.zones, self.now, WALL + self.now)
         ctrl.start(self.now)
         self.ctrl = ctrl
+        self.plan = Plan(dict(ZONES))
+        self.carry_out(self.plan.start())
         self.heard = {}
         for name in self.next_beat:
             self.next_beat[name] = max(self.next_beat[name], self.now)
@@ -320,6 +343,16 @@ class ControllerRuns(RuleBasedStateMachine):
                 else:
                     assert policy.override is not None, where
                     assert not policy.override.fans_on, where
+            for key, (zone_name, _) in self.plan.actuators.items():
+                if zone_name != name:
+                    continue
+                if self.positions[key] is False:
+                    assert not FANS_ON[policy.state], f"{where}: {key} off"
+                    assert not waiting, f"{where}: {key} off before the zone is decided"
+                if name in self.plan.settled:
+                    assert self.positions[key] is FANS_ON[policy.state], f"{where}: {key}"
+            if policy.settled:
+                assert name in self.plan.settled, f"{where}: decided but not carried out"
             if "flapping" in policy.reason:
                 assert len(policy.sheds) >= cfg.flap_max_sheds, where
             since = self.spells[name]

@@ -165,6 +165,8 @@ class TestRestart:
         grace, sheds them again (one off) and replays the state's commands; no transition."""
         files = shedding.files
         watch = Watch(files.pwm)
+        while not watch.values:  # the watch has seen the fans shed before the stop
+            time.sleep(0.001)
         assert shedding.controller.stop() == 0
         assert shedding.controller.wait_for("stopping_fans_on", timeout=1.0)
         assert files.pwm.read_text() == f"{ON}\n"
@@ -195,6 +197,8 @@ class TestRestart:
         restored shed is not carried out without data: failsafe after the grace."""
         files = shedding.files
         watch = Watch(files.pwm)
+        while not watch.values:
+            time.sleep(0.001)
         assert shedding.controller.stop() == 0
         shedding.publisher.stop()
         with running("control", "--config", str(files.controller)) as ctl:
