@@ -36,7 +36,7 @@ from powercast import config as cfg
 from powercast import control, wire
 from powercast import status as report
 from powercast.auth import Keyring
-from powercast.relay import TABLE_SIZE, WINDOW, Relay
+from powercast.relay import MAX_PACKET, TABLE_SIZE, WINDOW, Relay
 
 from harness import Daemon, free_port, make_keys, running, write_toml
 
@@ -157,6 +157,13 @@ class TestRelayCore:
         assert relay.admit(real, "segment", now) is None
         assert relay.admit(datagram(2, keyring=keyring), "broker", now) is None
         assert relay.admit(real, "broker", now) == "seen"
+
+    def test_oversize_is_dropped_unread(self) -> None:
+        """Bytes longer than any datagram are counted as oversize and go nowhere."""
+        relay = Relay()
+        assert relay.admit(b"\0" * (wire.MAX_DATAGRAM + 1), "broker", time.time()) == "oversize"
+        assert relay.counters["broker_oversize"] == 1
+        assert MAX_PACKET >= 2 * wire.MAX_DATAGRAM
 
     def test_undecodable_is_counted_with_its_reason(self) -> None:
         """Bytes that do not decode go nowhere; the reason comes back and is counted."""
@@ -432,6 +439,11 @@ class TestRelayDaemon:
         assert len(events(d["relay_a"], "datagram_not_relayed")) == 1
 
 
+OVERSIZE = 64 * 1024 * 1024
+"""An MQTT message no datagram could be; a relay that took it would hold it several times."""
+RSS_SLACK_KB = 16 * 1024
+
+
 class TestRelayUnderAttack:
     def test_forged_high_seq_does_not_stop_a_publisher(
         self, tmp_path: Path, broker: Mosquitto
@@ -454,6 +466,33 @@ class TestRelayUnderAttack:
         assert a["segment_relayed"] > (TAL_S + 2 * MARGIN_S) / HEARTBEAT_S
         assert b["broker_relayed"] >= a["segment_relayed"] - 2
 
+    def test_oversize_message_is_not_taken(self, tmp_path: Path, broker: Mosquitto) -> None:
+        """A message far larger than any datagram, published on the relays' topic, is
+        not delivered to them (their peak RSS stays put), goes nowhere, and they keep
+        relaying; one larger than a datagram but small enough to arrive is counted."""
+        lo = Loopback(tmp_path, broker)
+        far = _listener(GROUP_B, lo.port)
+        with loopback_daemons(lo) as d, far:
+            d["ctl"].wait_for("transition", timeout=BOOT_S, state="normal")
+            pids = {name: d[name].proc.pid for name in ("relay_a", "relay_b")}
+            last = max(_seqs(_drain(far, 2 * HEARTBEAT_S)))
+            before = {name: _memory(pid) for name, pid in pids.items()}
+            _publish(broker, lo.topic, b"\0" * OVERSIZE, b"\0" * (wire.MAX_DATAGRAM + 1))
+            d["relay_b"].wait_for("datagram_not_relayed", timeout=5)  # after the big one, if any
+            after = {name: _memory(pid) for name, pid in pids.items()}
+            print(f"relay memory (kB) before {before} after {after}")
+            heard = _drain(far, 3 * HEARTBEAT_S)
+            assert states(d["ctl"])[-1] == "normal"
+            a, b = summary(d["relay_a"]), summary(d["relay_b"])
+        for name in pids:
+            assert after[name]["VmHWM"] - before[name]["VmHWM"] < RSS_SLACK_KB, (before, after)
+            assert after[name]["VmRSS"] - before[name]["VmRSS"] < RSS_SLACK_KB, (before, after)
+        assert all(len(x) <= wire.MAX_DATAGRAM for x in heard)
+        assert max(_seqs(heard), default=0) > last  # still relaying, after
+        assert a["broker_oversize"] == b["broker_oversize"] == 1  # the small one only
+        assert b.get("segment_relayed", 0) == 0  # so relay A hears from the broker only ours:
+        assert a["broker_received"] == 1  # the big one never reached it
+
 
 def _publish(broker: Mosquitto, topic: str, *payloads: bytes) -> None:
     """Publish ``payloads`` on ``topic`` as any client of the broker could, and wait
@@ -467,6 +506,20 @@ def _publish(broker: Mosquitto, topic: str, *payloads: bytes) -> None:
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def _seqs(datagrams: list[bytes]) -> list[int]:
+    return [wire.decode(x).message.seq for x in datagrams]
+
+
+def _memory(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of process ``pid``, in kB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0])
+    return fields
 
 
 def _listener(group: str, port: int) -> socket.socket:

@@ -30,6 +30,10 @@ Theory of operation:
   controllers already drop as ``duplicate``, before the policy. Only exact repeats
   stop: an older seq goes on, and the controllers, which verify, call it a ``replay``.
   A forgery can thus block only its own bytes, and only for the window.
+* **Bounded intake.** The relay asks the broker (MQTT v5 Maximum Packet Size) for no
+  packet over ``MAX_PACKET``, far above any datagram, so a huge message on the topic is
+  dropped by the broker for this client and never read; anything longer than a
+  datagram that arrives anyway is dropped unread as ``oversize``.
 * **Nothing stored, nothing late.** QoS 0, no retain, a clean session: the broker never
   keeps a datagram for later. A datagram from the broker that its own TAL says has
   already expired (``sent + tal`` before the relay's clock) is dropped as ``expired``:
@@ -59,6 +63,8 @@ from typing import Any, Final, Literal
 
 import aiomqtt
 import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from powercast import config as cfg
@@ -77,6 +83,9 @@ WINDOW: Final = 8192
 """Datagrams passed on whose digests are remembered, to stop exact repeats (loops)."""
 TABLE_SIZE: Final = 4096
 """Publisher ids kept for the status; the oldest is forgotten first."""
+MAX_PACKET: Final = 64 * 1024
+"""The largest MQTT packet the broker may send us; a datagram is at most
+wire.MAX_DATAGRAM bytes plus the topic and a few bytes of header."""
 OUTBOX_SIZE: Final = 1024
 """Datagrams waiting to be published; beyond that (a broker too slow) they are lost."""
 BATCH: Final = 64
@@ -104,15 +113,18 @@ class Relay:
         self.publishers: OrderedDict[str, None] = OrderedDict()
         """Publisher ids of datagrams passed on, for the status only: never a filter."""
         self.counters: Counter[str] = Counter()
-        """``<side>_<outcome>``: received, seen, expired, undecodable and, with
+        """``<side>_<outcome>``: received, oversize, seen, expired, undecodable and, with
         keys, unsigned, unknown_key, bad_tag (here); relayed, lost (by the runtime, once
         the datagram was sent on or could not be)."""
 
     def admit(self, data: bytes, side: Side, wall: float) -> str | None:
-        """None when ``data`` goes on; else why not: ``seen``, ``expired``, an
-        authentication reason (``bad_tag``, ...) or the decode reason
+        """None when ``data`` goes on; else why not: ``oversize``, ``seen``,
+        ``expired``, an authentication reason (``bad_tag``, ...) or the decode reason
         (``magic``, ``body``, ...; counted as ``undecodable``)."""
         self.counters[f"{side}_received"] += 1
+        if len(data) > wire.MAX_DATAGRAM:
+            self.counters[f"{side}_oversize"] += 1
+            return "oversize"
         try:
             envelope = wire.open_envelope(data)
             # The tag before the body: a forgery is never decoded, let alone remembered.
@@ -292,8 +304,11 @@ class RelayDaemon(Daemon[cfg.RelayConfig]):
                     self._connected(client, where, broker.topic)
                     backoff.delay(ok=True)
                     async for message in client.messages:
-                        if isinstance(message.payload, bytes | bytearray):
-                            self._from_broker(bytes(message.payload))
+                        payload = message.payload
+                        if isinstance(payload, bytearray):  # the head is enough to refuse it
+                            payload = bytes(payload[: wire.MAX_DATAGRAM + 1])
+                        if isinstance(payload, bytes):
+                            self._from_broker(payload)
                 raise aiomqtt.MqttError("the broker ended the session")
             except (aiomqtt.MqttError, OSError, SourceError) as err:
                 delay = backoff.delay(ok=False)
@@ -409,8 +424,11 @@ def _verifying(keyring: Keyring) -> Keyring | None:
 
 
 def _client(broker: cfg.Broker) -> aiomqtt.Client:
-    """An MQTT v5 client for ``broker``: clean start, no will, nothing persisted."""
+    """An MQTT v5 client for ``broker``: clean start, no will, nothing persisted, and no
+    packet over MAX_PACKET (the broker drops those for us instead of sending them)."""
     password = read_secret(broker.password_file, "broker") if broker.password_file else None
+    connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: no hints
+    connect.MaximumPacketSize = MAX_PACKET
     client = aiomqtt.Client(
         broker.host,
         broker.port,
@@ -421,6 +439,7 @@ def _client(broker: cfg.Broker) -> aiomqtt.Client:
         keepalive=broker.keepalive_s,
         timeout=broker.connect_timeout_s,
         clean_start=True,
+        properties=connect,
         logger=_MQTT_LOG,
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],  # no Nagle: no 40 ms
     )
