@@ -23,7 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import netbed
+import paho.mqtt.client as paho
 import pytest
 import sites
 import tomli_w
@@ -33,7 +35,8 @@ from sites import Mosquitto, Sites, relay_config
 from powercast import config as cfg
 from powercast import control, wire
 from powercast import status as report
-from powercast.relay import TABLE_SIZE, Relay
+from powercast.auth import Keyring
+from powercast.relay import MAX_PACKET, TABLE_SIZE, WINDOW, Relay
 
 from harness import Daemon, free_port, make_keys, running, write_toml
 
@@ -61,8 +64,15 @@ def require(reason: str | None) -> None:
 
 
 def datagram(
-    seq: int, *, publisher: str = "ups-1", epoch: int = 7, sent: float | None = None
+    seq: int,
+    *,
+    publisher: str = "ups-1",
+    epoch: int = 7,
+    sent: float | None = None,
+    keyring: Keyring | None = None,
+    key_id: int = 1,
 ) -> bytes:
+    """An announcement as a publisher sends it; signed with ``key_id`` given a keyring."""
     message = wire.Announcement(
         publisher=publisher,
         epoch=epoch,
@@ -73,30 +83,87 @@ def datagram(
         power=wire.Power(wire.PowerStatus.ONLINE),
         temperatures={},
     )
-    return wire.encode(message)
+    if keyring is None:
+        return wire.encode(message)
+    return wire.encode(message, key_id=key_id, sign=keyring.signer(key_id))
 
 
 class TestRelayCore:
     def test_new_datagrams_go_on_and_repeats_stop(self) -> None:
-        """A higher seq goes on; the same seq again (a loop, an echo) is seen and stops."""
+        """A datagram goes on once; the very same bytes again (a loop, an echo) are seen."""
         relay = Relay()
         now = time.time()
-        assert relay.admit(datagram(1), "segment", now) is None
-        assert relay.admit(datagram(1), "broker", now) == "seen"
-        assert relay.admit(datagram(2), "broker", now) is None
-        assert relay.admit(datagram(2), "segment", now) == "seen"
+        one, two = datagram(1), datagram(2)
+        assert relay.admit(one, "segment", now) is None
+        assert relay.admit(one, "broker", now) == "seen"
+        assert relay.admit(two, "broker", now) is None
+        assert relay.admit(two, "segment", now) == "seen"
         assert relay.counters["segment_seen"] == 1
         assert relay.counters["broker_seen"] == 1
 
-    def test_older_seq_stops_newer_epoch_goes(self) -> None:
-        """An older seq of the same epoch stops (a controller would call it a replay);
-        another epoch of the same publisher (a restart) goes on."""
+    def test_only_exact_repeats_stop(self) -> None:
+        """An older seq, another epoch, another publisher: each goes on; judging replays
+        is the controllers' work, done on datagrams they verified."""
         relay = Relay()
         now = time.time()
         assert relay.admit(datagram(5), "segment", now) is None
-        assert relay.admit(datagram(4), "broker", now) == "seen"
+        assert relay.admit(datagram(4), "broker", now) is None
         assert relay.admit(datagram(1, epoch=8), "broker", now) is None
         assert relay.admit(datagram(1, publisher="ups-2"), "broker", now) is None
+
+    def test_forged_high_seq_blocks_nothing(self) -> None:
+        """Keyless, a forged seq 2^63-1 for a publisher is carried like any datagram, and
+        the publisher's real datagrams after it still go on, in both directions."""
+        relay = Relay()
+        now = time.time()
+        assert relay.admit(datagram(2**63 - 1), "broker", now) is None
+        assert relay.admit(datagram(2**63 - 1, sent=now - 1), "segment", now) is None
+        for seq in (1, 2, 3):
+            assert relay.admit(datagram(seq), "segment", now) is None
+            assert relay.admit(datagram(seq, sent=now + seq), "broker", now) is None
+        assert relay.counters["segment_seen"] == relay.counters["broker_seen"] == 0
+
+    def test_what_is_remembered_is_bounded(self) -> None:
+        """At most ``window`` datagrams are remembered, oldest out first: a datagram
+        is forgotten after that many others, forged or not."""
+        relay = Relay(window=8)
+        now = time.time()
+        first = datagram(2**63 - 1)
+        relay.admit(first, "broker", now)
+        for seq in range(20):
+            relay.admit(datagram(seq), "broker", now)
+        assert len(relay.recent) == 8
+        assert relay.admit(first, "broker", now) is None
+        assert WINDOW >= 1024
+
+    def test_keyed_relay_drops_what_it_cannot_verify(self, tmp_path: Path) -> None:
+        """With keys, an unsigned, unknown-key or wrongly tagged datagram is dropped and
+        counted under its reason, before it is remembered: the real one still goes on."""
+        keyring = Keyring.load(make_keys(tmp_path / "keys", 1))
+        other = Keyring.load(make_keys(tmp_path / "other", 1, 2))
+        relay = Relay(keyring)
+        now = time.time()
+        real = datagram(1, keyring=keyring)
+        forged = {
+            "unsigned": datagram(1),
+            "unknown_key": datagram(2**63 - 1, keyring=other, key_id=2),
+            "bad_tag": datagram(2**63 - 1, keyring=other),
+        }
+        for reason, data in forged.items():
+            assert relay.admit(data, "broker", now) == reason
+            assert relay.counters[f"broker_{reason}"] == 1
+        assert relay.admit(real[:-1] + bytes([real[-1] ^ 1]), "segment", now) == "bad_tag"
+        assert len(relay.recent) == 0
+        assert relay.admit(real, "segment", now) is None
+        assert relay.admit(datagram(2, keyring=keyring), "broker", now) is None
+        assert relay.admit(real, "broker", now) == "seen"
+
+    def test_oversize_is_dropped_unread(self) -> None:
+        """Bytes longer than any datagram are counted as oversize and go nowhere."""
+        relay = Relay()
+        assert relay.admit(b"\0" * (wire.MAX_DATAGRAM + 1), "broker", time.time()) == "oversize"
+        assert relay.counters["broker_oversize"] == 1
+        assert MAX_PACKET >= 2 * wire.MAX_DATAGRAM
 
     def test_undecodable_is_counted_with_its_reason(self) -> None:
         """Bytes that do not decode go nowhere; the reason comes back and is counted."""
@@ -107,7 +174,7 @@ class TestRelayCore:
         assert relay.admit(datagram(1)[:-1], "broker", now) == "length"
         assert relay.counters["segment_undecodable"] == 1
         assert relay.counters["broker_undecodable"] == 2
-        assert relay.latest == {}
+        assert len(relay.recent) == 0
 
     def test_expired_from_the_broker_is_dropped(self) -> None:
         """A datagram from the broker whose TAL ran out before it arrived stops there;
@@ -117,15 +184,15 @@ class TestRelayCore:
         assert relay.admit(old, "broker", time.time()) == "expired"
         assert relay.admit(old, "segment", time.time()) is None
 
-    def test_table_is_bounded(self) -> None:
-        """Many publishers and epochs keep at most TABLE_SIZE entries, oldest out first."""
+    def test_publishers_are_bounded(self) -> None:
+        """The publishers shown in the status keep at most TABLE_SIZE ids, oldest out."""
         relay = Relay(table_size=8)
         now = time.time()
-        for epoch in range(20):
-            relay.admit(datagram(1, epoch=epoch), "broker", now)
-        assert len(relay.latest) == 8
-        assert ("ups-1", 19) in relay.latest
-        assert ("ups-1", 0) not in relay.latest
+        for n in range(20):
+            relay.admit(datagram(1, publisher=f"ups-{n}"), "broker", now)
+        assert len(relay.publishers) == 8
+        assert "ups-19" in relay.publishers
+        assert "ups-0" not in relay.publishers
         assert TABLE_SIZE >= 1024
 
     def test_relays_on_one_segment_do_not_ping_pong(self) -> None:
@@ -137,7 +204,8 @@ class TestRelayCore:
         now = time.time()
         published: list[tuple[str, bytes]] = []
         injected: dict[str, list[bytes]] = {"A": [], "B": []}
-        work = [(name, "segment", datagram(1)) for name in ("a1", "a2")]  # heard in A
+        heard = datagram(1)
+        work = [(name, "segment", heard) for name in ("a1", "a2")]  # heard in A
         while work:
             name, side, data = work.pop()
             if relays[name].admit(data, side, now) is not None:  # type: ignore[arg-type]
@@ -251,7 +319,7 @@ class Loopback:
         netbed.set_reading(self.reading, "online")
         a = {"group": GROUP_A, "port": self.port, "interface": "127.0.0.1"}
         b = {"group": GROUP_B, "port": self.port, "interface": "127.0.0.1"}
-        topic = f"powercast/test-{self.port}"
+        self.topic = topic = f"powercast/test-{self.port}"
         where = (broker.address, broker.port)
         for name, net in (("ra", a), ("rb", b)):
             config = relay_config(net, *where, topic=topic, control=_socket(tmp_path, name))
@@ -369,6 +437,89 @@ class TestRelayDaemon:
         assert not any(b"not a powercast" in x for x in heard_far)
         assert a["segment_undecodable"] == 3
         assert len(events(d["relay_a"], "datagram_not_relayed")) == 1
+
+
+OVERSIZE = 64 * 1024 * 1024
+"""An MQTT message no datagram could be; a relay that took it would hold it several times."""
+RSS_SLACK_KB = 16 * 1024
+
+
+class TestRelayUnderAttack:
+    def test_forged_high_seq_does_not_stop_a_publisher(
+        self, tmp_path: Path, broker: Mosquitto
+    ) -> None:
+        """Anyone on the broker publishes, without a key, a datagram claiming the real
+        publisher's epoch and seq 2^63-1: both relays carry on relaying the real ones,
+        and the controller behind them still follows the news."""
+        lo = Loopback(tmp_path, broker)
+        with loopback_daemons(lo) as d:
+            d["ctl"].wait_for("transition", timeout=BOOT_S, state="normal")
+            with _listener(GROUP_A, lo.port) as near:
+                real = wire.decode(_drain(near, 2 * HEARTBEAT_S)[0]).message
+            forged = wire.encode(msgspec.structs.replace(real, seq=2**63 - 1, sent=time.time()))
+            _publish(broker, lo.topic, forged)
+            time.sleep(TAL_S + 2 * MARGIN_S)  # poisoned, the controller would now fail safe
+            netbed.set_reading(lo.reading, "on_battery")  # and hear no news again
+            d["ctl"].wait_for("transition", timeout=NEWS_S, state="on_battery")
+            a, b = summary(d["relay_a"]), summary(d["relay_b"])
+        assert a["broker_relayed"] >= 1  # the forgery, carried: keyless, it cannot tell
+        assert a["segment_relayed"] > (TAL_S + 2 * MARGIN_S) / HEARTBEAT_S
+        assert b["broker_relayed"] >= a["segment_relayed"] - 2
+
+    def test_oversize_message_is_not_taken(self, tmp_path: Path, broker: Mosquitto) -> None:
+        """A message far larger than any datagram, published on the relays' topic, is
+        not delivered to them (their peak RSS stays put), goes nowhere, and they keep
+        relaying; one larger than a datagram but small enough to arrive is counted."""
+        lo = Loopback(tmp_path, broker)
+        far = _listener(GROUP_B, lo.port)
+        with loopback_daemons(lo) as d, far:
+            d["ctl"].wait_for("transition", timeout=BOOT_S, state="normal")
+            pids = {name: d[name].proc.pid for name in ("relay_a", "relay_b")}
+            last = max(_seqs(_drain(far, 2 * HEARTBEAT_S)))
+            before = {name: _memory(pid) for name, pid in pids.items()}
+            _publish(broker, lo.topic, b"\0" * OVERSIZE, b"\0" * (wire.MAX_DATAGRAM + 1))
+            d["relay_b"].wait_for("datagram_not_relayed", timeout=5)  # after the big one, if any
+            after = {name: _memory(pid) for name, pid in pids.items()}
+            print(f"relay memory (kB) before {before} after {after}")
+            heard = _drain(far, 3 * HEARTBEAT_S)
+            assert states(d["ctl"])[-1] == "normal"
+            a, b = summary(d["relay_a"]), summary(d["relay_b"])
+        for name in pids:
+            assert after[name]["VmHWM"] - before[name]["VmHWM"] < RSS_SLACK_KB, (before, after)
+            assert after[name]["VmRSS"] - before[name]["VmRSS"] < RSS_SLACK_KB, (before, after)
+        assert all(len(x) <= wire.MAX_DATAGRAM for x in heard)
+        assert max(_seqs(heard), default=0) > last  # still relaying, after
+        assert a["broker_oversize"] == b["broker_oversize"] == 1  # the small one only
+        assert b.get("segment_relayed", 0) == 0  # so relay A hears from the broker only ours:
+        assert a["broker_received"] == 1  # the big one never reached it
+
+
+def _publish(broker: Mosquitto, topic: str, *payloads: bytes) -> None:
+    """Publish ``payloads`` on ``topic`` as any client of the broker could, and wait
+    until the broker has each (QoS 1)."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.connect(broker.address, broker.port)
+    client.loop_start()
+    try:
+        for payload in payloads:
+            client.publish(topic, payload, qos=1).wait_for_publish(timeout=30)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _seqs(datagrams: list[bytes]) -> list[int]:
+    return [wire.decode(x).message.seq for x in datagrams]
+
+
+def _memory(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of process ``pid``, in kB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0])
+    return fields
 
 
 def _listener(group: str, port: int) -> socket.socket:

@@ -9,19 +9,31 @@ Theory of operation:
 * **Byte for byte.** A datagram is carried as the exact bytes heard; nothing is signed,
   unsigned or rewritten, so authentication stays end to end and the broker (and the
   relay) need not be trusted: a datagram changed on the way fails its tag at the
-  controller. The relay decodes only to learn (publisher, epoch, seq), and carries
+  controller. The relay decodes only to judge freshness (``sent + tal``), and carries
   nothing that does not decode (counted as ``undecodable``, logged at most once per
   reason and side every 10 s).
-* **Each datagram once, no loops.** One table remembers, per (publisher, epoch), the
-  highest seq passed on in either direction. A datagram at or below it is ``seen`` and
-  goes no further. So a relay never re-sends its own output (its own multicast heard
-  back, its own publication echoed by the broker: MQTT v5's no-local keeps the latter
-  from even arriving), and several relays on one segment cannot ping-pong: relay B
-  hears what relay A multicast, finds it seen (from the broker) and does not publish it
-  again. What still reaches a controller twice (two relays of one site each bringing
-  the same datagram in) is the exact duplicate controllers already drop as
-  ``duplicate``, before the policy. A datagram older than the newest passed on would be
-  a ``replay`` at every controller; dropping it here costs nothing.
+* **Nothing unverified steers it.** A relay never lets a datagram it has not verified
+  change what it forwards later. Given keys (a keyring that holds some), it checks the
+  tag before anything else and drops what fails, counted under the reason
+  (``unsigned``, ``unknown_key``, ``bad_tag``). Without keys it cannot tell a forgery,
+  so it carries every datagram that decodes, as before, and keeps no per-publisher
+  state that one could poison: no "highest seq seen" that a forged seq 2^63-1 would
+  raise above every real one.
+* **Each datagram once, no loops.** The relay remembers the digests of the last
+  ``WINDOW`` datagrams it passed on, in either direction, oldest forgotten first. The
+  very same bytes again are ``seen`` and go no further. So a relay never re-sends its
+  own output (its own multicast heard back, its own publication echoed by the broker:
+  MQTT v5's no-local keeps the latter from even arriving), and several relays on one
+  segment cannot ping-pong: relay B hears what relay A multicast, finds it seen (from
+  the broker) and does not publish it again. What still reaches a controller twice (two
+  relays of one site each bringing the same datagram in) is the exact duplicate
+  controllers already drop as ``duplicate``, before the policy. Only exact repeats
+  stop: an older seq goes on, and the controllers, which verify, call it a ``replay``.
+  A forgery can thus block only its own bytes, and only for the window.
+* **Bounded intake.** The relay asks the broker (MQTT v5 Maximum Packet Size) for no
+  packet over ``MAX_PACKET``, far above any datagram, so a huge message on the topic is
+  dropped by the broker for this client and never read; anything longer than a
+  datagram that arrives anyway is dropped unread as ``oversize``.
 * **Nothing stored, nothing late.** QoS 0, no retain, a clean session: the broker never
   keeps a datagram for later. A datagram from the broker that its own TAL says has
   already expired (``sent + tal`` before the relay's clock) is dropped as ``expired``:
@@ -40,6 +52,7 @@ reload, stop).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import socket
@@ -50,6 +63,8 @@ from typing import Any, Final, Literal
 
 import aiomqtt
 import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from powercast import config as cfg
@@ -64,8 +79,13 @@ log = structlog.get_logger("powercast")
 Side = Literal["segment", "broker"]
 """Where a datagram came from: heard on the group here, or received from the broker."""
 
+WINDOW: Final = 8192
+"""Datagrams passed on whose digests are remembered, to stop exact repeats (loops)."""
 TABLE_SIZE: Final = 4096
-"""(publisher, epoch) pairs remembered; the oldest is forgotten first."""
+"""Publisher ids kept for the status; the oldest is forgotten first."""
+MAX_PACKET: Final = 64 * 1024
+"""The largest MQTT packet the broker may send us; a datagram is at most
+wire.MAX_DATAGRAM bytes plus the topic and a few bytes of header."""
 OUTBOX_SIZE: Final = 1024
 """Datagrams waiting to be published; beyond that (a broker too slow) they are lost."""
 BATCH: Final = 64
@@ -73,38 +93,67 @@ LOG_EVERY_S: Final = 10.0
 
 
 class Relay:
-    """Which datagrams go on, in each direction; pure (the wall clock comes in)."""
+    """Which datagrams go on, in each direction; pure (the wall clock comes in).
 
-    def __init__(self, table_size: int = TABLE_SIZE) -> None:
+    With a ``keyring`` that holds keys, only datagrams whose tag verifies go on; without,
+    every datagram that decodes does. Either way nothing that fails is remembered.
+    """
+
+    def __init__(
+        self,
+        keyring: Keyring | None = None,
+        window: int = WINDOW,
+        table_size: int = TABLE_SIZE,
+    ) -> None:
+        self.keyring = keyring
+        self.window = window
         self.table_size = table_size
-        self.latest: OrderedDict[tuple[str, int], int] = OrderedDict()
-        """(publisher, epoch) -> the highest seq passed on."""
+        self.recent: OrderedDict[bytes, None] = OrderedDict()
+        """Digests of the last ``window`` datagrams passed on, oldest first."""
+        self.publishers: OrderedDict[str, None] = OrderedDict()
+        """Publisher ids of datagrams passed on, for the status only: never a filter."""
         self.counters: Counter[str] = Counter()
-        """``<side>_<outcome>``: received, seen, expired, undecodable (here); relayed,
-        lost (by the runtime, once the datagram was sent on or could not be)."""
+        """``<side>_<outcome>``: received, oversize, seen, expired, undecodable and, with
+        keys, unsigned, unknown_key, bad_tag (here); relayed, lost (by the runtime, once
+        the datagram was sent on or could not be)."""
 
     def admit(self, data: bytes, side: Side, wall: float) -> str | None:
-        """None when ``data`` goes on; else why not: ``seen``, ``expired``, or the decode
-        reason (``magic``, ``body``, ...; counted as ``undecodable``)."""
+        """None when ``data`` goes on; else why not: ``oversize``, ``seen``,
+        ``expired``, an authentication reason (``bad_tag``, ...) or the decode reason
+        (``magic``, ``body``, ...; counted as ``undecodable``)."""
         self.counters[f"{side}_received"] += 1
+        if len(data) > wire.MAX_DATAGRAM:
+            self.counters[f"{side}_oversize"] += 1
+            return "oversize"
         try:
-            message = wire.decode(data).message
+            envelope = wire.open_envelope(data)
+            # The tag before the body: a forgery is never decoded, let alone remembered.
+            problem = self.keyring.verify(envelope) if self.keyring is not None else None
+            if problem is not None:
+                self.counters[f"{side}_{problem}"] += 1
+                return problem
+            message = wire.decode_body(envelope)
         except wire.DecodeError as err:
             self.counters[f"{side}_undecodable"] += 1
             return err.reason
         if side == "broker" and wall > message.sent + message.tal:
             self.counters[f"{side}_expired"] += 1
             return "expired"
-        key = (message.publisher, message.epoch)
-        last = self.latest.get(key)
-        if last is not None and message.seq <= last:
+        digest = hashlib.blake2b(data, digest_size=16).digest()
+        if digest in self.recent:
             self.counters[f"{side}_seen"] += 1
             return "seen"
-        self.latest[key] = message.seq
-        self.latest.move_to_end(key)
-        if len(self.latest) > self.table_size:
-            self.latest.popitem(last=False)
+        _remember(self.recent, digest, self.window)
+        _remember(self.publishers, message.publisher, self.table_size)
         return None
+
+
+def _remember(table: OrderedDict[Any, None], key: object, size: int) -> None:
+    """Put ``key`` last in ``table``, forgetting the first beyond ``size``."""
+    table[key] = None
+    table.move_to_end(key)
+    if len(table) > size:
+        table.popitem(last=False)
 
 
 class RelayDaemon(Daemon[cfg.RelayConfig]):
@@ -119,7 +168,7 @@ class RelayDaemon(Daemon[cfg.RelayConfig]):
     ) -> None:
         super().__init__(path, config, keyring, notifier)
         self.loop = asyncio.get_running_loop()
-        self.core = Relay()
+        self.core = Relay(_verifying(keyring))
         self._receiver: asyncio.DatagramTransport | None = None
         self._sender: socket.socket | None = None
         self._client: aiomqtt.Client | None = None
@@ -169,6 +218,7 @@ class RelayDaemon(Daemon[cfg.RelayConfig]):
         return receiver, sender
 
     async def apply(self, new: cfg.RelayConfig, keyring: Keyring) -> None:
+        self.core.keyring = _verifying(keyring)
         if new.network != self.config.network:
             receiver, sender = await self._open(new.network)  # fails before the old closes
             self.close_sockets()
@@ -254,8 +304,11 @@ class RelayDaemon(Daemon[cfg.RelayConfig]):
                     self._connected(client, where, broker.topic)
                     backoff.delay(ok=True)
                     async for message in client.messages:
-                        if isinstance(message.payload, bytes | bytearray):
-                            self._from_broker(bytes(message.payload))
+                        payload = message.payload
+                        if isinstance(payload, bytearray):  # the head is enough to refuse it
+                            payload = bytes(payload[: wire.MAX_DATAGRAM + 1])
+                        if isinstance(payload, bytes):
+                            self._from_broker(payload)
                 raise aiomqtt.MqttError("the broker ended the session")
             except (aiomqtt.MqttError, OSError, SourceError) as err:
                 delay = backoff.delay(ok=False)
@@ -357,7 +410,7 @@ class RelayDaemon(Daemon[cfg.RelayConfig]):
             "direction": self.config.direction,
             "broker": self.broker_state(),
             "counters": dict(sorted(self.core.counters.items())),
-            "publishers": len({publisher for publisher, _ in self.core.latest}),
+            "publishers": len(self.core.publishers),
         }
 
 
@@ -365,9 +418,17 @@ _MQTT_LOG = logging.getLogger("powercast.mqtt")
 _MQTT_LOG.setLevel(logging.ERROR)  # paho's chatter stays out of the daemon's log
 
 
+def _verifying(keyring: Keyring) -> Keyring | None:
+    """The keys to verify with; None when there are none (then nothing is verified)."""
+    return keyring if keyring.ids else None
+
+
 def _client(broker: cfg.Broker) -> aiomqtt.Client:
-    """An MQTT v5 client for ``broker``: clean start, no will, nothing persisted."""
+    """An MQTT v5 client for ``broker``: clean start, no will, nothing persisted, and no
+    packet over MAX_PACKET (the broker drops those for us instead of sending them)."""
     password = read_secret(broker.password_file, "broker") if broker.password_file else None
+    connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: no hints
+    connect.MaximumPacketSize = MAX_PACKET
     client = aiomqtt.Client(
         broker.host,
         broker.port,
@@ -378,6 +439,7 @@ def _client(broker: cfg.Broker) -> aiomqtt.Client:
         keepalive=broker.keepalive_s,
         timeout=broker.connect_timeout_s,
         clean_start=True,
+        properties=connect,
         logger=_MQTT_LOG,
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],  # no Nagle: no 40 ms
     )
