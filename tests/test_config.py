@@ -131,6 +131,47 @@ class TestErrors:
         )
 
 
+class TestNesting:
+    @pytest.mark.parametrize(
+        "value",
+        ["[" * 100_000 + "]" * 100_000, "{a = " * 100_000 + "1" + "}" * 100_000],
+        ids=["arrays", "inline tables"],
+    )
+    def test_deep_nesting_is_an_error_naming_file_and_key(self, value: str) -> None:
+        """Arrays or inline tables nested 100,000 deep are one error, not a RecursionError."""
+        assert error(f'role = "controller"\n\nx = {value}\n') == (
+            f"f.toml: x: nested too deep: expected arrays and inline tables at most"
+            f" {cfg.MAX_NESTING} levels deep, got more (from line 3)"
+        )
+
+    def test_long_dotted_key_is_an_error(self) -> None:
+        """A key of 100,000 dotted parts is refused before the parser spends memory on it."""
+        message = error('role = "controller"\n[' + "a." * 100_000 + "a]\n")
+        assert message == (
+            f"f.toml: line 2: nested too deep: expected keys of at most {cfg.MAX_NESTING}"
+            " dotted parts, got more"
+        )
+
+    def test_nesting_up_to_the_limit_parses(self) -> None:
+        """Brackets and dots inside strings and comments do not count: a file nesting up to
+        the limit reaches the schema, which names the key."""
+        deep = "[" * cfg.MAX_NESTING + "]" * cfg.MAX_NESTING
+        text = (
+            'role = "controller"  # [[[[ ' + "." * 100 + "\n"
+            f'a.b.c = "{"[" * 100}{"." * 100}"\n'
+            f"d = '''\n{'{' * 100}'''\n"
+            f"x = {deep}\n"
+        )
+        assert error(text).startswith("f.toml: unknown key 'a' (expected one of: ")
+
+    def test_deep_file_is_a_config_error(self, tmp_path: Path) -> None:
+        """load() of such a file raises ConfigError naming the file."""
+        path = tmp_path / "deep.toml"
+        path.write_text("x = " + "[" * 100_000 + "]" * 100_000)
+        with pytest.raises(cfg.ConfigError, match=rf"^{re.escape(str(path))}: x: nested too deep"):
+            cfg.load(path, "controller")
+
+
 class TestCommands:
     def test_check_ok_and_bad(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

@@ -278,3 +278,22 @@ class TestLifecycle:
             ctl.wait_for("transition", state="shedding")
             assert ctl.proc.poll() is None
         notify.close()
+
+    def test_reload_of_a_deeply_nested_file_keeps_running(
+        self, files: dict[str, Path], tmp_path: Path
+    ) -> None:
+        """SIGHUP with arrays nested 100,000 deep: reload_failed naming the file, the running
+        config stays and the controller keeps deciding."""
+        path = files["controller"]
+        with (
+            running("control", "--config", str(path)) as ctl,
+            running("publish", "--config", str(files["publisher"])),
+        ):
+            ctl.wait_for("transition", state="normal")
+            path.write_text('role = "controller"\nx = ' + "[" * 100_000 + "]" * 100_000 + "\n")
+            ctl.signal(signal.SIGHUP)
+            failed = ctl.wait_for("reload_failed")
+            assert failed["error"].startswith(f"{path}: x: nested too deep")
+            set_reading(files["reading"], "on_battery", 24.0)
+            ctl.wait_for("transition", state="shedding")
+            assert ctl.proc.poll() is None

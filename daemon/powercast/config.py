@@ -659,10 +659,14 @@ def load(path: str | Path, role: Role | None = None) -> Config:
 
 def parse(text: str, origin: str, role: Role | None = None) -> Config:
     """Validate TOML ``text``; ``origin`` names it in errors."""
+    if (deep := _too_deep(text)) is not None:
+        raise ConfigError(f"{origin}: {deep}")
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{origin}: TOML syntax error: {err}") from None
+    except RecursionError:  # _too_deep should have said so; never a dead daemon
+        raise ConfigError(f"{origin}: nested too deep for the TOML parser") from None
     found = raw.get("role", role)
     if found not in _ROLES:
         raise ConfigError(
@@ -677,6 +681,56 @@ def parse(text: str, origin: str, role: Role | None = None) -> Config:
         return msgspec.convert(raw, type=cls, strict=True)
     except msgspec.ValidationError as err:
         raise ConfigError(f"{origin}: {explain(str(err), raw, cls)}") from None
+
+
+MAX_NESTING: Final = 32
+"""Arrays and inline tables nested deeper, or keys of more dotted parts, are refused before
+parsing. tomllib recurses once per level of nesting (RecursionError, which would kill a
+daemon reloading the file) and keeps every prefix of a dotted key (100,000 parts take
+gigabytes). A real config nests three or four levels."""
+
+_TOML_TOKEN: Final = re.compile(
+    r'"""(?:\\.|[^\\])*?"""'  # multi-line basic string
+    r"|'''.*?'''"  # multi-line literal string
+    r'|"(?:\\.|[^"\\\n])*"'  # basic string
+    r"|'[^'\n]*'"  # literal string
+    r"|#[^\n]*"  # comment
+    r"|[\[\]{}.=,\n]",
+    re.DOTALL,
+)
+
+
+def _too_deep(text: str) -> str | None:
+    """Why ``text`` nests too deep for the parser, naming the key and line; None if it
+    does not. Strings and comments are skipped; a dot counts until ``=``, ``,``, a
+    bracket or the end of the line (a float has one, a dotted key one per part)."""
+    depth = dots = outermost = 0
+    for token in _TOML_TOKEN.finditer(text):
+        t = token[0]
+        if t in ("[", "{"):
+            outermost = token.start() if depth == 0 else outermost
+            depth, dots = depth + 1, 0
+            if depth > MAX_NESTING:
+                line = text.count("\n", 0, outermost) + 1
+                key, eq, _ = text[text.rfind("\n", 0, outermost) + 1 : outermost].partition("=")
+                where = f"{key.strip()[:40]}: " if eq else f"line {line}: "
+                return (
+                    f"{where}nested too deep: expected arrays and inline tables at most"
+                    f" {MAX_NESTING} levels deep, got more (from line {line})"
+                )
+        elif t in ("]", "}"):
+            depth, dots = max(0, depth - 1), 0
+        elif t == ".":
+            dots += 1
+            if dots > MAX_NESTING:
+                line = text.count("\n", 0, token.start()) + 1
+                return (
+                    f"line {line}: nested too deep: expected keys of at most {MAX_NESTING}"
+                    " dotted parts, got more"
+                )
+        elif t in ("=", ",", "\n"):
+            dots = 0
+    return None
 
 
 def defaults(role: Role) -> Config:
