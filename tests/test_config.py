@@ -131,6 +131,102 @@ class TestErrors:
         )
 
 
+ACTION = '[[actions]]\non = "normal"\nargv = ["/bin/true"]\n'
+ACTUATOR = '[[actuators]]\nkind = "command"\non_argv = ["/bin/true"]\noff_argv = ["/bin/true"]\n'
+MODBUS = '[[actuators]]\nkind = "modbus"\nhost = "127.0.0.1"\ncoil = 1\n'
+COMMAND = '[[sources]]\nkind = "command"\nargv = ["/bin/true"]\n'
+NUT = '[[sources]]\nkind = "nut"\nups = "ups"\n'
+SNMP = '[[sources]]\nkind = "snmp"\nhost = "127.0.0.1"\ncommunity = "public"\n'
+FILE = '[[sources]]\nkind = "file"\npath = "/dev/null"\n'
+
+
+class TestWhatTheDaemonsCanHonour:
+    def test_tal_beyond_the_wire_names_both_keys_product_and_limit(self) -> None:
+        """heartbeat_s * tal_factor must fit the TAL field's bound (one day)."""
+        assert error('role = "publisher"\nheartbeat_s = 3600\ntal_factor = 100\n') == (
+            "f.toml: tal_factor: expected heartbeat_s * tal_factor (each announcement's TAL)"
+            " at most 86400 s, the most the wire carries, got 3600 * 100 = 360000 s"
+        )
+        ok = cfg.parse('role = "publisher"\nheartbeat_s = 864\ntal_factor = 100\n', "f")
+        assert isinstance(ok, cfg.PublisherConfig)
+
+    def test_tal_limit_is_the_wires(self) -> None:
+        """The limit is read from wire.py's Announcement, so the two cannot drift apart."""
+        assert cfg.MAX_TAL_S == 86_400.0
+
+    @pytest.mark.parametrize(
+        ("text", "key", "limit"),
+        [
+            ('role = "controller"\n' + ACTION, "actions[0].timeout_s", 3600.0),
+            ('role = "controller"\n' + ACTUATOR, "actuators[0].timeout_s", 3600.0),
+            ('role = "controller"\n' + MODBUS, "actuators[0].timeout_s", 3600.0),
+            ('role = "publisher"\n' + COMMAND, "sources[0].timeout_s", 3600.0),
+            ('role = "publisher"\n' + COMMAND, "sources[0].interval_s", 86400.0),
+            ('role = "publisher"\n' + NUT, "sources[0].timeout_s", 3600.0),
+            ('role = "publisher"\n' + SNMP, "sources[0].interval_s", 86400.0),
+            ('role = "publisher"\n' + FILE, "sources[0].interval_s", 86400.0),
+            ('role = "controller"\n[policy]\n', "policy.shed_after_s", 86400.0),
+            ('role = "controller"\n[policy]\n', "policy.max_tal_s", 3600.0),
+            (
+                'role = "controller"\n[[zones]]\nname = "a"\n' + ACTION.replace("[[", "[[zones."),
+                "zones[0].actions[0].timeout_s",
+                3600.0,
+            ),
+        ],
+    )
+    @pytest.mark.parametrize("value", ["inf", "1e300", "nan"])
+    def test_timeouts_and_intervals_are_finite_and_bounded(
+        self, text: str, key: str, limit: float, value: str
+    ) -> None:
+        """inf, nan and absurd durations are refused, naming the key and the value."""
+        name = key.rpartition(".")[2]
+        message = error(f"{text}{name} = {value}\n")
+        if value == "nan":  # fails the lower bound's comparison first
+            assert re.fullmatch(
+                rf"f\.toml: {re.escape(key)}: expected a number >=? 0\.0, got nan", message
+            )
+        else:
+            assert message == f"f.toml: {key}: expected a number <= {limit}, got {float(value)!r}"
+
+    @pytest.mark.parametrize(
+        ("text", "key"),
+        [
+            ('role = "controller"\n' + ACTION * 3, "actions[2].argv[1]"),
+            ('role = "controller"\n' + ACTUATOR, "actuators[0].on_argv[1]"),
+            ('role = "publisher"\n' + COMMAND, "sources[0].argv[1]"),
+        ],
+    )
+    def test_argv_with_nul_names_the_argument(self, text: str, key: str) -> None:
+        """A NUL in an argument (no exec can pass it) is refused with the argument's key."""
+        last = key.rpartition(".")[2].partition("[")[0]
+        lines = text.splitlines()
+        for i in reversed(range(len(lines))):
+            if lines[i].startswith(f"{last} = "):
+                lines[i] = f'{last} = ["/bin/echo", "a\\u0000b"]'
+                break
+        assert error("\n".join(lines)) == (
+            f"f.toml: {key}: expected text without NUL characters (no program, path or"
+            ' protocol can carry one), got "a\\u0000b"'
+        )
+
+    def test_nul_anywhere_names_the_key(self) -> None:
+        """A NUL in any string (a path, a key) is refused too."""
+        assert error('role = "controller"\n[persist]\nstate_dir = "/var/\\u0000"').startswith(
+            "f.toml: persist.state_dir: expected text without NUL characters"
+        )
+
+    def test_empty_argv_or_program_names_the_key(self) -> None:
+        """An empty argv, or an empty program name, is refused with its key."""
+        empty = ACTION.replace('["/bin/true"]', "[]")
+        assert error('role = "controller"\n' + ACTION + empty) == (
+            "f.toml: actions[1].argv: expected a list of length >= 1, got []"
+        )
+        blank = ACTION.replace('["/bin/true"]', '["", "x"]')
+        assert error('role = "controller"\n' + blank) == (
+            'f.toml: actions[0].argv[0]: expected a string of length >= 1, got ""'
+        )
+
+
 class TestNesting:
     @pytest.mark.parametrize(
         "value",

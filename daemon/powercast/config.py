@@ -25,6 +25,8 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 import tomli_w
 
+from powercast import wire
+
 DEFAULT_PATHS: Final = {
     "publisher": Path("/etc/powercast/publisher.toml"),
     "controller": Path("/etc/powercast/controller.toml"),
@@ -40,6 +42,18 @@ STATES: Final = (
     "manual_off",
 )
 
+
+def _wire_max(field: str) -> float:
+    """The upper bound wire.py puts on an announcement field."""
+    hint = typing.get_type_hints(wire.Announcement, include_extras=True)[field]
+    bound = typing.get_args(hint)[1].le
+    assert isinstance(bound, int | float)
+    return float(bound)
+
+
+MAX_TAL_S: Final = _wire_max("tal")
+"""The longest time-allowed-to-live an announcement can carry (docs/wire-format.md)."""
+
 Role = Literal["publisher", "controller", "relay"]
 StateName = Literal[
     "normal", "on_battery", "shedding", "thermal_override", "failsafe", "manual_on", "manual_off"
@@ -48,8 +62,11 @@ LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 LogFormat = Literal["auto", "console", "logfmt", "json", "journal"]
 PowerStatusName = Literal["online", "on_battery", "low_battery", "unknown"]
 
-Positive = Annotated[float, msgspec.Meta(gt=0.0)]
-NonNegative = Annotated[float, msgspec.Meta(ge=0.0)]
+Timeout = Annotated[float, msgspec.Meta(gt=0.0, le=3600.0)]
+"""How long a program, request or connection may take: finite (not inf or nan), at most an
+hour, so a hung action cannot hold back the ones after it for ever."""
+Interval = Annotated[float, msgspec.Meta(gt=0.0, le=86_400.0)]
+"""How often a source is read: finite, at most a day."""
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Argv = Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)]
 PublisherId = Annotated[
@@ -202,7 +219,8 @@ class PowerReading(_Table, frozen=True):
 
     status: PowerStatusName = "unknown"
     charge_pct: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)] | None = None
-    runtime_s: NonNegative | None = None
+    runtime_s: Annotated[float, msgspec.Meta(ge=0.0, le=1e9)] | None = None
+    """Bounded as on the wire (docs/wire-format.md)."""
     load_pct: Annotated[float, msgspec.Meta(ge=0.0, le=1000.0)] | None = None
     input_v: Annotated[float, msgspec.Meta(ge=0.0, le=100_000.0)] | None = None
 
@@ -217,7 +235,7 @@ class Reading(_Table, frozen=True):
 class Step(Reading, frozen=True):
     """One point of a simulated timeline: from ``at_s`` seconds after start, read this."""
 
-    at_s: NonNegative = 0.0
+    at_s: Annotated[float, msgspec.Meta(ge=0.0, le=1e9)] = 0.0
 
 
 class SimulatedSource(_Table, frozen=True, tag="simulated", tag_field="kind"):
@@ -225,7 +243,7 @@ class SimulatedSource(_Table, frozen=True, tag="simulated", tag_field="kind"):
 
     timeline: Annotated[list[Step], msgspec.Meta(min_length=1)]
     repeat: bool = False
-    interval_s: Positive = 0.1
+    interval_s: Interval = 0.1
 
     def __post_init__(self) -> None:
         times = [step.at_s for step in self.timeline]
@@ -237,15 +255,15 @@ class FileSource(_Table, frozen=True, tag="file", tag_field="kind"):
     """A TOML or JSON file (by its suffix) that an operator or a test edits."""
 
     path: str
-    interval_s: Positive = 1.0
+    interval_s: Interval = 1.0
 
 
 class CommandSource(_Table, frozen=True, tag="command", tag_field="kind"):
     """A program that prints one JSON reading on stdout."""
 
     argv: Argv
-    interval_s: Positive = 5.0
-    timeout_s: Positive = 5.0
+    interval_s: Interval = 5.0
+    timeout_s: Timeout = 5.0
 
 
 UpsName = Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
@@ -296,8 +314,8 @@ class NutSource(_Table, frozen=True, tag="nut", tag_field="kind"):
     """STARTTLS: "try" uses it if upsd has it configured, "required" refuses plain text."""
     ca_file: FilePath | None = None
     """CA certificates (PEM) that upsd's certificate must chain to; default: the system's."""
-    interval_s: Positive = 1.0
-    timeout_s: Positive = 2.0
+    interval_s: Interval = 1.0
+    timeout_s: Timeout = 2.0
     """For the connection and for each request."""
 
     @property
@@ -336,7 +354,7 @@ class HwmonSource(_Table, frozen=True, tag="hwmon", tag_field="kind"):
     """Announce a sensor under another name: ``{"coretemp.Package_id_0" = "cpu"}``."""
     root: FilePath = "/"
     """Where sysfs is mounted, less ``sys/``: tests point it at a tree of their own."""
-    interval_s: Positive = 2.0
+    interval_s: Interval = 2.0
 
 
 class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
@@ -359,8 +377,8 @@ class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
     """SNMPv3 context name; most agents serve the UPS-MIB in the default, empty one."""
     sensor: SensorName = "ups.battery"
     """The name under which upsBatteryTemperature is announced."""
-    interval_s: Positive = 1.0
-    timeout_s: Positive = 1.0
+    interval_s: Interval = 1.0
+    timeout_s: Timeout = 1.0
     """For each try of a request."""
     retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 1
 
@@ -408,7 +426,7 @@ class PublisherConfig(_Table, frozen=True):
     heartbeat_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600.0)] = 1.0
     tal_factor: Annotated[float, msgspec.Meta(ge=1.5, le=100.0)] = 3.0
     """Each announcement lives this many heartbeats: two may be lost before receivers go stale."""
-    temp_deadband_c: NonNegative = 0.5
+    temp_deadband_c: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)] = 0.5
     """A temperature change smaller than this is not news (announced with the next heartbeat)."""
     retransmit_first_gap_s: Annotated[float, msgspec.Meta(ge=0.001, le=10.0)] = 0.004
     """News is repeated after this gap, then at doubling gaps until the heartbeat."""
@@ -422,6 +440,15 @@ class PublisherConfig(_Table, frozen=True):
         ]
     )
     log: Log = msgspec.field(default_factory=Log)
+
+    def __post_init__(self) -> None:
+        tal = self.heartbeat_s * self.tal_factor
+        if tal > MAX_TAL_S:
+            raise ValueError(
+                f"tal_factor: expected heartbeat_s * tal_factor (each announcement's TAL) at"
+                f" most {MAX_TAL_S:g} s, the most the wire carries, got {self.heartbeat_s:g}"
+                f" * {self.tal_factor:g} = {tal:g} s"
+            )
 
 
 class Policy(_Table, frozen=True):
@@ -463,7 +490,7 @@ class Action(_Table, frozen=True):
 
     on: StateName
     argv: Argv
-    timeout_s: Positive = 10.0
+    timeout_s: Timeout = 10.0
 
 
 class CommandActuator(_Table, frozen=True, tag="command", tag_field="kind"):
@@ -473,7 +500,7 @@ class CommandActuator(_Table, frozen=True, tag="command", tag_field="kind"):
     off_argv: Argv
     verify_argv: Argv | None = None
     """Prints "on" or "off": the real position. Without it, success of the last command counts."""
-    timeout_s: Positive = 10.0
+    timeout_s: Timeout = 10.0
     ok_exit_codes: list[int] = msgspec.field(default_factory=lambda: [0])
 
 
@@ -498,7 +525,7 @@ class ModbusActuator(_Table, frozen=True, tag="modbus", tag_field="kind"):
     register: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
     on_value: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 1
     off_value: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
-    timeout_s: Positive = 3.0
+    timeout_s: Timeout = 3.0
 
     def __post_init__(self) -> None:
         if (self.coil is None) == (self.register is None):
@@ -667,6 +694,11 @@ def parse(text: str, origin: str, role: Role | None = None) -> Config:
         raise ConfigError(f"{origin}: TOML syntax error: {err}") from None
     except RecursionError:  # _too_deep should have said so; never a dead daemon
         raise ConfigError(f"{origin}: nested too deep for the TOML parser") from None
+    if (nul := _nul_at(raw)) is not None:
+        raise ConfigError(
+            f"{origin}: {nul[0]}: expected text without NUL characters (no program, path or"
+            f" protocol can carry one), got {_show(nul[1])}"
+        )
     found = raw.get("role", role)
     if found not in _ROLES:
         raise ConfigError(
@@ -730,6 +762,22 @@ def _too_deep(text: str) -> str | None:
                 )
         elif t in ("=", ",", "\n"):
             dots = 0
+    return None
+
+
+def _nul_at(value: Any, path: str = "") -> tuple[str, str] | None:
+    """The key path of the first string (or key) holding a NUL character, and that text."""
+    if isinstance(value, str):
+        return (path, value) if "\0" in value else None
+    if not isinstance(value, dict | list):
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        where = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}".lstrip(".")
+        if isinstance(key, str) and "\0" in key:
+            return where, key
+        if (found := _nul_at(item, where)) is not None:
+            return found
     return None
 
 
