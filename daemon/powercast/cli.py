@@ -21,7 +21,7 @@ from powercast import config as cfg
 from powercast.actuators import to_safe_state
 from powercast.auth import Keyring, KeyringError, keygen, keys_dir, load_keys
 from powercast.demo import run_demo
-from powercast.net import NetworkError
+from powercast.net import NetworkConfigError, NetworkError
 from powercast.runtime import serve
 from powercast.tap import Tap, run_tap
 
@@ -159,6 +159,11 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _run_daemon(path: Path, role: cfg.Role, *, dry_run: bool = False) -> int:
+    """Run a daemon; 78 (EX_CONFIG, not restarted by the units) for a config it refuses or
+    a network setting this host cannot have (NetworkConfigError), 1 for a network failure
+    that may pass. A program in an action or actuator that is missing is not refused
+    here: a controller must still start, run its other actuators and fail safe; `config
+    check` reports it."""
     logs.configure()
     try:
         config = cfg.load(path, role)
@@ -171,7 +176,7 @@ def _run_daemon(path: Path, role: cfg.Role, *, dry_run: bool = False) -> int:
         asyncio.run(serve(path, config, keyring, dry_run=dry_run))
     except NetworkError as err:
         print(f"powercast: {path}: {err}", file=sys.stderr)
-        return 1
+        return EX_CONFIG if isinstance(err, NetworkConfigError) else 1
     return 0
 
 
