@@ -273,22 +273,23 @@ class TestCommands:
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """`config check` says ok per file, or the error, and exits non-zero on any error."""
-        good = ROOT / "config" / "controller.toml"
+        good = ROOT / "config" / "publisher.toml"
         monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(make_keys(tmp_path / "keys")))
         bad = tmp_path / "bad.toml"
         bad.write_text('role = "publisher"\nheartbeat_s = -1\n')
         assert main(["config", "check", str(good)]) == 0
         assert capsys.readouterr().out == (
-            f"{good}: ok (controller; keys in {tmp_path / 'keys'}: 1)\n"
+            f"{good}: ok (publisher; keys in {tmp_path / 'keys'}: 1)\n"
         )
         assert main(["config", "check", str(good), str(bad)]) == 78
         captured = capsys.readouterr()
         assert captured.err == f"powercast: {bad}: heartbeat_s: expected a number >= 0.05, got -1\n"
 
     def test_init_prints_what_check_accepts(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """`config init --role R` output (a real subprocess) passes `config check`."""
+        """`config init --role R` output (a real subprocess) passes `config check`, but for
+        the fan program a controller's actions name, which a site installs."""
         make_keys(tmp_path / "keys")
         monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "keys"))
         for role in ("publisher", "controller"):
@@ -300,4 +301,118 @@ class TestCommands:
             ).stdout
             path = tmp_path / f"{role}.toml"
             path.write_text(out)
-            assert main(["config", "check", str(path)]) == 0
+            fans = Path("/usr/local/sbin/powercast-fans")
+            missing = role == "controller" and not fans.exists()
+            assert main(["config", "check", str(path)]) == (78 if missing else 0)
+            lines = capsys.readouterr().err.splitlines()
+            assert len(lines) == (4 if missing else 0)
+            assert all(f'got "{fans}": no such file' in line for line in lines)
+
+
+class TestHostProblems:
+    def controller(self, text: str = "") -> cfg.Config:
+        return cfg.parse('role = "controller"\n' + text, "f.toml")
+
+    def test_loopback_and_programs_found_are_fine(self) -> None:
+        """127.0.0.1 and lo, a program by absolute path or on PATH: nothing to say."""
+        text = (
+            '[network]\ninterface = "lo"\nunicast_listen = "127.0.0.1:5001"\n'
+            '[metrics]\nlisten = "127.0.0.1:9301"\n'
+            f'[[actions]]\non = "normal"\nargv = ["{sys.executable}", "-c", "1"]\n'
+            '[[actuators]]\nkind = "command"\non_argv = ["true"]\noff_argv = ["true"]\n'
+        )
+        assert cfg.host_problems(self.controller(text)) == []
+
+    @pytest.mark.parametrize(
+        ("interface", "why"),
+        [
+            ("nosuch0", "no interface with this name on this host"),
+            ("192.0.2.1", "no interface on this host has this address"),
+        ],
+    )
+    def test_interface_not_on_this_host(self, interface: str, why: str) -> None:
+        """network.interface by name or address must be on this host."""
+        (line,) = cfg.host_problems(self.controller(f'[network]\ninterface = "{interface}"'))
+        assert line.startswith(f"network.interface: {why} (expected ")
+        assert line.endswith(f"got {interface!r})")
+
+    @pytest.mark.parametrize(
+        ("text", "key"),
+        [
+            ('[network]\nunicast_listen = "192.0.2.1:5001"', "network.unicast_listen"),
+            ('[metrics]\nlisten = "192.0.2.1:9301"', "metrics.listen"),
+        ],
+    )
+    def test_listen_address_not_on_this_host(self, text: str, key: str) -> None:
+        """An address to listen on must be one of this host's (or a wildcard)."""
+        assert cfg.host_problems(self.controller(text)) == [
+            f"{key}: no interface on this host has this address (expected one of this host's"
+            " addresses, or 0.0.0.0 or :: for all of them, got '192.0.2.1')"
+        ]
+
+    def test_missing_or_unrunnable_programs(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """argv[0] must exist and be executable: each one that is not is named by its key."""
+        plain = tmp_path / "plain"
+        plain.write_text("")
+        monkeypatch.setenv("PATH", str(tmp_path))
+        text = (
+            f'[[actions]]\non = "normal"\nargv = ["{tmp_path}/nope"]\n'
+            f'[[actions]]\non = "normal"\nargv = ["{plain}"]\n'
+            f'[[actions]]\non = "normal"\nargv = ["{tmp_path}"]\n'
+            '[[actuators]]\nkind = "command"\non_argv = ["fans-on"]\n'
+            f'off_argv = ["{sys.executable}"]\n'
+        )
+        expected = (
+            "expected a program that exists and is executable (an absolute path, or a name on PATH)"
+        )
+        assert cfg.host_problems(self.controller(text)) == [
+            f'actions[0].argv[0]: {expected}, got "{tmp_path}/nope": no such file',
+            f'actions[1].argv[0]: {expected}, got "{plain}": not executable',
+            f'actions[2].argv[0]: {expected}, got "{tmp_path}": a directory',
+            f'actuators[0].on_argv[0]: {expected}, got "fans-on": not found on PATH',
+        ]
+
+    def test_zones_and_sources_are_checked_too(self) -> None:
+        """Programs inside zones, and a publisher's command sources, are found by key."""
+        zoned = self.controller(
+            '[[zones]]\nname = "a"\n[[zones.actions]]\non = "normal"\nargv = ["/nope"]'
+        )
+        assert cfg.host_problems(zoned)[0].startswith("zones[0].actions[0].argv[0]: expected")
+        source = cfg.parse(
+            'role = "publisher"\n[[sources]]\nkind = "command"\nargv = ["/nope"]', "f"
+        )
+        assert cfg.host_problems(source)[0].startswith("sources[0].argv[0]: expected")
+
+
+class TestCheckCommand:
+    def check(self, tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / "c.toml"
+        path.write_text(f'role = "controller"\n[auth]\nkeys_dir = "{tmp_path / "keys"}"\n{text}')
+        make_keys(tmp_path / "keys")
+        return subprocess.run(
+            [sys.executable, "-m", "powercast", "config", "check", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    def test_missing_interface_exits_78_with_one_line(self, tmp_path: Path) -> None:
+        """`powercast config check` of a config naming an interface this host lacks: 78."""
+        done = self.check(tmp_path, '[network]\ninterface = "nosuch0"\n')
+        assert done.returncode == 78
+        assert done.stdout == ""
+        assert done.stderr.startswith(
+            f"powercast: {tmp_path / 'c.toml'}: network.interface: no interface with this name"
+        )
+        assert done.stderr.count("\n") == 1
+
+    def test_nul_in_argv_exits_78_with_one_line(self, tmp_path: Path) -> None:
+        """`powercast config check` of an argv holding a NUL: 78, naming the argument."""
+        done = self.check(tmp_path, '[[actions]]\non = "normal"\nargv = ["/bin/echo", "\\u0000"]\n')
+        assert done.returncode == 78
+        assert done.stderr == (
+            f"powercast: {tmp_path / 'c.toml'}: actions[0].argv[1]: expected text without NUL"
+            ' characters (no program, path or protocol can carry one), got "\\u0000"\n'
+        )

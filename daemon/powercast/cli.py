@@ -181,6 +181,8 @@ def _run_daemon(path: Path, role: cfg.Role, *, dry_run: bool = False) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
+    """`config init`, or `config check`: each file must load, its keys must be there, and
+    this host must have what it names (interfaces, addresses, programs); else 78."""
     if args.config_command == "init":
         sys.stdout.write(cfg.dumps(cfg.defaults(args.role)))
         return 0
@@ -195,6 +197,12 @@ def _config(args: argparse.Namespace) -> int:
             keyring = load_keys(config)
         except (cfg.ConfigError, KeyringError) as err:
             print(f"powercast: {err}", file=sys.stderr)
+            status = EX_CONFIG
+            continue
+        problems = cfg.host_problems(config)
+        for problem in problems:
+            print(f"powercast: {path}: {problem}", file=sys.stderr)
+        if problems:
             status = EX_CONFIG
             continue
         if isinstance(config, cfg.RelayConfig):

@@ -7,14 +7,18 @@ found there, e.g.::
     /etc/powercast/controller.toml: policy.temp_high_c: expected a number, got "hot"
 
 No I/O beyond reading the one file; the daemons decide what to do with a ConfigError
-(refuse to start, or keep the running config on reload).
+(refuse to start, or keep the running config on reload). ``host_problems`` is apart: it
+asks this host for what a config names (interfaces, addresses, programs), for
+`config check`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
+import shutil
 import socket
 import tomllib
 import types
@@ -25,7 +29,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 import tomli_w
 
-from powercast import wire
+from powercast import net, wire
 
 DEFAULT_PATHS: Final = {
     "publisher": Path("/etc/powercast/publisher.toml"),
@@ -795,6 +799,73 @@ def defaults(role: Role) -> Config:
             Action(on="failsafe", argv=["/usr/local/sbin/powercast-fans", "on"]),
         ]
     )
+
+
+# --- what only this host can say (`config check`) ----------------------------------------
+
+
+def host_problems(config: Config) -> list[str]:
+    """What this host lacks for ``config``, one line each (key, expected, got): the
+    interface and listen addresses it names, and each program (argv[0]) it runs.
+
+    For `config check`, which fails on any (exit 78). A daemon refuses to start only on
+    the network ones (net.NetworkConfigError); a missing program does not stop it, since
+    a controller must still run its other actuators and fail safe. Programs are looked
+    up as exec would from here: with a slash as given, else on this process's PATH,
+    which may differ from the unit's."""
+    problems = []
+    network = config.network
+    family = socket.AF_INET6 if ":" in network.group else socket.AF_INET
+    listens = []
+    if isinstance(config, ControllerConfig) and config.network.unicast_listen:
+        address = udp_address(config.network.unicast_listen, "", listen_port=network.port)[0]
+        listens.append((address, "network.unicast_listen"))
+    if config.metrics.listen:
+        listens.append((listen_address(config.metrics.listen)[0], "metrics.listen"))
+    try:
+        net.resolve_interface(network.interface, family, setting="network")
+    except net.NetworkError as err:
+        problems.append(str(err))
+    for address, key in listens:
+        try:
+            net.check_local_address(address, key)
+        except net.NetworkError as err:
+            problems.append(str(err))
+    for key, argv in _argvs(msgspec.to_builtins(config)):
+        if (why := _program_problem(argv[0])) is not None:
+            problems.append(
+                f"{key}[0]: expected a program that exists and is executable (an absolute"
+                f" path, or a name on PATH), got {_show(argv[0])}: {why}"
+            )
+    return problems
+
+
+def _argvs(value: Any, path: str = "") -> list[tuple[str, list[str]]]:
+    """Every ``*argv`` list in a config's builtins, with its key path."""
+    found: list[tuple[str, list[str]]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}".lstrip(".")
+            if key.endswith("argv") and isinstance(item, list) and item:
+                found.append((where, item))
+            else:
+                found.extend(_argvs(item, where))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found.extend(_argvs(item, f"{path}[{i}]"))
+    return found
+
+
+def _program_problem(program: str) -> str | None:
+    """Why exec could not run ``program``, or None."""
+    if "/" not in program:
+        return None if shutil.which(program) else "not found on PATH"
+    path = Path(program)
+    if not path.exists():
+        return "no such file"
+    if path.is_dir():
+        return "a directory"
+    return None if os.access(path, os.X_OK) else "not executable"
 
 
 def dumps(config: Config) -> str:
