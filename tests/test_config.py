@@ -215,6 +215,13 @@ class TestWhatTheDaemonsCanHonour:
             "f.toml: persist.state_dir: expected text without NUL characters"
         )
 
+    def test_nul_in_a_key_is_shown_escaped(self) -> None:
+        """A NUL in a table's key is named with the NUL escaped, never printed raw."""
+        text = 'role = "publisher"\n[[sources]]\nkind = "hwmon"\nrename = {"a\\u0000" = "b"}'
+        message = error(text)
+        assert message.startswith("f.toml: sources[0].rename.a\\u0000: expected text without")
+        assert "\0" not in message
+
     def test_empty_argv_or_program_names_the_key(self) -> None:
         """An empty argv, or an empty program name, is refused with its key."""
         empty = ACTION.replace('["/bin/true"]', "[]")

@@ -699,8 +699,9 @@ def parse(text: str, origin: str, role: Role | None = None) -> Config:
     except RecursionError:  # _too_deep should have said so; never a dead daemon
         raise ConfigError(f"{origin}: nested too deep for the TOML parser") from None
     if (nul := _nul_at(raw)) is not None:
+        key = nul[0].replace("\0", "\\u0000")
         raise ConfigError(
-            f"{origin}: {nul[0]}: expected text without NUL characters (no program, path or"
+            f"{origin}: {key}: expected text without NUL characters (no program, path or"
             f" protocol can carry one), got {_show(nul[1])}"
         )
     found = raw.get("role", role)
