@@ -131,27 +131,172 @@ class TestErrors:
         )
 
 
+ACTION = '[[actions]]\non = "normal"\nargv = ["/bin/true"]\n'
+ACTUATOR = '[[actuators]]\nkind = "command"\non_argv = ["/bin/true"]\noff_argv = ["/bin/true"]\n'
+MODBUS = '[[actuators]]\nkind = "modbus"\nhost = "127.0.0.1"\ncoil = 1\n'
+COMMAND = '[[sources]]\nkind = "command"\nargv = ["/bin/true"]\n'
+NUT = '[[sources]]\nkind = "nut"\nups = "ups"\n'
+SNMP = '[[sources]]\nkind = "snmp"\nhost = "127.0.0.1"\ncommunity = "public"\n'
+FILE = '[[sources]]\nkind = "file"\npath = "/dev/null"\n'
+
+
+class TestWhatTheDaemonsCanHonour:
+    def test_tal_beyond_the_wire_names_both_keys_product_and_limit(self) -> None:
+        """heartbeat_s * tal_factor must fit the TAL field's bound (one day)."""
+        assert error('role = "publisher"\nheartbeat_s = 3600\ntal_factor = 100\n') == (
+            "f.toml: tal_factor: expected heartbeat_s * tal_factor (each announcement's TAL)"
+            " at most 86400 s, the most the wire carries, got 3600 * 100 = 360000 s"
+        )
+        ok = cfg.parse('role = "publisher"\nheartbeat_s = 864\ntal_factor = 100\n', "f")
+        assert isinstance(ok, cfg.PublisherConfig)
+
+    def test_tal_limit_is_the_wires(self) -> None:
+        """The limit is read from wire.py's Announcement, so the two cannot drift apart."""
+        assert cfg.MAX_TAL_S == 86_400.0
+
+    @pytest.mark.parametrize(
+        ("text", "key", "limit"),
+        [
+            ('role = "controller"\n' + ACTION, "actions[0].timeout_s", 3600.0),
+            ('role = "controller"\n' + ACTUATOR, "actuators[0].timeout_s", 3600.0),
+            ('role = "controller"\n' + MODBUS, "actuators[0].timeout_s", 3600.0),
+            ('role = "publisher"\n' + COMMAND, "sources[0].timeout_s", 3600.0),
+            ('role = "publisher"\n' + COMMAND, "sources[0].interval_s", 86400.0),
+            ('role = "publisher"\n' + NUT, "sources[0].timeout_s", 3600.0),
+            ('role = "publisher"\n' + SNMP, "sources[0].interval_s", 86400.0),
+            ('role = "publisher"\n' + FILE, "sources[0].interval_s", 86400.0),
+            ('role = "controller"\n[policy]\n', "policy.shed_after_s", 86400.0),
+            ('role = "controller"\n[policy]\n', "policy.max_tal_s", 3600.0),
+            (
+                'role = "controller"\n[[zones]]\nname = "a"\n' + ACTION.replace("[[", "[[zones."),
+                "zones[0].actions[0].timeout_s",
+                3600.0,
+            ),
+        ],
+    )
+    @pytest.mark.parametrize("value", ["inf", "1e300", "nan"])
+    def test_timeouts_and_intervals_are_finite_and_bounded(
+        self, text: str, key: str, limit: float, value: str
+    ) -> None:
+        """inf, nan and absurd durations are refused, naming the key and the value."""
+        name = key.rpartition(".")[2]
+        message = error(f"{text}{name} = {value}\n")
+        if value == "nan":  # fails the lower bound's comparison first
+            assert re.fullmatch(
+                rf"f\.toml: {re.escape(key)}: expected a number >=? 0\.0, got nan", message
+            )
+        else:
+            assert message == f"f.toml: {key}: expected a number <= {limit}, got {float(value)!r}"
+
+    @pytest.mark.parametrize(
+        ("text", "key"),
+        [
+            ('role = "controller"\n' + ACTION * 3, "actions[2].argv[1]"),
+            ('role = "controller"\n' + ACTUATOR, "actuators[0].on_argv[1]"),
+            ('role = "publisher"\n' + COMMAND, "sources[0].argv[1]"),
+        ],
+    )
+    def test_argv_with_nul_names_the_argument(self, text: str, key: str) -> None:
+        """A NUL in an argument (no exec can pass it) is refused with the argument's key."""
+        last = key.rpartition(".")[2].partition("[")[0]
+        lines = text.splitlines()
+        for i in reversed(range(len(lines))):
+            if lines[i].startswith(f"{last} = "):
+                lines[i] = f'{last} = ["/bin/echo", "a\\u0000b"]'
+                break
+        assert error("\n".join(lines)) == (
+            f"f.toml: {key}: expected text without NUL characters (no program, path or"
+            ' protocol can carry one), got "a\\u0000b"'
+        )
+
+    def test_nul_anywhere_names_the_key(self) -> None:
+        """A NUL in any string (a path, a key) is refused too."""
+        assert error('role = "controller"\n[persist]\nstate_dir = "/var/\\u0000"').startswith(
+            "f.toml: persist.state_dir: expected text without NUL characters"
+        )
+
+    def test_nul_in_a_key_is_shown_escaped(self) -> None:
+        """A NUL in a table's key is named with the NUL escaped, never printed raw."""
+        text = 'role = "publisher"\n[[sources]]\nkind = "hwmon"\nrename = {"a\\u0000" = "b"}'
+        message = error(text)
+        assert message.startswith("f.toml: sources[0].rename.a\\u0000: expected text without")
+        assert "\0" not in message
+
+    def test_empty_argv_or_program_names_the_key(self) -> None:
+        """An empty argv, or an empty program name, is refused with its key."""
+        empty = ACTION.replace('["/bin/true"]', "[]")
+        assert error('role = "controller"\n' + ACTION + empty) == (
+            "f.toml: actions[1].argv: expected a list of length >= 1, got []"
+        )
+        blank = ACTION.replace('["/bin/true"]', '["", "x"]')
+        assert error('role = "controller"\n' + blank) == (
+            'f.toml: actions[0].argv[0]: expected a string of length >= 1, got ""'
+        )
+
+
+class TestNesting:
+    @pytest.mark.parametrize(
+        "value",
+        ["[" * 100_000 + "]" * 100_000, "{a = " * 100_000 + "1" + "}" * 100_000],
+        ids=["arrays", "inline tables"],
+    )
+    def test_deep_nesting_is_an_error_naming_file_and_key(self, value: str) -> None:
+        """Arrays or inline tables nested 100,000 deep are one error, not a RecursionError."""
+        assert error(f'role = "controller"\n\nx = {value}\n') == (
+            f"f.toml: x: nested too deep: expected arrays and inline tables at most"
+            f" {cfg.MAX_NESTING} levels deep, got more (from line 3)"
+        )
+
+    def test_long_dotted_key_is_an_error(self) -> None:
+        """A key of 100,000 dotted parts is refused before the parser spends memory on it."""
+        message = error('role = "controller"\n[' + "a." * 100_000 + "a]\n")
+        assert message == (
+            f"f.toml: line 2: nested too deep: expected keys of at most {cfg.MAX_NESTING}"
+            " dotted parts, got more"
+        )
+
+    def test_nesting_up_to_the_limit_parses(self) -> None:
+        """Brackets and dots inside strings and comments do not count: a file nesting up to
+        the limit reaches the schema, which names the key."""
+        deep = "[" * cfg.MAX_NESTING + "]" * cfg.MAX_NESTING
+        text = (
+            'role = "controller"  # [[[[ ' + "." * 100 + "\n"
+            f'a.b.c = "{"[" * 100}{"." * 100}"\n'
+            f"d = '''\n{'{' * 100}'''\n"
+            f"x = {deep}\n"
+        )
+        assert error(text).startswith("f.toml: unknown key 'a' (expected one of: ")
+
+    def test_deep_file_is_a_config_error(self, tmp_path: Path) -> None:
+        """load() of such a file raises ConfigError naming the file."""
+        path = tmp_path / "deep.toml"
+        path.write_text("x = " + "[" * 100_000 + "]" * 100_000)
+        with pytest.raises(cfg.ConfigError, match=rf"^{re.escape(str(path))}: x: nested too deep"):
+            cfg.load(path, "controller")
+
+
 class TestCommands:
     def test_check_ok_and_bad(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """`config check` says ok per file, or the error, and exits non-zero on any error."""
-        good = ROOT / "config" / "controller.toml"
+        good = ROOT / "config" / "publisher.toml"
         monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(make_keys(tmp_path / "keys")))
         bad = tmp_path / "bad.toml"
         bad.write_text('role = "publisher"\nheartbeat_s = -1\n')
         assert main(["config", "check", str(good)]) == 0
         assert capsys.readouterr().out == (
-            f"{good}: ok (controller; keys in {tmp_path / 'keys'}: 1)\n"
+            f"{good}: ok (publisher; keys in {tmp_path / 'keys'}: 1)\n"
         )
         assert main(["config", "check", str(good), str(bad)]) == 78
         captured = capsys.readouterr()
         assert captured.err == f"powercast: {bad}: heartbeat_s: expected a number >= 0.05, got -1\n"
 
     def test_init_prints_what_check_accepts(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """`config init --role R` output (a real subprocess) passes `config check`."""
+        """`config init --role R` output (a real subprocess) passes `config check`, but for
+        the fan program a controller's actions name, which a site installs."""
         make_keys(tmp_path / "keys")
         monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "keys"))
         for role in ("publisher", "controller"):
@@ -163,4 +308,118 @@ class TestCommands:
             ).stdout
             path = tmp_path / f"{role}.toml"
             path.write_text(out)
-            assert main(["config", "check", str(path)]) == 0
+            fans = Path("/usr/local/sbin/powercast-fans")
+            missing = role == "controller" and not fans.exists()
+            assert main(["config", "check", str(path)]) == (78 if missing else 0)
+            lines = capsys.readouterr().err.splitlines()
+            assert len(lines) == (4 if missing else 0)
+            assert all(f'got "{fans}": no such file' in line for line in lines)
+
+
+class TestHostProblems:
+    def controller(self, text: str = "") -> cfg.Config:
+        return cfg.parse('role = "controller"\n' + text, "f.toml")
+
+    def test_loopback_and_programs_found_are_fine(self) -> None:
+        """127.0.0.1 and lo, a program by absolute path or on PATH: nothing to say."""
+        text = (
+            '[network]\ninterface = "lo"\nunicast_listen = "127.0.0.1:5001"\n'
+            '[metrics]\nlisten = "127.0.0.1:9301"\n'
+            f'[[actions]]\non = "normal"\nargv = ["{sys.executable}", "-c", "1"]\n'
+            '[[actuators]]\nkind = "command"\non_argv = ["true"]\noff_argv = ["true"]\n'
+        )
+        assert cfg.host_problems(self.controller(text)) == []
+
+    @pytest.mark.parametrize(
+        ("interface", "why"),
+        [
+            ("nosuch0", "no interface with this name on this host"),
+            ("192.0.2.1", "no interface on this host has this address"),
+        ],
+    )
+    def test_interface_not_on_this_host(self, interface: str, why: str) -> None:
+        """network.interface by name or address must be on this host."""
+        (line,) = cfg.host_problems(self.controller(f'[network]\ninterface = "{interface}"'))
+        assert line.startswith(f"network.interface: {why} (expected ")
+        assert line.endswith(f"got {interface!r})")
+
+    @pytest.mark.parametrize(
+        ("text", "key"),
+        [
+            ('[network]\nunicast_listen = "192.0.2.1:5001"', "network.unicast_listen"),
+            ('[metrics]\nlisten = "192.0.2.1:9301"', "metrics.listen"),
+        ],
+    )
+    def test_listen_address_not_on_this_host(self, text: str, key: str) -> None:
+        """An address to listen on must be one of this host's (or a wildcard)."""
+        assert cfg.host_problems(self.controller(text)) == [
+            f"{key}: no interface on this host has this address (expected one of this host's"
+            " addresses, or 0.0.0.0 or :: for all of them, got '192.0.2.1')"
+        ]
+
+    def test_missing_or_unrunnable_programs(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """argv[0] must exist and be executable: each one that is not is named by its key."""
+        plain = tmp_path / "plain"
+        plain.write_text("")
+        monkeypatch.setenv("PATH", str(tmp_path))
+        text = (
+            f'[[actions]]\non = "normal"\nargv = ["{tmp_path}/nope"]\n'
+            f'[[actions]]\non = "normal"\nargv = ["{plain}"]\n'
+            f'[[actions]]\non = "normal"\nargv = ["{tmp_path}"]\n'
+            '[[actuators]]\nkind = "command"\non_argv = ["fans-on"]\n'
+            f'off_argv = ["{sys.executable}"]\n'
+        )
+        expected = (
+            "expected a program that exists and is executable (an absolute path, or a name on PATH)"
+        )
+        assert cfg.host_problems(self.controller(text)) == [
+            f'actions[0].argv[0]: {expected}, got "{tmp_path}/nope": no such file',
+            f'actions[1].argv[0]: {expected}, got "{plain}": not executable',
+            f'actions[2].argv[0]: {expected}, got "{tmp_path}": a directory',
+            f'actuators[0].on_argv[0]: {expected}, got "fans-on": not found on PATH',
+        ]
+
+    def test_zones_and_sources_are_checked_too(self) -> None:
+        """Programs inside zones, and a publisher's command sources, are found by key."""
+        zoned = self.controller(
+            '[[zones]]\nname = "a"\n[[zones.actions]]\non = "normal"\nargv = ["/nope"]'
+        )
+        assert cfg.host_problems(zoned)[0].startswith("zones[0].actions[0].argv[0]: expected")
+        source = cfg.parse(
+            'role = "publisher"\n[[sources]]\nkind = "command"\nargv = ["/nope"]', "f"
+        )
+        assert cfg.host_problems(source)[0].startswith("sources[0].argv[0]: expected")
+
+
+class TestCheckCommand:
+    def check(self, tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / "c.toml"
+        path.write_text(f'role = "controller"\n[auth]\nkeys_dir = "{tmp_path / "keys"}"\n{text}')
+        make_keys(tmp_path / "keys")
+        return subprocess.run(
+            [sys.executable, "-m", "powercast", "config", "check", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    def test_missing_interface_exits_78_with_one_line(self, tmp_path: Path) -> None:
+        """`powercast config check` of a config naming an interface this host lacks: 78."""
+        done = self.check(tmp_path, '[network]\ninterface = "nosuch0"\n')
+        assert done.returncode == 78
+        assert done.stdout == ""
+        assert done.stderr.startswith(
+            f"powercast: {tmp_path / 'c.toml'}: network.interface: no interface with this name"
+        )
+        assert done.stderr.count("\n") == 1
+
+    def test_nul_in_argv_exits_78_with_one_line(self, tmp_path: Path) -> None:
+        """`powercast config check` of an argv holding a NUL: 78, naming the argument."""
+        done = self.check(tmp_path, '[[actions]]\non = "normal"\nargv = ["/bin/echo", "\\u0000"]\n')
+        assert done.returncode == 78
+        assert done.stderr == (
+            f"powercast: {tmp_path / 'c.toml'}: actions[0].argv[1]: expected text without NUL"
+            ' characters (no program, path or protocol can carry one), got "\\u0000"\n'
+        )

@@ -166,17 +166,36 @@ class TestBadInput:
             f'powercast: {bad}: policy.temp_high_c: expected a number, got "hot"'
         ]
 
-    def test_unknown_interface_is_one_line(self, tmp_path: Path) -> None:
-        """An interface that does not exist stops the start with a line naming the setting."""
+    @pytest.mark.parametrize("interface", ["nosuch0", "192.0.2.1"])
+    def test_interface_not_on_this_host_is_one_line_and_exit_78(
+        self, tmp_path: Path, interface: str
+    ) -> None:
+        """An interface name or address this host does not have stops the start with a line
+        naming the setting, and EX_CONFIG (78): systemd does not restart it for ever."""
         make_keys(tmp_path / "keys")
         config = controller_config(free_port(), tmp_path / "r")
-        config["network"]["interface"] = "nosuch0"
+        config["network"]["interface"] = interface
         path = write_toml(tmp_path / "c.toml", config)
         daemon = Daemon("control", "--config", str(path))
-        assert daemon.wait() == 1
+        assert daemon.wait() == 78
         (line,) = daemon.output()
         assert line.startswith(f"powercast: {path}: network.interface: ")
-        assert "nosuch0" in line
+        assert repr(interface) in line
+
+    def test_port_in_use_may_pass_and_exits_1(self, tmp_path: Path) -> None:
+        """A unicast port held by a socket that does not share it is not a config mistake:
+        exit 1, so systemd tries again."""
+        make_keys(tmp_path / "keys")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+            holder.bind(("127.0.0.1", 0))
+            port = holder.getsockname()[1]
+            config = controller_config(free_port(), tmp_path / "r")
+            config["network"]["unicast_listen"] = f"127.0.0.1:{port}"
+            path = write_toml(tmp_path / "c.toml", config)
+            daemon = Daemon("control", "--config", str(path))
+            assert daemon.wait() == 1
+        (line,) = daemon.output()
+        assert line.startswith(f"powercast: {path}: network.unicast_listen: port {port}")
 
 
 class TestLifecycle:
@@ -283,3 +302,22 @@ class TestLifecycle:
             ctl.wait_for("transition", state="shedding")
             assert ctl.proc.poll() is None
         notify.close()
+
+    def test_reload_of_a_deeply_nested_file_keeps_running(
+        self, files: dict[str, Path], tmp_path: Path
+    ) -> None:
+        """SIGHUP with arrays nested 100,000 deep: reload_failed naming the file, the running
+        config stays and the controller keeps deciding."""
+        path = files["controller"]
+        with (
+            running("control", "--config", str(path)) as ctl,
+            running("publish", "--config", str(files["publisher"])),
+        ):
+            ctl.wait_for("transition", state="normal")
+            path.write_text('role = "controller"\nx = ' + "[" * 100_000 + "]" * 100_000 + "\n")
+            ctl.signal(signal.SIGHUP)
+            failed = ctl.wait_for("reload_failed")
+            assert failed["error"].startswith(f"{path}: x: nested too deep")
+            set_reading(files["reading"], "on_battery", 24.0)
+            ctl.wait_for("transition", state="shedding")
+            assert ctl.proc.poll() is None

@@ -65,3 +65,15 @@ class TestRestore:
         assert persist.restore(old, {"z": Policy(PolicySettings())}, 100.0, WALL) == []
         (tmp_path / persist.FILE_NAME).write_text("{not json")
         assert persist.load(tmp_path) is None
+
+    def test_deeply_nested_file_is_ignored(self, tmp_path: Path) -> None:
+        """A state file nested 100,000 deep (in a key a newer version might add) reads as
+        none, like any other unusable file: the controller still starts."""
+        deep = "[" * 100_000 + "]" * 100_000
+        zone = f'{{"state": "normal", "entered_at": 1.0, "extra": {deep}}}'
+        for text in (
+            f'{{"version": 1, "saved_at": 1.0, "extra": {deep}}}',
+            f'{{"version": 1, "saved_at": 1.0, "zones": {{"z": {zone}}}}}',
+        ):
+            (tmp_path / persist.FILE_NAME).write_text(text)
+            assert persist.load(tmp_path) is None

@@ -325,8 +325,14 @@ class TestDebianPackage:
 
     def test_program_runs(self, sandbox: Sandbox) -> None:
         """/usr/bin/powercast runs on the system python3 with the vendored dependencies."""
-        done = sandbox.sh("powercast", "config", "check", "/etc/powercast/controller.toml")
-        assert done.stdout.startswith("/etc/powercast/controller.toml: ok (controller")
+        done = sandbox.sh("powercast", "config", "check", "/etc/powercast/publisher.toml")
+        assert done.stdout.startswith("/etc/powercast/publisher.toml: ok (publisher")
+        # The controller's conffile names the site's fan program, not installed here.
+        done = sandbox.sh(
+            "powercast", "config", "check", "/etc/powercast/controller.toml", check=False
+        )
+        assert done.returncode == 78
+        assert 'got "/usr/local/sbin/powercast-fans": no such file' in done.stderr
         done = sandbox.sh("powercast", "config", "check", "/etc/powercast/relay.toml")
         assert done.stdout.startswith("/etc/powercast/relay.toml: ok (relay")  # the conffile
 

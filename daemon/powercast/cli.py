@@ -20,7 +20,7 @@ from powercast import __version__, failsafe, logs, tools
 from powercast import config as cfg
 from powercast.auth import Keyring, KeyringError, keygen, keys_dir, load_keys
 from powercast.demo import run_demo
-from powercast.net import NetworkError
+from powercast.net import NetworkConfigError, NetworkError
 from powercast.runtime import serve
 from powercast.tap import Tap, run_tap
 
@@ -159,6 +159,11 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _run_daemon(path: Path, role: cfg.Role, *, dry_run: bool = False) -> int:
+    """Run a daemon; 78 (EX_CONFIG, not restarted by the units) for a config it refuses or
+    a network setting this host cannot have (NetworkConfigError), 1 for a network failure
+    that may pass. A program in an action or actuator that is missing is not refused
+    here: a controller must still start, run its other actuators and fail safe; `config
+    check` reports it."""
     logs.configure()
     try:
         config = cfg.load(path, role)
@@ -171,11 +176,13 @@ def _run_daemon(path: Path, role: cfg.Role, *, dry_run: bool = False) -> int:
         asyncio.run(serve(path, config, keyring, dry_run=dry_run))
     except NetworkError as err:
         print(f"powercast: {path}: {err}", file=sys.stderr)
-        return 1
+        return EX_CONFIG if isinstance(err, NetworkConfigError) else 1
     return 0
 
 
 def _config(args: argparse.Namespace) -> int:
+    """`config init`, or `config check`: each file must load, its keys must be there, and
+    this host must have what it names (interfaces, addresses, programs); else 78."""
     if args.config_command == "init":
         sys.stdout.write(cfg.dumps(cfg.defaults(args.role)))
         return 0
@@ -190,6 +197,12 @@ def _config(args: argparse.Namespace) -> int:
             keyring = load_keys(config)
         except (cfg.ConfigError, KeyringError) as err:
             print(f"powercast: {err}", file=sys.stderr)
+            status = EX_CONFIG
+            continue
+        problems = cfg.host_problems(config)
+        for problem in problems:
+            print(f"powercast: {path}: {problem}", file=sys.stderr)
+        if problems:
             status = EX_CONFIG
             continue
         if isinstance(config, cfg.RelayConfig):

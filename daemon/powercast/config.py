@@ -7,14 +7,18 @@ found there, e.g.::
     /etc/powercast/controller.toml: policy.temp_high_c: expected a number, got "hot"
 
 No I/O beyond reading the one file; the daemons decide what to do with a ConfigError
-(refuse to start, or keep the running config on reload).
+(refuse to start, or keep the running config on reload). ``host_problems`` is apart: it
+asks this host for what a config names (interfaces, addresses, programs), for
+`config check`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
+import shutil
 import socket
 import tomllib
 import types
@@ -24,6 +28,8 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 import tomli_w
+
+from powercast import net, wire
 
 DEFAULT_PATHS: Final = {
     "publisher": Path("/etc/powercast/publisher.toml"),
@@ -40,6 +46,18 @@ STATES: Final = (
     "manual_off",
 )
 
+
+def _wire_max(field: str) -> float:
+    """The upper bound wire.py puts on an announcement field."""
+    hint = typing.get_type_hints(wire.Announcement, include_extras=True)[field]
+    bound = typing.get_args(hint)[1].le
+    assert isinstance(bound, int | float)
+    return float(bound)
+
+
+MAX_TAL_S: Final = _wire_max("tal")
+"""The longest time-allowed-to-live an announcement can carry (docs/wire-format.md)."""
+
 Role = Literal["publisher", "controller", "relay"]
 StateName = Literal[
     "normal", "on_battery", "shedding", "thermal_override", "failsafe", "manual_on", "manual_off"
@@ -48,8 +66,11 @@ LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 LogFormat = Literal["auto", "console", "logfmt", "json", "journal"]
 PowerStatusName = Literal["online", "on_battery", "low_battery", "unknown"]
 
-Positive = Annotated[float, msgspec.Meta(gt=0.0)]
-NonNegative = Annotated[float, msgspec.Meta(ge=0.0)]
+Timeout = Annotated[float, msgspec.Meta(gt=0.0, le=3600.0)]
+"""How long a program, request or connection may take: finite (not inf or nan), at most an
+hour, so a hung action cannot hold back the ones after it for ever."""
+Interval = Annotated[float, msgspec.Meta(gt=0.0, le=86_400.0)]
+"""How often a source is read: finite, at most a day."""
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Argv = Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)]
 PublisherId = Annotated[
@@ -202,7 +223,8 @@ class PowerReading(_Table, frozen=True):
 
     status: PowerStatusName = "unknown"
     charge_pct: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)] | None = None
-    runtime_s: NonNegative | None = None
+    runtime_s: Annotated[float, msgspec.Meta(ge=0.0, le=1e9)] | None = None
+    """Bounded as on the wire (docs/wire-format.md)."""
     load_pct: Annotated[float, msgspec.Meta(ge=0.0, le=1000.0)] | None = None
     input_v: Annotated[float, msgspec.Meta(ge=0.0, le=100_000.0)] | None = None
 
@@ -217,7 +239,7 @@ class Reading(_Table, frozen=True):
 class Step(Reading, frozen=True):
     """One point of a simulated timeline: from ``at_s`` seconds after start, read this."""
 
-    at_s: NonNegative = 0.0
+    at_s: Annotated[float, msgspec.Meta(ge=0.0, le=1e9)] = 0.0
 
 
 class SimulatedSource(_Table, frozen=True, tag="simulated", tag_field="kind"):
@@ -225,7 +247,7 @@ class SimulatedSource(_Table, frozen=True, tag="simulated", tag_field="kind"):
 
     timeline: Annotated[list[Step], msgspec.Meta(min_length=1)]
     repeat: bool = False
-    interval_s: Positive = 0.1
+    interval_s: Interval = 0.1
 
     def __post_init__(self) -> None:
         times = [step.at_s for step in self.timeline]
@@ -237,15 +259,15 @@ class FileSource(_Table, frozen=True, tag="file", tag_field="kind"):
     """A TOML or JSON file (by its suffix) that an operator or a test edits."""
 
     path: str
-    interval_s: Positive = 1.0
+    interval_s: Interval = 1.0
 
 
 class CommandSource(_Table, frozen=True, tag="command", tag_field="kind"):
     """A program that prints one JSON reading on stdout."""
 
     argv: Argv
-    interval_s: Positive = 5.0
-    timeout_s: Positive = 5.0
+    interval_s: Interval = 5.0
+    timeout_s: Timeout = 5.0
 
 
 UpsName = Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
@@ -296,8 +318,8 @@ class NutSource(_Table, frozen=True, tag="nut", tag_field="kind"):
     """STARTTLS: "try" uses it if upsd has it configured, "required" refuses plain text."""
     ca_file: FilePath | None = None
     """CA certificates (PEM) that upsd's certificate must chain to; default: the system's."""
-    interval_s: Positive = 1.0
-    timeout_s: Positive = 2.0
+    interval_s: Interval = 1.0
+    timeout_s: Timeout = 2.0
     """For the connection and for each request."""
 
     @property
@@ -336,7 +358,7 @@ class HwmonSource(_Table, frozen=True, tag="hwmon", tag_field="kind"):
     """Announce a sensor under another name: ``{"coretemp.Package_id_0" = "cpu"}``."""
     root: FilePath = "/"
     """Where sysfs is mounted, less ``sys/``: tests point it at a tree of their own."""
-    interval_s: Positive = 2.0
+    interval_s: Interval = 2.0
 
 
 class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
@@ -359,8 +381,8 @@ class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
     """SNMPv3 context name; most agents serve the UPS-MIB in the default, empty one."""
     sensor: SensorName = "ups.battery"
     """The name under which upsBatteryTemperature is announced."""
-    interval_s: Positive = 1.0
-    timeout_s: Positive = 1.0
+    interval_s: Interval = 1.0
+    timeout_s: Timeout = 1.0
     """For each try of a request."""
     retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 1
 
@@ -408,7 +430,7 @@ class PublisherConfig(_Table, frozen=True):
     heartbeat_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600.0)] = 1.0
     tal_factor: Annotated[float, msgspec.Meta(ge=1.5, le=100.0)] = 3.0
     """Each announcement lives this many heartbeats: two may be lost before receivers go stale."""
-    temp_deadband_c: NonNegative = 0.5
+    temp_deadband_c: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)] = 0.5
     """A temperature change smaller than this is not news (announced with the next heartbeat)."""
     retransmit_first_gap_s: Annotated[float, msgspec.Meta(ge=0.001, le=10.0)] = 0.004
     """News is repeated after this gap, then at doubling gaps until the heartbeat."""
@@ -422,6 +444,15 @@ class PublisherConfig(_Table, frozen=True):
         ]
     )
     log: Log = msgspec.field(default_factory=Log)
+
+    def __post_init__(self) -> None:
+        tal = self.heartbeat_s * self.tal_factor
+        if tal > MAX_TAL_S:
+            raise ValueError(
+                f"tal_factor: expected heartbeat_s * tal_factor (each announcement's TAL) at"
+                f" most {MAX_TAL_S:g} s, the most the wire carries, got {self.heartbeat_s:g}"
+                f" * {self.tal_factor:g} = {tal:g} s"
+            )
 
 
 class Policy(_Table, frozen=True):
@@ -463,7 +494,7 @@ class Action(_Table, frozen=True):
 
     on: StateName
     argv: Argv
-    timeout_s: Positive = 10.0
+    timeout_s: Timeout = 10.0
 
 
 class CommandActuator(_Table, frozen=True, tag="command", tag_field="kind"):
@@ -473,7 +504,7 @@ class CommandActuator(_Table, frozen=True, tag="command", tag_field="kind"):
     off_argv: Argv
     verify_argv: Argv | None = None
     """Prints "on" or "off": the real position. Without it, success of the last command counts."""
-    timeout_s: Positive = 10.0
+    timeout_s: Timeout = 10.0
     ok_exit_codes: list[int] = msgspec.field(default_factory=lambda: [0])
 
 
@@ -498,7 +529,7 @@ class ModbusActuator(_Table, frozen=True, tag="modbus", tag_field="kind"):
     register: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
     on_value: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 1
     off_value: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
-    timeout_s: Positive = 3.0
+    timeout_s: Timeout = 3.0
 
     def __post_init__(self) -> None:
         if (self.coil is None) == (self.register is None):
@@ -659,10 +690,20 @@ def load(path: str | Path, role: Role | None = None) -> Config:
 
 def parse(text: str, origin: str, role: Role | None = None) -> Config:
     """Validate TOML ``text``; ``origin`` names it in errors."""
+    if (deep := _too_deep(text)) is not None:
+        raise ConfigError(f"{origin}: {deep}")
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{origin}: TOML syntax error: {err}") from None
+    except RecursionError:  # _too_deep should have said so; never a dead daemon
+        raise ConfigError(f"{origin}: nested too deep for the TOML parser") from None
+    if (nul := _nul_at(raw)) is not None:
+        key = nul[0].replace("\0", "\\u0000")
+        raise ConfigError(
+            f"{origin}: {key}: expected text without NUL characters (no program, path or"
+            f" protocol can carry one), got {_show(nul[1])}"
+        )
     found = raw.get("role", role)
     if found not in _ROLES:
         raise ConfigError(
@@ -679,6 +720,72 @@ def parse(text: str, origin: str, role: Role | None = None) -> Config:
         raise ConfigError(f"{origin}: {explain(str(err), raw, cls)}") from None
 
 
+MAX_NESTING: Final = 32
+"""Arrays and inline tables nested deeper, or keys of more dotted parts, are refused before
+parsing. tomllib recurses once per level of nesting (RecursionError, which would kill a
+daemon reloading the file) and keeps every prefix of a dotted key (100,000 parts take
+gigabytes). A real config nests three or four levels."""
+
+_TOML_TOKEN: Final = re.compile(
+    r'"""(?:\\.|[^\\])*?"""'  # multi-line basic string
+    r"|'''.*?'''"  # multi-line literal string
+    r'|"(?:\\.|[^"\\\n])*"'  # basic string
+    r"|'[^'\n]*'"  # literal string
+    r"|#[^\n]*"  # comment
+    r"|[\[\]{}.=,\n]",
+    re.DOTALL,
+)
+
+
+def _too_deep(text: str) -> str | None:
+    """Why ``text`` nests too deep for the parser, naming the key and line; None if it
+    does not. Strings and comments are skipped; a dot counts until ``=``, ``,``, a
+    bracket or the end of the line (a float has one, a dotted key one per part)."""
+    depth = dots = outermost = 0
+    for token in _TOML_TOKEN.finditer(text):
+        t = token[0]
+        if t in ("[", "{"):
+            outermost = token.start() if depth == 0 else outermost
+            depth, dots = depth + 1, 0
+            if depth > MAX_NESTING:
+                line = text.count("\n", 0, outermost) + 1
+                key, eq, _ = text[text.rfind("\n", 0, outermost) + 1 : outermost].partition("=")
+                where = f"{key.strip()[:40]}: " if eq else f"line {line}: "
+                return (
+                    f"{where}nested too deep: expected arrays and inline tables at most"
+                    f" {MAX_NESTING} levels deep, got more (from line {line})"
+                )
+        elif t in ("]", "}"):
+            depth, dots = max(0, depth - 1), 0
+        elif t == ".":
+            dots += 1
+            if dots > MAX_NESTING:
+                line = text.count("\n", 0, token.start()) + 1
+                return (
+                    f"line {line}: nested too deep: expected keys of at most {MAX_NESTING}"
+                    " dotted parts, got more"
+                )
+        elif t in ("=", ",", "\n"):
+            dots = 0
+    return None
+
+
+def _nul_at(value: Any, path: str = "") -> tuple[str, str] | None:
+    """The key path of the first string (or key) holding a NUL character, and that text."""
+    if isinstance(value, str):
+        return (path, value) if "\0" in value else None
+    if not isinstance(value, dict | list):
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        where = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}".lstrip(".")
+        if isinstance(key, str) and "\0" in key:
+            return where, key
+        if (found := _nul_at(item, where)) is not None:
+            return found
+    return None
+
+
 def defaults(role: Role) -> Config:
     """The default config of ``role``, as `config init` prints it."""
     if role == "publisher":
@@ -689,6 +796,73 @@ def defaults(role: Role) -> Config:
     return ControllerConfig(  # fans move by an actuator (reconciled); actions only notify
         actuators=[CommandActuator(on_argv=[fans, "on"], off_argv=[fans, "off"])]
     )
+
+
+# --- what only this host can say (`config check`) ----------------------------------------
+
+
+def host_problems(config: Config) -> list[str]:
+    """What this host lacks for ``config``, one line each (key, expected, got): the
+    interface and listen addresses it names, and each program (argv[0]) it runs.
+
+    For `config check`, which fails on any (exit 78). A daemon refuses to start only on
+    the network ones (net.NetworkConfigError); a missing program does not stop it, since
+    a controller must still run its other actuators and fail safe. Programs are looked
+    up as exec would from here: with a slash as given, else on this process's PATH,
+    which may differ from the unit's."""
+    problems = []
+    network = config.network
+    family = socket.AF_INET6 if ":" in network.group else socket.AF_INET
+    listens = []
+    if isinstance(config, ControllerConfig) and config.network.unicast_listen:
+        address = udp_address(config.network.unicast_listen, "", listen_port=network.port)[0]
+        listens.append((address, "network.unicast_listen"))
+    if config.metrics.listen:
+        listens.append((listen_address(config.metrics.listen)[0], "metrics.listen"))
+    try:
+        net.resolve_interface(network.interface, family, setting="network")
+    except net.NetworkError as err:
+        problems.append(str(err))
+    for address, key in listens:
+        try:
+            net.check_local_address(address, key)
+        except net.NetworkError as err:
+            problems.append(str(err))
+    for key, argv in _argvs(msgspec.to_builtins(config)):
+        if (why := _program_problem(argv[0])) is not None:
+            problems.append(
+                f"{key}[0]: expected a program that exists and is executable (an absolute"
+                f" path, or a name on PATH), got {_show(argv[0])}: {why}"
+            )
+    return problems
+
+
+def _argvs(value: Any, path: str = "") -> list[tuple[str, list[str]]]:
+    """Every ``*argv`` list in a config's builtins, with its key path."""
+    found: list[tuple[str, list[str]]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}".lstrip(".")
+            if key.endswith("argv") and isinstance(item, list) and item:
+                found.append((where, item))
+            else:
+                found.extend(_argvs(item, where))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found.extend(_argvs(item, f"{path}[{i}]"))
+    return found
+
+
+def _program_problem(program: str) -> str | None:
+    """Why exec could not run ``program``, or None."""
+    if "/" not in program:
+        return None if shutil.which(program) else "not found on PATH"
+    path = Path(program)
+    if not path.exists():
+        return "no such file"
+    if path.is_dir():
+        return "a directory"
+    return None if os.access(path, os.X_OK) else "not executable"
 
 
 def dumps(config: Config) -> str:

@@ -12,7 +12,8 @@ traps that fail silently (each measured on Linux 6.x):
 * several listeners on one host share ``group:port`` only with ``SO_REUSEADDR``.
 
 Every failure an operator can cause (a wrong interface, group, port, a port in use, no
-multicast route) comes out as :class:`NetworkError` with one line naming the setting,
+multicast route) comes out as :class:`NetworkError` with one line naming the setting
+(:class:`NetworkConfigError` when the setting itself is wrong, which retrying cannot fix),
 e.g. ``network.interface: no interface with this name on this host (expected ..., got 'eth9')``.
 Only stdlib, no asyncio: the runtime wraps the returned non-blocking sockets.
 """
@@ -29,7 +30,9 @@ import struct
 from collections.abc import Callable
 
 __all__ = [
+    "NetworkConfigError",
     "NetworkError",
+    "check_local_address",
     "network_error",
     "open_receiver",
     "open_sender",
@@ -71,6 +74,14 @@ class NetworkError(Exception):
     got 'eth9')". The daemon prints it as is; no traceback is needed."""
 
 
+class NetworkConfigError(NetworkError):
+    """A setting names what this host does not have or a value that is not one (no such
+    interface, an address no interface holds, a group that is not multicast, a port out
+    of range): a mistake in the config, not a passing state. Retrying cannot help, so a
+    daemon exits EX_CONFIG on it, which its unit does not restart on. Every other
+    NetworkError (a port in use, no multicast route yet) may pass: exit 1, and restart."""
+
+
 # -- validation ---------------------------------------------------------------------------
 
 
@@ -87,20 +98,20 @@ def _parse_group(group: str, setting: str) -> ipaddress.IPv4Address | ipaddress.
     key = f"{setting}.group"
     expected = "a multicast address such as 239.255.0.1 or ff15::1"
     if not isinstance(group, str):
-        raise NetworkError(f"{key}: not a string (expected {expected}, got {group!r})")
+        raise NetworkConfigError(f"{key}: not a string (expected {expected}, got {group!r})")
     if "%" in group:
-        raise NetworkError(
+        raise NetworkConfigError(
             f"{key}: a scope suffix is not accepted here, give the interface in "
             f"{setting}.interface (expected {expected}, got {group!r})"
         )
     try:
         address = ipaddress.ip_address(group)
     except ValueError:
-        raise NetworkError(
+        raise NetworkConfigError(
             f"{key}: not an IP address (expected {expected}, got {group!r})"
         ) from None
     if not address.is_multicast:
-        raise NetworkError(
+        raise NetworkConfigError(
             f"{key}: not a multicast address (expected an address in 224.0.0.0/4 or "
             f"ff00::/8, such as 239.255.0.1 or ff15::1, got {group!r})"
         )
@@ -110,7 +121,7 @@ def _parse_group(group: str, setting: str) -> ipaddress.IPv4Address | ipaddress.
 def _validate_port(port: int, setting: str) -> None:
     """Port 0 would bind an ephemeral port no publisher knows; reject it with the rest."""
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise NetworkError(f"{setting}.port: out of range (expected 1..65535, got {port!r})")
+        raise NetworkConfigError(f"{setting}.port: out of range (expected 1..65535, got {port!r})")
 
 
 # -- interfaces ---------------------------------------------------------------------------
@@ -127,7 +138,7 @@ def resolve_interface(
     The address is returned only when one was given (IPv4 senders select by it)."""
     key = f"{setting}.interface"
     if not isinstance(interface, str) or not interface:
-        raise NetworkError(
+        raise NetworkConfigError(
             f"{key}: no interface given (expected {_INTERFACE_EXPECTED}, got {interface!r})"
         )
     try:
@@ -135,12 +146,12 @@ def resolve_interface(
     except ValueError:
         return _index_of_name(interface, key), None
     if address.version == 4 and family != socket.AF_INET:
-        raise NetworkError(
+        raise NetworkConfigError(
             f"{key}: an IPv4 address cannot carry an IPv6 group (expected an interface "
             f"name or one of this host's IPv6 addresses, got {interface!r})"
         )
     if address.version == 6 and family != socket.AF_INET6:
-        raise NetworkError(
+        raise NetworkConfigError(
             f"{key}: an IPv6 address cannot carry an IPv4 group (expected an interface "
             f"name or one of this host's IPv4 addresses, got {interface!r})"
         )
@@ -149,11 +160,32 @@ def resolve_interface(
     else:
         found = _ipv6_address_index(address, key, interface)
     if found is None:
-        raise NetworkError(
+        raise NetworkConfigError(
             f"{key}: no interface on this host has this address "
             f"(expected {_INTERFACE_EXPECTED}, got {interface!r})"
         )
     return found, str(address)
+
+
+def check_local_address(address: str, setting: str) -> None:
+    """Raise NetworkConfigError unless this host can listen on ``address``: one of its
+    interfaces holds it, or it is a wildcard (0.0.0.0, ::) or IPv4 loopback (all of
+    127.0.0.0/8 is local on Linux). A host name is left to the resolver."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return
+    if parsed.is_unspecified or (parsed.version == 4 and parsed.is_loopback):
+        return
+    if isinstance(parsed, ipaddress.IPv4Address):
+        found = _ipv4_address_index(parsed)
+    else:
+        found = _ipv6_address_index(parsed, setting, address)
+    if found is None:
+        raise NetworkConfigError(
+            f"{setting}: no interface on this host has this address (expected one of this"
+            f" host's addresses, or 0.0.0.0 or :: for all of them, got {address!r})"
+        )
 
 
 def _index_of_name(name: str, key: str) -> int:
@@ -161,7 +193,7 @@ def _index_of_name(name: str, key: str) -> int:
     try:
         return socket.if_nametoindex(name)
     except (OSError, ValueError):
-        raise NetworkError(
+        raise NetworkConfigError(
             f"{key}: no interface with this name on this host "
             f"(expected {_INTERFACE_EXPECTED}, got {name!r})"
         ) from None
@@ -227,7 +259,7 @@ def _ipv6_address_index(address: ipaddress.IPv6Address, key: str, given: str) ->
         with open(_IF_INET6, encoding="ascii") as table:
             lines = table.read().splitlines()
     except OSError:
-        raise NetworkError(
+        raise NetworkConfigError(
             f"{key}: IPv6 is not enabled on this host (expected an IPv4 address or an "
             f"interface name with an IPv4 group, got {given!r})"
         ) from None
@@ -323,7 +355,7 @@ def open_sender(
     address = _parse_group(group, setting)
     _validate_port(port, setting)
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= 255:
-        raise NetworkError(f"{setting}.ttl: out of range (expected 0..255, got {ttl!r})")
+        raise NetworkConfigError(f"{setting}.ttl: out of range (expected 0..255, got {ttl!r})")
     family = socket.AF_INET if address.version == 4 else socket.AF_INET6
     ifindex, if_address = resolve_interface(interface, family, setting=setting)
 
@@ -462,6 +494,7 @@ def open_unicast_receiver(address: str, port: int, *, setting: str = "network") 
             line = f"port {port} on {address} is already taken (expected a free port)"
         elif err.errno == errno.EADDRNOTAVAIL:
             line = "no interface on this host has this address (expected one of its addresses)"
+            return NetworkConfigError(f"{key}: {line}, got {address!r} port {port}")
         else:
             line = f"cannot {action}: {err.strerror or err}"
         return NetworkError(f"{key}: {line}, got {address!r} port {port}")

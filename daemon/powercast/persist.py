@@ -102,10 +102,11 @@ def restore(record: StateRecord, zones: dict[str, Policy], now: float, wall: flo
 
 
 def load(directory: Path) -> StateRecord | None:
-    """The saved record, or None when there is none or it cannot be used."""
+    """The saved record, or None when there is none or it cannot be used (unreadable,
+    not JSON, the wrong shape, or nested deeper than the decoder goes: RecursionError)."""
     try:
         return msgspec.json.decode((directory / FILE_NAME).read_bytes(), type=StateRecord)
-    except (OSError, msgspec.DecodeError):
+    except (OSError, msgspec.DecodeError, RecursionError):
         return None
 
 
