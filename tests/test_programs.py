@@ -18,6 +18,10 @@ from typing import Any, TypeVar
 import pytest
 
 from powercast import programs
+from powercast.actions import ActionQueue, environment, run_command
+from powercast.config import Action
+from powercast.policy import Decision, Situation
+from powercast.wire import PowerStatus
 
 T = TypeVar("T")
 MARGIN_S = 1.5
@@ -190,11 +194,66 @@ class TestRun:
 
 
 class TestEnvironment:
+    def test_only_allowed_variables_and_the_callers(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """NOTIFY_SOCKET and secrets stay behind; PATH and the caller's POWERCAST_* pass."""
+        monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+        monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/run/credentials/powercast")
+        monkeypatch.setenv("POWERCAST_TEST_SECRET", "hunter2")
+        monkeypatch.setenv("TZ", "UTC")
+        situation = Situation(PowerStatus.ON_BATTERY, 25.0)
+        decision = Decision(0.0, "on_battery", "shedding", "battery for 60 s", situation)
+        action = Action(on="shedding", argv=["/usr/bin/env"], timeout_s=5.0)
+        outcome = run(run_command(action, environment(decision)))
+        seen = dict(line.split("=", 1) for line in outcome.output.splitlines())
+        assert seen["POWERCAST_STATE"] == "shedding"
+        assert seen["POWERCAST_PREVIOUS_STATE"] == "on_battery"
+        assert seen["POWERCAST_REASON"] == "battery for 60 s"
+        assert seen["POWERCAST_FANS"] == "off"
+        assert seen["PATH"] == os.environ["PATH"]
+        assert seen["TZ"] == "UTC"
+        for private in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "CREDENTIALS_DIRECTORY"):
+            assert private not in seen
+        assert "hunter2" not in outcome.output
+
     def test_default_path(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A daemon started without PATH still finds programs in the usual places."""
         monkeypatch.delenv("PATH")
         assert programs.environment()["PATH"] == programs.DEFAULT_PATH
         assert run(programs.run(["true"], 5.0)).ok
+
+
+class TestActionQueue:
+    def test_moves_on_after_a_chatty_action_is_killed(self, tmp_path: Path) -> None:
+        """A `yes` action is killed at its timeout and the next decision's action still runs."""
+        marker = tmp_path / "fans-on"
+        situation = Situation(PowerStatus.ONLINE, 25.0)
+        shedding = Decision(0.0, "on_battery", "shedding", "battery", situation)
+        normal = Decision(1.0, "shedding", "normal", "power back", situation)
+        actions = [
+            Action(on="shedding", argv=["yes"], timeout_s=1.0),
+            Action(on="normal", argv=["/usr/bin/touch", str(marker)], timeout_s=5.0),
+        ]
+
+        async def go() -> ActionQueue:
+            queue = ActionQueue()
+            task = asyncio.create_task(queue.run())
+            try:
+                queue.submit(shedding, actions)
+                await wait_for(lambda: queue.running is not None, 5.0)
+                queue.submit(normal, actions)
+                await wait_for(marker.exists, 1.0 + BOUND_S)
+            finally:
+                task.cancel()
+            return queue
+
+        before = rss_kb()
+        queue = run(go())
+        assert rss_kb() - before < RSS_GROWTH_KB
+        assert queue.last["shedding"].result == "timeout"
+        assert queue.last["shedding"].truncated
+        assert len(queue.last["shedding"].output) <= 400
+        assert queue.last["normal"].result == "ok"
 
 
 class TestCheckArgv:
