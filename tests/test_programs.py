@@ -19,8 +19,9 @@ import pytest
 
 from powercast import programs
 from powercast.actions import ActionQueue, environment, run_command
-from powercast.config import Action
+from powercast.config import Action, CommandSource
 from powercast.policy import Decision, Situation
+from powercast.sources import SourceError, make_reader
 from powercast.wire import PowerStatus
 
 T = TypeVar("T")
@@ -254,6 +255,35 @@ class TestActionQueue:
         assert queue.last["shedding"].truncated
         assert len(queue.last["shedding"].output) <= 400
         assert queue.last["normal"].result == "ok"
+
+
+class TestCommandSource:
+    def test_chatty_source_fails_clearly_and_leaks_nothing(self) -> None:
+        """A source running `yes` is a SourceError at its timeout; no fds or memory stay."""
+        source = CommandSource(argv=["yes"], timeout_s=0.3)
+
+        async def reads(n: int) -> list[str]:
+            reader = make_reader(source, 0, time.monotonic())
+            errors = []
+            for _ in range(n):
+                with pytest.raises(SourceError) as info:
+                    await reader.read()
+                errors.append(str(info.value))
+            return errors
+
+        run(reads(1))  # the loop's own fds, once
+        fd_before, rss_before = fds(), rss_kb()
+        errors = run(reads(3))
+        assert errors == ["yes: no answer within 0.3 s (killed)"] * 3
+        assert fds() == fd_before
+        assert rss_kb() - rss_before < RSS_GROWTH_KB
+
+    def test_too_much_output_is_named(self) -> None:
+        """Output past the limit is reported as such, not as broken JSON."""
+        script = "print('{\"temperatures\": {}, \"pad\": \"' + 'x' * 100000 + '\"}')"
+        source = CommandSource(argv=[sys.executable, "-c", script])
+        with pytest.raises(SourceError, match=f"output longer than {programs.OUTPUT_LIMIT} bytes"):
+            run(make_reader(source, 0, time.monotonic()).read())
 
 
 class TestCheckArgv:
