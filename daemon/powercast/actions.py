@@ -4,89 +4,52 @@ A command is an argv (never a shell) that learns why it runs from its environmen
 POWERCAST_STATE, POWERCAST_PREVIOUS_STATE, POWERCAST_REASON and POWERCAST_FANS (on|off).
 When a new decision arrives, commands of older decisions that have not started yet are
 dropped as superseded: after a quick shedding -> thermal_override, only "fans on" runs.
+Each command runs through :mod:`powercast.programs`: its clean environment, bounded output,
+and its process group killed at the timeout, so a hung or chatty command cannot hold up
+the ones queued after it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import time
+import dataclasses
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
 import structlog
 
+from powercast import programs
 from powercast.config import Action
 from powercast.policy import Decision
+from powercast.programs import Outcome
+
+__all__ = ["OUTPUT_LIMIT", "ActionQueue", "Outcome", "environment", "run_command"]
 
 log = structlog.get_logger("powercast.actions")
 
-_PRIVATE_ENV: Final = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
 OUTPUT_LIMIT: Final = 400
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one command went."""
-
-    ok: bool
-    result: str
-    """``ok``, ``failed`` (non-zero exit), ``timeout`` (killed) or ``error`` (could not start)."""
-    exit_code: int | None
-    duration_s: float
-    output: str
+"""Characters of a command's output kept for the log and the status: the end says most."""
 
 
 def environment(decision: Decision) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
-    env.update(
-        POWERCAST_STATE=decision.state,
-        POWERCAST_PREVIOUS_STATE=decision.previous,
-        POWERCAST_REASON=decision.reason,
-        POWERCAST_FANS="on" if decision.fans_on else "off",
-    )
-    return env
+    """The variables that tell a command why it runs (added to the programs' clean ones)."""
+    return {
+        "POWERCAST_STATE": decision.state,
+        "POWERCAST_PREVIOUS_STATE": decision.previous,
+        "POWERCAST_REASON": decision.reason,
+        "POWERCAST_FANS": "on" if decision.fans_on else "off",
+    }
 
 
 async def run_command(action: Action, env: dict[str, str]) -> Outcome:
     """Run one state's command with the decision in its environment."""
-    return await run_argv(action.argv, action.timeout_s, env)
-
-
-async def run_argv(argv: list[str], timeout_s: float, env: dict[str, str] | None = None) -> Outcome:
-    """Run one program; kill its process group and reap it at its timeout."""
-    started = time.monotonic()
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    except OSError as err:
-        return Outcome(False, "error", None, time.monotonic() - started, err.strerror or str(err))
-    try:
-        async with asyncio.timeout(timeout_s):
-            out, _ = await proc.communicate()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 9)
-        await proc.wait()
-        return Outcome(False, "timeout", None, time.monotonic() - started, "")
-    finally:
-        if proc.returncode is None:  # cancelled: leave nothing running
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
-            await proc.wait()
-    text = out.decode(errors="replace").strip()[-OUTPUT_LIMIT:]
-    code = proc.returncode
-    return Outcome(
-        code == 0, "ok" if code == 0 else "failed", code, time.monotonic() - started, text
+    outcome = await programs.run(action.argv, action.timeout_s, env)
+    text = outcome.output.strip()
+    return dataclasses.replace(
+        outcome,
+        output=text[-OUTPUT_LIMIT:],
+        truncated=outcome.truncated or len(text) > OUTPUT_LIMIT,
     )
 
 

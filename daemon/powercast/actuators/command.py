@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from powercast.actions import run_argv
+from typing import Final
+
+from powercast import programs
 from powercast.actuators.base import DriverError
 from powercast.config import CommandActuator
+
+MESSAGE_LIMIT: Final = 200
+"""Characters of a failed program's output quoted in its error (its end)."""
+ANSWER_LIMIT: Final = 40
+"""Characters of an unexpected verify answer quoted in its error."""
 
 
 class CommandDriver:
@@ -15,18 +22,19 @@ class CommandDriver:
 
     async def apply(self, on: bool) -> None:
         argv = self._config.on_argv if on else self._config.off_argv
-        outcome = await run_argv(argv, self._config.timeout_s)
+        outcome = await programs.run(argv, self._config.timeout_s)
         if outcome.exit_code not in self._config.ok_exit_codes:
-            raise DriverError(f"{self.name}: {argv[0]} {outcome.result}: {outcome.output[-200:]}")
+            said = outcome.output.strip()[-MESSAGE_LIMIT:]
+            raise DriverError(f"{self.name}: {argv[0]} {outcome.result}: {said}")
 
     async def read(self) -> bool | None:
         if self._config.verify_argv is None:
             return None
-        outcome = await run_argv(self._config.verify_argv, self._config.timeout_s)
+        outcome = await programs.run(self._config.verify_argv, self._config.timeout_s)
         answer = outcome.output.strip().lower()
         if outcome.exit_code != 0 or answer not in ("on", "off"):
             raise DriverError(
                 f"{self.name}: {self._config.verify_argv[0]} should print on or off,"
-                f" got {answer[:40]!r} ({outcome.result})"
+                f" got {answer[:ANSWER_LIMIT]!r} ({outcome.result})"
             )
         return answer == "on"

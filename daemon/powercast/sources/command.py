@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
+from powercast import programs
 from powercast.config import CommandSource, Reading
 from powercast.sources.base import SourceError, parse_reading
 
@@ -21,28 +19,16 @@ class CommandReader:
 
     async def read(self) -> Reading:
         program = self._argv[0]
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *self._argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+        outcome = await programs.run(self._argv, self._timeout, stderr="separate")
+        if outcome.result == "error":
+            raise SourceError(f"{program}: cannot run: {outcome.output}")
+        if outcome.result == "timeout":
+            raise SourceError(f"{program}: no answer within {self._timeout:g} s (killed)")
+        if outcome.exit_code != 0:
+            tail = outcome.errors.strip().splitlines()[-1:] or [""]
+            raise SourceError(
+                f"{program}: exited with status {outcome.exit_code} {tail[0]}".rstrip()
             )
-        except OSError as err:
-            raise SourceError(f"{program}: cannot run: {err.strerror or err}") from None
-        try:
-            async with asyncio.timeout(self._timeout):
-                out, err_out = await proc.communicate()
-        except TimeoutError:
-            proc.kill()
-            with contextlib.suppress(ProcessLookupError):
-                await proc.wait()
-            raise SourceError(f"{program}: no answer within {self._timeout:g} s (killed)") from None
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        if proc.returncode != 0:
-            tail = err_out.decode(errors="replace").strip().splitlines()[-1:] or [""]
-            raise SourceError(f"{program}: exited with status {proc.returncode} {tail[0]}".rstrip())
-        return parse_reading(out, f"{program} output")
+        if outcome.truncated:
+            raise SourceError(f"{program}: output longer than {programs.OUTPUT_LIMIT} bytes")
+        return parse_reading(outcome.output.encode(), f"{program} output")
