@@ -320,16 +320,17 @@ async def accept(
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(sock=conn, limit=limit)
+                writer.transport.set_write_buffer_limits(0)  # drain() waits till all is sent
                 await handle(reader, writer, conn)
-                writer.close()
-                await writer.wait_closed()
+                await writer.drain()
         except (TimeoutError, ConnectionError):
             pass
         except Exception as err:  # a bug in a handler: log it, keep serving
             paced.error(f"{name}_client_failed", error=repr(err)[:200])
         finally:
-            # abort: close now, dropping what is unsent (a no-op after a clean close);
-            # close(), or wait_closed(), would wait for a client that never reads.
+            # All was sent, or the bound passed: close now, dropping what is unsent. close()
+            # and wait_closed() would wait for a client that never reads, and abort() after
+            # a close() that flushed raises (3.11); on a connection already lost it is a no-op.
             if writer is not None:
                 writer.transport.abort()
             else:
