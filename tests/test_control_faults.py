@@ -14,14 +14,16 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
 
-from powercast import control, logs
+from powercast import control, logs, metrics
 
 BOUND = 1.0
 """The per-client bound the servers get here (the daemon's is CLIENT_TIMEOUT_S)."""
@@ -100,12 +102,13 @@ class Clients:
 
 @contextlib.asynccontextmanager
 async def control_server(path: Path, handlers: dict[str, control.Handler]) -> Any:
-    """The real control server on ``path`` with the test's bound, stopped on exit."""
+    """The real control server on ``path`` with the test's bound, stopped on exit; yields
+    the server's task."""
     server = control.Server(handlers, timeout=BOUND)
     task = asyncio.create_task(server.serve(control.open_socket(path), path))
     await asyncio.sleep(0.05)
     try:
-        yield server
+        yield task
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -119,7 +122,7 @@ class TestControlClientsCannotHoldDescriptors:
         path = tmp_path / "c.sock"
 
         async def scenario() -> dict[str, Any]:
-            async with control_server(path, {"status": lambda r, p: BIG}):
+            async with control_server(path, {"status": lambda r, p: BIG}) as task:
                 baseline = fds()
                 async with Clients("unix", str(path), 200, '{"request": "status"}\\n'):
                     during = fds()
@@ -128,7 +131,10 @@ class TestControlClientsCannotHoldDescriptors:
                     started = time.monotonic()
                     answer = await asyncio.to_thread(control.call, path, {"request": "status"})
                     took = time.monotonic() - started
+                await asyncio.sleep(0.1)  # the answer's end flushed, the connection closed
+                running = not task.done()
             return {
+                "running": running,
                 "baseline": baseline,
                 "during": during,
                 "after": after,
@@ -143,6 +149,7 @@ class TestControlClientsCannotHoldDescriptors:
         )
         assert got["after"] <= got["baseline"] + 3  # the child's two pipes, and slack
         assert got["answer"]["status"] == BIG["status"]
+        assert got["running"]
 
     def test_silent_and_slow_clients_are_cut_at_the_bound(self, tmp_path: Path) -> None:
         """A client that sends nothing, and one that sends a byte at a time, are both
@@ -285,3 +292,116 @@ class TestPacedControlLog:
         assert len(lines) == len(flood) + 1
         assert len(lines) + held_back(lines) == 501
         assert "similar_not_logged=" in lines[-1]
+
+
+class Big(Collector):
+    """One gauge with an 8 MB label: a scrape bigger than loopback's socket buffers."""
+
+    def collect(self) -> Iterable[Metric]:
+        gauge = GaugeMetricFamily("big", "A big label.", labels=["blob"])
+        gauge.add_metric(["x" * 8_000_000], 1.0)
+        yield gauge
+
+
+@contextlib.asynccontextmanager
+async def metrics_server(registry: CollectorRegistry, every: float = 10.0) -> Any:
+    """The real metrics endpoint on 127.0.0.1 with the test's bound; yields (task, host:port)."""
+    sock = metrics.open_listener("127.0.0.1:0")
+    where = f"127.0.0.1:{sock.getsockname()[1]}"
+    task = asyncio.create_task(metrics.serve(sock, registry, timeout=BOUND, log_every_s=every))
+    await asyncio.sleep(0.05)
+    try:
+        yield task, where
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5.0)
+
+
+async def http(where: str, accept: str | None = None) -> tuple[bytes, bytes]:
+    """GET /metrics; returns (status line, body)."""
+    host, port = where.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port), limit=2**25)
+    head = f"GET /metrics HTTP/1.1\r\nHost: {where}\r\n"
+    if accept is not None:
+        head += f"Accept: {accept}\r\n"
+    writer.write(head.encode() + b"\r\n")
+    answer = await reader.read()
+    writer.close()
+    status, _, rest = answer.partition(b"\r\n")
+    return status, rest.partition(b"\r\n\r\n")[2]
+
+
+class TestMetricsClients:
+    def test_never_reading_scrapers_are_cut_at_the_bound(self) -> None:
+        """200 scrapers that ask for 8 MB and never read: after the bound the endpoint holds
+        none of their descriptors, and a normal scrape is answered."""
+
+        async def scenario() -> dict[str, Any]:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(Big())
+            async with metrics_server(registry) as (task, where):
+                baseline = fds()
+                request = "GET /metrics HTTP/1.1\\r\\n\\r\\n"
+                async with Clients("tcp", where, 200, request):
+                    during = fds()
+                    await asyncio.sleep(BOUND + 0.5)
+                    after = fds()
+                    status, body = await http(where)
+                running = not task.done()
+            return {
+                "baseline": baseline,
+                "during": during,
+                "after": after,
+                "status": status,
+                "size": len(body),
+                "running": running,
+            }
+
+        got = asyncio.run(scenario())
+        print(
+            f"metrics fds: baseline {got['baseline']}, with 200 scrapers {got['during']},"
+            f" {BOUND + 0.5:g} s later {got['after']}; normal scrape {got['status']!r}"
+        )
+        assert got["after"] <= got["baseline"] + 3  # the child's two pipes, and slack
+        assert got["status"] == b"HTTP/1.1 200 OK"
+        assert got["size"] > 8_000_000
+        assert got["running"]
+
+    def test_bad_accept_headers_get_400_and_a_few_lines(self) -> None:
+        """500 scrapes with an Accept header prometheus_client cannot parse each get a plain
+        400, the log a line or two, the next line the count; good scrapes still work."""
+        stream = log_lines()
+        every = 3.0
+        bad = [
+            "application/openmetrics-text; version=abc",
+            "text/plain; version=x.y",
+            "application/openmetrics-text; version=1.0.\n0",  # would split our Content-Type
+        ]
+
+        async def scenario() -> tuple[list[tuple[bytes, bytes]], float, list[str], bool]:
+            async with metrics_server(CollectorRegistry(), every) as (task, where):
+                started = time.monotonic()
+                answers = [await http(where, bad[i % len(bad)]) for i in range(500)]
+                took = time.monotonic() - started
+                flood = logged(stream, "metrics_bad_accept")
+                await asyncio.sleep(max(0.0, every - (time.monotonic() - started)) + 0.1)
+                answers.append(await http(where, bad[0]))
+                good = await http(where, "application/openmetrics-text; version=1.0.0")
+                running = not task.done()
+            return [*answers, good], took, flood, running
+
+        answers, took, flood, running = asyncio.run(scenario())
+        *refused, good = answers
+        lines = logged(stream, "metrics_bad_accept")
+        print(
+            f"metrics: 501 bad Accept headers in {took:.2f} s + 1, {len(flood)} lines in the"
+            f" flood, {len(lines)} in all, similar_not_logged total {held_back(lines)}"
+        )
+        assert set(refused) == {(b"HTTP/1.1 400 Bad Request", b"bad Accept header\n")}
+        assert 1 <= len(flood) <= 2
+        assert len(lines) + held_back(lines) == 501
+        assert "similar_not_logged=" in lines[-1]
+        assert good[0] == b"HTTP/1.1 200 OK"
+        assert good[1].endswith(b"# EOF\n")
+        assert running
