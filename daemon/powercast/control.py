@@ -16,9 +16,12 @@ The protocol is one request per connection, one JSON object per line (UTF-8)::
 
 The server is a task of the daemon's TaskGroup and each client a task of the server's
 own group, so every client has an owner and is cancelled at shutdown. A client cannot
-hurt the daemon: a request is at most :data:`MAX_REQUEST` bytes, a whole exchange must
-finish in :data:`CLIENT_TIMEOUT_S`, at most :data:`MAX_CLIENTS` are served at once (more
-are told "busy"), and no client's error reaches the TaskGroup. The peer's uid comes
+hurt the daemon: a request is at most :data:`MAX_REQUEST` bytes and :data:`MAX_DEPTH`
+levels deep, a whole exchange (the answer drained and the descriptor closed included) must
+finish in :data:`CLIENT_TIMEOUT_S` or is aborted, at most :data:`MAX_CLIENTS` are served
+at once (more are told "busy" and closed at once), no client's error reaches the
+TaskGroup, and what clients get wrong is logged at most once per kind every
+:data:`~powercast.pacing.LOG_EVERY_S`. The peer's uid comes
 from SO_PEERCRED (the kernel's word, not the client's), for the override log.
 """
 
@@ -33,6 +36,7 @@ import pwd
 import socket
 import stat
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +45,7 @@ from typing import Any, Final
 import msgspec
 import structlog
 
+from powercast.pacing import LOG_EVERY_S, Pacer
 from powercast.policy import MAX_OVERRIDE_S
 
 log = structlog.get_logger("powercast.control")
@@ -52,8 +57,9 @@ MAX_REQUEST: Final = 64 * 1024
 MAX_ANSWER: Final = 16 * 1024 * 1024
 """The client reads at most this much of an answer."""
 CLIENT_TIMEOUT_S: Final = 5.0
-"""A client must send its request and read the answer within this time."""
+"""A client must send its request and read the answer within this time; then it is cut."""
 MAX_CLIENTS: Final = 8
+"""Clients served at once; more are told "busy" and closed at once."""
 
 Handler = Callable[[dict[str, Any], "Peer"], dict[str, Any]]
 """Answers one request: gets the request object and the peer, returns the answer's fields."""
@@ -268,6 +274,22 @@ ClientHandler = Callable[
 ]
 
 
+class PacedLog:
+    """Log lines a peer can cause, at most one per event every ``every_s``
+    (:class:`~powercast.pacing.Pacer`); the next line let through counts the others."""
+
+    def __init__(self, every_s: float = LOG_EVERY_S) -> None:
+        self.pacer = Pacer(every_s)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        if (extra := self.pacer.fields(event, time.monotonic())) is not None:
+            log.warning(event, **fields, **extra)
+
+    def error(self, event: str, **fields: Any) -> None:
+        if (extra := self.pacer.fields(event, time.monotonic())) is not None:
+            log.error(event, **fields, **extra)
+
+
 async def accept(
     sock: socket.socket,
     handle: ClientHandler,
@@ -275,59 +297,82 @@ async def accept(
     name: str,
     max_clients: int,
     limit: int,
+    busy: bytes = b"",
     timeout: float = CLIENT_TIMEOUT_S,
+    paced: PacedLog | None = None,
 ) -> None:
     """Serve ``sock`` until cancelled: each client in a task of this function's TaskGroup.
 
     ``handle`` gets the client's streams and socket; whatever it raises is logged here, so
-    a client can end its own task but never the daemon. Over ``max_clients`` at once, a
-    new client is closed at once.
+    a client can end its own task but never the daemon. The whole exchange, from accept to
+    the descriptor's close (answer sent and drained included), is bounded by ``timeout``;
+    at the bound the connection is aborted, whatever is left unsent. With ``max_clients``
+    being served, a new client gets ``busy`` (one non-blocking send, no task) and is closed
+    at once: no client holds a descriptor past its bound, and at most ``max_clients`` do.
     """
     loop = asyncio.get_running_loop()
-    busy = 0
+    paced = paced or PacedLog()
+    serving = 0
 
     async def one(conn: socket.socket) -> None:
-        nonlocal busy
+        nonlocal serving
         writer = None
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(sock=conn, limit=limit)
+                writer.transport.set_write_buffer_limits(0)  # drain() waits till all is sent
                 await handle(reader, writer, conn)
+                await writer.drain()
         except (TimeoutError, ConnectionError):
             pass
         except Exception as err:  # a bug in a handler: log it, keep serving
-            log.error(f"{name}_client_failed", error=repr(err))
+            paced.error(f"{name}_client_failed", error=repr(err)[:200])
         finally:
-            busy -= 1
+            # All was sent, or the bound passed: close now, dropping what is unsent. close()
+            # and wait_closed() would wait for a client that never reads, and abort() after
+            # a close() that flushed raises (3.11); on a connection already lost it is a no-op.
             if writer is not None:
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
+                writer.transport.abort()
             else:
                 conn.close()
+            serving -= 1
 
     async with asyncio.TaskGroup() as clients:
         while True:
             try:
                 conn, _ = await loop.sock_accept(sock)
             except OSError as err:  # EMFILE and the like: say so, wait, go on serving
-                log.error(f"{name}_accept_failed", error=err.strerror or str(err))
+                paced.error(f"{name}_accept_failed", error=err.strerror or str(err))
                 await asyncio.sleep(1.0)
                 continue
-            if busy >= max_clients:
+            if serving >= max_clients:
+                paced.warning(f"{name}_busy", max_clients=max_clients)
+                conn.setblocking(False)
+                with contextlib.suppress(OSError):
+                    conn.send(busy)  # into an empty buffer: never waits
                 conn.close()
                 continue
             conn.setblocking(False)
-            busy += 1
+            serving += 1
             clients.create_task(one(conn), name=f"{name}-client")
 
 
 class Server:
-    """Answers requests on the control socket with the daemon's handlers."""
+    """Answers requests on the control socket with the daemon's handlers.
 
-    def __init__(self, handlers: dict[str, Handler], timeout: float = CLIENT_TIMEOUT_S) -> None:
+    ``timeout`` bounds each client's whole exchange; refusals a client causes are logged
+    at most once per kind every ``log_every_s``.
+    """
+
+    def __init__(
+        self,
+        handlers: dict[str, Handler],
+        timeout: float = CLIENT_TIMEOUT_S,
+        log_every_s: float = LOG_EVERY_S,
+    ) -> None:
         self.handlers = handlers
         self.timeout = timeout
+        self.paced = PacedLog(log_every_s)
 
     async def serve(self, sock: socket.socket, path: Path) -> None:
         """Run until cancelled; then close the socket and remove its file (if still ours)."""
@@ -339,7 +384,9 @@ class Server:
                 name="control",
                 max_clients=MAX_CLIENTS,
                 limit=MAX_REQUEST,
+                busy=_BUSY,
                 timeout=self.timeout,
+                paced=self.paced,
             )
         finally:
             sock.close()
@@ -350,17 +397,17 @@ class Server:
     async def _client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: socket.socket
     ) -> None:
+        peer = peer_of(conn)
         try:
             line = await reader.readuntil(b"\n")
         except asyncio.LimitOverrunError:
-            answer = {"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"}
+            answer = self._refuse(f"request longer than {MAX_REQUEST} bytes", peer)
         except asyncio.IncompleteReadError as err:
             if not err.partial:
                 return  # connected and left: a liveness probe
-            line = err.partial
-            answer = self.answer(line, peer_of(conn))
+            answer = self.answer(err.partial, peer)
         else:
-            answer = self.answer(line, peer_of(conn))
+            answer = self.answer(line, peer)
         writer.write(msgspec.json.encode(answer) + b"\n")
         await writer.drain()
 
@@ -369,18 +416,53 @@ class Server:
         try:
             request = msgspec.json.decode(line)
         except msgspec.DecodeError as err:
-            return {"ok": False, "error": f"request is not JSON: {err}"}
+            return self._refuse(f"request is not JSON: {err}", peer)
+        except RecursionError:  # msgspec's own limit, near the interpreter's recursion limit
+            return self._refuse(_TOO_DEEP, peer)
+        if _deeper_than(request, MAX_DEPTH):
+            return self._refuse(_TOO_DEEP, peer)
         if not isinstance(request, dict) or not isinstance(request.get("request"), str):
-            return {"ok": False, "error": 'expected an object with "request": "<name>"'}
+            return self._refuse('expected an object with "request": "<name>"', peer)
         name = request["request"]
         handler = self.handlers.get(name)
         if handler is None:
             known = ", ".join(sorted(self.handlers))
-            return {"ok": False, "error": f"unknown request {name!r} (this daemon knows: {known})"}
+            return self._refuse(f"unknown request {name[:40]!r} (this daemon knows: {known})", peer)
         try:
             return {"ok": True, **handler(request, peer)}
         except RequestError as err:
             return {"ok": False, "error": f"{name}: {err}"}
+
+    def _refuse(self, error: str, peer: Peer) -> dict[str, Any]:
+        """A request that is not one of ours (our client never sends it): tell the client,
+        and the log, paced (a local user could send thousands)."""
+        self.paced.warning("control_request_refused", error=error[:200], uid=peer.uid)
+        return {"ok": False, "error": error}
+
+
+MAX_DEPTH: Final = 16
+"""Containers in containers a request may have; ours have 1. Deeper ones are refused before
+anything walks them recursively (msgspec's decoder itself, repr, the handlers)."""
+_TOO_DEEP: Final = f"request nested too deep (at most {MAX_DEPTH} levels)"
+_BUSY: Final = b'{"ok": false, "error": "busy: too many clients at once; try again"}\n'
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether ``value`` nests lists and dicts more than ``limit`` deep; not recursive."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children: Any
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 # --- client ----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from powercast import __version__, control
 from powercast.config import listen_address
+from powercast.pacing import LOG_EVERY_S
 from powercast.policy import FANS_ON
 
 if TYPE_CHECKING:
@@ -39,6 +40,10 @@ if TYPE_CHECKING:
 
 MAX_HEADER: Final = 8192
 MAX_SCRAPERS: Final = 4
+"""Scrapes served at once; more get 503 and are closed at once."""
+BACKLOG: Final = 64
+"""Connections the kernel queues for us to accept (each is accepted at once, served or
+refused): a burst of scrapers waits in the queue instead of having its SYNs dropped."""
 VERDICTS: Final = ("new", "news", "repeat", "duplicate")
 REJECTS: Final = (
     *("size", "truncated", "magic", "version", "tag", "length", "body"),  # wire.decode
@@ -52,7 +57,7 @@ def open_listener(listen: str) -> socket.socket:
     """A listening TCP socket for ``host:port``; OSError (port in use, no such address)."""
     host, port = listen_address(listen)
     family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.create_server(address[:2], family=family, backlog=MAX_SCRAPERS)
+    sock = socket.create_server(address[:2], family=family, backlog=BACKLOG)
     sock.setblocking(False)
     return sock
 
@@ -298,18 +303,32 @@ class RelayCollector(Collector):
 # --- HTTP, from the event loop --------------------------------------------------------------
 
 
-async def serve(sock: socket.socket, registry: CollectorRegistry) -> None:
-    """Answer scrapes on ``sock`` until cancelled."""
+async def serve(
+    sock: socket.socket,
+    registry: CollectorRegistry,
+    *,
+    timeout: float = control.CLIENT_TIMEOUT_S,
+    log_every_s: float = LOG_EVERY_S,
+) -> None:
+    """Answer scrapes on ``sock`` until cancelled.
+
+    Each client is bounded like the control socket's: ``timeout`` for the whole exchange,
+    at most MAX_SCRAPERS at once. What a client sends wrong (a bad request, a bad Accept
+    header) gets a plain-text error and a log line at most every ``log_every_s``.
+    """
+    paced = control.PacedLog(log_every_s)
 
     async def scrape(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: socket.socket
     ) -> None:
+        writer.write(await answer(reader))
+        await writer.drain()
+
+    async def answer(reader: asyncio.StreamReader) -> bytes:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except (asyncio.LimitOverrunError, asyncio.IncompleteReadError):
-            writer.write(_response(400, "text/plain", b"bad request\n"))
-            await writer.drain()
-            return
+            return _response(400, "text/plain", b"bad request\n")
         lines = head.decode("latin-1").split("\r\n")
         method, _sep, rest = lines[0].partition(" ")
         target = rest.partition(" ")[0].partition("?")[0]
@@ -319,31 +338,50 @@ async def serve(sock: socket.socket, registry: CollectorRegistry) -> None:
             if name.strip().lower() == "accept":
                 accept = value.strip()
         if method not in ("GET", "HEAD"):
-            writer.write(_response(405, "text/plain", b"only GET\n"))
-        elif target not in ("/metrics", "/"):
-            writer.write(_response(404, "text/plain", b"see /metrics\n"))
-        else:
-            started = time.perf_counter()
+            return _response(405, "text/plain", b"only GET\n")
+        if target not in ("/metrics", "/"):
+            return _response(404, "text/plain", b"see /metrics\n")
+        try:
+            if not (accept.isascii() and accept.isprintable()):
+                raise ValueError("not printable ASCII")  # it would go back in Content-Type
             encoder, content_type = choose_encoder(accept)
+        except Exception as err:  # prometheus_client's parsing: TypeError on version=abc
+            paced.warning("metrics_bad_accept", accept=accept[:100], error=repr(err)[:200])
+            return _response(400, "text/plain", b"bad Accept header\n")
+        started = time.perf_counter()
+        try:
             body = encoder(registry)
-            _log_slow(time.perf_counter() - started)
-            writer.write(_response(200, content_type, b"" if method == "HEAD" else body))
-        await writer.drain()
+        except Exception as err:  # a collector's bug: the scraper sees 500, the log says why
+            paced.error("metrics_scrape_failed", error=repr(err)[:200])
+            return _response(500, "text/plain", b"scrape failed; see the daemon's log\n")
+        seconds = time.perf_counter() - started
+        if seconds > 0.05:  # the loop was held this long: worth knowing
+            paced.warning("metrics_slow_scrape", seconds=round(seconds, 3))
+        return _response(200, content_type, b"" if method == "HEAD" else body)
 
     try:
         await control.accept(
-            sock, scrape, name="metrics", max_clients=MAX_SCRAPERS, limit=MAX_HEADER
+            sock,
+            scrape,
+            name="metrics",
+            max_clients=MAX_SCRAPERS,
+            limit=MAX_HEADER,
+            busy=_response(503, "text/plain", b"busy: too many scrapes at once\n"),
+            timeout=timeout,
+            paced=paced,
         )
     finally:
         sock.close()
 
 
-def _log_slow(seconds: float) -> None:
-    if seconds > 0.05:  # the loop was held this long: worth knowing
-        control.log.warning("metrics_slow_scrape", seconds=round(seconds, 3))
-
-
-_REASONS: Final = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+_REASONS: Final = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 def _response(code: int, content_type: str, body: bytes) -> bytes:

@@ -1,16 +1,26 @@
 """What every source shares: the reader protocol, its error, reading validation, secrets
-and the retry schedule of a failing source."""
+and the retry schedule of a failing source (:class:`~powercast.pacing.Backoff`)."""
 
 from __future__ import annotations
 
 import os
 import stat
 import tomllib
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 import msgspec
 
 from powercast.config import Reading, explain
+from powercast.pacing import Backoff  # moved; still importable from here
+
+__all__ = [
+    "Backoff",
+    "Reader",
+    "SourceError",
+    "make_reading",
+    "parse_reading",
+    "read_secret",
+]
 
 
 class SourceError(Exception):
@@ -75,30 +85,6 @@ def read_secret(path: str, origin: str) -> str:
     if not lines or not lines[0].strip():
         raise SourceError(f"{origin}: {path}: empty (expected the secret on its first line)")
     return lines[0].strip()
-
-
-BACKOFF_MAX_S: Final = 30.0
-
-
-class Backoff:
-    """When to read a source next: every ``interval_s`` while it works; after a failure,
-    ``interval_s`` then doubling up to ``max_s``; back to ``interval_s`` on success.
-
-    Pure and deterministic. A source slower than ``max_s`` keeps its own interval.
-    """
-
-    def __init__(self, interval_s: float, max_s: float = BACKOFF_MAX_S) -> None:
-        self.interval_s = interval_s
-        self.max_s = max(max_s, interval_s)
-        self.failures = 0
-
-    def delay(self, ok: bool) -> float:
-        """Seconds to wait after a read that worked (``ok``) or failed."""
-        if ok:
-            self.failures = 0
-            return self.interval_s
-        self.failures += 1
-        return min(self.interval_s * 2.0 ** min(self.failures - 1, 64), self.max_s)
 
 
 def _raw(data: bytes, fmt: str) -> Any:
