@@ -296,7 +296,7 @@ class TestCommands:
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """`config init --role R` output (a real subprocess) passes `config check`, but for
-        the fan program a controller's actions name, which a site installs."""
+        the fan program the controller's actuator names, which a site installs."""
         make_keys(tmp_path / "keys")
         monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "keys"))
         for role in ("publisher", "controller"):
@@ -312,7 +312,7 @@ class TestCommands:
             missing = role == "controller" and not fans.exists()
             assert main(["config", "check", str(path)]) == (78 if missing else 0)
             lines = capsys.readouterr().err.splitlines()
-            assert len(lines) == (4 if missing else 0)
+            assert len(lines) == (2 if missing else 0)  # on_argv, off_argv
             assert all(f'got "{fans}": no such file' in line for line in lines)
 
 
