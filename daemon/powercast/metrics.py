@@ -1,10 +1,10 @@
 """The optional Prometheus endpoint: ``[metrics] listen = "127.0.0.1:9301"``, off by default.
 
-Nothing is counted for it. At each scrape a custom collector reads what the daemon keeps
-anyway (the controller core's datagram counters, its sessions and zone policies, the
-runtime's :class:`~powercast.tally.Tally`), so the datagram path does no extra work
-whether metrics are on or off. The registry is the daemon's own (no process or platform
-collectors, nothing global).
+Nothing is counted for it. At each scrape a custom collector reads the daemon's public
+``snapshot()`` (the status document: the controller core's datagram counters, its
+sessions and zones, the runtime's tally, the actuators), so the datagram path does no
+extra work whether metrics are on or off, and this module knows no daemon. The registry
+is the daemon's own (no process or platform collectors, nothing global).
 
 The endpoint is served from the daemon's event loop, not from prometheus-client's thread:
 a scrape reads one consistent moment without racing the loop, and each client is bounded
@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Iterable
+from typing import Any, Final
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -35,8 +35,8 @@ from powercast.config import listen_address
 from powercast.pacing import LOG_EVERY_S
 from powercast.policy import FANS_ON
 
-if TYPE_CHECKING:
-    from powercast.runtime import ControllerDaemon, Daemon, PublisherDaemon
+Snapshot = Callable[[], dict[str, Any]]
+"""A daemon's ``snapshot``: its status document, read at each scrape."""
 
 MAX_HEADER: Final = 8192
 MAX_SCRAPERS: Final = 4
@@ -62,205 +62,206 @@ def open_listener(listen: str) -> socket.socket:
     return sock
 
 
-def registry_for(daemon: Daemon[Any]) -> CollectorRegistry:
-    from powercast.runtime import ControllerDaemon  # noqa: PLC0415  # runtime imports us lazily
-
+def registry_for(role: str, snapshot: Snapshot) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    if isinstance(daemon, ControllerDaemon):
-        registry.register(ControllerCollector(daemon))
-    elif daemon.role == "relay":
-        registry.register(RelayCollector(daemon))
-    else:
-        registry.register(PublisherCollector(daemon))  # type: ignore[arg-type]
+    collector = {
+        "controller": ControllerCollector,
+        "relay": RelayCollector,
+        "publisher": PublisherCollector,
+    }[role]
+    registry.register(collector(snapshot))
     return registry
 
 
-def _common(daemon: Daemon[Any]) -> Iterable[Metric]:
+def _common(doc: dict[str, Any]) -> Iterable[Metric]:
     info = GaugeMetricFamily(
         "powercast_info", "The daemon's role and version.", labels=["role", "version"]
     )
-    info.add_metric([daemon.role, __version__], 1.0)
+    info.add_metric([doc["role"], __version__], 1.0)
     yield info
     yield GaugeMetricFamily(
         "powercast_config_loaded_timestamp_seconds",
         "When the running config was loaded (Unix time).",
-        value=daemon.loaded_at,
+        value=doc["config"]["loaded_at"],
     )
 
 
-class ControllerCollector(Collector):
-    """Reads a controller's counters and state at scrape time."""
-
-    def __init__(self, daemon: ControllerDaemon) -> None:
-        self.daemon = daemon
+class _SnapshotCollector(Collector):
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
 
     def collect(self) -> Iterable[Metric]:
-        yield from _common(self.daemon)
-        yield from self._datagrams()
-        yield from self._publishers()
-        yield from self._zones()
-        yield from self._actions()
-        yield from self._actuators()
+        doc = self.snapshot()
+        yield from _common(doc)
+        yield from self.metrics(doc)
 
-    def _datagrams(self) -> Iterable[Metric]:
-        counters = self.daemon.core.counters
+    def metrics(self, doc: dict[str, Any]) -> Iterable[Metric]:
+        raise NotImplementedError
+
+
+class ControllerCollector(_SnapshotCollector):
+    """A controller's counters and state, from its snapshot at scrape time."""
+
+    def metrics(self, doc: dict[str, Any]) -> Iterable[Metric]:
+        yield from _datagrams(doc["datagrams"])
+        yield from _publishers(doc["publishers"])
+        yield from _zones(doc["zones"])
+        yield from _actions(doc)
+        yield from _actuators(doc["zones"])
+
+
+def _datagrams(datagrams: dict[str, Any]) -> Iterable[Metric]:
+    yield CounterMetricFamily(
+        "powercast_datagrams_received",
+        "Datagrams received on the group, whatever became of them.",
+        value=datagrams["received"],
+    )
+    accepted = CounterMetricFamily(
+        "powercast_datagrams_accepted",
+        "Datagrams accepted, by what they meant for their publisher's session.",
+        labels=["verdict"],
+    )
+    for verdict in VERDICTS:
+        accepted.add_metric([verdict], datagrams["accepted"].get(verdict, 0))
+    yield accepted
+    rejected = CounterMetricFamily(
+        "powercast_datagrams_rejected",
+        "Datagrams dropped, by reason (magic, tag, bad_tag, replay, unlisted, ...).",
+        labels=["reason"],
+    )
+    seen = datagrams["rejected"]
+    for reason in sorted(set(REJECTS) | set(seen)):
+        rejected.add_metric([reason], seen.get(reason, 0))
+    yield rejected
+    unverified = CounterMetricFamily(
+        "powercast_datagrams_unverified",
+        "Datagrams accepted without a good tag (auth.mode permissive), by problem.",
+        labels=["problem"],
+    )
+    for problem, n in sorted(datagrams["unverified"].items()):
+        unverified.add_metric([problem], n)
+    yield unverified
+
+
+def _publishers(publishers: list[dict[str, Any]]) -> Iterable[Metric]:
+    age = GaugeMetricFamily(
+        "powercast_publisher_age_seconds",
+        "Seconds since the publisher's last accepted datagram.",
+        labels=["publisher"],
+    )
+    fresh = GaugeMetricFamily(
+        "powercast_publisher_fresh",
+        "1 while the publisher's data is within its time-allowed-to-live, else 0.",
+        labels=["publisher"],
+    )
+    for p in publishers:
+        age.add_metric([p["id"]], p["age_s"])
+        fresh.add_metric([p["id"]], 1.0 if p["fresh"] else 0.0)
+    yield age
+    yield fresh
+
+
+def _zones(zones: list[dict[str, Any]]) -> Iterable[Metric]:
+    state = GaugeMetricFamily(
+        "powercast_state",
+        "1 for the zone's current state, 0 for the others.",
+        labels=["zone", "state"],
+    )
+    in_state = GaugeMetricFamily(
+        "powercast_state_seconds", "Seconds the zone has been in its state.", labels=["zone"]
+    )
+    fans = GaugeMetricFamily(
+        "powercast_fans_on", "1 if the zone's state runs the fans, else 0.", labels=["zone"]
+    )
+    override = GaugeMetricFamily(
+        "powercast_override_active", "1 while an operator override holds.", labels=["zone"]
+    )
+    for z in zones:
+        name = z["zone"]
+        for s in FANS_ON:
+            state.add_metric([name, s], 1.0 if s == z["state"] else 0.0)
+        in_state.add_metric([name], z["for_s"])
+        fans.add_metric([name], 1.0 if z["fans"] == "on" else 0.0)
+        override.add_metric([name], 0.0 if z["override"] is None else 1.0)
+    yield from (state, in_state, fans, override)
+
+
+def _actions(doc: dict[str, Any]) -> Iterable[Metric]:
+    transitions = CounterMetricFamily(
+        "powercast_transitions",
+        "State changes, by zone and move.",
+        labels=["zone", "from", "to"],
+    )
+    for t in doc["transitions"]:
+        transitions.add_metric([t["zone"], t["from"], t["to"]], t["count"])
+    yield transitions
+    actions = doc["actions"]
+    outcomes = CounterMetricFamily(
+        "powercast_actions",
+        "Commands run on entering a state, by state and result (ok, failed, timeout, error).",
+        labels=["state", "result"],
+    )
+    for key, n in actions["outcomes"].items():
+        outcomes.add_metric(key.split("/", 1), n)
+    yield outcomes
+    durations = HistogramMetricFamily(
+        "powercast_action_duration_seconds",
+        "How long each state's commands took, until exit or kill.",
+        labels=["state"],
+    )
+    for target, hist in actions["durations"].items():
+        durations.add_metric([target], hist["buckets"], sum_value=hist["sum"])
+    yield durations
+    yield GaugeMetricFamily(
+        "powercast_actions_pending", "Commands waiting to run.", value=actions["pending"]
+    )
+
+
+def _actuators(zones: list[dict[str, Any]]) -> Iterable[Metric]:
+    position = GaugeMetricFamily(
+        "powercast_actuator_position",
+        "1 for the actuator's known position (read back, else last applied), 0 for others.",
+        labels=["zone", "actuator", "position"],
+    )
+    failed = GaugeMetricFamily(
+        "powercast_actuator_failed",
+        "1 while the actuator's last attempt failed.",
+        labels=["zone", "actuator"],
+    )
+    for z in sorted(zones, key=lambda z: z["zone"]):
+        for a in z["actuators"]:
+            for name in POSITIONS:
+                position.add_metric([z["zone"], a["name"], name], float(name == a["position"]))
+            failed.add_metric([z["zone"], a["name"]], float(a["status"] == "failed"))
+    yield position
+    yield failed
+
+
+class PublisherCollector(_SnapshotCollector):
+    """A publisher's counters and what it announces, from its snapshot at scrape time."""
+
+    def metrics(self, doc: dict[str, Any]) -> Iterable[Metric]:
         yield CounterMetricFamily(
-            "powercast_datagrams_received",
-            "Datagrams received on the group, whatever became of them.",
-            value=counters["received"],
-        )
-        accepted = CounterMetricFamily(
-            "powercast_datagrams_accepted",
-            "Datagrams accepted, by what they meant for their publisher's session.",
-            labels=["verdict"],
-        )
-        for verdict in VERDICTS:
-            accepted.add_metric([verdict], counters[verdict])
-        yield accepted
-        rejected = CounterMetricFamily(
-            "powercast_datagrams_rejected",
-            "Datagrams dropped, by reason (magic, tag, bad_tag, replay, unlisted, ...).",
-            labels=["reason"],
-        )
-        unverified = CounterMetricFamily(
-            "powercast_datagrams_unverified",
-            "Datagrams accepted without a good tag (auth.mode permissive), by problem.",
-            labels=["problem"],
-        )
-        reasons = {f"rejected.{r}" for r in REJECTS} | {k for k in counters if "." in k}
-        for key in sorted(reasons):
-            n = counters[key]
-            if key.startswith("rejected."):
-                rejected.add_metric([key.removeprefix("rejected.")], n)
-            elif key.startswith("accepted."):
-                unverified.add_metric([key.removeprefix("accepted.")], n)
-        yield rejected
-        yield unverified
-
-    def _publishers(self) -> Iterable[Metric]:
-        now = self.daemon.loop.time()
-        age = GaugeMetricFamily(
-            "powercast_publisher_age_seconds",
-            "Seconds since the publisher's last accepted datagram.",
-            labels=["publisher"],
-        )
-        fresh = GaugeMetricFamily(
-            "powercast_publisher_fresh",
-            "1 while the publisher's data is within its time-allowed-to-live, else 0.",
-            labels=["publisher"],
-        )
-        for publisher, session in sorted(self.daemon.core.sessions.items()):
-            age.add_metric([publisher], now - session.received_at)
-            fresh.add_metric([publisher], 1.0 if session.fresh(now) else 0.0)
-        yield age
-        yield fresh
-
-    def _zones(self) -> Iterable[Metric]:
-        now = self.daemon.loop.time()
-        state = GaugeMetricFamily(
-            "powercast_state",
-            "1 for the zone's current state, 0 for the others.",
-            labels=["zone", "state"],
-        )
-        in_state = GaugeMetricFamily(
-            "powercast_state_seconds", "Seconds the zone has been in its state.", labels=["zone"]
-        )
-        fans = GaugeMetricFamily(
-            "powercast_fans_on", "1 if the zone's state runs the fans, else 0.", labels=["zone"]
-        )
-        override = GaugeMetricFamily(
-            "powercast_override_active", "1 while an operator override holds.", labels=["zone"]
-        )
-        for zone, policy in self.daemon.core.zones.items():
-            current = policy.state
-            for name in FANS_ON:
-                state.add_metric([zone, name], 1.0 if name == current else 0.0)
-            in_state.add_metric([zone], now - policy.since)
-            fans.add_metric([zone], 1.0 if FANS_ON.get(current, True) else 0.0)
-            override.add_metric([zone], 0.0 if policy.override is None else 1.0)
-        yield from (state, in_state, fans, override)
-
-    def _actions(self) -> Iterable[Metric]:
-        d = self.daemon
-        transitions = CounterMetricFamily(
-            "powercast_transitions",
-            "State changes, by zone and move.",
-            labels=["zone", "from", "to"],
-        )
-        for (zone, previous, target), n in sorted(d.tally.transitions.items()):
-            transitions.add_metric([zone, previous, target], n)
-        yield transitions
-
-        outcomes = CounterMetricFamily(
-            "powercast_actions",
-            "Commands run on entering a state, by state and result (ok, failed, timeout, error).",
-            labels=["state", "result"],
-        )
-        for (target, result), n in sorted(d.tally.outcomes.items()):
-            outcomes.add_metric([target, result], n)
-        yield outcomes
-        durations = HistogramMetricFamily(
-            "powercast_action_duration_seconds",
-            "How long each state's commands took, until exit or kill.",
-            labels=["state"],
-        )
-        for target, hist in sorted(d.tally.durations.items()):
-            durations.add_metric([target], hist.cumulative(), sum_value=hist.total)
-        yield durations
-        yield GaugeMetricFamily(
-            "powercast_actions_pending",
-            "Commands waiting to run.",
-            value=d.actions.pending(),
-        )
-
-    def _actuators(self) -> Iterable[Metric]:
-        position = GaugeMetricFamily(
-            "powercast_actuator_position",
-            "1 for the actuator's known position (read back, else last applied), 0 for others.",
-            labels=["zone", "actuator", "position"],
-        )
-        failed = GaugeMetricFamily(
-            "powercast_actuator_failed",
-            "1 while the actuator's last attempt failed.",
-            labels=["zone", "actuator"],
-        )
-        for zone, workers in sorted(self.daemon.workers.items()):
-            for w in workers:
-                known = "unknown" if w.known is None else ("on" if w.known else "off")
-                for name in POSITIONS:
-                    position.add_metric([zone, w.driver.name, name], float(name == known))
-                failed.add_metric([zone, w.driver.name], float(w.status == "failed"))
-        yield position
-        yield failed
-
-
-class PublisherCollector(Collector):
-    """Reads a publisher's counters and what it announces at scrape time."""
-
-    def __init__(self, daemon: PublisherDaemon) -> None:
-        self.daemon = daemon
-
-    def collect(self) -> Iterable[Metric]:
-        d = self.daemon
-        yield from _common(d)
-        yield CounterMetricFamily(
-            "powercast_announcements_sent", "Datagrams sent to the group.", value=d.sent
+            "powercast_announcements_sent", "Datagrams sent to the group.", value=doc["sent"]
         )
         yield CounterMetricFamily(
-            "powercast_send_errors", "Announcements that could not be sent.", value=d.send_errors
+            "powercast_send_errors",
+            "Announcements that could not be sent.",
+            value=doc["send_errors"],
         )
         up = GaugeMetricFamily(
             "powercast_source_up", "1 while the source reads, 0 while it fails.", labels=["source"]
         )
-        for index, reader in enumerate(d._readers):
-            up.add_metric([reader.name], 0.0 if index in d._failing else 1.0)
+        for source in doc["sources"]:
+            up.add_metric([source["name"]], 1.0 if source["ok"] else 0.0)
         yield up
         power = GaugeMetricFamily(
             "powercast_announced_power",
             "1 for the power status being announced, 0 for the others.",
             labels=["status"],
         )
-        current = d.announcer.power.status.value
+        announcing = doc["announcing"]
+        current = announcing["power"]["status"]
         for status in ("online", "on_battery", "low_battery", "unknown"):
             power.add_metric([status], float(status == current))
         yield power
@@ -269,34 +270,29 @@ class PublisherCollector(Collector):
             "Temperatures being announced.",
             labels=["sensor"],
         )
-        for sensor, value in sorted(d.announcer.temperatures.items()):
-            temps.add_metric([sensor], value)
+        for sensor, value in sorted(announcing["temperatures"].items()):
+            if value is not None:  # a failed sensor has no value to show
+                temps.add_metric([sensor], value)
         yield temps
 
 
-class RelayCollector(Collector):
-    """A relay's datagram counters and its broker connection, read at scrape time."""
+class RelayCollector(_SnapshotCollector):
+    """A relay's datagram counters and its broker connection, from its snapshot."""
 
-    def __init__(self, daemon: Daemon[Any]) -> None:
-        self.daemon = daemon
-
-    def collect(self) -> Iterable[Metric]:
-        d: Any = self.daemon  # a RelayDaemon (relay.py imports aiomqtt: not imported here)
-        yield from _common(d)
+    def metrics(self, doc: dict[str, Any]) -> Iterable[Metric]:
         datagrams = CounterMetricFamily(
             "powercast_relay_datagrams",
             "Datagrams by where they came from (segment, broker) and what became of them.",
             labels=["side", "outcome"],
         )
-        for key, n in sorted(d.core.counters.items()):
+        for key, n in doc["counters"].items():
             side, _, outcome = key.partition("_")
             datagrams.add_metric([side, outcome], float(n))
         yield datagrams
-        broker = d.broker_state()
         yield GaugeMetricFamily(
             "powercast_relay_broker_connected",
             "1 while connected to the broker, 0 while it is unreachable.",
-            value=float(broker["connected"]),
+            value=float(doc["broker"]["connected"]),
         )
 
 

@@ -1,10 +1,11 @@
 """``powercast status``: what a daemon believes and why, as JSON (stable) and as text.
 
-The daemon builds the JSON object (:func:`of_controller`, :func:`of_publisher`) in its
-event loop when asked over the control socket, so it is one consistent moment; the
-command line renders it (:func:`render`). The fields are documented in README.md
-("Operator tools") and pinned by tests: a new field may be added, none renamed or
-removed without raising ``version``.
+Each daemon's public ``snapshot()`` builds the JSON object from its parts with the
+functions here (:func:`common`, :func:`controller`, :func:`publisher`), in its event loop,
+so it is one consistent moment; the control socket sends it, the metrics endpoint reads
+it, and the command line renders it (:func:`render`). Nothing here knows a daemon. The
+fields are documented in README.md ("Operator tools") and pinned by tests: a new field
+may be added, none renamed or removed without raising ``version``.
 
 Times are Unix seconds (wall clock) so they mean the same to every reader; ages and
 durations are seconds measured on the daemon's monotonic clock.
@@ -21,23 +22,32 @@ from powercast.policy import FANS_ON
 from powercast.wire import Power
 
 if TYPE_CHECKING:
-    from powercast.actions import Outcome
-    from powercast.runtime import ControllerDaemon, Daemon, PublisherDaemon
+    from pathlib import Path
+
+    from powercast.actions import ActionQueue, Outcome
+    from powercast.actuators import Worker
+    from powercast.announcer import Announcer
+    from powercast.auth import Keyring
+    from powercast.config import ControllerConfig, PublisherConfig
+    from powercast.controller import Controller
+    from powercast.tally import Tally
 
 VERSION: Final = 1
 
 
-def of_daemon(daemon: Daemon[Any], control: str, wall: float | None = None) -> dict[str, Any]:
-    """The fields every daemon's status has (a role may add its own)."""
+def common(
+    role: str, *, path: Path, loaded_at: float, control: str, metrics: str | None, wall: float
+) -> dict[str, Any]:
+    """The fields every daemon's status has (a role adds its own)."""
     return {
         "version": VERSION,
-        "role": daemon.role,
+        "role": role,
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "time": time.time() if wall is None else wall,
-        "config": {"path": str(daemon.path), "loaded_at": daemon.loaded_at},
+        "time": wall,
+        "config": {"path": str(path), "loaded_at": loaded_at},
         "control": control,
-        "metrics": daemon.metrics_address,
+        "metrics": metrics,
     }
 
 
@@ -60,11 +70,19 @@ def _outcome(outcome: Outcome) -> dict[str, Any]:
     }
 
 
-def of_controller(daemon: ControllerDaemon, control: str) -> dict[str, Any]:
-    """The controller's state, in the documented version 1 form."""
-    now, wall = daemon.loop.time(), time.time()
-    core = daemon.core
-    zones = [zone(daemon, name, now, wall) for name in core.zones]
+def controller(
+    core: Controller,
+    *,
+    workers: dict[str, list[Worker]],
+    actions: ActionQueue,
+    tally: Tally,
+    keyring: Keyring,
+    config: ControllerConfig,
+    now: float,
+) -> dict[str, Any]:
+    """The controller's own fields, in the documented version 1 form."""
+    wall = time.time()
+    zones = [zone(core, workers, name, now, wall) for name in core.zones]
     publishers = []
     for publisher, session in sorted(core.sessions.items()):
         m = session.message
@@ -84,10 +102,8 @@ def of_controller(daemon: ControllerDaemon, control: str) -> dict[str, Any]:
             }
         )
     counters = core.counters
-    running = daemon.actions.running
-    auth = daemon.config.auth
+    running = actions.running
     return {
-        **of_daemon(daemon, control, wall),
         "zones": zones,
         "publishers": publishers,
         "datagrams": {
@@ -100,29 +116,34 @@ def of_controller(daemon: ControllerDaemon, control: str) -> dict[str, Any]:
             "running": None
             if running is None
             else {"zone": running[0].zone, "state": running[0].state, "argv": running[1].argv},
-            "pending": daemon.actions.pending(),
-            "last": {state: _outcome(o) for state, o in sorted(daemon.actions.last.items())},
+            "pending": actions.pending(),
+            "last": {state: _outcome(o) for state, o in sorted(actions.last.items())},
             "outcomes": {
-                f"{state}/{result}": n
-                for (state, result), n in sorted(daemon.tally.outcomes.items())
+                f"{state}/{result}": n for (state, result), n in sorted(tally.outcomes.items())
+            },
+            "durations": {
+                state: {"buckets": hist.cumulative(), "sum": hist.total}
+                for state, hist in sorted(tally.durations.items())
             },
         },
         "transitions": [
             {"zone": zone, "from": previous, "to": state, "count": n}
-            for (zone, previous, state), n in sorted(daemon.tally.transitions.items())
+            for (zone, previous, state), n in sorted(tally.transitions.items())
         ],
         "keys": {
-            "dir": str(daemon.keyring.directory),
-            "ids": daemon.keyring.ids,
-            "mode": auth.mode,
+            "dir": str(keyring.directory),
+            "ids": keyring.ids,
+            "mode": config.auth.mode,
         },
-        "network": _network(daemon.config.network),
+        "network": _network(config.network),
     }
 
 
-def zone(daemon: ControllerDaemon, name: str, now: float, wall: float) -> dict[str, Any]:
+def zone(
+    core: Controller, workers: dict[str, list[Worker]], name: str, now: float, wall: float
+) -> dict[str, Any]:
     """One zone's entry in ``zones``: its state, why, the data behind it, override, actuators."""
-    policy = daemon.core.zones[name]
+    policy = core.zones[name]
     s = policy.situation
     override = policy.override
 
@@ -163,31 +184,25 @@ def zone(daemon: ControllerDaemon, name: str, now: float, wall: float) -> dict[s
                 "last_applied_at": w.last_applied_at,
                 "last_verified_at": w.last_verified_at,
             }
-            for w in daemon.workers.get(name, [])
+            for w in workers.get(name, [])
         ],
     }
 
 
-def of_publisher(daemon: PublisherDaemon, control: str) -> dict[str, Any]:
-    """The publisher's state, in the documented version 1 form."""
-    now, wall = daemon.loop.time(), time.time()
-    a = daemon.announcer
-    config = daemon.config
-    latest, failing = daemon._latest, daemon._failing  # the daemon's own view of its sources
-    sources = []
-    readers = zip(daemon._readers, config.sources, strict=False)
-    for index, (reader, source) in enumerate(readers):
-        sources.append(
-            {
-                "name": reader.name,
-                "kind": source.__struct_config__.tag,
-                "ok": index not in failing,
-                "error": failing.get(index),
-                "has_reading": index < len(latest) and latest[index] is not None,
-            }
-        )
+def publisher(
+    announcer: Announcer,
+    *,
+    config: PublisherConfig,
+    sources: list[dict[str, Any]],
+    sent: int,
+    send_errors: int,
+    keyring: Keyring,
+    now: float,
+) -> dict[str, Any]:
+    """The publisher's own fields, in the documented version 1 form; ``sources`` as the
+    publisher sees them (name, kind, ok, error, has_reading)."""
+    a = announcer
     return {
-        **of_daemon(daemon, control, wall),
         "announcing": {
             "id": config.id,
             "epoch": a.epoch,
@@ -200,11 +215,11 @@ def of_publisher(daemon: PublisherDaemon, control: str) -> dict[str, Any]:
             "temperatures": dict(a.temperatures),
         },
         "sources": sources,
-        "sent": daemon.sent,
-        "send_errors": daemon.send_errors,
+        "sent": sent,
+        "send_errors": send_errors,
         "keys": {
-            "dir": str(daemon.keyring.directory),
-            "ids": daemon.keyring.ids,
+            "dir": str(keyring.directory),
+            "ids": keyring.ids,
             "key_id": config.auth.key_id,
         },
         "network": {**_network(config.network), "ttl": config.network.ttl},

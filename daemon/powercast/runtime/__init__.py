@@ -1,7 +1,7 @@
 """The asyncio runtime around the pure cores: sockets, clocks, signals, processes.
 
-One module per daemon (controller, publisher; the relay in :mod:`powercast.relay`), all
-over one lifecycle (:mod:`.lifecycle`).
+One module per daemon (controller, publisher, relay), all over one lifecycle
+(:mod:`.lifecycle`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ async def serve(path: Path, config: cfg.Config, keyring: Keyring, *, dry_run: bo
     if isinstance(config, ControllerConfig):
         daemon = ControllerDaemon(path, config, keyring, dry_run=dry_run)
     elif isinstance(config, RelayConfig):
-        from powercast.relay import RelayDaemon  # noqa: PLC0415  # the MQTT client only here
+        from powercast.runtime.relay import RelayDaemon  # noqa: PLC0415  # aiomqtt only here
 
         daemon = RelayDaemon(path, config, keyring)
     else:

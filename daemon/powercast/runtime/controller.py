@@ -318,8 +318,17 @@ class ControllerDaemon(Daemon[ControllerConfig]):
 
     # --- operator tools (issue 8) -----------------------------------------------------
 
-    def describe(self) -> dict[str, Any]:
-        return report.of_controller(self, str(self.control_path))
+    def snapshot(self) -> dict[str, Any]:
+        own = report.controller(
+            self.core,
+            workers=self.workers,
+            actions=self.actions,
+            tally=self.tally,
+            keyring=self.keyring,
+            config=self.config,
+            now=self.loop.time(),
+        )
+        return {**self.common(), **own}
 
     def control_handlers(self) -> dict[str, control.Handler]:
         return {**super().control_handlers(), "override": self._override_request}
@@ -350,7 +359,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         if order.fans_on is not None:
             override = Override(order.fans_on, self.loop.time() + order.for_s, who, order.why)
         self.set_override(order.zone, override)
-        return {"zone": report.zone(self, order.zone, self.loop.time(), time.time())}
+        now, wall = self.loop.time(), time.time()
+        return {"zone": report.zone(self.core, self.workers, order.zone, now, wall)}
 
 
 SHUTDOWN_GRACE_S: Final = 10.0

@@ -128,14 +128,25 @@ class Daemon(Generic[C]):
 
     # --- operator tools (issue 8): control socket and metrics endpoint ------------------
 
-    def describe(self) -> dict[str, Any]:
-        """The status document that `powercast status --json` prints (status.py); a role
-        without its own gives the fields every daemon has."""
-        return report.of_daemon(self, str(self.control_path))
+    def snapshot(self) -> dict[str, Any]:
+        """The status document (`powercast status --json`, the metrics endpoint): one
+        consistent moment, built in the event loop from the daemon's parts."""
+        return self.common()
+
+    def common(self) -> dict[str, Any]:
+        """The fields every daemon's snapshot has."""
+        return report.common(
+            self.role,
+            path=self.path,
+            loaded_at=self.loaded_at,
+            control=str(self.control_path),
+            metrics=self.metrics_address,
+            wall=time.time(),
+        )
 
     def control_handlers(self) -> dict[str, control.Handler]:
         """Requests the control socket answers."""
-        return {"status": lambda request, peer: {"status": self.describe()}}
+        return {"status": lambda request, peer: {"status": self.snapshot()}}
 
     def start_tools(self, tg: asyncio.TaskGroup) -> None:
         """The control socket and, when configured, the metrics endpoint, as tasks of ``tg``.
@@ -168,7 +179,9 @@ class Daemon(Generic[C]):
         except OSError as err:
             log.error("metrics_unavailable", listen=listen, error=err.strerror or str(err))
             return
-        tg.create_task(metrics.serve(msock, metrics.registry_for(self)), name="metrics")
+        tg.create_task(
+            metrics.serve(msock, metrics.registry_for(self.role, self.snapshot)), name="metrics"
+        )
         host, port = msock.getsockname()[:2]
         self.metrics_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         log.info("metrics_listening", address=self.metrics_address)

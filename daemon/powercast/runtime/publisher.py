@@ -193,8 +193,30 @@ class PublisherDaemon(Daemon[PublisherConfig]):
 
     # --- operator tools (issue 8) -----------------------------------------------------
 
-    def describe(self) -> dict[str, Any]:
-        return report.of_publisher(self, str(self.control_path))
+    def snapshot(self) -> dict[str, Any]:
+        latest, failing = self._latest, self._failing
+        sources = [
+            {
+                "name": reader.name,
+                "kind": source.__struct_config__.tag,
+                "ok": index not in failing,
+                "error": failing.get(index),
+                "has_reading": index < len(latest) and latest[index] is not None,
+            }
+            for index, (reader, source) in enumerate(
+                zip(self._readers, self.config.sources, strict=False)
+            )
+        ]
+        own = report.publisher(
+            self.announcer,
+            config=self.config,
+            sources=sources,
+            sent=self.sent,
+            send_errors=self.send_errors,
+            keyring=self.keyring,
+            now=self.loop.time(),
+        )
+        return {**self.common(), **own}
 
 
 def _signer(config: PublisherConfig, keyring: Keyring) -> Callable[[bytes], bytes] | None:

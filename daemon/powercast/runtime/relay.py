@@ -1,0 +1,317 @@
+"""The relay daemon: the group on this segment <-> a topic on an MQTT broker (aiomqtt).
+
+What goes on in each direction is decided by the pure core, :class:`powercast.relay.Relay`
+(its docstring is the theory of operation); this module owns the sockets, the MQTT
+client, reconnection and the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from powercast import config as cfg
+from powercast import net, wire
+from powercast.auth import Keyring
+from powercast.relay import BATCH, LOG_EVERY_S, MAX_PACKET, OUTBOX_SIZE, Relay, Side
+from powercast.runtime.lifecycle import Daemon
+from powercast.runtime.receiver import Receiver
+from powercast.sources.base import Backoff, SourceError, read_secret
+from powercast.systemd import Notifier
+
+log = structlog.get_logger("powercast")
+
+
+class RelayDaemon(Daemon[cfg.RelayConfig]):
+    role = "relay"
+
+    def __init__(
+        self,
+        path: Path,
+        config: cfg.RelayConfig,
+        keyring: Keyring,
+        notifier: Notifier | None = None,
+    ) -> None:
+        super().__init__(path, config, keyring, notifier)
+        self.loop = asyncio.get_running_loop()
+        self.core = Relay(_verifying(keyring))
+        self._receiver: asyncio.DatagramTransport | None = None
+        self._sender: socket.socket | None = None
+        self._client: aiomqtt.Client | None = None
+        self._outbox: asyncio.Queue[bytes] = asyncio.Queue(OUTBOX_SIZE)
+        self._broker_task: asyncio.Task[None] | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._quiet_until: dict[str, float] = {}
+        self.connected_since: float | None = None
+        """Wall clock of the current connection to the broker; None while there is none."""
+        self.down_since: float | None = None
+        """Wall clock when the current outage began; None while connected or never tried."""
+        self.last_error = ""
+        self.attempts = 0
+        """Connection attempts that failed in the current outage."""
+        self.retry_at: float | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self, tg: asyncio.TaskGroup) -> None:
+        self._tg = tg
+        self._receiver, self._sender = await self._open(self.config.network)
+        tg.create_task(self._pump(), name="pump")
+        self._broker_task = tg.create_task(self._broker(self.config.broker), name="broker")
+
+    async def _open(
+        self, network: cfg.RelayNetwork
+    ) -> tuple[asyncio.DatagramTransport, socket.socket]:
+        sender = net.open_sender(
+            network.group, network.port, network.interface, ttl=network.ttl, loop=network.loop
+        )
+        try:
+            sock = net.open_receiver(network.group, network.port, network.interface)
+            receiver, _ = await self.loop.create_datagram_endpoint(
+                lambda: Receiver(self._from_segment), sock=sock
+            )
+        except BaseException:
+            sender.close()
+            raise
+        log.info(
+            "relaying",
+            group=network.group,
+            port=network.port,
+            interface=network.interface,
+            ttl=network.ttl,
+            direction=self.config.direction,
+        )
+        return receiver, sender
+
+    async def apply(self, new: cfg.RelayConfig, keyring: Keyring) -> None:
+        self.core.keyring = _verifying(keyring)
+        if new.network != self.config.network:
+            receiver, sender = await self._open(new.network)  # fails before the old closes
+            self.close_sockets()
+            self._receiver, self._sender = receiver, sender
+        if new.broker != self.config.broker and self._tg is not None:
+            if self._broker_task is not None:
+                self._broker_task.cancel()
+            self._client = None
+            self._broker_task = self._tg.create_task(self._broker(new.broker), name="broker")
+
+    def close_sockets(self) -> None:
+        if self._receiver is not None:
+            self._receiver.close()
+        if self._sender is not None:
+            self._sender.close()
+
+    def close(self) -> None:
+        self.close_sockets()
+        log.info("relay_summary", **dict(sorted(self.core.counters.items())))
+
+    # --- the segment side -------------------------------------------------------------------
+
+    def _from_segment(self, data: bytes) -> None:
+        """A datagram heard on the group: to the broker, unless seen or not ours."""
+        if self.config.direction == "from_broker":
+            return
+        why = self.core.admit(data, "segment", time.time())
+        if why is not None:
+            self._not_relayed("segment", why)
+            return
+        if self._client is None:
+            self.core.counters["segment_lost"] += 1
+            return
+        try:
+            self._outbox.put_nowait(data)
+        except asyncio.QueueFull:
+            self.core.counters["segment_lost"] += 1
+
+    def _from_broker(self, data: bytes) -> None:
+        """A datagram from the broker: multicast on this segment, unless seen or stale."""
+        if self.config.direction == "to_broker":
+            return
+        why = self.core.admit(data, "broker", time.time())
+        if why is not None:
+            self._not_relayed("broker", why)
+            return
+        assert self._sender is not None
+        n = self.config.network
+        try:
+            self._sender.sendto(data, (n.group, n.port))
+        except OSError as err:
+            self.core.counters["broker_lost"] += 1
+            self._limited("send", "send_failed", error=str(err), group=n.group, port=n.port)
+        else:
+            self.core.counters["broker_relayed"] += 1
+
+    def _not_relayed(self, side: Side, why: str) -> None:
+        if why != "seen":  # seen: the loop being cut, as designed; anything else is news
+            self._limited(f"{side}.{why}", "datagram_not_relayed", side=side, reason=why)
+
+    def _limited(self, key: str, event: str, **fields: Any) -> None:
+        """A warning, at most one per ``key`` every LOG_EVERY_S."""
+        now = self.loop.time()
+        if now < self._quiet_until.get(key, -1.0):
+            return
+        self._quiet_until[key] = now + LOG_EVERY_S
+        log.warning(event, **fields)
+
+    # --- the broker side --------------------------------------------------------------------
+
+    async def _broker(self, broker: cfg.Broker) -> None:
+        """Stay connected: connect, subscribe, take messages; on any failure, back off and
+        try again. Logged once per outage, and once when it ends."""
+        backoff = Backoff(broker.reconnect_min_s, broker.reconnect_max_s)
+        where = f"{broker.host}:{broker.port}"
+        while True:
+            try:
+                client = _client(broker)
+                async with client:
+                    await client.subscribe(
+                        broker.topic, options=SubscribeOptions(qos=0, noLocal=True)
+                    )
+                    self._connected(client, where, broker.topic)
+                    backoff.delay(ok=True)
+                    async for message in client.messages:
+                        payload = message.payload
+                        if isinstance(payload, bytearray):  # the head is enough to refuse it
+                            payload = bytes(payload[: wire.MAX_DATAGRAM + 1])
+                        if isinstance(payload, bytes):
+                            self._from_broker(payload)
+                raise aiomqtt.MqttError("the broker ended the session")
+            except (aiomqtt.MqttError, OSError, SourceError) as err:
+                delay = backoff.delay(ok=False)
+                self._disconnected(str(err) or type(err).__name__, where, delay)
+                await asyncio.sleep(delay)
+
+    def _connected(self, client: aiomqtt.Client, where: str, topic: str) -> None:
+        self._client = client
+        self.connected_since = time.time()
+        if self.down_since is None:
+            log.info("broker_connected", broker=where, topic=topic)
+        else:
+            log.info(
+                "broker_recovered",
+                broker=where,
+                topic=topic,
+                outage_s=round(self.connected_since - self.down_since, 3),
+                attempts=self.attempts,
+            )
+        self.down_since, self.attempts, self.last_error, self.retry_at = None, 0, "", None
+        self.notifier.status(self.status())
+
+    def _disconnected(self, error: str, where: str, delay: float) -> None:
+        self._client = None
+        self.connected_since = None
+        self.attempts += 1
+        self.retry_at = time.time() + delay
+        self.last_error = error
+        if self.down_since is None:
+            self.down_since = time.time()
+            log.warning("broker_unreachable", broker=where, error=error, retry_in_s=round(delay, 3))
+            self.notifier.status(self.status())
+
+    async def _pump(self) -> None:
+        """Publish what the segment gave, in batches, while connected; else count it lost."""
+        while True:
+            batch = [await self._outbox.get()]
+            while len(batch) < BATCH and not self._outbox.empty():
+                batch.append(self._outbox.get_nowait())
+            client = self._client
+            if client is None:
+                self.core.counters["segment_lost"] += len(batch)
+                continue
+            topic = self.config.broker.topic
+            results = await asyncio.gather(
+                *(client.publish(topic, data, qos=0) for data in batch), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    if not isinstance(result, aiomqtt.MqttError | OSError):
+                        raise result
+                    self.core.counters["segment_lost"] += 1
+                else:
+                    self.core.counters["segment_relayed"] += 1
+
+    # --- status -----------------------------------------------------------------------------
+
+    def broker_state(self) -> dict[str, Any]:
+        b = self.config.broker
+        return {
+            "host": b.host,
+            "port": b.port,
+            "topic": b.topic,
+            "connected": self._client is not None,
+            "connected_since": self.connected_since,
+            "down_since": self.down_since,
+            "error": self.last_error or None,
+            "attempts": self.attempts,
+            "retry_at": self.retry_at,
+        }
+
+    def status(self) -> str:
+        b, n, c = self.config.broker, self.config.network, self.core.counters
+        if self._client is not None:
+            state = "broker connected"
+        elif self.down_since is None:
+            state = "connecting to the broker"
+        else:
+            state = f"broker unreachable for {time.time() - self.down_since:.0f} s"
+            state += f" ({self.last_error})"
+        return (
+            f"{n.group}:{n.port} <-> {b.host}:{b.port} {b.topic}: {state};"
+            f" {c['segment_relayed']} out, {c['broker_relayed']} in"
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """The relay's status document (control socket ``status``, metrics)."""
+        n = self.config.network
+        return {
+            **self.common(),
+            "network": {"group": n.group, "port": n.port, "interface": n.interface},
+            "direction": self.config.direction,
+            "broker": self.broker_state(),
+            "counters": dict(sorted(self.core.counters.items())),
+            "publishers": len(self.core.publishers),
+        }
+
+
+_MQTT_LOG = logging.getLogger("powercast.mqtt")
+_MQTT_LOG.setLevel(logging.ERROR)  # paho's chatter stays out of the daemon's log
+
+
+def _verifying(keyring: Keyring) -> Keyring | None:
+    """The keys to verify with; None when there are none (then nothing is verified)."""
+    return keyring if keyring.ids else None
+
+
+def _client(broker: cfg.Broker) -> aiomqtt.Client:
+    """An MQTT v5 client for ``broker``: clean start, no will, nothing persisted, and no
+    packet over MAX_PACKET (the broker drops those for us instead of sending them)."""
+    password = read_secret(broker.password_file, "broker") if broker.password_file else None
+    connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: no hints
+    connect.MaximumPacketSize = MAX_PACKET
+    client = aiomqtt.Client(
+        broker.host,
+        broker.port,
+        identifier=broker.client_id or f"powercast-relay-{socket.gethostname()}-{os.getpid()}",
+        protocol=aiomqtt.ProtocolVersion.V5,
+        username=broker.username,
+        password=password,
+        keepalive=broker.keepalive_s,
+        timeout=broker.connect_timeout_s,
+        clean_start=True,
+        properties=connect,
+        logger=_MQTT_LOG,
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],  # no Nagle: no 40 ms
+    )
+    client.pending_calls_threshold = OUTBOX_SIZE + BATCH
+    return client
