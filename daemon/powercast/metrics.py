@@ -265,7 +265,8 @@ class PublisherCollector(Collector):
             labels=["sensor"],
         )
         for sensor, value in sorted(d.announcer.temperatures.items()):
-            temps.add_metric([sensor], value)
+            if value is not None:  # a failed sensor has no value to show
+                temps.add_metric([sensor], value)
         yield temps
 
 
