@@ -1,12 +1,13 @@
 """The publisher's core: what to announce, and when.
 
 Pure: readings and the monotonic ``now`` come in; announcements and the time of the
-next one go out. A reading that is news (power status changed, a sensor appeared or
-went, a temperature moved by more than the deadband, an analogue power value moved by at
-least its :data:`POWER_DEADBANDS`) bumps the change number and is announced at once,
-then repeated after ``retransmit_first_gap_s`` and at doubling gaps until the gap
-reaches the heartbeat (as IEC 61850 GOOSE does), so one lost datagram
-does not delay the news by a heartbeat. Other readings ride on the next heartbeat.
+next one go out. A reading that is news (power status changed, a sensor appeared,
+went, failed or came back, a temperature moved by more than the deadband, an analogue
+power value moved by at least its :data:`POWER_DEADBANDS`) bumps the change number and
+is announced at once, then repeated after ``retransmit_first_gap_s`` and at doubling
+gaps until the gap reaches the heartbeat (as IEC 61850 GOOSE does), so one lost
+datagram does not delay the news by a heartbeat. Other readings ride on the next
+heartbeat.
 
 Every datagram's time-allowed-to-live is ``heartbeat_s * tal_factor``: it covers the
 gap to the next datagram with a margin of at least two lost ones, burst or not, so a
