@@ -40,7 +40,7 @@ class FakePublisher:
     seq: int = 0
     change: int = 0
     power: PowerStatus = PowerStatus.UNKNOWN
-    temperatures: dict[str, float] = field(default_factory=dict)
+    temperatures: dict[str, float | None] = field(default_factory=dict)
     last: bytes = b""
     """The latest datagram, to send again."""
 
@@ -49,13 +49,13 @@ class FakePublisher:
         """A publisher holding ``keyring``'s key KEY_ID."""
         return cls(name, keyring.signer(KEY_ID), tal)
 
-    def say(self, now: float, power: PowerStatus, **temperatures: float) -> bytes:
+    def say(self, now: float, power: PowerStatus, **temperatures: float | None) -> bytes:
         """News at ``now``: a new reading with the next change number."""
         self.power, self.temperatures = power, dict(temperatures)
         self.change += 1
         return self.heartbeat(now)
 
-    def heartbeat(self, now: float, **temperatures: float) -> bytes:
+    def heartbeat(self, now: float, **temperatures: float | None) -> bytes:
         """The next datagram with the same change number (temperatures may drift)."""
         self.temperatures.update(temperatures)
         self.seq += 1

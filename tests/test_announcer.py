@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from powercast import wire
 from powercast.announcer import Announcer, merge
-from powercast.config import PowerReading, PublisherConfig, Reading
+from powercast.config import FileSource, PowerReading, PublisherConfig, Reading
 from powercast.wire import Power, PowerStatus
 
 ONLINE = Power(PowerStatus.ONLINE)
@@ -15,6 +15,12 @@ def announcer(**overrides: float) -> Announcer:
     """An announcer for 'ups-a' with a 1 s heartbeat, tal factor 3 and a 0.5 °C deadband."""
     fields = {"heartbeat_s": 1.0, "tal_factor": 3.0, "temp_deadband_c": 0.5, **overrides}
     return Announcer(PublisherConfig(id="ups-a", **fields), epoch=42)
+
+
+def two_sources() -> Announcer:
+    """An announcer for 'ups-a' reading two sources: 0, the UPS, and 1, the hall inlet."""
+    sources = [FileSource(path="/run/ups.json"), FileSource(path="/run/hall.json")]
+    return Announcer(PublisherConfig(id="ups-a", sources=sources), epoch=42)
 
 
 def reading(status: str | None = None, **temperatures: float) -> Reading:
@@ -243,3 +249,75 @@ class TestMerge:
             [reading("online", cpu=30.0, disk=25.0), None, reading(disk=99.0, inlet=20.0)]
         )
         assert temperatures == {"cpu": 30.0, "disk": 25.0, "inlet": 20.0}
+
+    def test_failed_source_announces_its_sensors_as_failed(self) -> None:
+        """The sensors a failed source (None) has produced are there, as None, not absent."""
+        produced = [{"ups.battery"}, {"inlet"}]
+        _, temperatures = merge([reading("on_battery", **{"ups.battery": 27.0}), None], produced)
+        assert temperatures == {"ups.battery": 27.0, "inlet": None}
+
+    def test_sensor_left_out_is_failed(self) -> None:
+        """A sensor its source produced before but does not give now is None."""
+        _, temperatures = merge([reading(cpu=30.0)], [{"cpu", "disk"}])
+        assert temperatures == {"cpu": 30.0, "disk": None}
+
+    def test_failed_sensor_comes_first_like_any_other(self) -> None:
+        """A name two sources give keeps the first source's value, a failure included."""
+        _, temperatures = merge([None, reading(inlet=20.0)], [{"inlet"}, {"inlet"}])
+        assert temperatures == {"inlet": None}
+
+    def test_never_produced_is_not_announced(self) -> None:
+        """A source that failed before it ever read has no sensors to announce."""
+        assert merge([None, None], [set(), set()]) == (Power(PowerStatus.UNKNOWN), {})
+
+
+class TestReads:
+    """Announcer.read: one source's attempt at a time, the first announcement waiting."""
+
+    def test_nothing_is_due_until_every_source_was_tried(self) -> None:
+        """No announcement is due before each source has made its first read attempt."""
+        a = two_sources()
+        assert a.due is None
+        a.read(0, reading("on_battery"), 10.0)
+        assert a.due is None
+        a.read(1, reading(inlet=22.0), 10.5)
+        assert a.due == 10.5
+
+    def test_a_failed_first_attempt_counts_as_tried(self) -> None:
+        """A source whose first read failed does not hold the announcement back."""
+        a = two_sources()
+        a.read(1, None, 10.0)
+        a.read(0, reading("online"), 10.2)
+        assert a.due == 10.2
+        msg = a.announce(10.2, 1e9)
+        assert (msg.power.status, msg.temperatures) == (PowerStatus.ONLINE, {})
+
+    def test_all_failed_is_announced_as_unknown(self) -> None:
+        """Every source tried and failed: power unknown is due at once, not waited for."""
+        a = two_sources()
+        assert a.read(0, None, 10.0) is False
+        assert a.read(1, None, 10.1) is False
+        assert a.due == 0.0
+        assert a.announce(10.1, 1e9).power.status is PowerStatus.UNKNOWN
+
+    def test_failing_source_keeps_its_sensors_as_failed(self) -> None:
+        """When a source fails, its sensors stay, as None; that is news, and so is recovery."""
+        a = two_sources()
+        a.read(0, reading("on_battery", **{"ups.battery": 27.0}), 10.0)
+        a.read(1, reading(inlet=22.0), 10.0)
+        change = a.change
+        assert a.read(1, None, 11.0) is True
+        assert a.temperatures == {"ups.battery": 27.0, "inlet": None}
+        assert a.read(1, None, 12.0) is False  # still failed: a repeat
+        assert a.read(1, reading(inlet=22.0), 13.0) is True
+        assert a.temperatures == {"ups.battery": 27.0, "inlet": 22.0}
+        assert a.change == change + 2
+
+    def test_failed_sensor_survives_the_wire(self) -> None:
+        """The announcement of a failed sensor encodes and decodes with the sensor as None."""
+        a = two_sources()
+        a.read(0, reading("on_battery"), 10.0)
+        a.read(1, reading(inlet=22.0), 10.0)
+        a.read(1, None, 11.0)
+        msg = a.announce(11.0, 1e9)
+        assert wire.decode(wire.encode(msg)).message.temperatures == {"inlet": None}

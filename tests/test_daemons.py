@@ -7,10 +7,13 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from powercast import net, wire
 
 from harness import GROUP, Daemon, Notify, free_port, make_keys, network, running, write_toml
 
@@ -321,3 +324,82 @@ class TestLifecycle:
             set_reading(files["reading"], "on_battery", 24.0)
             ctl.wait_for("transition", state="shedding")
             assert ctl.proc.poll() is None
+
+
+SLOW_READ = "import sys, time; time.sleep(1.0); print(sys.argv[1])"
+
+
+class TestPublisherRestart:
+    """A publisher restarted (kill -9, then started again) with a source that takes ~1 s."""
+
+    @pytest.fixture
+    def restart(self, files: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
+        """The publisher with a second source that takes a second to read; TAL 4 s."""
+        port = int(str(files["port"]))
+        set_reading(files["reading"], "on_battery", 24.0)
+        config = publisher_config(port, files["reading"])
+        slow = json.dumps({"temperatures": {"hall": 23.0}})
+        config["heartbeat_s"], config["tal_factor"] = 1.0, 4.0
+        config["sources"].append(
+            {"kind": "command", "argv": [sys.executable, "-c", SLOW_READ, slow], "timeout_s": 5.0}
+        )
+        return {**files, "publisher": write_toml(tmp_path / "slow.toml", config)}
+
+    def test_restart_within_its_tal_does_not_move_a_controller(
+        self, restart: dict[str, Path]
+    ) -> None:
+        """Its first datagram waits for the slow first read and says on_battery, not unknown:
+        the shedding controller stays put. Gone past its TAL, the controller fails safe."""
+        port = int(str(restart["port"]))
+        listener = net.open_receiver(GROUP, port, "127.0.0.1")
+        listener.setblocking(True)
+        publish = ("publish", "--config", str(restart["publisher"]))
+        first = Daemon(*publish, name="publisher")
+        try:
+            with running("control", "--config", str(restart["controller"])) as ctl:
+                ctl.wait_for("transition", state="shedding", timeout=10.0)
+                epoch = next_message(listener).epoch
+                first.proc.kill()  # kill -9: no goodbye
+                first.wait()
+                with running(*publish) as second:
+                    started = time.monotonic()
+                    message = next_message(listener, until=lambda m: m.epoch != epoch)
+                    waited = time.monotonic() - started
+                    assert message.power.status is wire.PowerStatus.ON_BATTERY
+                    assert message.temperatures == {"inlet": 24.0, "hall": 23.0}
+                    assert 1.0 <= waited < 4.0, waited
+                    assert_quiet(ctl, "transition", 1.0)
+                    second.proc.kill()
+                stopped = time.monotonic()
+                event = ctl.wait_for("transition", state="failsafe", timeout=5.0)
+                assert event["stale"] == ["ups-test"]
+                assert 3.0 <= event["_at"] - stopped < 5.0  # TAL 4 s after the last datagram
+                moves = [e["state"] for e in ctl.seen if e.get("event") == "transition"]
+                assert moves[-2:] == ["shedding", "failsafe"]
+        finally:
+            first.stop()
+            listener.close()
+
+
+def next_message(
+    listener: socket.socket,
+    until: Callable[[wire.Announcement], bool] = lambda _: True,
+    timeout: float = 5.0,
+) -> wire.Announcement:
+    """The next announcement a receiver on the group gets for which ``until`` holds."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        listener.settimeout(left)
+        message = wire.decode(listener.recv(2048)).message
+        if until(message):
+            return message
+    raise AssertionError(f"no such announcement in {timeout} s")
+
+
+def assert_quiet(daemon: Daemon, event: str, seconds: float) -> None:
+    """``daemon`` logs no ``event`` within ``seconds``."""
+    try:
+        got = daemon.wait_for(event, timeout=seconds)
+    except AssertionError:
+        return
+    raise AssertionError(f"{daemon.name} logged {got}")

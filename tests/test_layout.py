@@ -36,7 +36,8 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
             wanted = [f"{base}.{alias.name}" for alias in node.names] + [base]
         else:
             continue
-        for target in wanted:
+        for dotted in wanted:
+            target = dotted
             while target and target not in known:
                 target = target.rpartition(".")[0]
             if target and target != name:

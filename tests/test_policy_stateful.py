@@ -137,6 +137,9 @@ class ControllerRuns(RuleBasedStateMachine):
         self.next_beat: dict[str, float] = {}
         self.heard: dict[str, float] = {}
         """When the running controller last took a datagram from each publisher."""
+        self.named: dict[str, set[str]] = {n: set() for n in PUBLISHERS}
+        """Sensors each publisher has announced in its epoch: one gone from its latest
+        datagram is unknown, not absent."""
         self.spells: dict[str, float | None] = dict.fromkeys(ZONES)
         """Since when each zone's fresh data has said "on battery" without a break."""
         self.sheds: dict[str, list[float]] = {name: [] for name in ZONES}
@@ -161,31 +164,35 @@ class ControllerRuns(RuleBasedStateMachine):
         battery = sum(status in BATTERY for status in said)
         return PowerStatus.ONLINE not in said and battery >= zone.power_quorum
 
-    def temperatures(self, zone: Zone) -> dict[str, float]:
-        """The zone's selected fresh temperatures, by "publisher/sensor"."""
-        values = {}
+    def temperatures(self, zone: Zone) -> dict[str, float | None]:
+        """The zone's selected fresh temperatures, by "publisher/sensor"; None for one its
+        publisher announced earlier in its epoch and no longer does."""
+        values: dict[str, float | None] = {}
         for name in PUBLISHERS:
             if not self.fresh(name):
                 continue
-            for sensor, value in self.publishers[name].temperatures.items():
+            now = self.publishers[name].temperatures
+            for sensor in self.named[name] | set(now):
                 key = f"{name}/{sensor}"
                 if zone.sensors:
                     wanted = any(fnmatch.fnmatchcase(key, glob) for glob in zone.sensors)
                 else:
                     wanted = not zone.publishers or name in zone.publishers
                 if wanted:
-                    values[key] = value
+                    values[key] = now.get(sensor)
         return values
 
     def level(self, zone: Zone) -> float | None:
-        """The zone temperature; None without any, or while a listed sensor is quiet."""
+        """The zone temperature; None without any, while a listed sensor is quiet, or
+        while a sensor it counts is unknown."""
         values = self.temperatures(zone)
         quiet = [g for g in zone.sensors if not any(fnmatch.fnmatchcase(k, g) for k in values)]
-        if not values or quiet:
+        known = [v for v in values.values() if v is not None]
+        if not values or quiet or len(known) < len(values):
             return None
         if zone.temperature == "mean":
-            return statistics.fmean(values.values())
-        return max(values.values())
+            return statistics.fmean(known)
+        return max(known)
 
     # -- driving the controller ----------------------------------------------------------
 
@@ -250,6 +257,7 @@ class ControllerRuns(RuleBasedStateMachine):
     def announce(self, name: str, power: PowerStatus, readings: dict[str, float]) -> None:
         """A publisher announces news, then keeps sending heartbeats."""
         self.deliver(name, self.publishers[name].say(self.now, power, **readings))
+        self.named[name] |= set(readings)
         self.silent.discard(name)
         self.next_beat[name] = self.now + HEARTBEAT_S
         self.after()
@@ -260,6 +268,7 @@ class ControllerRuns(RuleBasedStateMachine):
         for name in PUBLISHERS:
             readings = data.draw(sensor_readings, label=name)
             self.deliver(name, self.publishers[name].say(self.now, power, **readings))
+            self.named[name] |= set(readings)
             self.silent.discard(name)
             self.next_beat[name] = self.now + HEARTBEAT_S
         self.after()
@@ -304,6 +313,7 @@ class ControllerRuns(RuleBasedStateMachine):
         self.plan = Plan(dict(ZONES))
         self.carry_out(self.plan.start())
         self.heard = {}
+        self.named = {n: set() for n in PUBLISHERS}  # a new controller has seen nothing yet
         for name in self.next_beat:
             self.next_beat[name] = max(self.next_beat[name], self.now)
         self.after()

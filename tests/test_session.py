@@ -9,7 +9,13 @@ WALL = 1_700_000_000.0
 
 
 def ann(
-    seq: int, change: int = 1, *, epoch: int = 7, tal: float = 3.0, sent: float = WALL
+    seq: int,
+    change: int = 1,
+    *,
+    epoch: int = 7,
+    tal: float = 3.0,
+    sent: float = WALL,
+    temperatures: dict[str, float | None] | None = None,
 ) -> Announcement:
     """An announcement from publisher 'ups' with the given counters, sent at wall time ``sent``."""
     return Announcement(
@@ -20,7 +26,7 @@ def ann(
         sent=sent,
         tal=tal,
         power=Power(PowerStatus.ONLINE),
-        temperatures={"cpu": 30.0},
+        temperatures={"cpu": 30.0} if temperatures is None else temperatures,
     )
 
 
@@ -113,3 +119,42 @@ class TestSession:
         assert s.expires_at == 111.0
         assert s.fresh(110.9)
         assert not s.fresh(111.0)
+
+
+class TestSensorsOfTheEpoch:
+    """Session.temperatures: a sensor seen in this epoch is unknown, not gone, when missing."""
+
+    def test_temperatures_are_the_message_s(self) -> None:
+        """With every sensor seen present, the temperatures are the message's own."""
+        s = session(ann(10, temperatures={"cpu": 30.0, "inlet": 22.0}))
+        assert s.temperatures == {"cpu": 30.0, "inlet": 22.0}
+
+    def test_failed_sensor_is_none(self) -> None:
+        """A sensor announced as failed (None) is None."""
+        s = session(ann(10, temperatures={"cpu": 30.0, "inlet": 22.0}))
+        s.offer(ann(11, change=2, temperatures={"cpu": 30.0, "inlet": None}), 101.0)
+        assert s.temperatures == {"cpu": 30.0, "inlet": None}
+
+    def test_sensor_gone_from_the_datagram_is_none(self) -> None:
+        """A sensor seen in this epoch and left out of the latest datagram is None."""
+        s = session(ann(10, temperatures={"cpu": 30.0, "inlet": 22.0}))
+        s.offer(ann(11, change=2, temperatures={"cpu": 30.0}), 101.0)
+        assert s.temperatures == {"cpu": 30.0, "inlet": None}
+        s.offer(ann(12, change=2, temperatures={"cpu": 30.0}), 102.0)  # a heartbeat
+        assert s.temperatures == {"cpu": 30.0, "inlet": None}
+        s.offer(ann(13, change=3, temperatures={"cpu": 30.0, "inlet": 23.0}), 103.0)
+        assert s.temperatures == {"cpu": 30.0, "inlet": 23.0}
+
+    def test_old_or_duplicate_datagram_changes_nothing(self) -> None:
+        """A datagram not taken does not move the temperatures."""
+        s = session(ann(10, temperatures={"cpu": 30.0, "inlet": 22.0}))
+        s.offer(ann(9, change=0, temperatures={}), 101.0)
+        s.offer(ann(10, temperatures={}), 101.0)
+        assert s.temperatures == {"cpu": 30.0, "inlet": 22.0}
+
+    def test_new_epoch_starts_a_fresh_set(self) -> None:
+        """After a restart (new epoch) only the new epoch's sensors count."""
+        s = session(ann(10, temperatures={"cpu": 30.0, "inlet": 22.0}))
+        s.offer(ann(1, epoch=8, sent=WALL + 1, temperatures={"cpu": 31.0}), 101.0)
+        assert s.temperatures == {"cpu": 31.0}
+        assert s.seen == {"cpu"}

@@ -1,13 +1,20 @@
-"""A publisher whose source fails: unknown power, one log line, backoff, recovery by itself."""
+"""A publisher whose source fails: unknown power, one log line, backoff, recovery by itself;
+the sensors of a failed source stay on the wire, as failed."""
 
 from __future__ import annotations
 
+import json
+import signal
+import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import free_port, make_keys, network, running, write_toml
+from powercast import net, wire
+
+from harness import GROUP, free_port, make_keys, network, running, write_toml
 
 # Appends a line per run to argv[1]; fails while argv[2] does not exist, then prints a reading.
 FLAKY = """
@@ -59,3 +66,105 @@ class TestPublisherSourceFaults:
             assert pub.proc.poll() is None
         failures = [e for e in pub.seen if e.get("event") == "source_failed"]
         assert len(failures) == 1  # the same reason is not logged again
+
+
+def write_json(path: Path, reading: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(reading))
+    tmp.replace(path)
+
+
+def next_message(
+    listener: socket.socket,
+    until: Callable[[wire.Announcement], bool] = lambda _: True,
+    timeout: float = 5.0,
+) -> wire.Announcement:
+    """The next announcement a receiver on the group gets for which ``until`` holds."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        listener.settimeout(left)
+        message = wire.decode(listener.recv(2048)).message
+        if until(message):
+            return message
+    raise AssertionError(f"no such announcement in {timeout} s")
+
+
+def two_sources(tmp_path: Path, port: int) -> dict[str, Any]:
+    """Publisher 'hall-a': a UPS on battery in ups.json, the hall inlet in hall.json."""
+    ups, hall = tmp_path / "ups.json", tmp_path / "hall.json"
+    write_json(ups, {"power": {"status": "on_battery"}, "temperatures": {"ups.battery": 27.0}})
+    write_json(hall, {"temperatures": {"inlet": 22.0}})
+    return {
+        "role": "publisher",
+        "id": "hall-a",
+        "heartbeat_s": 0.2,
+        "network": {**network(port), "ttl": 1, "loop": True},
+        "auth": {"keys_dir": str(make_keys(tmp_path / "keys")), "key_id": 1},
+        "sources": [
+            {"kind": "file", "path": str(ups), "interval_s": 0.05},
+            {"kind": "file", "path": str(hall), "interval_s": 0.05},
+        ],
+        "log": {"format": "json"},
+    }
+
+
+class TestFailedSensorOnTheWire:
+    def test_failed_source_is_announced_failed_and_the_zone_runs_its_fans(
+        self, tmp_path: Path
+    ) -> None:
+        """A source that fails keeps its sensor on the group as None; a zone counting it
+        (no sensors list) leaves shedding for failsafe instead of going on with the other."""
+        port = free_port()
+        publisher = write_toml(tmp_path / "p.toml", two_sources(tmp_path, port))
+        controller = write_toml(
+            tmp_path / "c.toml",
+            {
+                "role": "controller",
+                "network": network(port),
+                "auth": {"keys_dir": str(tmp_path / "keys")},
+                "policy": {"shed_after_s": 0.3},
+                "log": {"format": "json"},
+            },
+        )
+        listener = net.open_receiver(GROUP, port, "127.0.0.1")
+        listener.setblocking(True)
+        try:
+            with (
+                running("control", "--config", str(controller)) as ctl,
+                running("publish", "--config", str(publisher)) as pub,
+            ):
+                ctl.wait_for("transition", state="shedding")
+                (tmp_path / "hall.json").unlink()
+                pub.wait_for("source_failed")
+                message = next_message(
+                    listener, until=lambda m: m.temperatures.get("inlet", 0) is None
+                )
+                assert message.temperatures == {"ups.battery": 27.0, "inlet": None}
+                assert message.power.status is wire.PowerStatus.ON_BATTERY
+                failsafe = ctl.wait_for("transition", state="failsafe")
+                assert failsafe["fans"] == "on"
+                assert "no reading from hall-a/inlet" in failsafe["reason"]
+        finally:
+            listener.close()
+
+    def test_reload_without_the_source_starts_a_new_epoch_without_its_sensor(
+        self, tmp_path: Path
+    ) -> None:
+        """A source removed on reload takes its sensors along: a new epoch, not a failed one."""
+        port = free_port()
+        config = two_sources(tmp_path, port)
+        publisher = write_toml(tmp_path / "p.toml", config)
+        listener = net.open_receiver(GROUP, port, "127.0.0.1")
+        listener.setblocking(True)
+        try:
+            with running("publish", "--config", str(publisher)) as pub:
+                pub.wait_for("ready")
+                epoch = next_message(listener).epoch
+                write_toml(publisher, {**config, "sources": config["sources"][:1]})
+                pub.signal(signal.SIGHUP)
+                pub.wait_for("reloaded")
+                message = next_message(listener, until=lambda m: m.epoch != epoch)
+                assert message.temperatures == {"ups.battery": 27.0}
+                assert message.power.status is wire.PowerStatus.ON_BATTERY
+        finally:
+            listener.close()

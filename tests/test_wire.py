@@ -326,6 +326,32 @@ class TestValueBounds:
         """A float where an integer belongs is rejected, even when it is whole."""
         assert _decode_or_reason(frame(msgspec.msgpack.encode(body(seq=1.0)))) == "body"
 
+    def test_failed_sensor_is_nil(self) -> None:
+        """A temperature of None (a failed sensor) encodes as nil and decodes to None."""
+        message = announcement(temperatures={"cpu": 48.5, "inlet": None})
+        data = wire.encode(message)
+        assert b"\xa5inlet\xc0" in data
+        assert wire.decode(data).message.temperatures == {"cpu": 48.5, "inlet": None}
+
+    def test_failed_sensor_is_rejected_by_a_receiver_without_nil(self) -> None:
+        """A receiver that predates nil temperatures rejects the datagram: no partial read."""
+
+        class Before(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+            publisher: str
+            epoch: int
+            seq: int
+            change: int
+            sent: float
+            tal: float
+            power: Power
+            temperatures: dict[str, float]
+
+        (v7,) = [v for v in VALID if v.title.startswith("V7")]
+        envelope = wire.open_envelope(v7.data)
+        with pytest.raises(msgspec.ValidationError, match=r"got `None` - at `\$\[7\]"):
+            msgspec.msgpack.decode(envelope.body, type=Before)
+        msgspec.msgpack.decode(wire.open_envelope(VALID[0].data).body, type=Before)
+
     def test_integer_for_float_is_accepted(self) -> None:
         """An integer where a float belongs is accepted, as the doc says."""
         decoded = wire.decode(frame(msgspec.msgpack.encode(body(sent=1_700_000_000, tal=15))))

@@ -254,6 +254,59 @@ class TestRequiredSensors:
         assert s.describe()["missing_sensors"] == ["ups-a/outlet"]
 
 
+class TestFailedSensors:
+    """A sensor announced as failed (None), or gone from its epoch, is unknown, not absent."""
+
+    def test_failed_sensor_of_a_voting_publisher_makes_the_temperature_unknown(self) -> None:
+        """No sensors list: a failed sensor of a power publisher leaves no zone temperature."""
+        readings: dict[str, Reading] = {"ups-a": (ON_BATTERY, {"battery": 25.0, "inlet": None})}
+        s = combine(readings, ())
+        assert (s.temperature, s.hottest, s.missing) == (None, None, ("ups-a/inlet",))
+        assert s.sources == ("ups-a",)
+
+    def test_failed_sensor_a_glob_selects_makes_the_temperature_unknown(self) -> None:
+        """A failed sensor a glob selects is missing, by its name; the glob is not repeated."""
+        readings: dict[str, Reading] = {"ups-a": (ON_BATTERY, {"inlet": None, "outlet": 30.0})}
+        s = combine(readings, (), sensors=("ups-a/inlet*", "ups-a/outlet"))
+        assert (s.temperature, s.missing) == (None, ("ups-a/inlet",))
+        s = combine(readings, (), sensors=("ups-a/*",))
+        assert (s.temperature, s.missing) == (None, ("ups-a/inlet",))
+
+    def test_failed_sensor_the_zone_does_not_count_is_ignored(self) -> None:
+        """A failed sensor outside the zone's globs or power publishers does not blind it."""
+        readings: dict[str, Reading] = {
+            "ups-a": (ON_BATTERY, {"inlet": 25.0}),
+            "ups-b": (ON_BATTERY, {"inlet": None}),
+        }
+        by_glob = combine(readings, (), sensors=("ups-a/*",))
+        by_publisher = combine(readings, (), power_from=frozenset({"ups-a"}))
+        assert by_glob.temperature == by_publisher.temperature == 25.0
+        assert by_glob.missing == by_publisher.missing == ()
+
+    def test_shedding_zone_fails_safe_when_a_sensor_fails(self, tmp_path: Path) -> None:
+        """A zone without a sensors list that sheds runs its fans when a sensor fails."""
+        bench = Bench(tmp_path, zones=[Zone(name="hall", publishers=["ups"])], shed_after_s=0.0)
+        ups = bench.publisher("ups")
+        bench.send(ups.say(0.0, ON_BATTERY, battery=27.0, inlet=22.0), 0.0)
+        assert bench.states() == {"hall": "shedding"}
+        moved = bench.send(ups.say(1.0, ON_BATTERY, battery=27.0, inlet=None), 1.0)
+        assert [d.state for d in moved] == ["failsafe"]
+        assert "no reading from ups/inlet" in moved[0].reason
+
+    def test_sensor_gone_from_the_epoch_fails_safe_until_a_restart(self, tmp_path: Path) -> None:
+        """A sensor left out of the datagram (older publisher) is unknown until a new epoch."""
+        bench = Bench(tmp_path, zones=[Zone(name="hall", publishers=["ups"])], shed_after_s=0.0)
+        ups = bench.publisher("ups")
+        bench.send(ups.say(0.0, ON_BATTERY, battery=27.0, inlet=22.0), 0.0)
+        moved = bench.send(ups.say(1.0, ON_BATTERY, battery=27.0), 1.0)
+        assert [d.state for d in moved] == ["failsafe"]
+        bench.send(ups.heartbeat(2.0), 2.0)
+        assert bench.states() == {"hall": "failsafe"}
+        ups.epoch, ups.seq = 2, 0  # restarted without the inlet sensor: forgotten
+        moved = bench.send(ups.say(3.0, ON_BATTERY, battery=27.0), 3.0)
+        assert [d.state for d in moved] == ["on_battery", "shedding"]
+
+
 class TestZonePolicy:
     def test_zone_keys_override_the_top_level_ones(self) -> None:
         """A zone's [zones.policy] changes only the keys it gives; the rest are the top level's."""

@@ -1,16 +1,24 @@
 """The publisher's core: what to announce, and when.
 
 Pure: readings and the monotonic ``now`` come in; announcements and the time of the
-next one go out. A reading that is news (power status changed, a sensor appeared or
-went, a temperature moved by more than the deadband, an analogue power value moved by at
-least its :data:`POWER_DEADBANDS`) bumps the change number and is announced at once,
-then repeated after ``retransmit_first_gap_s`` and at doubling gaps until the gap
-reaches the heartbeat (as IEC 61850 GOOSE does), so one lost datagram
-does not delay the news by a heartbeat. Other readings ride on the next heartbeat.
+next one go out. A reading that is news (power status changed, a sensor appeared,
+went, failed or came back, a temperature moved by more than the deadband, an analogue
+power value moved by at least its :data:`POWER_DEADBANDS`) bumps the change number and
+is announced at once, then repeated after ``retransmit_first_gap_s`` and at doubling
+gaps until the gap reaches the heartbeat (as IEC 61850 GOOSE does), so one lost
+datagram does not delay the news by a heartbeat. Other readings ride on the next
+heartbeat.
 
 Every datagram's time-allowed-to-live is ``heartbeat_s * tal_factor``: it covers the
 gap to the next datagram with a margin of at least two lost ones, burst or not, so a
 lossy link delays news but does not make receivers flap to failsafe.
+
+A sensor does not vanish when its source fails: every sensor a source has produced in
+this epoch is announced, with the value None ("failed") while that source fails or
+leaves it out, so a receiver sees it as unknown instead of going on with the others.
+The first announcement of an epoch waits until every source has had its first read
+attempt (it worked, failed or timed out), so a restarted publisher does not announce
+power ``unknown`` before it has asked.
 """
 
 from __future__ import annotations
@@ -32,50 +40,91 @@ that appears (was unknown) is not news by itself; it becomes what later moves ar
 measured from."""
 
 
-def merge(readings: list[Reading | None]) -> tuple[Power, dict[str, float]]:
+Temperatures = dict[str, float | None]
+"""Sensor name -> °C, or None for a sensor that failed."""
+
+
+def merge(
+    readings: list[Reading | None], produced: list[set[str]] | None = None
+) -> tuple[Power, Temperatures]:
     """Combine sources in config order: the first known power status, every sensor.
 
-    ``None`` stands for a source that failed: it contributes nothing, so power is
-    ``unknown`` unless another source knows it.
+    ``None`` stands for a source that failed: it contributes no power, so power is
+    ``unknown`` unless another source knows it. ``produced`` holds the sensor names each
+    source has produced so far: those it does not give now (it failed, or left them
+    out) are announced as None, failed. A name given by two sources keeps the first.
     """
     power: Power | None = None
-    temperatures: dict[str, float] = {}
-    for reading in readings:
-        if reading is None:
-            continue
-        if reading.power is not None and power is None and reading.power.status != "unknown":
-            p = reading.power
-            power = Power(PowerStatus(p.status), p.charge_pct, p.runtime_s, p.load_pct, p.input_v)
-        for name, value in reading.temperatures.items():
-            temperatures.setdefault(name, value)
+    temperatures: Temperatures = {}
+    for index, reading in enumerate(readings):
+        if reading is not None:
+            if reading.power is not None and power is None and reading.power.status != "unknown":
+                p = reading.power
+                power = Power(
+                    PowerStatus(p.status), p.charge_pct, p.runtime_s, p.load_pct, p.input_v
+                )
+            for name, value in reading.temperatures.items():
+                temperatures.setdefault(name, value)
+        if produced is not None:
+            given = reading.temperatures if reading is not None else {}
+            for name in sorted(produced[index].difference(given)):
+                temperatures.setdefault(name, None)
     return power or Power(PowerStatus.UNKNOWN), temperatures
 
 
 @dataclass
 class Announcer:
-    """Sequence, change number and schedule of one publisher epoch."""
+    """Sequence, change number and schedule of one publisher epoch, and what each source
+    last read."""
 
     config: PublisherConfig
     epoch: int = field(default_factory=lambda: secrets.randbits(63))
     seq: int = 0
     change: int = 0
     power: Power = field(default_factory=lambda: Power(PowerStatus.UNKNOWN))
-    temperatures: dict[str, float] = field(default_factory=dict)
+    temperatures: Temperatures = field(default_factory=dict)
     next_at: float = 0.0
-    """Monotonic time of the next announcement; 0 sends the first one at once."""
+    """Monotonic time of the next announcement once :attr:`waiting` is empty; 0 sends the
+    first one at once."""
     gap: float | None = None
     """The next gap of a burst of repeats after news; None once back on the heartbeat."""
-    _news_temperatures: dict[str, float] = field(default_factory=dict)
+    latest: list[Reading | None] = field(init=False)
+    """Each source's last reading (config order); None until it reads, and while it fails."""
+    produced: list[set[str]] = field(init=False)
+    """The sensor names each source has produced in this epoch."""
+    waiting: set[int] = field(init=False)
+    """Sources yet to make their first read attempt in this epoch: nothing is sent before."""
+    _news_temperatures: Temperatures = field(default_factory=dict)
     _news_power: Power = field(default_factory=lambda: Power(PowerStatus.UNKNOWN))
 
-    def update(self, power: Power, temperatures: dict[str, float], now: float) -> bool:
-        """Take the latest reading; True (and an announcement due now) when it is news."""
+    def __post_init__(self) -> None:
+        count = len(self.config.sources)
+        self.latest = [None] * count
+        self.produced = [set() for _ in range(count)]
+        self.waiting = set(range(count))
+
+    @property
+    def due(self) -> float | None:
+        """When the next announcement is due; None while a source has not been tried yet."""
+        return None if self.waiting else self.next_at
+
+    def read(self, source: int, reading: Reading | None, now: float) -> bool:
+        """Take source ``source``'s read attempt (None: it failed); True when that is news."""
+        self.latest[source] = reading
+        if reading is not None:
+            self.produced[source].update(reading.temperatures)
+        self.waiting.discard(source)
+        power, temperatures = merge(self.latest, self.produced)
+        return self.update(power, temperatures, now)
+
+    def update(self, power: Power, temperatures: Temperatures, now: float) -> bool:
+        """Take the latest merged reading; True (and an announcement due now) when it is news."""
         news = (
             power.status != self.power.status
             or self._power_moved(power)
             or temperatures.keys() != self._news_temperatures.keys()
             or any(
-                abs(value - self._news_temperatures[name]) > self.config.temp_deadband_c
+                self._temperature_moved(value, self._news_temperatures[name])
                 for name, value in temperatures.items()
             )
         )
@@ -87,6 +136,12 @@ class Announcer:
             self.next_at = now
             self.gap = self.config.retransmit_first_gap_s
         return news
+
+    def _temperature_moved(self, new: float | None, old: float | None) -> bool:
+        """A sensor failed or came back, or moved by more than the deadband."""
+        if new is None or old is None:
+            return (new is None) != (old is None)
+        return abs(new - old) > self.config.temp_deadband_c
 
     def _power_moved(self, power: Power) -> bool:
         """An analogue value moved by its deadband since the last news (see POWER_DEADBANDS).

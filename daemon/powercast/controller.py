@@ -225,7 +225,7 @@ class Controller:
         for publisher, session in self.sessions.items():
             if session.fresh(now):
                 message = session.message
-                fresh[publisher] = (message.power.status, message.temperatures)
+                fresh[publisher] = (message.power.status, session.temperatures)
             else:
                 stale.append(publisher)
         return fresh, tuple(sorted(stale))

@@ -120,7 +120,8 @@ class Situation:
     votes: tuple[tuple[str, str], ...] = ()
     """Each fresh publisher's power status: which sources decided."""
     missing: tuple[str, ...] = ()
-    """Configured sensors with no fresh reading: the zone temperature is then unknown."""
+    """Sensors counted but failed, and configured sensors with no fresh reading: the zone
+    temperature is then unknown."""
 
     def describe(self) -> dict[str, object]:
         """The readings as log fields."""
@@ -331,7 +332,8 @@ def _where(s: Situation) -> str:
     return s.hottest or "temperature"
 
 
-Reading = tuple[PowerStatus, dict[str, float]]
+Reading = tuple[PowerStatus, dict[str, float | None]]
+"""A publisher's power status and temperatures; a temperature of None is a failed sensor."""
 
 
 def combine(
@@ -350,9 +352,10 @@ def combine(
     ``online``; ``online`` when any says so (a contradiction keeps the fans running);
     otherwise ``unknown``. Temperature: over the sensors matching ``sensors`` (globs on
     ``publisher/sensor``; empty: every sensor of the power publishers), the hottest by
-    default. Sources and stale publishers are the zone's own: those that vote or whose
-    sensors it reads (or could read), so another zone's publisher cannot stand in for
-    them.
+    default; unknown (None) when a sensor it counts is failed (None) or a configured one
+    is not read at all, since the sensor that cannot be read may be the hot one. Sources
+    and stale publishers are the zone's own: those that vote or whose sensors it reads
+    (or could read), so another zone's publisher cannot stand in for them.
     """
     votes = tuple(
         (publisher, status.value)
@@ -368,18 +371,14 @@ def combine(
     else:
         power = PowerStatus.UNKNOWN
 
-    values: dict[str, float] = {}
-    for publisher, (_, temperatures) in readings.items():
-        for sensor, value in temperatures.items():
-            name = f"{publisher}/{sensor}"
-            if sensors:
-                if any(fnmatch.fnmatchcase(name, pattern) for pattern in sensors):
-                    values[name] = value
-            elif power_from is None or publisher in power_from:
-                values[name] = value
-    # Every configured sensor (or glob) must be read: a sensor that went quiet may be the
-    # hot one, so without it the zone temperature is unknown, not the coolest of the rest.
-    missing = tuple(p for p in sensors if not any(fnmatch.fnmatchcase(n, p) for n in values))
+    values, failed = _counted(readings, power_from, sensors)
+    # Every sensor counted must be read, and every configured sensor (or glob) too: a
+    # sensor that failed or went quiet may be the hot one, so without it the zone
+    # temperature is unknown, not the coolest of the rest.
+    named = [*values, *failed]
+    missing = tuple(sorted(failed)) + tuple(
+        p for p in sensors if not any(fnmatch.fnmatchcase(n, p) for n in named)
+    )
     hottest = max(values, key=values.__getitem__) if values and not missing else None
     if not values or missing:
         zone_temp = None
@@ -387,7 +386,7 @@ def combine(
         zone_temp = statistics.fmean(values.values())
     else:
         zone_temp = values[hottest] if hottest else None
-    used = {publisher for publisher, _ in votes} | {name.split("/", 1)[0] for name in values}
+    used = {publisher for publisher, _ in votes} | {name.split("/", 1)[0] for name in named}
     return Situation(
         power=power,
         temperature=zone_temp,
@@ -397,6 +396,28 @@ def combine(
         votes=votes,
         missing=missing,
     )
+
+
+def _counted(
+    readings: dict[str, Reading], power_from: frozenset[str] | None, sensors: tuple[str, ...]
+) -> tuple[dict[str, float], list[str]]:
+    """The zone's sensors as ``publisher/sensor``: those read, with their values, and
+    those failed (None)."""
+    values: dict[str, float] = {}
+    failed: list[str] = []
+    for publisher, (_, temperatures) in readings.items():
+        for sensor, value in temperatures.items():
+            name = f"{publisher}/{sensor}"
+            if sensors:
+                if not any(fnmatch.fnmatchcase(name, pattern) for pattern in sensors):
+                    continue
+            elif power_from is not None and publisher not in power_from:
+                continue
+            if value is None:
+                failed.append(name)
+            else:
+                values[name] = value
+    return values, failed
 
 
 def _serves(publisher: str, power_from: frozenset[str] | None, sensors: tuple[str, ...]) -> bool:

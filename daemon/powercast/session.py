@@ -4,6 +4,11 @@ Pure: the receiver's monotonic ``now`` comes in as an argument. Freshness is jud
 the receiver's clock at arrival plus the announcement's time-allowed-to-live, so a
 publisher whose clock is wrong cannot keep its data alive, and one that goes quiet goes
 stale after exactly the time it promised.
+
+A sensor does not vanish by going quiet: every sensor seen from the publisher in its
+current epoch stays in :attr:`Session.temperatures`, as None (unknown) while the latest
+announcement carries it as failed or leaves it out. A new epoch (a restart, or a reload
+that changed the publisher's sources) starts a fresh set.
 """
 
 from __future__ import annotations
@@ -41,6 +46,14 @@ class Session:
     max_tal: float = math.inf
     """The receiver's cap on any announcement's TAL: a publisher cannot stay fresh for a day."""
     ended_epochs: deque[int] = field(default_factory=lambda: deque(maxlen=16))
+    seen: set[str] = field(init=False)
+    """Every sensor named by this publisher in the current epoch."""
+    temperatures: dict[str, float | None] = field(init=False)
+    """The latest temperatures, with every sensor seen in this epoch but not read now as None."""
+
+    def __post_init__(self) -> None:
+        self.seen = set()
+        self._take_temperatures()
 
     @classmethod
     def first(cls, message: Announcement, now: float, max_tal: float = math.inf) -> Session:
@@ -67,6 +80,7 @@ class Session:
             ):
                 return Verdict.OLD
             self.ended_epochs.append(last.epoch)
+            self.seen = set()
             verdict = Verdict.NEW
         elif message.seq == last.seq:
             return Verdict.DUPLICATE
@@ -79,4 +93,18 @@ class Session:
         self.message = message
         self.received_at = now
         self.expires_at = now + min(message.tal, self.max_tal)
+        self._take_temperatures()
         return verdict
+
+    def _take_temperatures(self) -> None:
+        """:attr:`temperatures` of the current message; the message's own dict when it
+        names every sensor seen (the usual case: no copy per datagram)."""
+        current = self.message.temperatures
+        self.seen.update(current)
+        if len(current) == len(self.seen):
+            self.temperatures = current
+        else:
+            self.temperatures = {
+                **current,
+                **dict.fromkeys(sorted(self.seen.difference(current))),
+            }

@@ -280,14 +280,16 @@ def _header(status: dict[str, Any]) -> list[str]:
     ]
 
 
-def _reading(power: dict[str, Any], temperatures: dict[str, float]) -> str:
+def _reading(power: dict[str, Any], temperatures: dict[str, float | None]) -> str:
     parts = [power["status"]]
     for key, unit in (("charge_pct", "%"), ("runtime_s", " s"), ("load_pct", "% load")):
         if power.get(key) is not None:
             parts.append(f"{power[key]:g}{unit}")
     if power.get("input_v") is not None:
         parts.append(f"{power['input_v']:g} V in")
-    temps = " ".join(f"{k}={v:g}" for k, v in sorted(temperatures.items()))
+    temps = " ".join(
+        f"{k}={'failed' if v is None else format(v, 'g')}" for k, v in sorted(temperatures.items())
+    )
     return ", ".join(parts) + (f"; {temps}" if temps else "")
 
 

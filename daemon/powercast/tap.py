@@ -91,7 +91,9 @@ def render(
         )
         if value is not None
     )
-    temps = " ".join(f"{k}={v:g}" for k, v in message.temperatures.items())
+    temps = " ".join(
+        f"{k}={'failed' if v is None else format(v, 'g')}" for k, v in message.temperatures.items()
+    )
     return (
         f"{stamp} {source} {result} {message.publisher} seq={message.seq}"
         f" change={message.change} power={power.status.value} {extras}"

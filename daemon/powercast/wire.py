@@ -89,7 +89,9 @@ class Announcement(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_
     sent: _UnixTime
     tal: Annotated[float, msgspec.Meta(gt=0.0, le=86_400.0)]
     power: Power
-    temperatures: Annotated[dict[_SensorName, _Celsius], msgspec.Meta(max_length=64)]
+    temperatures: Annotated[dict[_SensorName, _Celsius | None], msgspec.Meta(max_length=64)]
+    """Sensor name -> °C; None: the sensor failed (it was read before in this epoch and
+    cannot be read now), its value is unknown."""
 
 
 class Frame(msgspec.Struct, frozen=True):

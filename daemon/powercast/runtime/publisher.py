@@ -14,7 +14,7 @@ import structlog
 from powercast import config as cfg
 from powercast import net, wire
 from powercast import status as report
-from powercast.announcer import Announcer, merge
+from powercast.announcer import Announcer
 from powercast.auth import Keyring
 from powercast.config import PublisherConfig, Reading
 from powercast.runtime.lifecycle import Daemon
@@ -41,10 +41,9 @@ class PublisherDaemon(Daemon[PublisherConfig]):
         self._peers: list[tuple[socket.socket, tuple[str, int]]] = []
         self.peer_errors: dict[str, int] = {}
         self._readers: list[Reader] = []
-        self._latest: list[Reading | None] = []
         self._failing: dict[int, str] = {}
         self._pollers: list[asyncio.Task[None]] = []
-        self._news = asyncio.Event()
+        self._wake = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._sign = _signer(config, keyring)
         self.sent = 0
@@ -76,7 +75,6 @@ class PublisherDaemon(Daemon[PublisherConfig]):
             task.cancel()
         start = time.monotonic()
         self._readers = [make_reader(s, i, start) for i, s in enumerate(config.sources)]
-        self._latest = [None] * len(self._readers)
         self._failing = {}
         self._pollers = [
             self._tg.create_task(self._poll(i, reader), name=reader.name)
@@ -91,16 +89,24 @@ class PublisherDaemon(Daemon[PublisherConfig]):
             self._sock = sock
             _close_peers(self._peers)
             self._peers = _open_peers(new.network)
-        self.announcer.config = new
         self._sign = _signer(new, keyring)
         if new.sources != self.config.sources:
+            # A new epoch: receivers forget the sensors of the old sources with it.
+            self.announcer = Announcer(new)
             self._start_sources(new)
-        self._news.set()
+        else:
+            self.announcer.config = new
+        self._wake.set()
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
         _close_peers(self._peers)
+
+    @property
+    def _latest(self) -> list[Reading | None]:
+        """Each source's last reading (None: failed or not read yet)."""
+        return self.announcer.latest
 
     def status(self) -> str:
         a = self.announcer
@@ -137,29 +143,29 @@ class PublisherDaemon(Daemon[PublisherConfig]):
                 else:
                     if self._failing.pop(index, None) is not None:
                         log.info("source_recovered", source=reader.name)
-                self._latest[index] = reading
-                power, temperatures = merge(self._latest)
-                if self.announcer.update(power, temperatures, self.loop.time()):
+                if self.announcer.read(index, reading, self.loop.time()):
+                    a = self.announcer
                     log.info(
                         "reading_changed",
-                        power=power.status.value,
-                        change=self.announcer.change,
-                        **{f"temp_{k}": v for k, v in temperatures.items()},
+                        power=a.power.status.value,
+                        change=a.change,
+                        **{f"temp_{k}": v for k, v in a.temperatures.items()},
                     )
                     self.notifier.status(self.status())
-                    self._news.set()
+                self._wake.set()  # news, or the first attempt the first announcement waited for
                 await asyncio.sleep(backoff.delay(reading is not None))
         finally:
             reader.close()
 
     async def _sender(self) -> None:
         while True:
-            delay = self.announcer.next_at - self.loop.time()
-            if delay > 0:
-                self._news.clear()
+            due = self.announcer.due  # None until every source has been tried once
+            delay = None if due is None else due - self.loop.time()
+            if delay is None or delay > 0:
+                self._wake.clear()
                 try:
                     async with asyncio.timeout(delay):
-                        await self._news.wait()
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
                 continue
