@@ -10,6 +10,7 @@ fails when a fan that should run is left off, or when the fans wait on a hung de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -29,7 +30,7 @@ from test_restart import OFF, ON, Files, make_files, set_reading, wait_file
 
 from powercast.runtime.controller import SHUTDOWN_GRACE_S
 
-from harness import Daemon, running, write_toml
+from harness import Daemon, write_toml
 
 APPEND = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
 
@@ -50,12 +51,31 @@ def rewrite(files: Files, **changes: Any) -> dict[str, Any]:
     return config
 
 
-def control(files: Files, env: dict[str, str] | None = None) -> Daemon:
+def runtime_dir(files: Files) -> Path:
+    """The daemons' RUNTIME_DIRECTORY: their control sockets and the leave-fans marker
+    stay in tmp_path, away from /run/powercast and other tests."""
+    path = files.controller.parent / "run"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def control(files: Files) -> Daemon:
+    env = {"RUNTIME_DIRECTORY": str(runtime_dir(files))}
     return Daemon("control", "--config", str(files.controller), env=env, name="controller")
 
 
 def publish(files: Files) -> Daemon:
-    return Daemon("publish", "--config", str(files.publisher), name="publisher")
+    env = {"RUNTIME_DIRECTORY": str(runtime_dir(files))}
+    return Daemon("publish", "--config", str(files.publisher), env=env, name="publisher")
+
+
+@contextlib.contextmanager
+def up(daemon: Daemon) -> Iterator[Daemon]:
+    """A daemon that is always stopped, also when the test fails."""
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
 
 
 def stopped_within(daemon: Daemon, limit: float) -> float:
@@ -245,7 +265,7 @@ class TestActionsOnly:
         control stayed where the last controller left them."""
         files = make_files(tmp_path, grace=1.0)
         rewrite(files, actuators=None)
-        with running("control", "--config", str(files.controller)) as ctl:
+        with up(control(files)) as ctl:
             ctl.wait_for("ready")
             started = time.monotonic()
             replayed = ctl.wait_for("actions_replayed", timeout=3.0)
@@ -266,7 +286,7 @@ class TestCrashThenRestart:
         normal and confirmed by the data, runs it again. Before, a restore confirmed by
         the data moved nothing."""
         files = make_files(tmp_path, grace=2.0)
-        with running("publish", "--config", str(files.publisher)):
+        with up(publish(files)):
             first = control(files)
             try:
                 first.wait_for("transition", state="normal")
@@ -276,7 +296,7 @@ class TestCrashThenRestart:
                 first.proc.kill()
                 first.stop()
             assert files.record.read_text().splitlines() == ["normal"]
-            with running("control", "--config", str(files.controller)) as ctl:
+            with up(control(files)) as ctl:
                 restored = ctl.wait_for("state_restored")
                 assert restored["zones"] == {"default": "normal"}
                 replayed = ctl.wait_for("actions_replayed", timeout=3.0)
@@ -317,7 +337,7 @@ class TestUnreadablePosition:
         }
         (files.state_dir / "controller-state.json").write_text(json.dumps(saved))
         set_reading(files.reading, "on_battery")
-        with running("publish", "--config", str(files.publisher)) as pub:
+        with up(publish(files)) as pub:
             pub.wait_for("ready")
             time.sleep(0.5)  # its first datagrams, before the source was read, said unknown
             ctl = control(files)
@@ -343,7 +363,7 @@ class TestRunningConfig:
         kept of its running config, and turns the fans on. Before, it read only the file
         on disk: a config error, nothing moved."""
         files = make_files(tmp_path, grace=2.0)
-        with running("publish", "--config", str(files.publisher)):
+        with up(publish(files)):
             ctl = control(files)
             try:
                 ctl.wait_for("transition", state="normal")
@@ -392,7 +412,7 @@ class TestReloadAddsHungZone:
                 }
             ],
         }
-        with running("publish", "--config", str(files.publisher)):
+        with up(publish(files)):
             ctl = control(files)
             try:
                 ctl.wait_for("transition", zone="a", state="normal")
@@ -427,10 +447,9 @@ class TestCleanStop:
         before the process exits. The operator's marker in the runtime directory, made
         after the start (which removes a stale one), leaves them off for this stop."""
         files = make_files(tmp_path, grace=2.0)
-        runtime = tmp_path / "run"
-        runtime.mkdir()
-        with running("publish", "--config", str(files.publisher)):
-            ctl = control(files, env={"RUNTIME_DIRECTORY": str(runtime)})
+        runtime = runtime_dir(files)
+        with up(publish(files)):
+            ctl = control(files)
             try:
                 ctl.wait_for("transition", state="normal")
                 set_reading(files.reading, "on_battery")
