@@ -1,0 +1,472 @@
+"""One promise, one test per way to break it: when data is stale, missing or unknown, or
+when no controller runs, the fans run.
+
+Each test drives real processes (``python -m powercast``) against real files in tmp_path:
+a pwm file for a hwmon actuator, a FIFO nobody reads for a hung one, a raw TCP server on
+127.0.0.1 for a buggy Modbus drive, programs that append to a file for commands. Each
+fails when a fan that should run is left off, or when the fans wait on a hung device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_failsafe import run as failsafe
+from test_restart import OFF, ON, Files, make_files, set_reading, wait_file
+
+from powercast.runtime.controller import SHUTDOWN_GRACE_S
+
+from harness import Daemon, write_toml
+
+APPEND = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+
+
+def hwmon(path: Path) -> dict[str, Any]:
+    return {"kind": "hwmon", "path": str(path), "on_value": 255, "off_value": 0}
+
+
+def rewrite(files: Files, **changes: Any) -> dict[str, Any]:
+    """The controller config of ``make_files`` with top-level keys replaced (None: removed)."""
+    config = tomllib.loads(files.controller.read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    write_toml(files.controller, config)
+    return config
+
+
+def runtime_dir(files: Files) -> Path:
+    """The daemons' RUNTIME_DIRECTORY: their control sockets and the leave-fans marker
+    stay in tmp_path, away from /run/powercast and other tests."""
+    path = files.controller.parent / "run"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def control(files: Files) -> Daemon:
+    env = {"RUNTIME_DIRECTORY": str(runtime_dir(files))}
+    return Daemon("control", "--config", str(files.controller), env=env, name="controller")
+
+
+def publish(files: Files) -> Daemon:
+    env = {"RUNTIME_DIRECTORY": str(runtime_dir(files))}
+    return Daemon("publish", "--config", str(files.publisher), env=env, name="publisher")
+
+
+@contextlib.contextmanager
+def up(daemon: Daemon) -> Iterator[Daemon]:
+    """A daemon that is always stopped, also when the test fails."""
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def stopped_within(daemon: Daemon, limit: float) -> float:
+    """SIGTERM, and the seconds until the process exited (it must, within ``limit``)."""
+    started = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    try:
+        daemon.proc.wait(limit)
+    except subprocess.TimeoutExpired:
+        daemon.proc.kill()
+        daemon.proc.wait()
+        raise AssertionError(f"{daemon.name} still running {limit} s after SIGTERM") from None
+    daemon._reader.join(2)
+    return time.monotonic() - started
+
+
+def drain(daemon: Daemon) -> list[dict[str, Any]]:
+    """Every event the daemon logged (after it exited), including those already seen."""
+    while not daemon.events.empty():
+        daemon.seen.append(daemon.events.get())
+    return daemon.seen
+
+
+# --- 1, 2: a hung device ------------------------------------------------------------------
+
+
+class TestHungDevice:
+    def test_failsafe_sets_the_others_and_names_the_hung_one(self, tmp_path: Path) -> None:
+        """A pwm that never answers (a FIFO nobody reads: open() blocks, like a stuck bus)
+        costs its own timeout only: the other zone's fans run and the command ends.
+
+        The previous design ran the actuators one after another on asyncio's shared thread
+        pool, which the interpreter joins at exit: the hung write kept the command alive."""
+        hung, pwm = tmp_path / "hung-pwm", tmp_path / "pwm1"
+        os.mkfifo(hung)
+        pwm.write_text("0\n")
+        config = write_toml(
+            tmp_path / "c.toml",
+            {
+                "role": "controller",
+                "zones": [
+                    {"name": "a", "actuators": [hwmon(hung)]},
+                    {"name": "b", "actuators": [hwmon(pwm)]},
+                ],
+            },
+        )
+        started = time.monotonic()
+        done = failsafe(config)
+        took = time.monotonic() - started
+        assert pwm.read_text() == "255\n"
+        assert done.returncode == 1
+        assert done.stderr.splitlines() == ["powercast: a/0(hwmon): no answer within 2 s"]
+        assert done.stdout == "powercast failsafe: 1 of 2 actuators set to fans on\n"
+        assert took < 8.0  # the driver's 2 s, not FAILSAFE_BOUND_S (30 s), not forever
+
+    def test_controller_drives_the_others_and_stops(self, tmp_path: Path) -> None:
+        """A controller whose zone a hangs on its pwm: zone b's fans go on as soon as the
+        data says so, and SIGTERM ends the controller within its grace, the stuck thread
+        left behind.
+
+        The previous design probed every actuator in turn before any moved (b waited on
+        a's probe, forever) and joined the thread at exit."""
+        files = make_files(tmp_path, grace=5.0)
+        hung = tmp_path / "hung-pwm"
+        os.mkfifo(hung)
+        files.pwm.write_text(f"{OFF}\n")
+        rewrite(
+            files,
+            actuators=None,
+            actions=None,
+            zones=[
+                {"name": "a", "actuators": [hwmon(hung)]},
+                {"name": "b", "actuators": [hwmon(files.pwm)]},
+            ],
+        )
+        ctl, pub = control(files), publish(files)
+        try:
+            ctl.wait_for("transition", zone="b", state="normal")
+            decided = time.monotonic()
+            wait_file(files.pwm, ON, timeout=1.0)
+            assert time.monotonic() - decided < 1.0
+            took = stopped_within(ctl, SHUTDOWN_GRACE_S + 4.0)
+        finally:
+            ctl.stop()
+            pub.stop()
+        assert ctl.proc.returncode == 0
+        events = drain(ctl)
+        unknown = [e for e in events if e.get("event") == "stopping_fans_unknown"]
+        assert [e["actuators"] for e in unknown] == [["a/0(hwmon)"]]
+        assert took < SHUTDOWN_GRACE_S + 3.0
+        assert files.pwm.read_text() == f"{ON}\n"
+
+
+# --- 3: a buggy Modbus drive ----------------------------------------------------------------
+
+
+@pytest.fixture
+def buggy_drive() -> Iterator[int]:
+    """A Modbus TCP "drive" on 127.0.0.1 that answers every request with a read reply
+    holding no data (byte count 0): pymodbus takes it, and ``reply.bits[0]`` raises
+    IndexError in the driver. pymodbus' own server cannot be made to send this."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    port: list[int] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                tid, _, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
+                pdu = await reader.readexactly(length - 1)
+                function = 1 if pdu[0] in (1, 5, 15) else 3  # coils, else registers
+                body = bytes([function, 0])  # byte count 0: no bits, no registers
+                writer.write(struct.pack(">HHHB", tid, 0, len(body) + 1, unit) + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def serve() -> None:
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port.append(server.sockets[0].getsockname()[1])
+        ready.set()
+        async with server:
+            await done.wait()
+
+    done = asyncio.Event()
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(5.0)
+        yield port[0]
+    finally:
+        loop.call_soon_threadsafe(done.set)
+        thread.join(2.0)
+        loop.close()
+
+
+class TestOddModbusReply:
+    def test_failsafe_names_the_drive_and_sets_the_others(
+        self, tmp_path: Path, buggy_drive: int
+    ) -> None:
+        """A drive's malformed reply is that actuator's failure, in one line: the other
+        zone's fans still go on. A driver bug that escaped (IndexError) would end the
+        command with a traceback before, or instead of, setting the rest."""
+        pwm = tmp_path / "pwm1"
+        pwm.write_text("0\n")
+        drive = {"kind": "modbus", "host": "127.0.0.1", "port": buggy_drive, "coil": 0}
+        config = write_toml(
+            tmp_path / "c.toml",
+            {
+                "role": "controller",
+                "zones": [
+                    {"name": "a", "actuators": [{**drive, "timeout_s": 1.0}]},
+                    {"name": "b", "actuators": [hwmon(pwm)]},
+                ],
+            },
+        )
+        started = time.monotonic()
+        done = failsafe(config)
+        assert time.monotonic() - started < 8.0
+        assert pwm.read_text() == "255\n"
+        assert done.returncode == 1
+        assert "Traceback" not in done.stderr
+        failures = [line for line in done.stderr.splitlines() if "a/0(modbus)" in line]
+        assert failures == ["powercast: a/0(modbus): IndexError: list index out of range"]
+        assert done.stdout == "powercast failsafe: 1 of 2 actuators set to fans on\n"
+
+
+# --- 4: fans moved by commands only ---------------------------------------------------------
+
+
+class TestActionsOnly:
+    def test_failsafe_runs_the_failsafe_commands(self, tmp_path: Path) -> None:
+        """A config without actuators, whose ``failsafe`` state runs a command that turns
+        the fans on: with no controller running, that command runs."""
+        files = make_files(tmp_path, grace=1.0)
+        rewrite(files, actuators=None)
+        done = failsafe(files.controller)
+        assert done.returncode == 0, done.stderr
+        assert files.record.read_text().splitlines() == ["failsafe"]
+
+    def test_controller_without_data_runs_them_after_the_grace(self, tmp_path: Path) -> None:
+        """Started with no saved state and no publisher, the controller is in failsafe
+        from the start, so no transition ever runs that state's command: settling the
+        zone after the grace replays it. Before, nothing ran and fans that commands
+        control stayed where the last controller left them."""
+        files = make_files(tmp_path, grace=1.0)
+        rewrite(files, actuators=None)
+        with up(control(files)) as ctl:
+            ctl.wait_for("ready")
+            started = time.monotonic()
+            replayed = ctl.wait_for("actions_replayed", timeout=3.0)
+            took = time.monotonic() - started
+            ctl.wait_for("action", state="failsafe")
+        assert replayed["state"] == "failsafe"
+        assert 0.5 <= took < 3.0  # startup_grace_s = 1 s
+        assert files.record.read_text().splitlines() == ["failsafe"]
+
+
+# --- 5: a crash in the middle of carrying out a state ---------------------------------------
+
+
+class TestCrashThenRestart:
+    def test_restart_replays_the_states_commands(self, tmp_path: Path) -> None:
+        """Killed with SIGKILL after entering normal: nothing says its command finished
+        (a crash mid-action looks the same), so the restarted controller, restored to
+        normal and confirmed by the data, runs it again. Before, a restore confirmed by
+        the data moved nothing."""
+        files = make_files(tmp_path, grace=2.0)
+        with up(publish(files)):
+            first = control(files)
+            try:
+                first.wait_for("transition", state="normal")
+                first.wait_for("action", state="normal")
+                assert (files.state_dir / "controller-state.json").exists()
+            finally:
+                first.proc.kill()
+                first.stop()
+            assert files.record.read_text().splitlines() == ["normal"]
+            with up(control(files)) as ctl:
+                restored = ctl.wait_for("state_restored")
+                assert restored["zones"] == {"default": "normal"}
+                replayed = ctl.wait_for("actions_replayed", timeout=3.0)
+                ctl.wait_for("action", state="normal")
+        assert replayed["state"] == "normal"
+        assert files.record.read_text().splitlines() == ["normal", "normal"]
+
+
+# --- 6: a saved position that cannot be read back ------------------------------------------
+
+
+class TestUnreadablePosition:
+    def test_saved_position_is_written_again(self, tmp_path: Path) -> None:
+        """A command actuator that cannot report its position (no verify_argv), saved as
+        off while shedding: the restarted controller does not trust the file (someone may
+        have turned the fans on since) and runs off_argv again. Before, the saved
+        position was taken as known and nothing ran."""
+        files = make_files(tmp_path, grace=2.0)
+        switched = tmp_path / "switched.log"
+        argv = [sys.executable, "-c", APPEND, str(switched)]
+        rewrite(
+            files,
+            actions=None,
+            actuators=[{"kind": "command", "on_argv": [*argv, "on"], "off_argv": [*argv, "off"]}],
+        )
+        wall = time.time()
+        saved = {
+            "version": 1,
+            "saved_at": wall - 1.0,
+            "zones": {
+                "default": {
+                    "state": "shedding",
+                    "entered_at": wall - 60.0,
+                    "battery_since": wall - 70.0,
+                }
+            },
+            "actuators": {"default/0": False},
+        }
+        (files.state_dir / "controller-state.json").write_text(json.dumps(saved))
+        set_reading(files.reading, "on_battery")
+        with up(publish(files)) as pub:
+            pub.wait_for("ready")
+            time.sleep(0.5)  # its first datagrams, before the source was read, said unknown
+            ctl = control(files)
+            try:
+                restored = ctl.wait_for("state_restored")
+                assert restored["zones"] == {"default": "shedding"}
+                ctl.wait_for("actuator_set", position="off", timeout=3.0)
+                assert switched.read_text().splitlines() == ["off"]  # written, not believed
+            finally:
+                ctl.stop()
+        events = [e.get("event") for e in drain(ctl)]
+        assert "transition" not in events  # the restored shed was confirmed, not re-entered
+        assert switched.read_text().splitlines() == ["off", "on"]  # and on at the stop
+
+
+# --- 7: a typo saved after the controller died ----------------------------------------------
+
+
+class TestRunningConfig:
+    def test_failsafe_uses_the_config_the_controller_ran(self, tmp_path: Path) -> None:
+        """A controller that shed its fans dies (SIGKILL); meanwhile its config file got a
+        typo. ``powercast failsafe`` still knows the actuator from the copy the controller
+        kept of its running config, and turns the fans on. Before, it read only the file
+        on disk: a config error, nothing moved."""
+        files = make_files(tmp_path, grace=2.0)
+        with up(publish(files)):
+            ctl = control(files)
+            try:
+                ctl.wait_for("transition", state="normal")
+                set_reading(files.reading, "on_battery")
+                ctl.wait_for("transition", state="shedding")
+                ctl.wait_for("actuator_set", position="off")
+            finally:
+                ctl.proc.kill()
+                ctl.stop()
+        assert files.pwm.read_text() == f"{OFF}\n"
+        files.controller.write_text(files.controller.read_text() + "\n[policy\ntypo = 1\n")
+        done = failsafe(files.controller, "--after-failure", state_dir=files.state_dir)
+        assert files.pwm.read_text() == f"{ON}\n"
+        assert done.returncode == 0, done.stderr
+        assert "using the config the controller last ran" in done.stderr
+        assert done.stdout == "powercast failsafe: 1 of 1 actuators set to fans on\n"
+
+
+# --- 8: a reload that adds a hung device ----------------------------------------------------
+
+
+class TestReloadAddsHungZone:
+    def test_other_zone_reacts_while_the_new_one_probes(self, tmp_path: Path) -> None:
+        """Zone a sheds; a reload adds zone b, whose actuator takes 5 s to report its
+        position. Heat in zone a turns its fans on at once, not after b's probe. Before,
+        a reload stopped every worker and probed the actuators one after another before
+        any was driven again."""
+        files = make_files(tmp_path, grace=2.0)
+        zone_a = {"name": "a", "actuators": [hwmon(files.pwm)]}
+        rewrite(files, actuators=None, actions=None, zones=[zone_a])
+        flag = tmp_path / "probed-once"
+        slow = (
+            "import os, sys, time\n"
+            "if not os.path.exists(sys.argv[1]):\n"
+            "    open(sys.argv[1], 'w').close(); time.sleep(5)\n"
+            "print('on')"
+        )
+        zone_b = {
+            "name": "b",
+            "actuators": [
+                {
+                    "kind": "command",
+                    "on_argv": ["true"],
+                    "off_argv": ["true"],
+                    "verify_argv": [sys.executable, "-c", slow, str(flag)],
+                }
+            ],
+        }
+        with up(publish(files)):
+            ctl = control(files)
+            try:
+                ctl.wait_for("transition", zone="a", state="normal")
+                set_reading(files.reading, "on_battery")
+                ctl.wait_for("transition", zone="a", state="shedding")
+                wait_file(files.pwm, OFF)
+                rewrite(files, zones=[zone_a, zone_b])
+                ctl.signal(signal.SIGHUP)
+                ctl.wait_for("reloaded")
+                deadline = time.monotonic() + 2.0
+                while not flag.exists() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert flag.exists()  # b's probe has begun and hangs for 5 s
+                hot = time.monotonic()
+                set_reading(files.reading, "on_battery", inlet=50.0)
+                wait_file(files.pwm, ON, timeout=1.5)
+                took = time.monotonic() - hot
+            finally:
+                ctl.stop(timeout=8.0)
+        assert took < 1.0
+        override = [e for e in drain(ctl) if e.get("state") == "thermal_override"]
+        assert "a" in {e["zone"] for e in override}
+
+
+# --- 9: a clean stop while the fans are shed ------------------------------------------------
+
+
+class TestCleanStop:
+    @pytest.mark.parametrize("leave", [False, True], ids=["fans-on", "marker-leaves-fans"])
+    def test_stop_during_shedding(self, tmp_path: Path, leave: bool) -> None:
+        """SIGTERM while shedding: no controller will react to heat, so the fans go on
+        before the process exits. The operator's marker in the runtime directory, made
+        after the start (which removes a stale one), leaves them off for this stop."""
+        files = make_files(tmp_path, grace=2.0)
+        runtime = runtime_dir(files)
+        with up(publish(files)):
+            ctl = control(files)
+            try:
+                ctl.wait_for("transition", state="normal")
+                set_reading(files.reading, "on_battery")
+                ctl.wait_for("transition", state="shedding")
+                ctl.wait_for("actuator_set", position="off")
+                if leave:
+                    (runtime / "controller.leave-fans").write_text("filter change\n")
+                took = stopped_within(ctl, 5.0)
+            finally:
+                ctl.stop()
+        events = [e.get("event") for e in drain(ctl)]
+        assert ctl.proc.returncode == 0
+        assert took < 3.0
+        if leave:
+            assert "stopping_fans_left" in events
+            assert "stopping_fans_on" not in events
+            assert files.pwm.read_text() == f"{OFF}\n"
+        else:
+            assert "stopping_fans_on" in events
+            assert files.pwm.read_text() == f"{ON}\n"
