@@ -30,6 +30,7 @@ import msgspec
 import tomli_w
 
 from powercast import net, wire
+from powercast.errors import EX_CONFIG, PowercastError
 
 DEFAULT_PATHS: Final = {
     "publisher": Path("/etc/powercast/publisher.toml"),
@@ -672,8 +673,10 @@ _ROLES: Final[dict[str, type[PublisherConfig] | type[ControllerConfig] | type[Re
 }
 
 
-class ConfigError(Exception):
+class ConfigError(PowercastError):
     """A config that must not be used; ``str()`` is the line to show the operator."""
+
+    exit_code = EX_CONFIG
 
 
 def load(path: str | Path, role: Role | None = None) -> Config:
