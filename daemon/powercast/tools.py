@@ -12,7 +12,6 @@ import json
 import os
 import pwd
 import re
-import socket
 import sys
 import time
 from pathlib import Path
@@ -178,8 +177,7 @@ def _user_name() -> str:
 
 
 def _host_id() -> str:
-    name = re.sub(r"[^A-Za-z0-9._:@-]", "-", socket.gethostname())[:64].lstrip("._:@-")
-    return name or "node"
+    return cfg.host_id() or "node"
 
 
 def run(args: argparse.Namespace) -> int:
