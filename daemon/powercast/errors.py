@@ -4,15 +4,18 @@ Each module raises its own kind (``ConfigError``, ``NetworkError``...), worded a
 line to show; ``cli.main`` prints that line and exits with the class's ``exit_code``.
 Anything else reaching ``main`` is a bug, reported as such.
 
-=====================  ====  =================================================
-class                  exit  meaning
-=====================  ====  =================================================
-PowercastError         1     a failure that may pass (a port in use, no daemon)
-UsageError             2     a command line the command refuses
-ConfigError            78    a config that must not be used
-KeyringError           78    a key or key directory that must not be used
-NetworkConfigError     78    a network setting this host cannot have
-=====================  ====  =================================================
+=========================  ====  ====================================================
+class                      exit  meaning
+=========================  ====  ====================================================
+PowercastError             1     the base; a failure that may pass
+net.NetworkError           1     a port in use, no multicast route yet
+control.ControlError       1     no daemon on the control socket, or it refused
+diagram.DiagramError       1     no Graphviz or pydot here, or a file not written
+UsageError                 2     flags the command refuses; nothing was done
+config.ConfigError         78    a config that must not be used
+auth.KeyringError          78    a key or key directory that must not be used
+net.NetworkConfigError     78    a network setting this host cannot have
+=========================  ====  ====================================================
 
 78 is sysexits' EX_CONFIG: the units do not restart a daemon that exits with it.
 """
