@@ -582,7 +582,7 @@ class TestOverrideRequest:
 class TestDuration:
     def test_durations(self) -> None:
         """Seconds, or units s m h d, combined: 90, 90s, 30m, 1h30m, 1d."""
-        from powercast.tools import duration
+        from powercast.cli.operator import duration
 
         assert [duration(t) for t in ("90", "90s", "30m", "1h30m", "1d", "0.5s")] == [
             90.0, 90.0, 1800.0, 5400.0, 86400.0, 0.5,

@@ -275,7 +275,7 @@ class TestDebianPackage:
         paths = {line.split()[-1].removeprefix(".") for line in listing.splitlines()}
         for path in (
             "/usr/bin/powercast",
-            "/usr/lib/powercast/powercast/cli.py",
+            "/usr/lib/powercast/powercast/cli/__init__.py",
             "/usr/lib/powercast/msgspec/__init__.py",
             "/usr/lib/powercast/structlog/__init__.py",
             "/lib/systemd/system/powercast-controller.service",

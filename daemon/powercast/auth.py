@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from powercast.config import ControllerConfig, PublisherConfig, RelayConfig
+from powercast.errors import EX_CONFIG, PowercastError
 from powercast.wire import TAG_SIZE, Envelope, Frame
 
 KEY_FILE: Final = re.compile(r"^(?:.*_)?(\d{1,5})\.key$")
@@ -30,8 +31,10 @@ DEFAULT_DIR: Final = Path("/etc/powercast/keys")
 MIN_KEY_BYTES: Final = 16
 
 
-class KeyringError(Exception):
+class KeyringError(PowercastError):
     """A key or key directory that must not be used; ``str()`` names the file."""
+
+    exit_code = EX_CONFIG
 
 
 def keys_dir(configured: str, environ: dict[str, str] | None = None) -> Path:

@@ -30,6 +30,7 @@ import msgspec
 import tomli_w
 
 from powercast import net, wire
+from powercast.errors import EX_CONFIG, PowercastError
 
 DEFAULT_PATHS: Final = {
     "publisher": Path("/etc/powercast/publisher.toml"),
@@ -418,10 +419,14 @@ class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
 Source = SimulatedSource | FileSource | CommandSource | NutSource | HwmonSource | SnmpSource
 
 
+def host_id() -> str:
+    """This host's name, trimmed to what an id on the group may hold (a publisher's, a
+    pinging node's); empty when nothing of it is left."""
+    return re.sub(r"[^A-Za-z0-9._:@-]", "-", socket.gethostname())[:64].lstrip("._:@-")
+
+
 def _default_id() -> str:
-    """The host name, trimmed to what a publisher id may hold."""
-    name = re.sub(r"[^A-Za-z0-9._:@-]", "-", socket.gethostname())[:64].lstrip("._:@-")
-    return name or "publisher"
+    return host_id() or "publisher"
 
 
 class PublisherConfig(_Table, frozen=True):
@@ -672,8 +677,10 @@ _ROLES: Final[dict[str, type[PublisherConfig] | type[ControllerConfig] | type[Re
 }
 
 
-class ConfigError(Exception):
+class ConfigError(PowercastError):
     """A config that must not be used; ``str()`` is the line to show the operator."""
+
+    exit_code = EX_CONFIG
 
 
 def load(path: str | Path, role: Role | None = None) -> Config:

@@ -45,6 +45,7 @@ from typing import Any, Final
 import msgspec
 import structlog
 
+from powercast.errors import PowercastError
 from powercast.pacing import LOG_EVERY_S, Pacer
 from powercast.policy import MAX_OVERRIDE_S
 
@@ -69,7 +70,7 @@ class RequestError(Exception):
     """A request the daemon refuses; ``str()`` is sent back to the client as the error."""
 
 
-class ControlError(Exception):
+class ControlError(PowercastError):
     """Client side: one line for the operator, naming the socket and what to do."""
 
 

@@ -13,12 +13,13 @@ from typing import Final
 from statemachine.contrib.diagram import GraphvizError, GraphvizNotFoundError, formatter
 from statemachine.contrib.diagram.graphviz import run_graphviz
 
+from powercast.errors import PowercastError
 from powercast.policy import FanChart
 
 IMAGE_FORMATS: Final = ("png", "svg")
 
 
-class DiagramError(Exception):
+class DiagramError(PowercastError):
     """The diagram cannot be made here; ``str()`` says what is missing."""
 
 

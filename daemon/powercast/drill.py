@@ -19,15 +19,14 @@ sending anything; with ``--drill`` it sends that. Other guards:
 
 from __future__ import annotations
 
-import re
 import secrets
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
 from powercast import net, wire
+from powercast.config import host_id
 
 FIRST_GAP_S = 0.004
 
@@ -84,8 +83,7 @@ class Drill:
 
 
 def default_id() -> str:
-    host = re.sub(r"[^A-Za-z0-9._:@-]", "-", socket.gethostname())
-    return f"drill-{host}"[:64]
+    return f"drill-{host_id()}"[:64]
 
 
 def check(drill: Drill) -> None:

@@ -29,6 +29,8 @@ import socket
 import struct
 from collections.abc import Callable
 
+from powercast.errors import EX_CONFIG, PowercastError
+
 __all__ = [
     "NetworkConfigError",
     "NetworkError",
@@ -67,7 +69,7 @@ _Fail = Callable[[OSError, str], "NetworkError"]
 """Per-call translator of an OSError (and what was being done) into a NetworkError."""
 
 
-class NetworkError(Exception):
+class NetworkError(PowercastError):
     """One clear line for the operator, naming the setting, what went wrong, what was
     expected and what was given, e.g. "network.interface: no interface with this name on
     this host (expected an interface name such as 'eth0' or one of this host's addresses,
@@ -80,6 +82,8 @@ class NetworkConfigError(NetworkError):
     of range): a mistake in the config, not a passing state. Retrying cannot help, so a
     daemon exits EX_CONFIG on it, which its unit does not restart on. Every other
     NetworkError (a port in use, no multicast route yet) may pass: exit 1, and restart."""
+
+    exit_code = EX_CONFIG
 
 
 # -- validation ---------------------------------------------------------------------------

@@ -1,8 +1,7 @@
-"""The operator commands' command line: ``powercast status|override|send|ping``.
+"""Running a site: ``powercast status``, ``override`` and ``send``.
 
-cli.py adds these subcommands with :func:`add_parsers` and hands them to :func:`run`.
-Errors an operator can act on are one line (ControlError names the socket and what to
-do); a config, key or network error is raised to cli.main, which prints it the same way.
+``status`` and ``override`` talk to a running daemon over its control socket (a
+ControlError names the socket and what to do); ``send`` announces a drill on the group.
 """
 
 from __future__ import annotations
@@ -12,18 +11,17 @@ import json
 import os
 import pwd
 import re
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any, Final
 
 from powercast import config as cfg
-from powercast import control, drill, ping, wire
+from powercast import control, drill, wire
 from powercast import status as report
-from powercast.auth import Keyring, keys_dir
+from powercast.cli.arguments import Commands, Group, command, group_flags
+from powercast.errors import UsageError
 
-COMMANDS: Final = ("status", "override", "send", "ping")
 _DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -53,20 +51,25 @@ def _temperature(text: str) -> tuple[str, float]:
         ) from None
 
 
-def add_parsers(sub: Any) -> None:
-    """The four subcommands, on cli.py's subparsers."""
-    status = sub.add_parser(
-        "status", help="what the running daemon believes and why (over its control socket)"
+def add_commands(commands: Commands) -> None:
+    status = command(
+        commands,
+        "status",
+        _status,
+        "what the running daemon believes and why (over its control socket)",
     )
-    _where(status)
+    _socket_flags(status)
     status.add_argument(
         "--json", action="store_true", help="the status as one JSON object (version 1)"
     )
 
-    override = sub.add_parser(
-        "override", help="force a zone's fans on or off for a while, or clear that (controller)"
+    override = command(
+        commands,
+        "override",
+        _override,
+        "force a zone's fans on or off for a while, or clear that (controller)",
     )
-    _where(override, roles=False)
+    _socket_flags(override, roles=False)
     override.add_argument("--zone", help="the zone (needed when the controller has several)")
     override.add_argument("--fans", choices=["on", "off"], help="the fans' position to hold")
     override.add_argument(
@@ -79,10 +82,13 @@ def add_parsers(sub: Any) -> None:
     override.add_argument("--reason", help="why, for the log (required to set one)")
     override.add_argument("--clear", action="store_true", help="end the zone's override now")
 
-    send = sub.add_parser(
-        "send", help="send one signed announcement built from flags, for drills (needs --drill)"
+    send = command(
+        commands,
+        "send",
+        _send,
+        "send one signed announcement built from flags, for drills (needs --drill)",
     )
-    _network_flags(send)
+    group_flags(send, sending=True)
     send.add_argument(
         "--id", default=drill.default_id(), help="publisher id (default: drill-<host>)"
     )
@@ -116,32 +122,8 @@ def add_parsers(sub: Any) -> None:
         "--drill", action="store_true", help="really send (without: print what would be sent)"
     )
 
-    ping_p = sub.add_parser(
-        "ping", help="multicast reachability, loss and RTT between nodes (run it on each)"
-    )
-    _network_flags(ping_p)
-    ping_p.add_argument("--id", default=_host_id(), help="this node's name (default: host name)")
-    ping_p.add_argument("--count", type=int, default=10, help="pings to send (default 10)")
-    ping_p.add_argument(
-        "--interval", type=float, default=1.0, help="seconds between pings (default 1)"
-    )
-    ping_p.add_argument(
-        "--timeout",
-        type=float,
-        default=3.0,
-        help="seconds to keep answering after the last ping (default 3)",
-    )
-    ping_p.add_argument(
-        "--peer",
-        action="append",
-        default=[],
-        metavar="ID",
-        help="a node expected to answer; repeat for more",
-    )
-    ping_p.add_argument("--json", action="store_true", help="the report as one JSON object")
 
-
-def _where(p: argparse.ArgumentParser, *, roles: bool = True) -> None:
+def _socket_flags(p: argparse.ArgumentParser, *, roles: bool = True) -> None:
     p.add_argument("--socket", type=Path, help="the daemon's control socket")
     if roles:
         p.add_argument(
@@ -153,51 +135,12 @@ def _where(p: argparse.ArgumentParser, *, roles: bool = True) -> None:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon")
 
 
-def _network_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="take group, port, interface, ttl and keys from it")
-    p.add_argument("--group", help="multicast group (default: from --config, or 239.1.1.1)")
-    p.add_argument("--port", type=int, help="UDP port (default: from --config, or 5001)")
-    p.add_argument(
-        "--interface", help="interface name or address (default: from --config, or 127.0.0.1)"
-    )
-    p.add_argument("--ttl", type=int, help="multicast TTL (default: from --config, or 1)")
-    p.add_argument("--keys-dir", help="directory of key files (default: as the daemons)")
-    p.add_argument(
-        "--key-id",
-        type=int,
-        help="key to sign with; 0: unsigned (default: the config's, else the lowest found)",
-    )
-
-
 def _user_name() -> str:
     """Our user, for a daemon that cannot see our uid (it logs it marked as our claim)."""
     try:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return f"uid {os.getuid()}"
-
-
-def _host_id() -> str:
-    name = re.sub(r"[^A-Za-z0-9._:@-]", "-", socket.gethostname())[:64].lstrip("._:@-")
-    return name or "node"
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run one of :data:`COMMANDS`; the exit status."""
-    try:
-        if args.command == "status":
-            return _status(args)
-        if args.command == "override":
-            return _override(args)
-        if args.command == "send":
-            return _send(args)
-        return _ping(args)
-    except control.ControlError as err:
-        print(f"powercast: {err}", file=sys.stderr)
-        return 1
-    except wire.EncodeError as err:
-        print(f"powercast: {args.command}: {err}", file=sys.stderr)
-        return 2
 
 
 # --- status and override ------------------------------------------------------------------
@@ -245,8 +188,7 @@ def _override(args: argparse.Namespace) -> int:
         request["zone"] = args.zone
     if args.clear:
         if args.fans is not None or args.for_s is not None:
-            print("powercast: override: --clear takes no --fans or --for", file=sys.stderr)
-            return 2
+            raise UsageError("override: --clear takes no --fans or --for")
         request.update(clear=True, reason=args.reason or "cleared by operator")
     else:
         missing = [
@@ -255,12 +197,10 @@ def _override(args: argparse.Namespace) -> int:
             if v is None
         ]
         if missing:
-            print(
-                f"powercast: override: {', '.join(missing)} needed (or --clear),"
-                ' e.g. --fans on --for 30m --reason "filter change"',
-                file=sys.stderr,
+            raise UsageError(
+                f"override: {', '.join(missing)} needed (or --clear),"
+                ' e.g. --fans on --for 30m --reason "filter change"'
             )
-            return 2
         request.update(fans=args.fans, for_s=args.for_s, reason=args.reason)
     request["user"] = _user_name()
     if sudo_user := os.environ.get("SUDO_USER"):
@@ -279,59 +219,27 @@ def _override(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- send and ping ------------------------------------------------------------------------
-
-
-def _network_and_keys(
-    args: argparse.Namespace,
-) -> tuple[cfg.Config | None, str, int, str, int, Keyring, int]:
-    """(config, group, port, interface, ttl, keyring, key id) from flags over --config."""
-    config = cfg.load(args.config) if args.config is not None else None
-    network: cfg.Network = config.network if config is not None else cfg.Network()
-    ttl = args.ttl
-    if ttl is None:
-        ttl = config.network.ttl if isinstance(config, cfg.PublisherConfig) else 1
-    configured = ""
-    if isinstance(config, cfg.PublisherConfig | cfg.ControllerConfig):
-        configured = config.auth.keys_dir
-    keyring = Keyring.load(keys_dir(args.keys_dir if args.keys_dir is not None else configured))
-    key_id = args.key_id
-    if key_id is None:
-        if isinstance(config, cfg.PublisherConfig):
-            key_id = config.auth.key_id
-        else:
-            key_id = keyring.ids[0] if keyring.ids else 0
-    if key_id:
-        keyring.signer(key_id)  # KeyringError now, naming the directory, if it is missing
-    return (
-        config,
-        args.group or network.group,
-        args.port or network.port,
-        args.interface or network.interface,
-        ttl,
-        keyring,
-        key_id,
-    )
+# --- send ---------------------------------------------------------------------------------
 
 
 def _send(args: argparse.Namespace) -> int:
-    config, group, port, interface, ttl, keyring, key_id = _network_and_keys(args)
+    where = Group.from_args(args)
+    ttl = where.ttl(args.ttl)
+    key_id = where.key_id(args.key_id)
+    config = where.config
     if isinstance(config, cfg.PublisherConfig) and args.id == config.id:
-        print(
-            f"powercast: send: --id {args.id!r} is the id of the publisher in {args.config}:"
+        raise UsageError(
+            f"send: --id {args.id!r} is the id of the publisher in {args.config}:"
             " controllers would take the drill for that publisher restarting and drop its"
-            " own announcements as replays until it restarts; use another id",
-            file=sys.stderr,
+            " own announcements as replays until it restarts; use another id"
         )
-        return 2
     if not 1 <= args.repeat <= 10:
-        print(f"powercast: send: --repeat: expected 1..10, got {args.repeat}", file=sys.stderr)
-        return 2
+        raise UsageError(f"send: --repeat: expected 1..10, got {args.repeat}")
     temperatures = dict(args.temp)
     plan = drill.Drill(
-        group=group,
-        port=port,
-        interface=interface,
+        group=where.address,
+        port=where.port,
+        interface=where.interface,
         publisher=args.id,
         power=wire.Power(
             wire.PowerStatus(args.power), args.charge, args.runtime, args.load, args.input_v
@@ -340,11 +248,14 @@ def _send(args: argparse.Namespace) -> int:
         ttl=ttl,
         tal_s=args.tal,
         key_id=key_id,
-        sign=keyring.signer(key_id) if key_id else None,
+        sign=where.keyring.signer(key_id) if key_id else None,
         repeat=args.repeat,
         hold_s=args.hold,
     )
-    drill.check(plan)
+    try:
+        drill.check(plan)
+    except wire.EncodeError as err:  # a value no receiver would take: a flag to change
+        raise UsageError(f"send: {err}") from None
     if not args.drill:
         print(f"would send: {plan.describe()}")
         print(
@@ -354,33 +265,3 @@ def _send(args: argparse.Namespace) -> int:
         return 2
     drill.send(plan, sys.stdout)
     return 0
-
-
-def _ping(args: argparse.Namespace) -> int:
-    _, group, port, interface, ttl, keyring, key_id = _network_and_keys(args)
-    if args.count < 1 or args.interval <= 0 or args.timeout < 0:
-        print("powercast: ping: --count must be at least 1, --interval above 0", file=sys.stderr)
-        return 2
-    pinger = ping.Pinger(node=args.id, keyring=keyring, key_id=key_id, count=args.count)
-    if (
-        ping.decode(ping.encode(ping.Probe("ping", args.id, 1, 1), keyring, key_id), keyring)
-        is None
-    ):
-        print(
-            "powercast: ping: --id: expected letters, digits and ._:@- (at most 64),"
-            f" got {args.id!r}",
-            file=sys.stderr,
-        )
-        return 2
-    result = ping.run(
-        pinger,
-        group=group,
-        port=port,
-        interface=interface,
-        interval=args.interval,
-        timeout=args.timeout,
-        ttl=ttl,
-        expect=tuple(args.peer),
-    )
-    print(json.dumps(result, indent=2) if args.json else ping.render(result))
-    return 0 if result["ok"] else 1

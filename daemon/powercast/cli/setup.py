@@ -1,0 +1,70 @@
+"""Setting up a node: ``powercast config check|init`` and ``powercast keygen``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from powercast import config as cfg
+from powercast.auth import KeyringError, keygen, load_keys
+from powercast.cli.arguments import Commands, command
+from powercast.errors import EX_CONFIG
+
+
+def add_commands(commands: Commands) -> None:
+    conf = commands.add_parser("config", help="check or create configuration files")
+    actions = conf.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = command(actions, "check", _check, "validate a config file; the role is read from it")
+    check.add_argument(
+        "files", nargs="*", type=Path, metavar="FILE", help="default: both files in /etc/powercast"
+    )
+    init = command(actions, "init", _init, "print a default config on stdout")
+    init.add_argument("--role", required=True, choices=["publisher", "controller", "relay"])
+
+    new_key = command(
+        commands, "keygen", _keygen, "write a new random key file (mode 0600; never overwrites)"
+    )
+    new_key.add_argument("key_id", type=int, metavar="ID", help="key id, 1..65535")
+    new_key.add_argument("file", type=Path, metavar="FILE", help="e.g. /etc/powercast/keys/1.key")
+
+
+def _init(args: argparse.Namespace) -> int:
+    sys.stdout.write(cfg.dumps(cfg.defaults(args.role)))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Each file must load, its keys must be there, and this host must have what it names
+    (interfaces, addresses, programs); else 78. Every file is checked, and every problem
+    reported, before the exit."""
+    files = args.files or [p for p in cfg.DEFAULT_PATHS.values() if p.exists()]
+    if not files:
+        raise cfg.ConfigError("no config file given and none in /etc/powercast")
+    status = 0
+    for path in files:
+        try:
+            config = cfg.load(path)
+            keyring = load_keys(config)
+        except (cfg.ConfigError, KeyringError) as err:  # on to the next file
+            print(f"powercast: {err}", file=sys.stderr)
+            status = EX_CONFIG
+            continue
+        problems = cfg.host_problems(config)
+        for problem in problems:
+            print(f"powercast: {path}: {problem}", file=sys.stderr)
+        if problems:
+            status = EX_CONFIG
+            continue
+        if isinstance(config, cfg.RelayConfig):
+            print(f"{path}: ok (relay; carries datagrams as they are, needs no keys)")
+        else:
+            keys = ", ".join(map(str, keyring.ids)) or "none"
+            print(f"{path}: ok ({config.role}; keys in {keyring.directory}: {keys})")
+    return status
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    keygen(args.key_id, args.file)
+    print(f"{args.file}: new key {args.key_id} (mode 0600)")
+    return 0
