@@ -437,6 +437,51 @@ class TestReloadAddsHungZone:
         assert "a" in {e["zone"] for e in override}
 
 
+class TestReloadDropsAnActuator:
+    def test_a_dropped_actuator_is_driven_on_until_it_gets_there(self, tmp_path: Path) -> None:
+        """Zone a sheds with two actuators; a reload drops the second. Its first try to go
+        back on fails (the device is busy); it is tried again until it is on. Before, one
+        failed try left a shed fan off with nothing to move it again."""
+        files = make_files(tmp_path, grace=2.0)
+        log = tmp_path / "dropped.log"
+        busy = tmp_path / "busy"
+        flaky_on = (  # fails once while the busy file exists, and removes it
+            "import os, sys\n"
+            "if os.path.exists(sys.argv[2]):\n"
+            "    os.unlink(sys.argv[2]); sys.exit('busy')\n"
+            "open(sys.argv[1], 'a').write('on\\n')"
+        )
+        dropped = {
+            "kind": "command",
+            "on_argv": [sys.executable, "-c", flaky_on, str(log), str(busy)],
+            "off_argv": [sys.executable, "-c", APPEND, str(log), "off"],
+        }
+        rewrite(files, actions=None, actuators=[hwmon(files.pwm), dropped])
+        with up(publish(files)):
+            ctl = control(files)
+            try:
+                ctl.wait_for("transition", state="normal")
+                set_reading(files.reading, "on_battery")
+                ctl.wait_for("transition", state="shedding")
+                deadline = time.monotonic() + 3.0
+                while (not log.exists() or not log.read_text().endswith("off\n")) and (
+                    time.monotonic() < deadline
+                ):
+                    time.sleep(0.01)
+                assert log.read_text().endswith("off\n")
+                busy.touch()
+                rewrite(files, actuators=[hwmon(files.pwm)])
+                ctl.signal(signal.SIGHUP)
+                ctl.wait_for("reloaded")
+                ctl.wait_for("actuator_failed", timeout=3.0)  # busy, the first time
+                ctl.wait_for("actuator_released", timeout=5.0)
+                assert log.read_text().endswith("off\non\n")
+                assert not busy.exists()  # it was tried, refused, and tried again
+                assert files.pwm.read_text() == f"{OFF}\n"  # the one kept stays shed
+            finally:
+                ctl.stop()
+
+
 # --- 9: a clean stop while the fans are shed ------------------------------------------------
 
 

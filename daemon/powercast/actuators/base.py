@@ -10,6 +10,8 @@ from typing import Final, Protocol
 
 import structlog
 
+from powercast.pacing import Backoff
+
 log = structlog.get_logger("powercast.actuators")
 
 SAFE_POSITION: Final = True
@@ -77,22 +79,20 @@ class Worker:
         """The worker's task: learn the position, then follow the wishes."""
         await self.probe()
         self._wake.set()  # a wish made during the probe is acted on now
-        backoff = self.min_backoff_s
+        backoff = Backoff(self.min_backoff_s, self.max_backoff_s)
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self.desired is not None and self.desired != self.known:
-                target = self.desired
-                if await self._step(target):
-                    backoff = self.min_backoff_s
+                if await self._step(self.desired):
+                    backoff.delay(ok=True)
                     continue
                 try:  # a new wish ends the wait early
-                    async with asyncio.timeout(backoff):
+                    async with asyncio.timeout(backoff.delay(ok=False)):
                         await self._wake.wait()
                         self._wake.clear()
                 except TimeoutError:
                     pass
-                backoff = min(backoff * 2, self.max_backoff_s)
 
     async def _step(self, on: bool) -> bool:
         name = self.driver.name

@@ -58,6 +58,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self.actions = ActionQueue()
         self.dry_run = dry_run
         self._workers: dict[str, tuple[Worker, asyncio.Task[None]]] = {}
+        self._released: dict[str, tuple[Worker, asyncio.Task[None]]] = {}
+        """Actuators a reload dropped, still being driven to fans on (by driver name)."""
         self._tg: asyncio.TaskGroup | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._unicast: asyncio.DatagramTransport | None = None
@@ -94,7 +96,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._carry_out(self.plan.start())  # workers probe on their own: none waits for another
         self._transport = await self._listen(self.config.network)
         self._unicast = await self._listen_unicast(self.config.network)
-        self._carry_out(self.plan.reconcile(self.core.zones))
+        self._reconcile()
         self._arm()
 
     def loaded(self) -> None:
@@ -111,7 +113,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         if self.dry_run:
             return
         self._carry_out(self.plan.stop(leave_fans=False))
-        workers = [w for w, _ in self._workers.values()]
+        workers = [w for w, _ in (*self._workers.values(), *self._released.values())]
         try:
             async with asyncio.timeout(SHUTDOWN_GRACE_S):
                 while any(w.known is not True for w in workers):
@@ -156,13 +158,26 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._workers[key] = (worker, self._tg.create_task(worker.run(), name=driver.name))
 
     def _release(self, key: str, config: cfg.Actuator) -> None:
-        """An actuator the config no longer drives (or drives differently) is left in its
-        safe state, fans on, by a task of its own: nothing will move it again."""
+        """An actuator the config no longer drives (or drives differently) is driven to its
+        safe state, fans on, by a worker of its own, retried until it gets there: nothing
+        else will move it again. Its worker then ends."""
         entry = self._workers.pop(key, None)
         if entry is not None:
             entry[1].cancel()
-        if self._tg is not None and not self.dry_run:
-            self._tg.create_task(_release(key, config), name=f"release {key}")
+        if self._tg is None or self.dry_run:
+            return
+        driver = make_driver(config, f"{key}({config.__struct_config__.tag})")
+        worker = Worker(driver, key.split("/", 1)[0])
+        worker.want(SAFE_POSITION)
+        worker.on_change = self._release_changed
+        self._released[driver.name] = (worker, self._tg.create_task(worker.run(), name=driver.name))
+
+    def _release_changed(self, worker: Worker) -> None:
+        if worker.known is SAFE_POSITION:
+            log.warning("actuator_released", actuator=worker.driver.name, position="on")
+            _, task = self._released.pop(worker.driver.name, (None, None))
+            if task is not None:
+                task.cancel()
 
     async def _listen(self, network: cfg.Network) -> asyncio.DatagramTransport:
         sock = net.open_receiver(network.group, network.port, network.interface)
@@ -277,8 +292,9 @@ class ControllerDaemon(Daemon[ControllerConfig]):
     def _reconcile(self) -> None:
         """Zones whose first evaluation moved nothing: their actuators to the state's
         position, their state's commands replayed (the plan decides which)."""
+        before = set(self.plan.settled)
         effects = self.plan.reconcile(self.core.zones)
-        for name in {e.decision.zone for e in effects if isinstance(e, RunActions | LogDryRun)}:
+        for name in sorted(self.plan.settled - before):
             policy = self.core.zones[name]
             log.info("reconciled", zone=name, state=policy.state, reason=policy.reason)
         self._carry_out(effects)
@@ -366,14 +382,3 @@ class ControllerDaemon(Daemon[ControllerConfig]):
 SHUTDOWN_GRACE_S: Final = 10.0
 """At a stop, how long the actuators get to reach fans on (the unit allows 30 s to stop;
 ``powercast failsafe`` tries again after)."""
-
-
-async def _release(key: str, config: cfg.Actuator) -> None:
-    driver = make_driver(config, f"{key}({config.__struct_config__.tag})")
-    try:
-        async with asyncio.timeout(driver.timeout_s):
-            await driver.apply(SAFE_POSITION)
-    except Exception as err:  # one device's failure must not end the daemon
-        log.error("actuator_release_failed", actuator=driver.name, error=str(err) or repr(err))
-    else:
-        log.warning("actuator_released", actuator=driver.name, position="on")

@@ -24,10 +24,11 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from powercast import config as cfg
 from powercast import net, wire
 from powercast.auth import Keyring
+from powercast.pacing import Backoff, Pacer
 from powercast.relay import BATCH, LOG_EVERY_S, MAX_PACKET, OUTBOX_SIZE, Relay, Side
 from powercast.runtime.lifecycle import Daemon
 from powercast.runtime.receiver import Receiver
-from powercast.sources.base import Backoff, SourceError, read_secret
+from powercast.sources.base import SourceError, read_secret
 from powercast.systemd import Notifier
 
 log = structlog.get_logger("powercast")
@@ -52,7 +53,7 @@ class RelayDaemon(Daemon[cfg.RelayConfig]):
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue(OUTBOX_SIZE)
         self._broker_task: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
-        self._quiet_until: dict[str, float] = {}
+        self._pacer = Pacer(LOG_EVERY_S)
         self.connected_since: float | None = None
         """Wall clock of the current connection to the broker; None while there is none."""
         self.down_since: float | None = None
@@ -157,12 +158,10 @@ class RelayDaemon(Daemon[cfg.RelayConfig]):
             self._limited(f"{side}.{why}", "datagram_not_relayed", side=side, reason=why)
 
     def _limited(self, key: str, event: str, **fields: Any) -> None:
-        """A warning, at most one per ``key`` every LOG_EVERY_S."""
-        now = self.loop.time()
-        if now < self._quiet_until.get(key, -1.0):
-            return
-        self._quiet_until[key] = now + LOG_EVERY_S
-        log.warning(event, **fields)
+        """A warning, at most one per ``key`` every LOG_EVERY_S (the rest counted)."""
+        held = self._pacer.fields(key, self.loop.time())
+        if held is not None:
+            log.warning(event, **fields, **held)
 
     # --- the broker side --------------------------------------------------------------------
 
