@@ -439,6 +439,47 @@ class TestControllerUnit:
         assert box.prop(CONTROLLER, "MainPID") == pid
         assert box.prop(CONTROLLER, "ActiveState") == "active"
 
+    def test_no_controller_means_fans_on(self, box: Sandbox) -> None:
+        """A fan PWM shed by the controller goes back on at `systemctl stop` (the daemon,
+        then ExecStopPost's failsafe) and after a SIGKILL (the failsafe alone); with the
+        leave-fans marker a stop leaves it shed."""
+        pwm = "/var/lib/powercast/pwm1"
+        config = controller_config()
+        config["actuators"] = [{"kind": "hwmon", "path": pwm, "on_value": 255, "off_value": 0}]
+        box.write("/etc/powercast/controller.toml", tomli_w.dumps(config))
+        box.sh("install", "-d", "-m", "0750", "-o", "powercast", "/var/lib/powercast")
+        box.sh("install", "-m", "0644", "-o", "powercast", "/dev/null", pwm)
+
+        def reads(value: str) -> Callable[[], bool]:
+            return lambda: box.sh("cat", pwm).stdout.strip() == value
+
+        def shed() -> None:
+            box.set_reading("on_battery")
+            box.sh("systemctl", "start", CONTROLLER, PUBLISHER)
+            box.wait_for("the fans shed", reads("0"), CONTROLLER)
+
+        shed()
+        cursor = box.cursor()
+        box.sh("systemctl", "stop", CONTROLLER)
+        assert reads("255")()
+        box.event(CONTROLLER, "stopping_fans_on", after=cursor)
+        said = [e.get("MESSAGE", "") for e in box.journal(CONTROLLER, after=cursor)]
+        assert "powercast failsafe: 1 of 1 actuators set to fans on" in said, said
+
+        shed()
+        cursor = box.cursor()
+        box.sh("systemctl", "kill", "--kill-who=main", "--signal=SIGKILL", CONTROLLER)
+        box.wait_for("the failsafe after a kill", reads("255"), CONTROLLER, timeout=5.0)
+        said = [e.get("MESSAGE", "") for e in box.journal(CONTROLLER, after=cursor)]
+        assert "powercast failsafe: 1 of 1 actuators set to fans on" in said, said
+        box.wait_for("the restarted controller sheds again", reads("0"), CONTROLLER)
+
+        box.sh("sh", "-c", "echo maintenance > /run/powercast/controller.leave-fans")
+        box.sh("systemctl", "stop", CONTROLLER)
+        assert reads("0")()
+        box.sh("systemctl", "stop", PUBLISHER)
+        box.sh("rm", "-f", "/run/powercast/controller.leave-fans", pwm)
+
     def test_watchdog_restarts_hung_loop(self, box: Sandbox) -> None:
         """A stopped event loop misses its watchdog pings: killed (SIGABRT) and restarted."""
         # The unit's 10 s, shortened for the test; the daemon pings at half of what it gets.
