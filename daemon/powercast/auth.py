@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from powercast.config import ControllerConfig, PublisherConfig, RelayConfig
 from powercast.errors import EX_CONFIG, PowercastError
+from powercast.systemd import credentials_directory
 from powercast.wire import TAG_SIZE, Envelope, Frame
 
 KEY_FILE: Final = re.compile(r"^(?:.*_)?(\d{1,5})\.key$")
@@ -41,9 +42,7 @@ def keys_dir(configured: str, environ: dict[str, str] | None = None) -> Path:
     """The directory to read: as configured, else systemd's credentials, else /etc."""
     if configured:
         return Path(configured)
-    env = os.environ if environ is None else environ
-    credentials = env.get("CREDENTIALS_DIRECTORY")
-    return Path(credentials) if credentials else DEFAULT_DIR
+    return credentials_directory(environ) or DEFAULT_DIR
 
 
 @dataclass
@@ -111,8 +110,7 @@ class Keyring:
 
 def _home(directory: Path) -> Path:
     """Where an operator creates keys: systemd's credentials directory is only a copy."""
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    return DEFAULT_DIR if credentials and directory == Path(credentials) else directory
+    return DEFAULT_DIR if directory == credentials_directory() else directory
 
 
 def read_key(path: Path) -> bytes:
