@@ -50,9 +50,9 @@ from typing import Any
 import tomli_w
 
 from powercast import wire
-from powercast.auth import Keyring
 from powercast.config import ControllerConfig, load
 from powercast.controller import Controller
+from powercast.secrets import load_keyring
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -177,7 +177,7 @@ class Workdir:
         self.dir = base / name
         self.dir.mkdir()
         self.keys = harness.make_keys(self.dir / "keys")
-        self.keyring = Keyring.load(self.keys)
+        self.keyring = load_keyring(self.keys)
         self.port = free_port()
 
     def write(self, name: str, data: dict[str, Any]) -> Path:

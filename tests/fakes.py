@@ -1,7 +1,7 @@
 """Fake publishers for the controller's pure core: signed datagrams on a fake clock.
 
 A :class:`FakePublisher` builds real wire datagrams (wire.encode), signed with a key that
-``powercast.auth.keygen`` made in a temporary directory, as the default config
+``powercast.secrets.keygen`` made in a temporary directory, as the default config
 (auth.mode = "enforce") requires. Time is two plain floats: monotonic ``now`` and
 wall-clock ``WALL + now``.
 """
@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from powercast import wire
-from powercast.auth import Keyring, keygen
+from powercast.auth import Keyring
+from powercast.secrets import keygen, load_keyring
 from powercast.wire import Announcement, Power, PowerStatus
 
 WALL = 1_700_000_000.0
@@ -25,7 +26,7 @@ def make_keyring(directory: Path) -> Keyring:
     """A keyring holding one fresh key, id KEY_ID, made in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     keygen(KEY_ID, directory / f"{KEY_ID}.key")
-    return Keyring.load(directory)
+    return load_keyring(directory)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 
 import tomli_w
 
-from powercast.auth import keygen
+from powercast.secrets import keygen
 
 GROUP = "239.255.42.1"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 
 from powercast import net, wire
-from powercast.auth import Keyring, keygen
+from powercast.secrets import keygen, load_keyring
 
 from harness import GROUP, free_port, make_keys, network, running, write_toml
 
@@ -88,8 +88,8 @@ class TestAttack:
             stranger_dir.mkdir()
             keygen(1, stranger_dir / "1.key")
             keygen(9, stranger_dir / "9.key")
-            stranger = Keyring.load(stranger_dir)
-            ours = Keyring.load(keys)
+            stranger = load_keyring(stranger_dir)
+            ours = load_keyring(keys)
             tampered = bytearray(online)
             tampered[-33] ^= 0x40  # a byte of the body; the tag no longer matches
             attacks = {

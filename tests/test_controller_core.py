@@ -17,11 +17,12 @@ import pytest
 
 from powercast import controller as controller_module
 from powercast import wire
-from powercast.auth import Keyring, keygen
+from powercast.auth import Keyring
 from powercast.config import ControllerAuth, ControllerConfig
 from powercast.config import Policy as PolicySettings
 from powercast.controller import LOG_EVERY_S, Controller
 from powercast.policy import Decision
+from powercast.secrets import keygen, load_keyring
 from powercast.wire import PowerStatus
 
 from fakes import KEY_ID, WALL, FakePublisher
@@ -36,7 +37,7 @@ def keyring(tmp_path_factory: pytest.TempPathFactory) -> Keyring:
     """A keyring holding one fresh key, id 1."""
     directory: Path = tmp_path_factory.mktemp("keys")
     keygen(KEY_ID, directory / f"{KEY_ID}.key")
-    return Keyring.load(directory)
+    return load_keyring(directory)
 
 
 @dataclass

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from powercast import wire
-from powercast.auth import Keyring, keygen
+from powercast.auth import Keyring
 from powercast.config import ControllerAuth, ControllerConfig
 from powercast.config import Policy as PolicySettings
 from powercast.controller import Controller
 from powercast.runtime import RECEIVE_BATCH, Receiver
+from powercast.secrets import keygen, load_keyring
 
 WALL = 1_700_000_000.0
 
@@ -25,7 +26,7 @@ WALL = 1_700_000_000.0
 def keyring(tmp_path_factory: pytest.TempPathFactory) -> Keyring:
     directory: Path = tmp_path_factory.mktemp("keys")
     keygen(1, directory / "1.key")
-    return Keyring.load(directory)
+    return load_keyring(directory)
 
 
 def datagram(keyring: Keyring, publisher: str, seq: int, now: float, tal: float = 3.0) -> bytes:

@@ -31,7 +31,7 @@ import pytest
 from netbed import GROUP, PORT, Bed, Hall
 
 from powercast import wire
-from powercast.auth import Keyring, keygen
+from powercast.secrets import keygen, load_keyring
 
 NEWS_S = 1.0
 """From a reading changing at the publisher to every controller's transition."""
@@ -248,7 +248,7 @@ class TestAcrossHosts:
             stranger.mkdir(mode=0o700)
             keygen(1, stranger / "1.key")
             keygen(9, stranger / "9.key")
-            theirs = Keyring.load(stranger)
+            theirs = load_keyring(stranger)
             lie = msgspec.structs.replace(
                 online,
                 seq=online.seq + 1000,

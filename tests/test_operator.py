@@ -597,10 +597,10 @@ class TestPingProtocol:
         """A signed ping verifies with the same key, shows unknown_key or bad_tag otherwise,
         and is rejected by the announcement decoder for its magic."""
         from powercast import ping, wire
-        from powercast.auth import Keyring
+        from powercast.secrets import load_keyring
 
-        ours = Keyring.load(make_keys(tmp_path / "ours", 1))
-        theirs = Keyring.load(make_keys(tmp_path / "theirs", 2))
+        ours = load_keyring(make_keys(tmp_path / "ours", 1))
+        theirs = load_keyring(make_keys(tmp_path / "theirs", 2))
         data = ping.encode(ping.Probe("ping", "node-a", 7, 1, count=10), ours, 1)
         assert ping.decode(data, ours) == (ping.Probe("ping", "node-a", 7, 1, count=10), "good")
         assert ping.decode(data, theirs) is not None

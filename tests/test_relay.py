@@ -37,6 +37,7 @@ from powercast import control, wire
 from powercast import status as report
 from powercast.auth import Keyring
 from powercast.relay import MAX_PACKET, TABLE_SIZE, WINDOW, Relay
+from powercast.secrets import load_keyring
 
 from harness import Daemon, free_port, make_keys, running, write_toml
 
@@ -140,8 +141,8 @@ class TestRelayCore:
     def test_keyed_relay_drops_what_it_cannot_verify(self, tmp_path: Path) -> None:
         """With keys, an unsigned, unknown-key or wrongly tagged datagram is dropped and
         counted under its reason, before it is remembered: the real one still goes on."""
-        keyring = Keyring.load(make_keys(tmp_path / "keys", 1))
-        other = Keyring.load(make_keys(tmp_path / "other", 1, 2))
+        keyring = load_keyring(make_keys(tmp_path / "keys", 1))
+        other = load_keyring(make_keys(tmp_path / "other", 1, 2))
         relay = Relay(keyring)
         now = time.time()
         real = datagram(1, keyring=keyring)

@@ -1,4 +1,4 @@
-"""What all sources share: the retry schedule, secret files, and validated readings."""
+"""What all sources share: the retry schedule and validated readings."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from powercast.config import PublisherConfig, parse
 from powercast.sources import Backoff, SourceError
-from powercast.sources.base import make_reading, read_secret
+from powercast.sources.base import make_reading
 
 
 class TestExampleSources:
@@ -59,47 +59,6 @@ class TestBackoff:
         for _ in range(10_000):
             delay = b.delay(ok=False)
         assert delay == 30.0
-
-
-class TestReadSecret:
-    def test_first_line_of_a_private_file(self, tmp_path: Path) -> None:
-        """The secret is the first line, stripped; group-readable is fine."""
-        path = tmp_path / "pw"
-        path.write_text("s3cret  \nignored\n")
-        path.chmod(0o640)
-        assert read_secret(str(path), "nut a@h:1: password_file") == "s3cret"
-
-    def test_readable_by_others_is_refused(self, tmp_path: Path) -> None:
-        """A file others can read or write is refused, naming its mode."""
-        path = tmp_path / "pw"
-        path.write_text("s3cret\n")
-        path.chmod(0o644)
-        with pytest.raises(SourceError) as info:
-            read_secret(str(path), "x")
-        assert (
-            str(info.value)
-            == f"x: {path}: readable or writable by others (mode 0644); chmod o-rw it"
-        )
-
-    def test_missing_or_empty(self, tmp_path: Path) -> None:
-        """A missing or empty file is an error naming it."""
-        with pytest.raises(SourceError, match="cannot read: No such file"):
-            read_secret(str(tmp_path / "none"), "x")
-        empty = tmp_path / "empty"
-        empty.write_text("\n")
-        empty.chmod(0o600)
-        with pytest.raises(SourceError, match="empty"):
-            read_secret(str(empty), "x")
-
-    def test_symlink_is_refused(self, tmp_path: Path) -> None:
-        """A symbolic link is not followed (it could point anywhere)."""
-        target = tmp_path / "pw"
-        target.write_text("s3cret\n")
-        target.chmod(0o600)
-        link = tmp_path / "link"
-        link.symlink_to(target)
-        with pytest.raises(SourceError, match="cannot read"):
-            read_secret(str(link), "x")
 
 
 class TestMakeReading:

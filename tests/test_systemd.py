@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 import structlog
 
-from powercast.systemd import Notifier
+from powercast.systemd import (
+    Notifier,
+    credentials_directory,
+    runtime_directory,
+    state_directory,
+)
 
 
 class Receiver:
@@ -207,3 +212,27 @@ class TestWatchdogInterval:
         """WATCHDOG_USEC unset, empty, 0, negative or not a number gives None."""
         env = {} if value is None else {"WATCHDOG_USEC": value}
         assert Notifier(env).watchdog_interval() is None
+
+
+class TestDirectories:
+    def test_runtime_directory(self) -> None:
+        """RUNTIME_DIRECTORY's first entry, else /run/powercast when unset or empty."""
+        assert runtime_directory({"RUNTIME_DIRECTORY": "/run/a:/run/b"}) == Path("/run/a")
+        assert runtime_directory({"RUNTIME_DIRECTORY": ""}) == Path("/run/powercast")
+        assert runtime_directory({}) == Path("/run/powercast")
+
+    def test_state_directory(self) -> None:
+        """STATE_DIRECTORY's first entry, else None: nothing is kept outside systemd."""
+        assert state_directory({"STATE_DIRECTORY": "/var/lib/powercast"}) == Path(
+            "/var/lib/powercast"
+        )
+        assert state_directory({"STATE_DIRECTORY": "/var/lib/a:/var/lib/b"}) == Path("/var/lib/a")
+        assert state_directory({}) is None
+
+    def test_credentials_directory(self) -> None:
+        """CREDENTIALS_DIRECTORY is one path, taken whole; None when unset or empty."""
+        assert credentials_directory({"CREDENTIALS_DIRECTORY": "/run/credentials/x"}) == Path(
+            "/run/credentials/x"
+        )
+        assert credentials_directory({"CREDENTIALS_DIRECTORY": ""}) is None
+        assert credentials_directory({}) is None

@@ -48,10 +48,10 @@ import structlog
 from powercast.errors import PowercastError
 from powercast.pacing import LOG_EVERY_S, Pacer
 from powercast.policy import MAX_OVERRIDE_S
+from powercast.systemd import runtime_directory
 
 log = structlog.get_logger("powercast.control")
 
-RUN_DIR: Final = Path("/run/powercast")
 GROUP: Final = "powercast"
 MAX_REQUEST: Final = 64 * 1024
 """A request line longer than this is refused (a status request is about 20 bytes)."""
@@ -76,9 +76,7 @@ class ControlError(PowercastError):
 
 def default_socket(role: str, environ: dict[str, str] | None = None) -> Path:
     """``<role>.sock`` in systemd's RuntimeDirectory when it set one, else in /run/powercast."""
-    env = os.environ if environ is None else environ
-    runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
-    return Path(runtime or RUN_DIR) / f"{role}.sock"
+    return runtime_directory(environ) / f"{role}.sock"
 
 
 def socket_path(configured: str, role: str) -> Path:

@@ -21,7 +21,7 @@ from typing import Any, Final, TextIO
 
 import tomli_w
 
-from powercast.auth import keygen
+from powercast.secrets import keygen
 
 EXPECTED: Final = (
     "normal",

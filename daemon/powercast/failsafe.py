@@ -27,32 +27,23 @@ from powercast.actuators import make_driver
 from powercast.actuators.base import SAFE_POSITION
 from powercast.plan import LEAVE_FANS
 from powercast.policy import NO_DATA, Decision
+from powercast.systemd import runtime_directory, state_directory
 
 RUNNING_CONFIG: Final = "controller.running.toml"
 """The copy of the config the controller runs, in its state (else runtime) directory."""
 FAILSAFE_BOUND_S: Final = 30.0
 """``powercast failsafe`` gives up waiting on any device or command after this long."""
-RUN_DIR: Final = Path("/run/powercast")
-
-
-def _first(value: str) -> Path | None:
-    first = value.split(":", maxsplit=1)[0]
-    return Path(first) if first else None
-
-
-def runtime_dir() -> Path:
-    return _first(os.environ.get("RUNTIME_DIRECTORY", "")) or RUN_DIR
 
 
 def leave_fans_marker() -> Path | None:
     """Where the operator's "leave the fans" file would be."""
-    return runtime_dir() / LEAVE_FANS
+    return runtime_directory() / LEAVE_FANS
 
 
 def keep_running_config(config: cfg.ControllerConfig, state_dir: Path | None) -> None:
     """Write the running config's copy atomically; failing to is not fatal (logged by
     the caller's next failsafe, which falls back to the file on disk)."""
-    directory = state_dir or runtime_dir()
+    directory = state_dir or runtime_directory()
     with contextlib.suppress(OSError):
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".running-", suffix=".tmp")
         try:
@@ -68,9 +59,9 @@ def keep_running_config(config: cfg.ControllerConfig, state_dir: Path | None) ->
 def running_config_paths(configured: cfg.ControllerConfig | None) -> list[Path]:
     """Where a copy of the running config may be: state directory, then runtime directory."""
     dirs = [
-        _first(os.environ.get("STATE_DIRECTORY", "")),
+        state_directory(),
         Path(configured.persist.state_dir) if configured and configured.persist.state_dir else None,
-        runtime_dir(),
+        runtime_directory(),
     ]
     return [d / RUNNING_CONFIG for d in dirs if d is not None]
 

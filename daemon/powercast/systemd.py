@@ -1,4 +1,5 @@
-"""Tell the service manager how the daemon is doing: ready, reloading, stopping, status, watchdog.
+"""Tell the service manager how the daemon is doing: ready, reloading, stopping, status, watchdog;
+and find the directories it made for us: runtime, state, credentials.
 
 Everything here is a no-op when NOTIFY_SOCKET is unset, so the daemon runs the same outside
 systemd. The environment is read once, when the Notifier is made; tests hand in a mapping
@@ -7,6 +8,10 @@ instead of touching os.environ.
 sdnotify does the sending. Left to itself it swallows every error (a wrong NOTIFY_SOCKET, a
 STATUS= it cannot encode), so it runs with debug=True and the errors are caught here, logged
 once at warning, and never raised: losing a notification must not stop the daemon.
+
+The directories come from RUNTIME_DIRECTORY, STATE_DIRECTORY and CREDENTIALS_DIRECTORY, read
+here and nowhere else. systemd sets the first two to a colon-separated list when a unit names
+several directories; ours name one, and the first entry is the one we use.
 """
 
 from __future__ import annotations
@@ -15,11 +20,43 @@ import os
 import socket
 import time
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
 
 import sdnotify  # type: ignore[import-untyped]  # sdnotify 0.3.2 (2017) ships no type hints
 import structlog
 
 _log = structlog.get_logger(__name__)
+
+RUN_DIR: Final = Path("/run/powercast")
+"""The runtime directory outside systemd: the one the units' RuntimeDirectory=powercast makes."""
+
+
+def _first_directory(name: str, environ: Mapping[str, str] | None) -> Path | None:
+    """The first entry of the colon-separated list in ``name``, None when unset or empty."""
+    env = os.environ if environ is None else environ
+    first = env.get(name, "").split(":", maxsplit=1)[0]
+    return Path(first) if first else None
+
+
+def runtime_directory(environ: Mapping[str, str] | None = None) -> Path:
+    """RuntimeDirectory= (control sockets, the leave-fans marker), else :data:`RUN_DIR`."""
+    return _first_directory("RUNTIME_DIRECTORY", environ) or RUN_DIR
+
+
+def state_directory(environ: Mapping[str, str] | None = None) -> Path | None:
+    """StateDirectory= (what the controller keeps across restarts), None outside systemd."""
+    return _first_directory("STATE_DIRECTORY", environ)
+
+
+def credentials_directory(environ: Mapping[str, str] | None = None) -> Path | None:
+    """Where LoadCredential= put the unit's secrets, None when it loaded none.
+
+    One path, never a list: it is taken whole.
+    """
+    env = os.environ if environ is None else environ
+    credentials = env.get("CREDENTIALS_DIRECTORY", "")
+    return Path(credentials) if credentials else None
 
 
 def _socket_address(value: str) -> str:

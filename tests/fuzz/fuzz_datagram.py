@@ -17,13 +17,13 @@ import atheris
 
 with atheris.instrument_imports():
     from powercast import wire
-    from powercast.auth import Keyring, keygen
     from powercast.config import ControllerAuth, ControllerConfig
     from powercast.controller import Controller
+    from powercast.secrets import keygen, load_keyring
 
 _dir = Path(tempfile.mkdtemp(prefix="powercast-fuzz-"))
 keygen(1, _dir / "1.key")
-_ring = Keyring.load(_dir)
+_ring = load_keyring(_dir)
 _sign = _ring.signer(1)
 _controller = Controller(
     ControllerConfig(auth=ControllerAuth(keys_dir=str(_dir), max_clock_skew_s=0.0)), _ring

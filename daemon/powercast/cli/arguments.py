@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from powercast import config as cfg
-from powercast.auth import Keyring, keys_dir
+from powercast.auth import Keyring
+from powercast.secrets import keys_dir, load_keyring
 
 Handler = Callable[[argparse.Namespace], int]
 """Runs one command; the exit status. An error an operator can act on is raised, as a
@@ -78,7 +79,7 @@ class Group:
             address=args.group or network.group,
             port=args.port or network.port,
             interface=args.interface or network.interface,
-            keyring=Keyring.load(directory),
+            keyring=load_keyring(directory),
         )
 
     def ttl(self, flag: int | None) -> int:

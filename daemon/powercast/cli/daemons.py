@@ -10,10 +10,10 @@ from pathlib import Path
 
 from powercast import config as cfg
 from powercast import failsafe, logs
-from powercast.auth import load_keys
 from powercast.cli.arguments import Commands, command
 from powercast.net import NetworkError
 from powercast.runtime import serve
+from powercast.secrets import load_keys
 
 
 def add_commands(commands: Commands) -> None:

@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 from powercast import config as cfg
-from powercast.auth import KeyringError, keygen, load_keys
+from powercast.auth import KeyringError
 from powercast.cli.arguments import Commands, command
 from powercast.errors import EX_CONFIG
+from powercast.secrets import keygen, load_keys
 
 
 def add_commands(commands: Commands) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -33,7 +32,7 @@ from powercast.plan import (
 from powercast.policy import Decision, Override
 from powercast.runtime.lifecycle import Daemon
 from powercast.runtime.receiver import Receiver
-from powercast.systemd import Notifier
+from powercast.systemd import Notifier, state_directory
 
 log = structlog.get_logger("powercast")
 
@@ -65,8 +64,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._unicast: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
-        state_dir = config.persist.state_dir or os.environ.get("STATE_DIRECTORY", "")
-        self._state_dir = Path(state_dir.split(":")[0]) if state_dir else None
+        configured = config.persist.state_dir
+        self._state_dir = Path(configured) if configured else state_directory()
 
     @property
     def workers(self) -> dict[str, list[Worker]]:

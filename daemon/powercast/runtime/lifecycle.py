@@ -18,8 +18,9 @@ import structlog
 from powercast import config as cfg
 from powercast import control, net
 from powercast import status as report
-from powercast.auth import Keyring, KeyringError, load_keys
+from powercast.auth import Keyring, KeyringError
 from powercast.config import ControllerConfig, PublisherConfig, RelayConfig
+from powercast.secrets import load_keys
 from powercast.systemd import Notifier
 from powercast.tally import Tally
 

@@ -28,7 +28,8 @@ from powercast.pacing import Backoff, Pacer
 from powercast.relay import BATCH, LOG_EVERY_S, MAX_PACKET, OUTBOX_SIZE, Relay, Side
 from powercast.runtime.lifecycle import Daemon
 from powercast.runtime.receiver import Receiver
-from powercast.sources.base import SourceError, read_secret
+from powercast.secrets import SecretError, read_secret
+from powercast.sources.base import SourceError
 from powercast.systemd import Notifier
 
 log = structlog.get_logger("powercast")
@@ -295,7 +296,10 @@ def _verifying(keyring: Keyring) -> Keyring | None:
 def _client(broker: cfg.Broker) -> aiomqtt.Client:
     """An MQTT v5 client for ``broker``: clean start, no will, nothing persisted, and no
     packet over MAX_PACKET (the broker drops those for us instead of sending them)."""
-    password = read_secret(broker.password_file, "broker") if broker.password_file else None
+    try:
+        password = read_secret(broker.password_file, "broker") if broker.password_file else None
+    except SecretError as err:
+        raise SourceError(str(err)) from None
     connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: no hints
     connect.MaximumPacketSize = MAX_PACKET
     client = aiomqtt.Client(

@@ -1,10 +1,9 @@
-"""What every source shares: the reader protocol, its error, reading validation, secrets
-and the retry schedule of a failing source (:class:`~powercast.pacing.Backoff`)."""
+"""What every source shares: the reader protocol, its error, reading validation and the
+retry schedule of a failing source (:class:`~powercast.pacing.Backoff`). Password and
+community files are read by :func:`powercast.secrets.read_secret`."""
 
 from __future__ import annotations
 
-import os
-import stat
 import tomllib
 from typing import Any, Protocol
 
@@ -19,7 +18,6 @@ __all__ = [
     "SourceError",
     "make_reading",
     "parse_reading",
-    "read_secret",
 ]
 
 
@@ -65,26 +63,6 @@ def make_reading(raw: dict[str, Any], origin: str) -> Reading:
         return msgspec.convert(raw, type=Reading, strict=True)
     except msgspec.ValidationError as err:
         raise SourceError(f"{origin}: {explain(str(err), raw, Reading)}") from None
-
-
-def read_secret(path: str, origin: str) -> str:
-    """The first line of a password or community file that others cannot read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as err:
-        raise SourceError(f"{origin}: {path}: cannot read: {err.strerror or err}") from None
-    with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        if mode & (stat.S_IROTH | stat.S_IWOTH):
-            raise SourceError(
-                f"{origin}: {path}: readable or writable by others"
-                f" (mode {stat.S_IMODE(mode):04o}); chmod o-rw it"
-            )
-        data = f.read(4096)
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    if not lines or not lines[0].strip():
-        raise SourceError(f"{origin}: {path}: empty (expected the secret on its first line)")
-    return lines[0].strip()
 
 
 def _raw(data: bytes, fmt: str) -> Any:

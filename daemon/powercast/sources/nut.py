@@ -29,7 +29,8 @@ import ssl
 from typing import Any, Final
 
 from powercast.config import NutSource, Reading
-from powercast.sources.base import SourceError, make_reading, read_secret
+from powercast.secrets import SecretError, read_secret
+from powercast.sources.base import SourceError, make_reading
 
 MAX_LINE: Final = 4096
 VARIABLES: Final = (
@@ -315,7 +316,12 @@ class NutReader:
             if config.username is not None:
                 password = config.password
                 if config.password_file is not None:
-                    password = read_secret(config.password_file, f"{self._origin}: password_file")
+                    try:
+                        password = read_secret(
+                            config.password_file, f"{self._origin}: password_file"
+                        )
+                    except SecretError as err:
+                        raise SourceError(str(err)) from None
                 try:
                     await conn.login(config.username, password)
                 except NutError as err:

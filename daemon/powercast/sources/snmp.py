@@ -32,7 +32,8 @@ from pysnmp.hlapi.v3arch import asyncio as hlapi
 from pysnmp.proto import rfc1905
 
 from powercast.config import Reading, SnmpSource
-from powercast.sources.base import SourceError, make_reading, read_secret
+from powercast.secrets import SecretError, read_secret
+from powercast.sources.base import SourceError, make_reading
 
 UPS_MIB: Final = "1.3.6.1.2.1.33.1"
 OIDS: Final = {
@@ -188,15 +189,22 @@ class SnmpReader:
 
     def _auth_data(self) -> Any:
         config = self._config
+
+        def from_file(path: str, what: str) -> str:
+            try:
+                return read_secret(path, f"{self._origin}: {what}_file")
+            except SecretError as err:
+                raise SourceError(str(err)) from None
+
         if config.version == "2c":
             community = config.community
             if config.community_file is not None:
-                community = read_secret(config.community_file, f"{self._origin}: community_file")
+                community = from_file(config.community_file, "community")
             return hlapi.CommunityData(community, mpModel=1)  # noqa: S508  # v2c is asked for
 
         def secret(inline: str | None, path: str | None, what: str) -> str | None:
             if path is not None:
-                value = read_secret(path, f"{self._origin}: {what}_file")
+                value = from_file(path, what)
                 if len(value) < 8:
                     raise SourceError(f"{self._origin}: {path}: {what} shorter than 8 characters")
                 return value
