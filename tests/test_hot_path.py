@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from powercast import wire
 from powercast.auth import Keyring
@@ -135,3 +136,13 @@ class TestReceiver:
         steps = [b - a for a, b in itertools.pairwise(turns)]
         assert max(steps) <= RECEIVE_BATCH
         assert max(steps) > 1  # batched, not one per turn
+
+
+class TestReceiverErrors:
+    def test_socket_errors_are_logged_paced(self) -> None:
+        """ICMP errors a peer can cause as fast as it likes cost one log line per interval."""
+        receiver = Receiver(lambda data: None)
+        with structlog.testing.capture_logs() as logged:
+            for _ in range(500):
+                receiver.error_received(ConnectionRefusedError(111, "Connection refused"))
+        assert [e["event"] for e in logged] == ["socket_error"]

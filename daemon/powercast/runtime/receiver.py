@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
 
 import structlog
+
+from powercast.pacing import Pacer
 
 log = structlog.get_logger("powercast")
 
@@ -20,6 +23,7 @@ and timers and the watchdog still run between batches."""
 class Receiver(asyncio.DatagramProtocol):
     def __init__(self, on_datagram: Callable[[bytes], None]) -> None:
         self._sock: socket.socket | None = None
+        self._pacer = Pacer()
 
         def received(data: bytes, addr: object) -> None:
             on_datagram(data)
@@ -48,4 +52,7 @@ class Receiver(asyncio.DatagramProtocol):
             self._sock = None
 
     def error_received(self, exc: Exception) -> None:
-        log.warning("socket_error", error=str(exc))
+        """An error on the socket (an ICMP error a peer caused): logged paced."""
+        held = self._pacer.fields("socket_error", time.monotonic())
+        if held is not None:
+            log.warning("socket_error", error=str(exc), **held)
