@@ -14,6 +14,7 @@ asks this host for what a config names (interfaces, addresses, programs), for
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import json
 import os
@@ -31,21 +32,13 @@ import tomli_w
 
 from powercast import net, wire
 from powercast.errors import EX_CONFIG, PowercastError
+from powercast.states import State
 
 DEFAULT_PATHS: Final = {
     "publisher": Path("/etc/powercast/publisher.toml"),
     "controller": Path("/etc/powercast/controller.toml"),
     "relay": Path("/etc/powercast/relay.toml"),
 }
-STATES: Final = (
-    "normal",
-    "on_battery",
-    "shedding",
-    "thermal_override",
-    "failsafe",
-    "manual_on",
-    "manual_off",
-)
 
 
 def _wire_max(field: str) -> float:
@@ -60,9 +53,6 @@ MAX_TAL_S: Final = _wire_max("tal")
 """The longest time-allowed-to-live an announcement can carry (docs/wire-format.md)."""
 
 Role = Literal["publisher", "controller", "relay"]
-StateName = Literal[
-    "normal", "on_battery", "shedding", "thermal_override", "failsafe", "manual_on", "manual_off"
-]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 LogFormat = Literal["auto", "console", "logfmt", "json", "journal"]
 PowerStatusName = Literal["online", "on_battery", "low_battery", "unknown"]
@@ -497,7 +487,7 @@ class ZonePolicy(_Table, frozen=True):
 class Action(_Table, frozen=True):
     """A command run on entering a state: argv without a shell, bounded by a timeout."""
 
-    on: StateName
+    on: State
     argv: Argv
     timeout_s: Timeout = 10.0
 
@@ -966,11 +956,13 @@ def _field_names(cls: type, raw: Any, keys: list[str | int]) -> list[str]:
 
 
 def _options(cls: type, raw: Any, keys: list[str | int]) -> list[str]:
-    """The values a Literal key (or a table's ``kind``) may take."""
+    """The values a Literal or StrEnum key (or a table's ``kind``) may take."""
     if keys and keys[-1] == "kind":  # the tag of a union of tables: its members' tags
         union = _strip(_type_at(cls, raw, keys[:-1]))
         return [str(_strip(m).__struct_config__.tag) for m in typing.get_args(union)]
     tp = _strip(_type_at(cls, raw, keys))
+    if isinstance(tp, type) and issubclass(tp, enum.StrEnum):
+        return [member.value for member in tp]
     return list(typing.get_args(tp)) if typing.get_origin(tp) is Literal else []
 
 

@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from powercast import __version__, control
 from powercast.config import listen_address
 from powercast.pacing import LOG_EVERY_S
-from powercast.policy import FANS_ON
+from powercast.states import State
 
 Snapshot = Callable[[], dict[str, Any]]
 """A daemon's ``snapshot``: its status document, read at each scrape."""
@@ -178,7 +178,7 @@ def _zones(zones: list[dict[str, Any]]) -> Iterable[Metric]:
     )
     for z in zones:
         name = z["zone"]
-        for s in FANS_ON:
+        for s in State:
             state.add_metric([name, s], 1.0 if s == z["state"] else 0.0)
         in_state.add_metric([name], z["for_s"])
         fans.add_metric([name], 1.0 if z["fans"] == "on" else 0.0)
