@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from powercast.config import ControllerConfig, PublisherConfig, RelayConfig
 from powercast.errors import EX_CONFIG, PowercastError
-from powercast.wire import TAG_SIZE, Envelope, Frame
+from powercast.wire import TAG_SIZE, Envelope, Frame, Reject
 
 KEY_FILE: Final = re.compile(r"^(?:.*_)?(\d{1,5})\.key$")
 DEFAULT_DIR: Final = Path("/etc/powercast/keys")
@@ -97,16 +97,16 @@ class Keyring:
 
         return sign
 
-    def verify(self, frame: Frame | Envelope) -> str | None:
+    def verify(self, frame: Frame | Envelope) -> Reject | None:
         """None when the tag is good, else why not: ``unsigned``, ``unknown_key``, ``bad_tag``."""
         if frame.key_id == 0:
-            return "unsigned"
+            return Reject.unsigned
         mac = self._macs.get(frame.key_id)
         if mac is None:
-            return "unknown_key"
+            return Reject.unknown_key
         h = mac.copy()
         h.update(frame.signed)
-        return None if hmac.compare_digest(h.digest(), frame.tag) else "bad_tag"
+        return None if hmac.compare_digest(h.digest(), frame.tag) else Reject.bad_tag
 
 
 def _home(directory: Path) -> Path:

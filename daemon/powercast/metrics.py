@@ -34,6 +34,7 @@ from powercast import __version__, control
 from powercast.config import listen_address
 from powercast.pacing import LOG_EVERY_S
 from powercast.states import State
+from powercast.wire import Reject
 
 Snapshot = Callable[[], dict[str, Any]]
 """A daemon's ``snapshot``: its status document, read at each scrape."""
@@ -45,11 +46,6 @@ BACKLOG: Final = 64
 """Connections the kernel queues for us to accept (each is accepted at once, served or
 refused): a burst of scrapers waits in the queue instead of having its SYNs dropped."""
 VERDICTS: Final = ("new", "news", "repeat", "duplicate")
-REJECTS: Final = (
-    *("size", "truncated", "magic", "version", "tag", "length", "body"),  # wire.decode
-    *("unsigned", "unknown_key", "bad_tag", "clock", "unlisted", "replay"),  # the controller
-)
-"""Reasons always exposed, at 0 until seen, so that rate() works from the first scrape."""
 POSITIONS: Final = ("on", "off", "unknown")
 
 
@@ -130,7 +126,8 @@ def _datagrams(datagrams: dict[str, Any]) -> Iterable[Metric]:
         labels=["reason"],
     )
     seen = datagrams["rejected"]
-    for reason in sorted(set(REJECTS) | set(seen)):
+    # Every reason from the first scrape, at 0 until seen, so that rate() works at once.
+    for reason in sorted({*Reject, *seen}):
         rejected.add_metric([reason], seen.get(reason, 0))
     yield rejected
     unverified = CounterMetricFamily(
