@@ -13,8 +13,7 @@ import pytest
 
 from powercast import wire
 from powercast.auth import Keyring, keygen
-from powercast.config import ControllerAuth, ControllerConfig
-from powercast.config import Policy as PolicySettings
+from powercast.config import ControllerAuth, ControllerConfig, PolicySettings
 from powercast.controller import Controller
 from powercast.runtime import RECEIVE_BATCH, Receiver
 

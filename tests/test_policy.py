@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from statemachine.exceptions import TransitionNotAllowed
 
-from powercast.config import Policy as PolicySettings
+from powercast.config import PolicySettings
 from powercast.policy import FANS_ON, NO_DATA, FanChart, Policy, Situation, combine
 from powercast.states import INITIAL, State
 from powercast.wire import PowerStatus

@@ -179,14 +179,14 @@ class Log(_Table, frozen=True):
     format: LogFormat = "auto"
 
 
-class Control(_Table, frozen=True):
+class ControlSettings(_Table, frozen=True):
     """The operator's control socket (`powercast status`, `powercast override`)."""
 
     socket: str = ""
     """A Unix socket path; empty: <role>.sock in $RUNTIME_DIRECTORY, else in /run/powercast."""
 
 
-class Metrics(_Table, frozen=True):
+class MetricsSettings(_Table, frozen=True):
     """The optional Prometheus endpoint."""
 
     listen: str = ""
@@ -431,8 +431,8 @@ class PublisherConfig(_Table, frozen=True):
     """News is repeated after this gap, then at doubling gaps until the heartbeat."""
     network: PublisherNetwork = msgspec.field(default_factory=PublisherNetwork)
     auth: PublisherAuth = msgspec.field(default_factory=PublisherAuth)
-    control: Control = msgspec.field(default_factory=Control)
-    metrics: Metrics = msgspec.field(default_factory=Metrics)
+    control: ControlSettings = msgspec.field(default_factory=ControlSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     sources: Annotated[list[Source], msgspec.Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: [
             SimulatedSource(timeline=[Step(power=PowerReading(status="online"))], repeat=False)
@@ -450,7 +450,7 @@ class PublisherConfig(_Table, frozen=True):
             )
 
 
-class Policy(_Table, frozen=True):
+class PolicySettings(_Table, frozen=True):
     """When to shed the fans and when to bring them back."""
 
     publishers: list[PublisherId] = []
@@ -567,10 +567,10 @@ class Persist(_Table, frozen=True):
 class ControllerConfig(_Table, frozen=True):
     role: Literal["controller"] = "controller"
     network: ControllerNetwork = msgspec.field(default_factory=ControllerNetwork)
-    policy: Policy = msgspec.field(default_factory=Policy)
+    policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
     auth: ControllerAuth = msgspec.field(default_factory=ControllerAuth)
-    control: Control = msgspec.field(default_factory=Control)
-    metrics: Metrics = msgspec.field(default_factory=Metrics)
+    control: ControlSettings = msgspec.field(default_factory=ControlSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     actions: list[Action] = []
     """Commands of the default zone (when no [[zones]] are given)."""
     actuators: list[Actuator] = []
@@ -589,7 +589,7 @@ class ControllerConfig(_Table, frozen=True):
                 " given, got top-level ones too"
             )
 
-    def policy_for(self, zone: Zone) -> Policy:
+    def policy_for(self, zone: Zone) -> PolicySettings:
         """The top-level [policy] with the zone's own keys over it."""
         own = zone.policy
         if own is None:
@@ -654,8 +654,8 @@ class RelayConfig(_Table, frozen=True):
     broker: Broker = msgspec.field(default_factory=Broker)
     direction: Literal["both", "to_broker", "from_broker"] = "both"
     """to_broker: only send this segment's announcements out; from_broker: only bring others in."""
-    control: Control = msgspec.field(default_factory=Control)
-    metrics: Metrics = msgspec.field(default_factory=Metrics)
+    control: ControlSettings = msgspec.field(default_factory=ControlSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     log: Log = msgspec.field(default_factory=Log)
 
 

@@ -30,7 +30,7 @@ from typing import Final, Literal
 from statemachine import StateMachine
 from statemachine.states import States
 
-from powercast.config import Policy as PolicySettings
+from powercast.config import PolicySettings
 from powercast.states import FANS_ON, INITIAL, State
 from powercast.wire import PowerStatus
 
