@@ -16,7 +16,7 @@ import msgspec
 from hypothesis import strategies as st
 
 from powercast import wire
-from powercast.config import Policy as PolicySettings
+from powercast.config import PolicySettings
 from powercast.policy import Situation
 from powercast.wire import Announcement, Power, PowerStatus
 

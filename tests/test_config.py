@@ -75,8 +75,8 @@ class TestErrors:
     def test_bad_choice_lists_the_choices(self) -> None:
         """A value outside a fixed set lists the set."""
         assert error('role = "controller"\n[[actions]]\non = "off"\nargv = ["x"]') == (
-            "f.toml: actions[0].on: expected one of 'normal', 'on_battery', 'shedding',"
-            " 'thermal_override', 'failsafe', 'manual_on', 'manual_off', got \"off\""
+            "f.toml: actions[0].on: expected one of 'failsafe', 'normal', 'on_battery',"
+            " 'shedding', 'thermal_override', 'manual_on', 'manual_off', got \"off\""
         )
         kind = error('role = "publisher"\n[[sources]]\nkind = "pigeon"')
         assert kind.startswith("f.toml: sources[0].kind: expected one of 'simulated', 'file', ")

@@ -18,8 +18,7 @@ import pytest
 from powercast import controller as controller_module
 from powercast import wire
 from powercast.auth import Keyring
-from powercast.config import ControllerAuth, ControllerConfig
-from powercast.config import Policy as PolicySettings
+from powercast.config import ControllerAuth, ControllerConfig, PolicySettings
 from powercast.controller import LOG_EVERY_S, Controller
 from powercast.policy import Decision
 from powercast.secrets import keygen, load_keyring

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from powercast.config import Policy as PolicySettings
+from powercast.config import PolicySettings
 from powercast.policy import Policy, Situation
 from powercast.wire import PowerStatus
 

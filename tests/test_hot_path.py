@@ -14,8 +14,7 @@ import structlog.testing
 
 from powercast import wire
 from powercast.auth import Keyring
-from powercast.config import ControllerAuth, ControllerConfig
-from powercast.config import Policy as PolicySettings
+from powercast.config import ControllerAuth, ControllerConfig, PolicySettings
 from powercast.controller import Controller
 from powercast.runtime import RECEIVE_BATCH, Receiver
 from powercast.secrets import keygen, load_keyring

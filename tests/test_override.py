@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from powercast import persist
-from powercast.config import ControllerConfig
-from powercast.config import Policy as PolicySettings
+from powercast.config import ControllerConfig, PolicySettings
 from powercast.controller import Controller
 from powercast.policy import FANS_ON, Override, Policy, Situation
 from powercast.wire import PowerStatus

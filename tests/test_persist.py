@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from powercast import persist
-from powercast.config import Policy as PolicySettings
+from powercast.config import PolicySettings
 from powercast.policy import MAX_OVERRIDE_S, Override, Policy
 
 WALL = 1_800_000_000.0

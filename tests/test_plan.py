@@ -15,8 +15,6 @@ from powercast.plan import (
 )
 from powercast.policy import NO_DATA, Decision, FanChart, Policy
 
-PolicySettings = cfg.Policy
-
 PWM_A = cfg.HwmonActuator(path="/sys/class/hwmon/hwmon0/pwm1")
 PWM_B = cfg.HwmonActuator(path="/sys/class/hwmon/hwmon0/pwm2")
 FANS = cfg.CommandActuator(on_argv=["fans", "on"], off_argv=["fans", "off"])
@@ -32,7 +30,7 @@ def zones(*zs: cfg.Zone) -> dict[str, cfg.Zone]:
 
 
 def policy(name: str, state: str | None = None) -> Policy:
-    p = Policy(PolicySettings(), zone=name)
+    p = Policy(cfg.PolicySettings(), zone=name)
     if state is not None:
         p.chart = FanChart(start_value=state)
     p.settled = True
@@ -56,7 +54,7 @@ class TestStart:
         """A restored shed confirmed by data: actuators off, the shed's commands again."""
         plan = Plan(zones(zone("a", PWM_A, actions=(PAGE,))))
         plan.start()
-        waiting = Policy(PolicySettings(), zone="a")  # not evaluated yet: nothing
+        waiting = Policy(cfg.PolicySettings(), zone="a")  # not evaluated yet: nothing
         assert plan.reconcile({"a": waiting}) == []
         effects = plan.reconcile({"a": policy("a", "shedding")})
         assert effects[0] == SetActuator("a/0", False)

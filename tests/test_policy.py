@@ -5,17 +5,22 @@ Time is a plain float passed in as ``now``; nothing here sleeps or reads a clock
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from statemachine.exceptions import TransitionNotAllowed
 
-from powercast.config import Policy as PolicySettings
+from powercast.config import PolicySettings
 from powercast.policy import FANS_ON, NO_DATA, FanChart, Policy, Situation, combine
+from powercast.states import INITIAL, State
 from powercast.wire import PowerStatus
 
 ONLINE = PowerStatus.ONLINE
 ON_BATTERY = PowerStatus.ON_BATTERY
 LOW_BATTERY = PowerStatus.LOW_BATTERY
 UNKNOWN = PowerStatus.UNKNOWN
+README = Path(__file__).parent.parent / "README.md"
 
 SETTINGS = PolicySettings(
     temp_high_c=35.0, temp_hysteresis_c=3.0, shed_after_s=5.0, restore_after_s=10.0
@@ -66,6 +71,18 @@ class TestFanChart:
         with pytest.raises(TransitionNotAllowed):
             chart.send("to_shedding")
         assert chart.current_state_value == "failsafe"
+
+    def test_states_come_from_the_table(self) -> None:
+        """The chart has exactly the table's states, in its order, each valued by its member."""
+        assert [state.id for state in FanChart.states] == [str(s) for s in State]
+        assert [state.value for state in FanChart.states] == list(State)
+        assert FanChart.initial_state.value is INITIAL
+
+    def test_readme_lists_the_table(self) -> None:
+        """README's table of states names each state once, in order, with its fans."""
+        section = README.read_text().split("## How it decides", 1)[1].split("\n## ", 1)[0]
+        rows = re.findall(r"^\| `(\w+)` \| (?:\*\*)?(on|off)(?:\*\*)? \|", section, re.MULTILINE)
+        assert rows == [(s.value, "on" if s.fans_on else "off") for s in State]
 
     @pytest.mark.parametrize("start", ["normal", "failsafe"])
     def test_shedding_not_reachable_from_fans_on_states(self, start: str) -> None:

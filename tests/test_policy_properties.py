@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from hypothesis import given
 
-from powercast.config import Policy as PolicySettings
+from powercast.config import PolicySettings
 from powercast.policy import FANS_ON, Policy, Situation
 from powercast.wire import PowerStatus
 

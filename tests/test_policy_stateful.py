@@ -42,8 +42,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from powercast import persist
 from powercast.auth import Keyring
-from powercast.config import ControllerConfig, HwmonActuator, Zone
-from powercast.config import Policy as PolicySettings
+from powercast.config import ControllerConfig, HwmonActuator, PolicySettings, Zone
 from powercast.controller import Controller
 from powercast.plan import Effect, Plan, SetActuator
 from powercast.policy import FANS_ON, Decision, Override

@@ -29,6 +29,7 @@ from powercast.wire import (
 from strategies import KEY, frame, sign
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "wire-format.md"
+README = DOC.parent.parent / "README.md"
 REASONS = {"size", "truncated", "magic", "version", "tag", "length", "body"}
 
 
@@ -447,3 +448,35 @@ class TestDecodeRobustness:
         assert err.reason == "magic"
         assert "b'PWRX'" in err.detail
         assert str(err) == f"magic: {err.detail}"
+
+
+class TestRejectReasons:
+    """The reasons a datagram is dropped for: declared once, in wire.Reject, and documented."""
+
+    def test_wire_format_lists_every_reason_in_order(self) -> None:
+        """docs/wire-format.md's receiver rules name each reason, in the order of the checks."""
+        section = DOC.read_text().split("## Receiver rules", 1)[1].split("\n## ", 1)[0]
+        documented = re.findall(r"^\| `(\w+)` +\|", section, re.MULTILINE)
+        assert documented == list(wire.Reject)
+
+    def test_readme_lists_every_reason_in_order(self) -> None:
+        """README's datagram_rejected log event names each reason, in the order of the checks."""
+        row = next(
+            line
+            for line in README.read_text().splitlines()
+            if line.startswith("| `datagram_rejected` |")
+        )
+        listed = re.findall(r"`(\w+)`", row.split("(", 1)[1].split(")", 1)[0])
+        assert listed == list(wire.Reject)
+
+    def test_metrics_expose_every_reason_from_the_first_scrape(self) -> None:
+        """Before any datagram is dropped, each reason's counter is there, at 0."""
+        metrics = pytest.importorskip("powercast.metrics")
+        datagrams = {"received": 0, "accepted": {}, "rejected": {}, "unverified": {}}
+        rejected = next(
+            family
+            for family in metrics._datagrams(datagrams)
+            if family.name == "powercast_datagrams_rejected"
+        )
+        exposed = {sample.labels["reason"]: sample.value for sample in rejected.samples}
+        assert exposed == dict.fromkeys(wire.Reject, 0)

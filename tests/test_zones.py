@@ -13,8 +13,7 @@ import pytest
 
 from powercast import persist
 from powercast.auth import Keyring
-from powercast.config import ConfigError, ControllerConfig, Zone, parse
-from powercast.config import Policy as PolicySettings
+from powercast.config import ConfigError, ControllerConfig, PolicySettings, Zone, parse
 from powercast.controller import Controller
 from powercast.policy import FANS_ON, Decision, Policy, Reading, combine
 from powercast.wire import PowerStatus

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from powercast.errors import EX_CONFIG, PowercastError
-from powercast.wire import Envelope, Frame
+from powercast.wire import Envelope, Frame, Reject
 
 
 class KeyringError(PowercastError):
@@ -64,13 +64,13 @@ class Keyring:
 
         return sign
 
-    def verify(self, frame: Frame | Envelope) -> str | None:
+    def verify(self, frame: Frame | Envelope) -> Reject | None:
         """None when the tag is good, else why not: ``unsigned``, ``unknown_key``, ``bad_tag``."""
         if frame.key_id == 0:
-            return "unsigned"
+            return Reject.unsigned
         mac = self._macs.get(frame.key_id)
         if mac is None:
-            return "unknown_key"
+            return Reject.unknown_key
         h = mac.copy()
         h.update(frame.signed)
-        return None if hmac.compare_digest(h.digest(), frame.tag) else "bad_tag"
+        return None if hmac.compare_digest(h.digest(), frame.tag) else Reject.bad_tag

@@ -14,6 +14,7 @@ asks this host for what a config names (interfaces, addresses, programs), for
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import json
 import os
@@ -31,21 +32,13 @@ import tomli_w
 
 from powercast import net, wire
 from powercast.errors import EX_CONFIG, PowercastError
+from powercast.states import State
 
 DEFAULT_PATHS: Final = {
     "publisher": Path("/etc/powercast/publisher.toml"),
     "controller": Path("/etc/powercast/controller.toml"),
     "relay": Path("/etc/powercast/relay.toml"),
 }
-STATES: Final = (
-    "normal",
-    "on_battery",
-    "shedding",
-    "thermal_override",
-    "failsafe",
-    "manual_on",
-    "manual_off",
-)
 
 
 def _wire_max(field: str) -> float:
@@ -60,9 +53,6 @@ MAX_TAL_S: Final = _wire_max("tal")
 """The longest time-allowed-to-live an announcement can carry (docs/wire-format.md)."""
 
 Role = Literal["publisher", "controller", "relay"]
-StateName = Literal[
-    "normal", "on_battery", "shedding", "thermal_override", "failsafe", "manual_on", "manual_off"
-]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 LogFormat = Literal["auto", "console", "logfmt", "json", "journal"]
 PowerStatusName = Literal["online", "on_battery", "low_battery", "unknown"]
@@ -189,14 +179,14 @@ class Log(_Table, frozen=True):
     format: LogFormat = "auto"
 
 
-class Control(_Table, frozen=True):
+class ControlSettings(_Table, frozen=True):
     """The operator's control socket (`powercast status`, `powercast override`)."""
 
     socket: str = ""
     """A Unix socket path; empty: <role>.sock in $RUNTIME_DIRECTORY, else in /run/powercast."""
 
 
-class Metrics(_Table, frozen=True):
+class MetricsSettings(_Table, frozen=True):
     """The optional Prometheus endpoint."""
 
     listen: str = ""
@@ -441,8 +431,8 @@ class PublisherConfig(_Table, frozen=True):
     """News is repeated after this gap, then at doubling gaps until the heartbeat."""
     network: PublisherNetwork = msgspec.field(default_factory=PublisherNetwork)
     auth: PublisherAuth = msgspec.field(default_factory=PublisherAuth)
-    control: Control = msgspec.field(default_factory=Control)
-    metrics: Metrics = msgspec.field(default_factory=Metrics)
+    control: ControlSettings = msgspec.field(default_factory=ControlSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     sources: Annotated[list[Source], msgspec.Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: [
             SimulatedSource(timeline=[Step(power=PowerReading(status="online"))], repeat=False)
@@ -460,7 +450,7 @@ class PublisherConfig(_Table, frozen=True):
             )
 
 
-class Policy(_Table, frozen=True):
+class PolicySettings(_Table, frozen=True):
     """When to shed the fans and when to bring them back."""
 
     publishers: list[PublisherId] = []
@@ -497,7 +487,7 @@ class ZonePolicy(_Table, frozen=True):
 class Action(_Table, frozen=True):
     """A command run on entering a state: argv without a shell, bounded by a timeout."""
 
-    on: StateName
+    on: State
     argv: Argv
     timeout_s: Timeout = 10.0
 
@@ -577,10 +567,10 @@ class Persist(_Table, frozen=True):
 class ControllerConfig(_Table, frozen=True):
     role: Literal["controller"] = "controller"
     network: ControllerNetwork = msgspec.field(default_factory=ControllerNetwork)
-    policy: Policy = msgspec.field(default_factory=Policy)
+    policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
     auth: ControllerAuth = msgspec.field(default_factory=ControllerAuth)
-    control: Control = msgspec.field(default_factory=Control)
-    metrics: Metrics = msgspec.field(default_factory=Metrics)
+    control: ControlSettings = msgspec.field(default_factory=ControlSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     actions: list[Action] = []
     """Commands of the default zone (when no [[zones]] are given)."""
     actuators: list[Actuator] = []
@@ -599,7 +589,7 @@ class ControllerConfig(_Table, frozen=True):
                 " given, got top-level ones too"
             )
 
-    def policy_for(self, zone: Zone) -> Policy:
+    def policy_for(self, zone: Zone) -> PolicySettings:
         """The top-level [policy] with the zone's own keys over it."""
         own = zone.policy
         if own is None:
@@ -664,8 +654,8 @@ class RelayConfig(_Table, frozen=True):
     broker: Broker = msgspec.field(default_factory=Broker)
     direction: Literal["both", "to_broker", "from_broker"] = "both"
     """to_broker: only send this segment's announcements out; from_broker: only bring others in."""
-    control: Control = msgspec.field(default_factory=Control)
-    metrics: Metrics = msgspec.field(default_factory=Metrics)
+    control: ControlSettings = msgspec.field(default_factory=ControlSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     log: Log = msgspec.field(default_factory=Log)
 
 
@@ -966,11 +956,13 @@ def _field_names(cls: type, raw: Any, keys: list[str | int]) -> list[str]:
 
 
 def _options(cls: type, raw: Any, keys: list[str | int]) -> list[str]:
-    """The values a Literal key (or a table's ``kind``) may take."""
+    """The values a Literal or StrEnum key (or a table's ``kind``) may take."""
     if keys and keys[-1] == "kind":  # the tag of a union of tables: its members' tags
         union = _strip(_type_at(cls, raw, keys[:-1]))
         return [str(_strip(m).__struct_config__.tag) for m in typing.get_args(union)]
     tp = _strip(_type_at(cls, raw, keys))
+    if isinstance(tp, type) and issubclass(tp, enum.StrEnum):
+        return [member.value for member in tp]
     return list(typing.get_args(tp)) if typing.get_origin(tp) is Literal else []
 
 

@@ -147,20 +147,24 @@ class Controller:
         skew = auth.max_clock_skew_s
         if skew and abs(message.sent - wall) > skew:
             self._reject(
-                "clock",
+                wire.Reject.clock,
                 f"from {publisher!r} sent {message.sent - wall:+.1f} s from our clock"
                 f" (auth.max_clock_skew_s = {skew:g})",
                 now,
             )
             return NOTHING
         if self._allowed and publisher not in self._allowed:
-            self._reject("unlisted", f"publisher {publisher!r} is not in policy.publishers", now)
+            self._reject(
+                wire.Reject.unlisted, f"publisher {publisher!r} is not in policy.publishers", now
+            )
             return NOTHING
         session = self.sessions.get(publisher)
         if session is None:
             if len(self.sessions) >= MAX_PUBLISHERS and not self._make_room(now):
                 self._reject(
-                    "capacity", f"{MAX_PUBLISHERS} publishers fresh; {publisher!r} not taken", now
+                    wire.Reject.capacity,
+                    f"{MAX_PUBLISHERS} publishers fresh; {publisher!r} not taken",
+                    now,
                 )
                 return NOTHING
             session = Session.first(message, now, self.config.policy.max_tal_s)
@@ -174,7 +178,7 @@ class Controller:
             verdict = session.offer(message, now)
         if verdict is Verdict.OLD:
             self._reject(
-                "replay",
+                wire.Reject.replay,
                 f"from {publisher!r} epoch {message.epoch} seq {message.seq}, older than"
                 f" epoch {session.message.epoch} seq {session.message.seq}",
                 now,
@@ -262,7 +266,7 @@ class Controller:
             del self.sessions[publisher]
         return bool(stale)
 
-    def _reject(self, reason: str, detail: str, now: float) -> None:
+    def _reject(self, reason: wire.Reject, detail: str, now: float) -> None:
         self.counters[f"rejected.{reason}"] += 1
         self._notice(reason, "datagram_rejected", reason, detail, now)
 

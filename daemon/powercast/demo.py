@@ -22,14 +22,15 @@ from typing import Any, Final, TextIO
 import tomli_w
 
 from powercast.secrets import keygen
+from powercast.states import State
 
 EXPECTED: Final = (
-    "normal",
-    "on_battery",
-    "shedding",
-    "thermal_override",
-    "shedding",
-    "normal",
+    State.normal,
+    State.on_battery,
+    State.shedding,
+    State.thermal_override,
+    State.shedding,
+    State.normal,
 )
 DEADLINE_S: Final = 19.0
 
@@ -97,7 +98,13 @@ def write_configs(directory: Path, port: int) -> tuple[Path, Path]:
         "control": {"socket": str(directory / "controller.sock")},  # no root needed
         "actions": [
             {"on": state, "argv": fans, "timeout_s": 5.0}
-            for state in ("failsafe", "normal", "on_battery", "shedding", "thermal_override")
+            for state in (
+                State.failsafe,
+                State.normal,
+                State.on_battery,
+                State.shedding,
+                State.thermal_override,
+            )
         ],
         "actuators": [{"kind": "hwmon", "path": str(pwm), "on_value": 255, "off_value": 0}],
         "persist": {"state_dir": str(directory)},

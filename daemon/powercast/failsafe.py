@@ -27,6 +27,7 @@ from powercast.actuators import make_driver
 from powercast.actuators.base import SAFE_POSITION
 from powercast.plan import LEAVE_FANS
 from powercast.policy import NO_DATA, Decision
+from powercast.states import State
 from powercast.systemd import runtime_directory, state_directory
 
 RUNNING_CONFIG: Final = "controller.running.toml"
@@ -120,7 +121,7 @@ async def to_safe_state(configs: list[cfg.ControllerConfig]) -> Report:
                         (f"{zone.name}/{index}({actuator.__struct_config__.tag})", actuator)
                     )
             for action in zone.actions:
-                if action.on == "failsafe" and action not in actions:
+                if action.on == State.failsafe and action not in actions:
                     actions.append(action)
     report = Report()
     tasks = [asyncio.create_task(_safe(name, actuator)) for name, actuator in jobs]
@@ -163,6 +164,7 @@ async def _safe(name: str, actuator: cfg.Actuator) -> str | None:
 
 
 async def _command(action: cfg.Action) -> str | None:
-    decision = Decision(0.0, "unknown", "failsafe", "no controller running", NO_DATA, "")
-    outcome = await run_command(action, environment(decision))
+    decision = Decision(0.0, State.failsafe, State.failsafe, "no controller running", NO_DATA, "")
+    env = environment(decision) | {"POWERCAST_PREVIOUS_STATE": "unknown"}  # no controller ran
+    outcome = await run_command(action, env)
     return None if outcome.ok else f"{outcome.result} {outcome.output[-200:]}".strip()

@@ -33,7 +33,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from powercast import __version__, control
 from powercast.config import listen_address
 from powercast.pacing import LOG_EVERY_S
-from powercast.policy import FANS_ON
+from powercast.states import State
+from powercast.wire import Reject
 
 Snapshot = Callable[[], dict[str, Any]]
 """A daemon's ``snapshot``: its status document, read at each scrape."""
@@ -45,11 +46,6 @@ BACKLOG: Final = 64
 """Connections the kernel queues for us to accept (each is accepted at once, served or
 refused): a burst of scrapers waits in the queue instead of having its SYNs dropped."""
 VERDICTS: Final = ("new", "news", "repeat", "duplicate")
-REJECTS: Final = (
-    *("size", "truncated", "magic", "version", "tag", "length", "body"),  # wire.decode
-    *("unsigned", "unknown_key", "bad_tag", "clock", "unlisted", "replay"),  # the controller
-)
-"""Reasons always exposed, at 0 until seen, so that rate() works from the first scrape."""
 POSITIONS: Final = ("on", "off", "unknown")
 
 
@@ -130,7 +126,8 @@ def _datagrams(datagrams: dict[str, Any]) -> Iterable[Metric]:
         labels=["reason"],
     )
     seen = datagrams["rejected"]
-    for reason in sorted(set(REJECTS) | set(seen)):
+    # Every reason from the first scrape, at 0 until seen, so that rate() works at once.
+    for reason in sorted({*Reject, *seen}):
         rejected.add_metric([reason], seen.get(reason, 0))
     yield rejected
     unverified = CounterMetricFamily(
@@ -178,7 +175,7 @@ def _zones(zones: list[dict[str, Any]]) -> Iterable[Metric]:
     )
     for z in zones:
         name = z["zone"]
-        for s in FANS_ON:
+        for s in State:
             state.add_metric([name, s], 1.0 if s == z["state"] else 0.0)
         in_state.add_metric([name], z["for_s"])
         fans.add_metric([name], 1.0 if z["fans"] == "on" else 0.0)

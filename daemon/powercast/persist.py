@@ -19,6 +19,7 @@ from typing import Final
 import msgspec
 
 from powercast.policy import MAX_OVERRIDE_S, FanChart, Override, Policy
+from powercast.states import State
 
 MAX_AGE_S: Final = 600.0
 FILE_NAME: Final = "controller-state.json"
@@ -88,7 +89,7 @@ def restore(record: StateRecord, zones: dict[str, Policy], now: float, wall: flo
         policy = zones.get(name)
         if policy is None or saved.state not in FanChart.states_map:
             continue
-        policy.chart = FanChart(start_value=saved.state)
+        policy.chart = FanChart(start_value=State(saved.state))
         policy.since = min(now, now - (wall - saved.entered_at))
         policy.reason = f"restored after restart: {saved.reason}"
         policy.battery_since = to_mono(saved.battery_since)

@@ -83,13 +83,13 @@ def decode(data: bytes, keyring: Keyring) -> tuple[Probe, str] | None:
     except msgspec.DecodeError:
         return None
     if key_id == 0:
-        return probe, "unsigned"
+        return probe, wire.Reject.unsigned
     try:
         sign = keyring.signer(key_id)
     except KeyringError:
-        return probe, "unknown_key"
+        return probe, wire.Reject.unknown_key
     good = hmac.compare_digest(sign(data[:end]), data[end:])
-    return probe, "good" if good else "bad_tag"
+    return probe, "good" if good else wire.Reject.bad_tag
 
 
 @dataclass
@@ -103,7 +103,7 @@ class Peer:
     """Sequence numbers of its pings we heard."""
     rtts: dict[int, float] = field(default_factory=dict)
     """Our ping's sequence number -> its round trip (s), from the peer's pong."""
-    auth: str = "unsigned"
+    auth: str = wire.Reject.unsigned
     key_id: int = 0
 
     def report(self) -> dict[str, Any]:

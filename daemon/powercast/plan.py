@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from powercast.config import Action, Actuator, Zone
-from powercast.policy import FANS_ON, Decision, Policy
+from powercast.policy import Decision, Policy
+from powercast.states import FANS_ON
 
 LEAVE_FANS: Final = "controller.leave-fans"
 """A file of this name in the runtime directory (``/run/powercast``) asks the next stop

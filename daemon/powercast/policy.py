@@ -2,8 +2,9 @@
 
 Everything that decides a state lives in this file, in three parts read top to bottom:
 
-1. :class:`FanChart`, the python-statemachine chart: the states and the only moves
-   between them, as data. A rule that asks for any other move is a bug and raises.
+1. :class:`FanChart`, the python-statemachine chart: the only moves between the states
+   (declared, with whether their fans run, in :mod:`powercast.states`), as data. A rule
+   that asks for any other move is a bug and raises.
 2. :func:`combine`, which folds the fresh publishers' readings into one
    :class:`Situation` per zone: the power vote and the zone temperature.
 3. :meth:`Policy.evaluate`, the rules: given a situation and ``now``, which state is
@@ -26,81 +27,68 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from statemachine import State, StateMachine
+from statemachine import StateMachine
+from statemachine.states import States
 
-from powercast.config import Policy as PolicySettings
+from powercast.config import PolicySettings
+from powercast.states import FANS_ON, INITIAL, State
 from powercast.wire import PowerStatus
-
-FANS_ON: Final = {
-    "normal": True,
-    "on_battery": True,
-    "shedding": False,
-    "thermal_override": True,
-    "failsafe": True,
-    "manual_on": True,
-    "manual_off": False,
-}
 
 
 class FanChart(StateMachine):
-    """States and allowed moves. Each event is named after its target state."""
+    """The allowed moves between the states of :class:`~powercast.states.State`. Each event
+    is named after its target state."""
 
-    failsafe = State(initial=True)
-    normal = State()
-    on_battery = State()
-    shedding = State()
-    thermal_override = State()
-    manual_on = State()
-    manual_off = State()
+    s = States.from_enum(State, initial=INITIAL)
 
     to_normal = (
-        failsafe.to(normal)
-        | on_battery.to(normal)
-        | shedding.to(normal)
-        | thermal_override.to(normal)
-        | manual_on.to(normal)
-        | manual_off.to(normal)
+        s.failsafe.to(s.normal)
+        | s.on_battery.to(s.normal)
+        | s.shedding.to(s.normal)
+        | s.thermal_override.to(s.normal)
+        | s.manual_on.to(s.normal)
+        | s.manual_off.to(s.normal)
     )
     to_on_battery = (
-        failsafe.to(on_battery)
-        | normal.to(on_battery)
-        | thermal_override.to(on_battery)
-        | manual_on.to(on_battery)
-        | manual_off.to(on_battery)
+        s.failsafe.to(s.on_battery)
+        | s.normal.to(s.on_battery)
+        | s.thermal_override.to(s.on_battery)
+        | s.manual_on.to(s.on_battery)
+        | s.manual_off.to(s.on_battery)
     )
     # The policy sheds only after the debounce in on_battery, or when a hot spell ends.
-    to_shedding = on_battery.to(shedding) | thermal_override.to(shedding)
+    to_shedding = s.on_battery.to(s.shedding) | s.thermal_override.to(s.shedding)
     to_thermal_override = (
-        failsafe.to(thermal_override)
-        | normal.to(thermal_override)
-        | on_battery.to(thermal_override)
-        | shedding.to(thermal_override)
-        | manual_on.to(thermal_override)
-        | manual_off.to(thermal_override)
+        s.failsafe.to(s.thermal_override)
+        | s.normal.to(s.thermal_override)
+        | s.on_battery.to(s.thermal_override)
+        | s.shedding.to(s.thermal_override)
+        | s.manual_on.to(s.thermal_override)
+        | s.manual_off.to(s.thermal_override)
     )
     to_failsafe = (
-        normal.to(failsafe)
-        | on_battery.to(failsafe)
-        | shedding.to(failsafe)
-        | thermal_override.to(failsafe)
-        | manual_on.to(failsafe)
-        | manual_off.to(failsafe)
+        s.normal.to(s.failsafe)
+        | s.on_battery.to(s.failsafe)
+        | s.shedding.to(s.failsafe)
+        | s.thermal_override.to(s.failsafe)
+        | s.manual_on.to(s.failsafe)
+        | s.manual_off.to(s.failsafe)
     )
     to_manual_on = (
-        failsafe.to(manual_on)
-        | normal.to(manual_on)
-        | on_battery.to(manual_on)
-        | shedding.to(manual_on)
-        | thermal_override.to(manual_on)
-        | manual_off.to(manual_on)
+        s.failsafe.to(s.manual_on)
+        | s.normal.to(s.manual_on)
+        | s.on_battery.to(s.manual_on)
+        | s.shedding.to(s.manual_on)
+        | s.thermal_override.to(s.manual_on)
+        | s.manual_off.to(s.manual_on)
     )
     to_manual_off = (
-        normal.to(manual_off)
-        | on_battery.to(manual_off)
-        | shedding.to(manual_off)
-        | thermal_override.to(manual_off)
-        | failsafe.to(manual_off)
-        | manual_on.to(manual_off)
+        s.normal.to(s.manual_off)
+        | s.on_battery.to(s.manual_off)
+        | s.shedding.to(s.manual_off)
+        | s.thermal_override.to(s.manual_off)
+        | s.failsafe.to(s.manual_off)
+        | s.manual_on.to(s.manual_off)
     )
 
 
@@ -160,8 +148,8 @@ class Decision:
     """A change of state, with everything the log and the actions need."""
 
     at: float
-    previous: str
-    state: str
+    previous: State
+    state: State
     reason: str
     situation: Situation
     zone: str = "default"
@@ -193,8 +181,8 @@ class Policy:
     """The rules have run at least once since start (data came, or the grace ended)."""
 
     @property
-    def state(self) -> str:
-        return str(self.chart.current_state_value)
+    def state(self) -> State:
+        return State(self.chart.current_state_value)
 
     def evaluate(self, situation: Situation, now: float) -> list[Decision]:
         """Apply the rules until the state is stable; return the moves made (often none)."""
@@ -202,7 +190,7 @@ class Policy:
         self.situation = situation
         self.settled = True
         decisions = []
-        for _ in range(len(FANS_ON)):  # each rule pass moves at most once; never loops forever
+        for _ in range(len(State)):  # each rule pass moves at most once; never loops forever
             target, reason = self._rule(situation, now)
             if target == self.state:
                 self.reason = reason  # the why may change without a move (status shows it)
@@ -210,7 +198,7 @@ class Policy:
             decisions.append(Decision(now, self.state, target, reason, situation, self.zone))
             self.chart.send(f"to_{target}")
             self.since, self.reason = now, reason
-            if target == "shedding":
+            if target is State.shedding:
                 self.sheds.append(now)
         return decisions
 
@@ -224,9 +212,9 @@ class Policy:
         times = []
         if self.override is not None:
             times.append(self.override.until)
-        if self.state == "on_battery" and self.battery_since is not None:
+        if self.state is State.on_battery and self.battery_since is not None:
             times.append(max(self.battery_since + self.settings.shed_after_s, self._flap_free()))
-        if self.state == "shedding" and self.online_since is not None:
+        if self.state is State.shedding and self.online_since is not None:
             times.append(self.online_since + self.settings.restore_after_s)
         return min(times) if times else None
 
@@ -253,49 +241,52 @@ class Policy:
             return float("-inf")
         return self.sheds[0] + self.settings.flap_window_s
 
-    def _rule(self, s: Situation, now: float) -> tuple[str, str]:
+    def _rule(self, s: Situation, now: float) -> tuple[State, str]:
         """The state the situation calls for, and why, in words for the log."""
         if not s.sources:
             stale = f" (stale: {', '.join(s.stale)})" if s.stale else ""
-            return "failsafe", f"no fresh data from any publisher{stale}"
+            return State.failsafe, f"no fresh data from any publisher{stale}"
         if self.override is not None and (ruled := self._override_rule(s, self.override)):
             return ruled
         if s.power is PowerStatus.UNKNOWN:
-            return "failsafe", "power status unknown"
+            return State.failsafe, "power status unknown"
         if s.power is PowerStatus.ONLINE:
             return self._online_rule(s, now)
         return self._battery_rule(s, now)
 
-    def _override_rule(self, s: Situation, o: Override) -> tuple[str, str] | None:
+    def _override_rule(self, s: Situation, o: Override) -> tuple[State, str] | None:
         """ "Fans on" always wins; "fans off" never beats heat or a blind zone."""
         if o.fans_on:
-            return "manual_on", f"override by {o.who}: fans on ({o.why})"
+            return State.manual_on, f"override by {o.who}: fans on ({o.why})"
         temp = s.temperature
         if temp is None:
-            return "failsafe", f"override by {o.who} ignored: no fresh temperature"
+            return State.failsafe, f"override by {o.who} ignored: no fresh temperature"
         if temp < self.settings.temp_high_c:
-            return "manual_off", f"override by {o.who}: fans off ({o.why})"
+            return State.manual_off, f"override by {o.who}: fans off ({o.why})"
         if s.power is PowerStatus.ONLINE:
-            return "normal", f"override by {o.who} ignored: {_where(s)} is {temp:g} °C"
+            return State.normal, f"override by {o.who} ignored: {_where(s)} is {temp:g} °C"
         return None  # on battery and hot: the thermal rule below decides
 
-    def _online_rule(self, s: Situation, now: float) -> tuple[str, str]:
+    def _online_rule(self, s: Situation, now: float) -> tuple[State, str]:
         cfg = self.settings
-        if self.state != "shedding":
-            return "normal", "power online"
+        if self.state is not State.shedding:
+            return State.normal, "power online"
         temp = s.temperature
         if temp is None or temp >= cfg.temp_high_c:
             return (
-                "normal",
+                State.normal,
                 f"power back and {'no fresh temperature' if temp is None else 'too hot'}",
             )
         since = now if self.online_since is None else self.online_since
         waited = now - since
         if now < since + cfg.restore_after_s:  # the same sum as deadline(), to the bit
-            return "shedding", f"power back, restoring fans in {cfg.restore_after_s - waited:.1f} s"
-        return "normal", f"power back for {waited:.1f} s"
+            return (
+                State.shedding,
+                f"power back, restoring fans in {cfg.restore_after_s - waited:.1f} s",
+            )
+        return State.normal, f"power back for {waited:.1f} s"
 
-    def _battery_rule(self, s: Situation, now: float) -> tuple[str, str]:
+    def _battery_rule(self, s: Situation, now: float) -> tuple[State, str]:
         cfg = self.settings
         state = self.state
         temp = s.temperature
@@ -303,29 +294,29 @@ class Policy:
             what = (
                 f"no reading from {', '.join(s.missing)}" if s.missing else "no fresh temperature"
             )
-            return "failsafe", f"on battery but {what}: cannot tell that shedding is safe"
+            return State.failsafe, f"on battery but {what}: cannot tell that shedding is safe"
         if temp >= cfg.temp_high_c:
             limit = cfg.temp_high_c
-            return "thermal_override", f"on battery but {_where(s)} is {temp:g} °C >= {limit:g}"
-        if state == "thermal_override" and temp > cfg.temp_high_c - cfg.temp_hysteresis_c:
-            return "thermal_override", f"{_where(s)} still {temp:g} °C, within hysteresis"
+            return State.thermal_override, f"on battery but {_where(s)} is {temp:g} °C >= {limit:g}"
+        if state is State.thermal_override and temp > cfg.temp_high_c - cfg.temp_hysteresis_c:
+            return State.thermal_override, f"{_where(s)} still {temp:g} °C, within hysteresis"
         since = now if self.battery_since is None else self.battery_since
         elapsed = now - since
         status = s.power.value.replace("_", " ")
-        if state == "shedding":
-            return "shedding", f"{status}, {_where(s)} {temp:g} °C"
+        if state is State.shedding:
+            return State.shedding, f"{status}, {_where(s)} {temp:g} °C"
         free = self._flap_free()
         if now < free and since + cfg.shed_after_s < free:  # held past the debounce: say so now
-            return "on_battery", (
+            return State.on_battery, (
                 f"flapping: {len(self.sheds)} sheds in {cfg.flap_window_s:g} s;"
                 f" fans stay on for {free - now:.0f} s more"
             )
-        if state in ("on_battery", "thermal_override") and now >= since + cfg.shed_after_s:
-            return "shedding", (
+        if state in (State.on_battery, State.thermal_override) and now >= since + cfg.shed_after_s:
+            return State.shedding, (
                 f"{status} for {elapsed:.1f} s, {_where(s)} {temp:g} °C < {cfg.temp_high_c:g}"
             )
         left = max(0.0, cfg.shed_after_s - elapsed)
-        return "on_battery", f"{status}, shedding in {left:.1f} s unless power returns"
+        return State.on_battery, f"{status}, shedding in {left:.1f} s unless power returns"
 
 
 def _where(s: Situation) -> str:

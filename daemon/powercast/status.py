@@ -18,7 +18,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from powercast.policy import FANS_ON
+from powercast.states import FANS_ON, State
 from powercast.wire import Power
 
 if TYPE_CHECKING:
@@ -226,8 +226,8 @@ def publisher(
     }
 
 
-def _fans_on(state: str) -> bool:
-    return FANS_ON.get(state, True)
+def _fans_on(state: State) -> bool:
+    return FANS_ON[state]
 
 
 def _position(value: bool | None) -> str:

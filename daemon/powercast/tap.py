@@ -33,21 +33,21 @@ class Tap:
         try:
             frame = wire.decode(data)
         except wire.DecodeError as err:
-            return ("not_ours" if err.reason == "magic" else err.reason), None, err.detail
+            return ("not_ours" if err.reason is wire.Reject.magic else err.reason), None, err.detail
         problem = self.keyring.verify(frame)
         if problem is not None:
             return problem, frame, f"key id {frame.key_id}"
         message = frame.message
         skew = message.sent - wall
         if self.max_clock_skew_s and abs(skew) > self.max_clock_skew_s:
-            return "clock", frame, f"sent {skew:+.1f} s from our clock"
+            return wire.Reject.clock, frame, f"sent {skew:+.1f} s from our clock"
         session = sessions.get(message.publisher)
         if session is None:
             sessions[message.publisher] = Session(message, now, now + message.tal)
             return "good", frame, "first from this publisher"
         verdict = session.offer(message, now)
         if verdict is Verdict.OLD:
-            return "replay", frame, "older than a datagram already seen"
+            return wire.Reject.replay, frame, "older than a datagram already seen"
         if verdict is Verdict.DUPLICATE:
             return "duplicate", frame, "same epoch and sequence as the last"
         return "good", frame, verdict.value

@@ -104,13 +104,38 @@ class Frame(msgspec.Struct, frozen=True):
     """The bytes the tag covers (header and body)."""
 
 
+class Reject(enum.StrEnum):
+    """Every reason a receiver drops a datagram for, in the order the checks are made
+    (docs/wire-format.md, "Receiver rules"). The value is the counter label
+    (``rejected.<reason>``, ``powercast_datagrams_rejected_total{reason}``) and the log's
+    ``reason``; the README lists each one under ``datagram_rejected``."""
+
+    # decode(): the header, the lengths, the body
+    size = "size"  # longer than MAX_DATAGRAM
+    truncated = "truncated"  # shorter than the header
+    magic = "magic"  # not PWRC: not an announcement (a ping, another protocol)
+    version = "version"  # not version 1
+    tag = "tag"  # a tag length that does not go with the key id
+    length = "length"  # the header's lengths are not the datagram's
+    body = "body"  # not exactly one valid announcement in MessagePack
+    # auth.Keyring.verify(): the tag, before the body when authentication is enforced
+    unsigned = "unsigned"  # key id 0
+    unknown_key = "unknown_key"  # no key with that id
+    bad_tag = "bad_tag"  # the HMAC is not the tag
+    # the controller: who sent it, when, and in what order
+    clock = "clock"  # sent further than auth.max_clock_skew_s from our clock
+    unlisted = "unlisted"  # a publisher not in policy.publishers
+    capacity = "capacity"  # a new publisher while MAX_PUBLISHERS are fresh
+    replay = "replay"  # older than a datagram already taken from that publisher
+
+
 class DecodeError(Exception):
     """The datagram is not a valid v1 announcement.
 
-    ``reason`` is a short fixed word, fit for a counter label; the message says more.
+    ``reason`` says which check failed, fit for a counter label; the message says more.
     """
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: Reject, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -186,22 +211,22 @@ def open_envelope(data: bytes) -> Envelope:
     """Check the header and lengths. Raises :class:`DecodeError` and nothing else."""
     size = len(data)
     if size > MAX_DATAGRAM:
-        raise DecodeError("size", f"{size} bytes, at most {MAX_DATAGRAM} allowed")
+        raise DecodeError(Reject.size, f"{size} bytes, at most {MAX_DATAGRAM} allowed")
     if size < HEADER.size:
-        raise DecodeError("truncated", f"{size} bytes, shorter than the header")
+        raise DecodeError(Reject.truncated, f"{size} bytes, shorter than the header")
     magic, version, tag_len, key_id, body_len = HEADER.unpack_from(data)
     if magic != MAGIC:
-        raise DecodeError("magic", f"expected {MAGIC!r}, got {bytes(magic)!r}")
+        raise DecodeError(Reject.magic, f"expected {MAGIC!r}, got {bytes(magic)!r}")
     if version != VERSION:
-        raise DecodeError("version", f"expected {VERSION}, got {version}")
+        raise DecodeError(Reject.version, f"expected {VERSION}, got {version}")
     if tag_len not in (0, TAG_SIZE) or (tag_len == 0) != (key_id == 0):
         raise DecodeError(
-            "tag",
+            Reject.tag,
             f"tag length {tag_len} with key id {key_id} (expected 0 with 0, or 32 with a key)",
         )
     end = HEADER.size + body_len
     if end + tag_len != size:
-        raise DecodeError("length", f"header says {end + tag_len} bytes, datagram has {size}")
+        raise DecodeError(Reject.length, f"header says {end + tag_len} bytes, datagram has {size}")
     view = memoryview(data)
     return Envelope(key_id, view[end:], view[:end], view[HEADER.size : end])
 
@@ -211,7 +236,7 @@ def decode_body(envelope: Envelope) -> Announcement:
     try:
         return _decoder.decode(envelope.body)
     except msgspec.DecodeError as err:  # ValidationError is a subclass
-        raise DecodeError("body", str(err)) from None
+        raise DecodeError(Reject.body, str(err)) from None
 
 
 def decode(data: bytes) -> Frame:

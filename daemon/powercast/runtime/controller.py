@@ -84,7 +84,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         saved = persist.load(self._state_dir) if self._state_dir else None
         restored = persist.restore(saved, self.core.zones, now, wall) if saved else []
         if restored:
-            log.info("state_restored", zones={z: self.core.zones[z].state for z in restored})
+            log.info("state_restored", zones={z: self.core.zones[z].state.value for z in restored})
         if self._state_dir is None:
             log.info("state_not_kept", hint="set persist.state_dir, or StateDirectory= in the unit")
         leave = failsafe.leave_fans_marker()
