@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from harness import Notify, free_port, make_keys, network, running, write_toml
+
+pytestmark = pytest.mark.system
 
 
 class TestActuatorAlarm:

@@ -9,11 +9,14 @@ import time
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from powercast import net, wire
 from powercast.auth import Keyring, keygen
 
 from harness import GROUP, free_port, make_keys, network, running, write_toml
+
+pytestmark = pytest.mark.system
 
 
 def set_reading(path: Path, status: str) -> None:

@@ -26,6 +26,7 @@ MESSAGE = wire.Announcement(
 
 
 class TestKeygen:
+    @pytest.mark.unit
     def test_writes_a_private_random_key(self, tmp_path: Path) -> None:
         """keygen writes 32 random bytes as hex, mode 0600."""
         keygen(1, tmp_path / "1.key")
@@ -35,6 +36,7 @@ class TestKeygen:
         assert one != two
         assert (tmp_path / "1.key").stat().st_mode & 0o777 == 0o600
 
+    @pytest.mark.unit
     def test_refuses_to_overwrite(self, tmp_path: Path) -> None:
         """An existing key is never overwritten."""
         keygen(1, tmp_path / "1.key")
@@ -43,11 +45,13 @@ class TestKeygen:
             keygen(1, tmp_path / "1.key")
         assert (tmp_path / "1.key").read_text() == before
 
+    @pytest.mark.unit
     def test_file_name_must_carry_the_id(self, tmp_path: Path) -> None:
         """The daemons find keys by file name, so the name must match the id."""
         with pytest.raises(KeyringError, match=r"must be named 3.key"):
             keygen(3, tmp_path / "key.txt")
 
+    @pytest.mark.system
     def test_command_line(self, tmp_path: Path) -> None:
         """`powercast keygen ID FILE` works, and refuses a second time with exit 78."""
         argv = [sys.executable, "-m", "powercast", "keygen", "7", str(tmp_path / "7.key")]
@@ -61,6 +65,7 @@ class TestKeygen:
         )
 
 
+@pytest.mark.unit
 class TestKeyring:
     def test_loads_every_key_and_systemd_credential_names(self, tmp_path: Path) -> None:
         """Files <id>.key and <prefix>_<id>.key are keys; other files are ignored."""
@@ -121,6 +126,7 @@ class TestKeyring:
             assert ring.verify(frame) is None
 
 
+@pytest.mark.unit
 class TestLoadKeys:
     def test_credentials_directory_is_the_default(self, tmp_path: Path) -> None:
         """Unset keys_dir means $CREDENTIALS_DIRECTORY, else /etc/powercast/keys."""

@@ -17,6 +17,8 @@ from powercast import net, wire
 
 from harness import GROUP, Daemon, Notify, free_port, make_keys, network, running, write_toml
 
+pytestmark = pytest.mark.system
+
 RECORD = "import os, sys; open(sys.argv[1], 'a').write(os.environ['POWERCAST_STATE'] + ' ' + os.environ['POWERCAST_FANS'] + '\\n')"  # noqa: E501
 
 

@@ -32,6 +32,8 @@ from powercast.runtime.controller import SHUTDOWN_GRACE_S
 
 from harness import Daemon, write_toml
 
+pytestmark = pytest.mark.system
+
 APPEND = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
 
 

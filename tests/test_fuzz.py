@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.system
+
 TARGET = Path(__file__).parent / "fuzz" / "fuzz_datagram.py"
 
 

@@ -52,6 +52,7 @@ def controller(keyring: Keyring) -> Controller:
     return core
 
 
+@pytest.mark.unit
 class TestControllerExpiries:
     def test_deadline_is_the_earliest_current_expiry(self, keyring: Keyring) -> None:
         """With heartbeats superseding each other, the deadline is the earliest publisher's
@@ -96,6 +97,7 @@ class TestControllerExpiries:
         assert core.accepted == 1
 
 
+@pytest.mark.system
 class TestReceiver:
     def test_a_burst_arrives_whole_and_in_order_in_batches(self) -> None:
         """300 queued datagrams reach the callback in order, at most RECEIVE_BATCH per turn

@@ -17,6 +17,8 @@ from netbed import Bed, NetDaemon
 
 from harness import make_keys, write_toml
 
+pytestmark = pytest.mark.system
+
 GROUP6 = "ff15::4242"
 PORT = 5101
 

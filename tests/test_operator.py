@@ -156,6 +156,7 @@ def site(tmp_path: Path) -> Site:
     return Site(tmp_path)
 
 
+@pytest.mark.system
 class TestStatus:
     def test_controller_status_json_has_the_documented_keys(self, site: Site) -> None:
         """`status --json` of a controller: version 1, the documented keys, what it believes."""
@@ -229,6 +230,7 @@ class TestStatus:
         assert done.stdout.startswith("publisher on ")
 
 
+@pytest.mark.system
 class TestCommandErrors:
     def test_daemon_not_running_is_one_line(self, tmp_path: Path) -> None:
         """No socket, or a socket nobody listens on: one line naming the path and what to do."""
@@ -305,6 +307,7 @@ class TestCommandErrors:
         )
 
 
+@pytest.mark.system
 class TestControlSocket:
     def test_mode_is_0600_without_the_group_and_0660_with_it(self, tmp_path: Path) -> None:
         """Root-only without a powercast group; group-readable with the group that exists."""
@@ -379,6 +382,7 @@ class TestControlSocket:
         assert not path.exists()  # removed when the server stopped
 
 
+@pytest.mark.system
 class TestOverride:
     def test_override_sets_logs_who_and_clears(self, site: Site) -> None:
         """Fans forced on for a while, logged with the caller's user and uid; --clear ends it."""
@@ -410,6 +414,7 @@ class TestOverride:
         assert "--for, --reason needed" in done.stderr
 
 
+@pytest.mark.system
 class TestSend:
     def test_without_drill_nothing_goes_out(self, site: Site) -> None:
         """Without --drill, send prints what it would do, exits 2, and sends nothing."""
@@ -450,6 +455,7 @@ class TestSend:
         assert "is the id of the publisher in" in done.stderr
 
 
+@pytest.mark.system
 class TestPing:
     def ping(self, site: Site, node: str, *extra: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
@@ -498,6 +504,7 @@ class TestPing:
         assert "TTL too low" in out
 
 
+@pytest.mark.system
 class TestMetrics:
     def test_scrape_a_running_controller(self, tmp_path: Path) -> None:
         """The endpoint serves counters read at scrape time: datagrams, freshness, state,
@@ -540,6 +547,7 @@ class TestMetrics:
         assert not any(e.get("event") == "metrics_listening" for e in ctl.seen)
 
 
+@pytest.mark.unit
 class TestOverrideRequest:
     def test_zone_fans_duration_and_reason_are_checked(self) -> None:
         """Unknown zones, a missing zone among several, bad fans, endless or zero durations
@@ -579,6 +587,7 @@ class TestOverrideRequest:
         assert control.who(hidden, {"user": "alice bob\n"}) == "alice_bob_ (said by the client)"
 
 
+@pytest.mark.unit
 class TestDuration:
     def test_durations(self) -> None:
         """Seconds, or units s m h d, combined: 90, 90s, 30m, 1h30m, 1d."""
@@ -592,6 +601,7 @@ class TestDuration:
                 duration(bad)
 
 
+@pytest.mark.unit
 class TestPingProtocol:
     def test_signed_pings_verify_and_are_not_announcements(self, tmp_path: Path) -> None:
         """A signed ping verifies with the same key, shows unknown_key or bad_tag otherwise,

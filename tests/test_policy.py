@@ -12,6 +12,8 @@ from powercast.config import Policy as PolicySettings
 from powercast.policy import FANS_ON, NO_DATA, FanChart, Policy, Situation, combine
 from powercast.wire import PowerStatus
 
+pytestmark = pytest.mark.unit
+
 ONLINE = PowerStatus.ONLINE
 ON_BATTERY = PowerStatus.ON_BATTERY
 LOW_BATTERY = PowerStatus.LOW_BATTERY

@@ -88,6 +88,7 @@ def datagram(
     return wire.encode(message, key_id=key_id, sign=keyring.signer(key_id))
 
 
+@pytest.mark.unit
 class TestRelayCore:
     def test_new_datagrams_go_on_and_repeats_stop(self) -> None:
         """A datagram goes on once; the very same bytes again (a loop, an echo) are seen."""
@@ -221,6 +222,7 @@ class TestRelayCore:
         assert len(injected["A"]) <= 2  # a relay that got the broker's copy first
 
 
+@pytest.mark.unit
 class TestRelayConfig:
     def test_defaults_and_role(self) -> None:
         """`role = "relay"` alone is a whole config; `config init` writes one back."""
@@ -357,6 +359,7 @@ def loopback_daemons(lo: Loopback) -> Iterator[dict[str, Daemon]]:
             yield {"relay_a": relay_a, "relay_b": relay_b, "ctl": ctl, "pub": pub}
 
 
+@pytest.mark.system
 class TestRelayDaemon:
     def test_outage_crosses_the_broker(self, tmp_path: Path, broker: Mosquitto) -> None:
         """A publisher on one group makes a controller on another shed and restore: the
@@ -444,6 +447,7 @@ OVERSIZE = 64 * 1024 * 1024
 RSS_SLACK_KB = 16 * 1024
 
 
+@pytest.mark.system
 class TestRelayUnderAttack:
     def test_forged_high_seq_does_not_stop_a_publisher(
         self, tmp_path: Path, broker: Mosquitto
@@ -647,6 +651,7 @@ class Campus:
             daemon.stop()
 
 
+@pytest.mark.system
 class TestAcrossSites:
     def test_outage_in_site_1_sheds_site_2(self, two_sites: Sites, tmp_path: Path) -> None:
         """Site 1's publisher, through one relay per site and the broker, makes site 2's

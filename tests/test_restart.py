@@ -29,6 +29,8 @@ from powercast.wire import PowerStatus
 from fakes import FakePublisher, make_keyring
 from harness import Daemon, free_port, make_keys, network, running, write_toml
 
+pytestmark = pytest.mark.system
+
 ON, OFF = "255", "0"
 RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
 

@@ -12,9 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from powercast import net, wire
 
 from harness import GROUP, free_port, make_keys, network, running, write_toml
+
+pytestmark = pytest.mark.system
 
 # Appends a line per run to argv[1]; fails while argv[2] does not exist, then prints a reading.
 FLAKY = """

@@ -57,6 +57,7 @@ def notifier(receiver: Receiver) -> Iterator[Notifier]:
     n.close()
 
 
+@pytest.mark.system
 class TestNotifier:
     def test_ready_sends_ready(self, notifier: Notifier, receiver: Receiver) -> None:
         """ready() sends READY=1 alone when no status is given."""
@@ -187,6 +188,7 @@ class TestNotifier:
         assert receiver.recv() == "STATUS=busy"
 
 
+@pytest.mark.unit
 class TestWatchdogInterval:
     def test_half_of_watchdog_usec(self) -> None:
         """WATCHDOG_USEC=2000000 gives a 1.0 s ping interval."""

@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 import tomli_w
 
+pytestmark = pytest.mark.system
+
 ROOT = Path(__file__).resolve().parents[1]
 SANDBOX = ROOT.parent / "shared" / "tools" / "systemd-sandbox"
 CONTROLLER = "powercast-controller.service"

@@ -26,6 +26,7 @@ NEWS_S = 1.0
 BOOT_S = 10.0
 
 
+@pytest.mark.unit
 class TestUdpAddress:
     def test_addresses_with_ports(self) -> None:
         """IPv4 and bracketed IPv6 with a port; a bare address only where one listens."""
@@ -59,6 +60,7 @@ class TestUdpAddress:
         assert ctl.network.unicast_listen == "0.0.0.0"
 
 
+@pytest.mark.system
 class TestOpenUnicastReceiver:
     def test_takes_unicast_not_the_group_on_the_same_port(self) -> None:
         """Bound to the wildcard on the group's port, it gets datagrams sent to the host,
@@ -124,6 +126,7 @@ def controller_config(keys: Path, network: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@pytest.mark.system
 class TestUnicastPeers:
     def test_outage_over_unicast_only(self, tmp_path: Path) -> None:
         """The publisher's group reaches nobody; its unicast copy alone makes the controller
@@ -211,6 +214,7 @@ def bed() -> Iterator[Bed]:
     assert made.leftovers() == []
 
 
+@pytest.mark.system
 class TestUnicastAcrossHosts:
     def test_multicast_blocked_unicast_carries_it(self, bed: Bed, tmp_path: Path) -> None:
         """Between two hosts whose network drops all multicast, the publisher's unicast
