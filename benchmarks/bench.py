@@ -224,7 +224,7 @@ class Workdir:
         group: str = GROUP,
         port: int | None = None,
     ) -> Path:
-        netbed.set_reading(reading, "online")
+        harness.set_reading(reading, "online")
         loop = interface == "127.0.0.1"
         return self.write(
             f"{name}.toml",
@@ -553,7 +553,7 @@ def bench_flood(base: Path, quick: bool) -> dict[str, Any]:  # one scenario
                 samples.append(started_actions.next(state, timeout=10) - t0)
 
             toggle_changes(
-                changes, lambda s: netbed.set_reading(reading, s), pub, measure, gap_s=0.2
+                changes, lambda s: harness.set_reading(reading, s), pub, measure, gap_s=0.2
             )
             flood_ended = time.monotonic()
             flood.send_signal(signal.SIGINT)  # its finally prints the rate
@@ -639,7 +639,7 @@ def bench_e2e_loopback(base: Path, quick: bool) -> dict[str, Any]:
         def measure(_: int, state: str, t0: float) -> None:
             samples.append(actions.next(state) - t0)
 
-        toggle_changes(changes, lambda s: netbed.set_reading(reading, s), pub, measure, 0.05)
+        toggle_changes(changes, lambda s: harness.set_reading(reading, s), pub, measure, 0.05)
     figures = latency(samples)
     return {**figures, "met": figures["p99_ms"] <= 5.0}
 
@@ -671,7 +671,7 @@ def bench_e2e_netns(base: Path, quick: bool) -> dict[str, Any]:
             def measure(_: int, state: str, t0: float) -> None:
                 samples.append(actions.next(state) - t0)
 
-            toggle_changes(changes, lambda s: netbed.set_reading(reading, s), pub, measure, 0.05)
+            toggle_changes(changes, lambda s: harness.set_reading(reading, s), pub, measure, 0.05)
         finally:
             ctl.stop()
             pub.stop()

@@ -24,7 +24,18 @@ import pytest
 
 from powercast import cli, control
 
-from harness import GROUP, Daemon, free_port, make_keys, network, running, write_toml
+from harness import (
+    GROUP,
+    Daemon,
+    controller_config,
+    free_port,
+    make_keys,
+    network,
+    publisher_config,
+    running,
+    set_reading,
+    write_toml,
+)
 
 RECORD = "import os, sys; open(sys.argv[1], 'a').write(os.environ['POWERCAST_STATE'] + '\\n')"
 
@@ -56,13 +67,6 @@ def powercast(
         user=user,
         check=False,
     )
-
-
-def set_reading(path: Path, status: str, inlet: float) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"power": {"status": status, "charge_pct": 90.0},
-                               "temperatures": {"inlet": inlet}}))  # fmt: skip
-    tmp.replace(path)
 
 
 def cli_as_nobody(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -101,36 +105,28 @@ class Site:
         self.port = free_port()
         self.keys = make_keys(root / "keys")
         self.reading = root / "ups.json"
-        set_reading(self.reading, "online", 24.0)
+        set_reading(self.reading, "online", 24.0, charge_pct=90.0)
         self.controller_sock = root / "controller.sock"
         self.publisher_sock = root / "publisher.sock"
-        controller: dict[str, Any] = {
-            "role": "controller",
-            "network": network(self.port),
-            "auth": {"keys_dir": str(self.keys)},
-            "policy": {"shed_after_s": 0.3, "restore_after_s": 0.3},
-            "persist": {"state_dir": ""},
-            "control": {"socket": str(self.controller_sock)},
-            "actions": [
-                {"on": "shedding", "argv": [sys.executable, "-c", RECORD, str(root / "r")]}
-            ],
-            "log": {"format": "json", "level": "debug"},
-        }
-        if metrics:
-            controller["metrics"] = {"listen": "127.0.0.1:0"}
+        controller = controller_config(
+            self.port,
+            self.keys,
+            persist={"state_dir": ""},
+            control={"socket": str(self.controller_sock)},
+            actions=[{"on": "shedding", "argv": [sys.executable, "-c", RECORD, str(root / "r")]}],
+            log={"format": "json", "level": "debug"},
+            metrics={"listen": "127.0.0.1:0"} if metrics else None,
+        )
         self.controller = write_toml(root / "c.toml", controller)
         self.publisher = write_toml(
             root / "p.toml",
-            {
-                "role": "publisher",
-                "id": "ups-op",
-                "heartbeat_s": 0.2,
-                "network": {**network(self.port), "ttl": 1, "loop": True},
-                "auth": {"keys_dir": str(self.keys), "key_id": 1},
-                "control": {"socket": str(self.publisher_sock)},
-                "sources": [{"kind": "file", "path": str(self.reading), "interval_s": 0.05}],
-                "log": {"format": "json"},
-            },
+            publisher_config(
+                self.port,
+                self.keys,
+                self.reading,
+                id="ups-op",
+                control={"socket": str(self.publisher_sock)},
+            ),
         )
 
     @contextlib.contextmanager
@@ -194,7 +190,7 @@ class TestStatus:
                 )
                 for _ in range(5):
                     s.sendto(b"hello, not ours", (GROUP, site.port))
-            set_reading(site.reading, "on_battery", 24.0)
+            set_reading(site.reading, "on_battery", 24.0, charge_pct=90.0)
             ctl.wait_for("action", state="shedding")
             status = site.status(site.controller_sock)
             text = powercast("status", "--socket", str(site.controller_sock)).stdout
@@ -512,7 +508,7 @@ class TestMetrics:
         site = Site(tmp_path, metrics=True)
         with site.both() as (ctl, _):
             listening = next(e for e in ctl.seen if e.get("event") == "metrics_listening")
-            set_reading(site.reading, "on_battery", 24.0)
+            set_reading(site.reading, "on_battery", 24.0, charge_pct=90.0)
             ctl.wait_for("action", state="shedding")
             url = f"http://{listening['address']}/metrics"
             with urllib.request.urlopen(url, timeout=5) as response:

@@ -38,7 +38,7 @@ from powercast import status as report
 from powercast.auth import Keyring
 from powercast.relay import MAX_PACKET, TABLE_SIZE, WINDOW, Relay
 
-from harness import Daemon, free_port, make_keys, running, write_toml
+from harness import Daemon, free_port, make_keys, running, set_reading, write_toml
 
 GROUP_A = "239.255.43.1"
 GROUP_B = "239.255.43.2"
@@ -318,7 +318,7 @@ class Loopback:
         self.port = free_port()
         self.keys = make_keys(tmp_path / "keys")
         self.reading = tmp_path / "ups.json"
-        netbed.set_reading(self.reading, "online")
+        set_reading(self.reading, "online")
         a = {"group": GROUP_A, "port": self.port, "interface": "127.0.0.1"}
         b = {"group": GROUP_B, "port": self.port, "interface": "127.0.0.1"}
         self.topic = topic = f"powercast/test-{self.port}"
@@ -367,10 +367,10 @@ class TestRelayDaemon:
         lo = Loopback(tmp_path, broker)
         with loopback_daemons(lo) as d:
             d["ctl"].wait_for("transition", timeout=BOOT_S, state="normal")
-            netbed.set_reading(lo.reading, "on_battery")
+            set_reading(lo.reading, "on_battery")
             d["ctl"].wait_for("transition", timeout=NEWS_S, state="on_battery")
             d["ctl"].wait_for("transition", timeout=0.3 + NEWS_S, state="shedding")
-            netbed.set_reading(lo.reading, "online")
+            set_reading(lo.reading, "online")
             d["ctl"].wait_for("transition", timeout=0.3 + NEWS_S, state="normal")
             assert states(d["ctl"]) == ["normal", "on_battery", "shedding", "normal"]
             a, b = summary(d["relay_a"]), summary(d["relay_b"])
@@ -463,7 +463,7 @@ class TestRelayUnderAttack:
             forged = wire.encode(msgspec.structs.replace(real, seq=2**63 - 1, sent=time.time()))
             _publish(broker, lo.topic, forged)
             time.sleep(TAL_S + 2 * MARGIN_S)  # poisoned, the controller would now fail safe
-            netbed.set_reading(lo.reading, "on_battery")  # and hear no news again
+            set_reading(lo.reading, "on_battery")  # and hear no news again
             d["ctl"].wait_for("transition", timeout=NEWS_S, state="on_battery")
             a, b = summary(d["relay_a"]), summary(d["relay_b"])
         assert a["broker_relayed"] >= 1  # the forgery, carried: keyless, it cannot tell
@@ -580,7 +580,7 @@ class Campus:
         self.s = s
         self.keys = make_keys(workdir / "keys")
         self.reading = workdir / "ups.json"
-        netbed.set_reading(self.reading, "online")
+        set_reading(self.reading, "online")
         self.pub_host = s.host(0, "pub")
         self.relay_hosts: list[list[Host]] = [
             [s.relay_host(site, f"relay{i + 1}") for i in range(relays[site])] for site in (0, 1)
@@ -660,10 +660,10 @@ class TestAcrossSites:
         ctl, pub = campus.start()
         try:
             ctl.wait_for("transition", timeout=BOOT_S, state="normal")
-            netbed.set_reading(campus.reading, "on_battery")
+            set_reading(campus.reading, "on_battery")
             ctl.wait_for("transition", timeout=NEWS_S, state="on_battery")
             ctl.wait_for("transition", timeout=0.3 + NEWS_S, state="shedding")
-            netbed.set_reading(campus.reading, "online")
+            set_reading(campus.reading, "online")
             ctl.wait_for("transition", timeout=0.3 + NEWS_S, state="normal")
             assert states(ctl) == ["normal", "on_battery", "shedding", "normal"]
         finally:
@@ -706,10 +706,10 @@ class TestAcrossSites:
                 if round_ == 1:  # redundancy: one relay of each site goes away
                     campus.relays[0].stop()
                     campus.relays[2].stop()
-                netbed.set_reading(campus.reading, "on_battery")
+                set_reading(campus.reading, "on_battery")
                 ctl.wait_for("transition", timeout=NEWS_S, state="on_battery")
                 ctl.wait_for("transition", timeout=0.3 + NEWS_S, state="shedding")
-                netbed.set_reading(campus.reading, "online")
+                set_reading(campus.reading, "online")
                 ctl.wait_for("transition", timeout=0.3 + NEWS_S, state="normal")
             time.sleep(0.5)
             assert states(ctl) == ["normal", *cycle, *cycle]  # no failsafe, nothing twice

@@ -27,7 +27,7 @@ from powercast.config import ConfigError, NutSource, PublisherConfig, Reading, p
 from powercast.sources import SourceError, make_reader
 from powercast.sources.nut import NutReader, ProtocolError, _parse_var, power_status, to_reading
 
-from harness import free_port, make_keys, network, running, write_toml
+from harness import controller_config, free_port, make_keys, network, running, write_toml
 
 NUT = Path("/lib/nut")
 UPSD = NUT / "upsd"
@@ -680,18 +680,10 @@ class TestEndToEnd:
                 "log": {"format": "json"},
             },
         )
+        record = [sys.executable, "-c", RECORD, str(tmp_path / "a")]
         controller = write_toml(
             tmp_path / "c.toml",
-            {
-                "role": "controller",
-                "network": network(port),
-                "auth": {"keys_dir": keys},
-                "policy": {"shed_after_s": 0.3, "restore_after_s": 0.3},
-                "actions": [
-                    {"on": "shedding", "argv": [sys.executable, "-c", RECORD, str(tmp_path / "a")]}
-                ],
-                "log": {"format": "json"},
-            },
+            controller_config(port, keys, actions=[{"on": "shedding", "argv": record}]),
         )
         driver = nut.drivers["e2e"]
         with (

@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 import tomli_w
 
+from harness import file_reading
+
 pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,7 +194,7 @@ class Sandbox:
 
     def set_reading(self, status: str, inlet: float = 24.5) -> None:
         """What the publisher's file source reads next."""
-        reading = {"power": {"status": status}, "temperatures": {"inlet": inlet}}
+        reading = file_reading(status, inlet)
         self.sh(
             "install", "-d", "-m", "0750", "-o", "powercast", "-g", "powercast", "/run/powercast"
         )
