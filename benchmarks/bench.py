@@ -1,6 +1,6 @@
 """powercast benchmarks: each figure measured in this run, next to its baseline and target.
 
-    benchmarks/run [--quick] [--json] [--only NAME[,NAME...]]
+    benchmarks/run [--quick | --smoke] [--json] [--only NAME[,NAME...]]
 
 Figures (the README's "Performance" section explains each):
 
@@ -45,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import tomli_w
 
@@ -88,6 +88,16 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
     return ordered[rank - 1]
+
+
+N = TypeVar("N", int, float)
+
+
+def sized(size: str, full: N, *, quick: N, smoke: N) -> N:
+    """A sample count or window for ``size``: full (the figures the README quotes), quick
+    (fewer samples), smoke (the fewest that still give every figure: a check that each
+    benchmark runs, not a measurement to compare)."""
+    return {"full": full, "quick": quick, "smoke": smoke}[size]
 
 
 def latency(samples_s: list[float]) -> dict[str, Any]:
@@ -224,7 +234,7 @@ class Workdir:
         group: str = GROUP,
         port: int | None = None,
     ) -> Path:
-        netbed.set_reading(reading, "online")
+        harness.set_reading(reading, "online")
         loop = interface == "127.0.0.1"
         return self.write(
             f"{name}.toml",
@@ -384,11 +394,11 @@ def bare_receiver(port: int) -> Iterator[int]:
 # --- figures -------------------------------------------------------------------------------
 
 
-def bench_ingest(base: Path, quick: bool) -> dict[str, Any]:  # noqa: PLR0915  # one scenario
+def bench_ingest(base: Path, size: str) -> dict[str, Any]:  # noqa: PLR0915  # one scenario
     """Signed datagrams pre-filled in one receive buffer, drained four ways, interleaved."""
     work = Workdir(base, "ingest")
-    count = 30_000 if quick else 150_000
-    rounds = 3 if quick else 5
+    count = sized(size, 150_000, quick=30_000, smoke=2_000)
+    rounds = sized(size, 5, quick=3, smoke=1)
     sign = work.keyring.signer(1)
     epoch = 12345
     publishers = [f"rack-{i}.ups" for i in range(10)]
@@ -502,13 +512,13 @@ def load_config(work: Workdir, mode: str) -> ControllerConfig:
     return config
 
 
-def bench_flood(base: Path, quick: bool) -> dict[str, Any]:  # one scenario
+def bench_flood(base: Path, size: str) -> dict[str, Any]:  # one scenario
     """Publisher and controller daemons; a third process floods forged datagrams."""
     work = Workdir(base, "flood")
     record = work.dir / "actions"
     reading = work.dir / "ups.json"
     notify = Notify(work.dir)
-    changes = 10 if quick else 40
+    changes = sized(size, 40, quick=10, smoke=2)
     ctl_config = work.controller(record=record)
     pub_config = work.publisher("ups-flood", reading, heartbeat_s=0.5)
     # Forgeries: the legitimate publisher's id claiming the opposite, signed with a key
@@ -553,7 +563,7 @@ def bench_flood(base: Path, quick: bool) -> dict[str, Any]:  # one scenario
                 samples.append(started_actions.next(state, timeout=10) - t0)
 
             toggle_changes(
-                changes, lambda s: netbed.set_reading(reading, s), pub, measure, gap_s=0.2
+                changes, lambda s: harness.set_reading(reading, s), pub, measure, gap_s=0.2
             )
             flood_ended = time.monotonic()
             flood.send_signal(signal.SIGINT)  # its finally prints the rate
@@ -580,11 +590,11 @@ def bench_flood(base: Path, quick: bool) -> dict[str, Any]:  # one scenario
     }
 
 
-def bench_dispatch(base: Path, quick: bool) -> dict[str, Any]:
+def bench_dispatch(base: Path, size: str) -> dict[str, Any]:
     """The benchmark is the publisher: a signed change, sent at t0, to the transition."""
     work = Workdir(base, "dispatch")
     record = work.dir / "actions"
-    changes = 30 if quick else 200
+    changes = sized(size, 200, quick=30, smoke=2)
     ctl_config = work.controller(record=record)
     sign = work.keyring.signer(1)
     sock = multicast_sender()
@@ -622,11 +632,11 @@ def bench_dispatch(base: Path, quick: bool) -> dict[str, Any]:
     }
 
 
-def bench_e2e_loopback(base: Path, quick: bool) -> dict[str, Any]:
+def bench_e2e_loopback(base: Path, size: str) -> dict[str, Any]:
     work = Workdir(base, "e2e")
     record = work.dir / "actions"
     reading = work.dir / "ups.json"
-    changes = 20 if quick else 100
+    changes = sized(size, 100, quick=20, smoke=2)
     samples: list[float] = []
     with daemons(
         (["control", "--config", str(work.controller(record=record))], None),
@@ -639,19 +649,19 @@ def bench_e2e_loopback(base: Path, quick: bool) -> dict[str, Any]:
         def measure(_: int, state: str, t0: float) -> None:
             samples.append(actions.next(state) - t0)
 
-        toggle_changes(changes, lambda s: netbed.set_reading(reading, s), pub, measure, 0.05)
+        toggle_changes(changes, lambda s: harness.set_reading(reading, s), pub, measure, 0.05)
     figures = latency(samples)
     return {**figures, "met": figures["p99_ms"] <= 5.0}
 
 
-def bench_e2e_netns(base: Path, quick: bool) -> dict[str, Any]:
+def bench_e2e_netns(base: Path, size: str) -> dict[str, Any]:
     reason = netbed.unavailable()
     if reason is not None:
         return {"skipped": reason, "met": None}
     work = Workdir(base, "e2e_netns")
     record = work.dir / "actions"
     reading = work.dir / "ups.json"
-    changes = 20 if quick else 100
+    changes = sized(size, 100, quick=20, smoke=2)
     samples: list[float] = []
     with netbed.Bed() as bed:
         pub_host, ctl_host = bed.add_host("pub"), bed.add_host("ctl")
@@ -671,7 +681,7 @@ def bench_e2e_netns(base: Path, quick: bool) -> dict[str, Any]:
             def measure(_: int, state: str, t0: float) -> None:
                 samples.append(actions.next(state) - t0)
 
-            toggle_changes(changes, lambda s: netbed.set_reading(reading, s), pub, measure, 0.05)
+            toggle_changes(changes, lambda s: harness.set_reading(reading, s), pub, measure, 0.05)
         finally:
             ctl.stop()
             pub.stop()
@@ -679,13 +689,13 @@ def bench_e2e_netns(base: Path, quick: bool) -> dict[str, Any]:
     return {**figures, "met": figures["p99_ms"] <= 5.0}
 
 
-def bench_loss20(base: Path, quick: bool) -> dict[str, Any]:
+def bench_loss20(base: Path, size: str) -> dict[str, Any]:
     reason = netbed.unavailable() or netbed.no_iptables()
     if reason is not None:
         return {"skipped": reason, "met": None}
     work = base / "loss20"
     work.mkdir()
-    changes = 20 if quick else 200
+    changes = sized(size, 200, quick=20, smoke=2)
     samples: list[float] = []
     with netbed.Bed() as bed:
         hall = netbed.Hall(
@@ -716,9 +726,9 @@ def bench_loss20(base: Path, quick: bool) -> dict[str, Any]:
     return {**figures, "controllers": 3, "failsafe_flaps": flaps, "met": figures["p99_ms"] <= 50}
 
 
-def bench_idle(base: Path, quick: bool) -> dict[str, Any]:
+def bench_idle(base: Path, size: str) -> dict[str, Any]:
     work = Workdir(base, "idle")
-    window = 6.0 if quick else 30.0
+    window = sized(size, 30.0, quick=6.0, smoke=1.0)
     configs = [
         work.publisher(f"ups-{i}", work.dir / f"ups-{i}.json", interval_s=1.0) for i in range(10)
     ]
@@ -732,7 +742,7 @@ def bench_idle(base: Path, quick: bool) -> dict[str, Any]:
         for d in started[1:]:
             d.wait_for("ready", timeout=15)
         ctl.wait_for("transition", timeout=10, state="normal")
-        time.sleep(3.0)  # every publisher heard, past start-up work
+        time.sleep(sized(size, 3.0, quick=3.0, smoke=1.0))  # every publisher heard, past start-up
         pids = [d.proc.pid for d in started] + [bare]
         before = [cpu_seconds(p) for p in pids]
         t0 = time.monotonic()
@@ -755,9 +765,9 @@ def bench_idle(base: Path, quick: bool) -> dict[str, Any]:
     }
 
 
-def bench_ready(base: Path, quick: bool) -> dict[str, Any]:
+def bench_ready(base: Path, size: str) -> dict[str, Any]:
     work = Workdir(base, "ready")
-    runs = 5 if quick else 20
+    runs = sized(size, 20, quick=5, smoke=1)
     reading = work.dir / "ups.json"
     configs = {
         "controller": ["control", "--config", str(work.controller())],
@@ -787,10 +797,10 @@ def bench_ready(base: Path, quick: bool) -> dict[str, Any]:
     }
 
 
-def bench_scale_1000(base: Path, quick: bool) -> dict[str, Any]:
+def bench_scale_1000(base: Path, size: str) -> dict[str, Any]:
     """1,000 synthetic publishers, each signed heartbeats at 1 Hz, from this process."""
     work = Workdir(base, "scale")
-    window = 6.0 if quick else 30.0
+    window = sized(size, 30.0, quick=6.0, smoke=1.0)
     publishers = 1000
     sign = work.keyring.signer(1)
     sock = multicast_sender()
@@ -821,7 +831,7 @@ def bench_scale_1000(base: Path, quick: bool) -> dict[str, Any]:
         bare_receiver(work.port) as bare,
     ):
         ctl.wait_for("ready", timeout=10)
-        send_for(3.0)  # every publisher heard: past the first-datagram work
+        send_for(sized(size, 3.0, quick=3.0, smoke=1.0))  # every publisher heard: past the first
         pid = ctl.proc.pid
         before, bare_before = cpu_seconds(pid), cpu_seconds(bare)
         sent = 0
@@ -941,10 +951,17 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer samples: about a minute")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--quick", action="store_true", help="fewer samples: about a minute")
+    sizes.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the fewest samples that still give each figure: that every benchmark runs",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object keyed by figure")
     parser.add_argument("--only", help="comma-separated figures to run (default: all)")
     args = parser.parse_args(argv)
+    size = "quick" if args.quick else "smoke" if args.smoke else "full"
     names = args.only.split(",") if args.only else list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
@@ -961,7 +978,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"running {name}...", file=sys.stderr, flush=True)
             started = time.monotonic()
             try:
-                results[name] = BENCHMARKS[name](Path(tmp), args.quick)
+                results[name] = BENCHMARKS[name](Path(tmp), size)
             except Exception as err:  # one figure failing must not hide the others
                 results[name] = {"error": f"{type(err).__name__}: {err}", "met": False}
             results[name]["seconds"] = round(time.monotonic() - started, 1)
@@ -969,7 +986,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results, indent=2))
     else:
         print(table(results))
-        print(f"\n{machine()}; {'--quick' if args.quick else 'full run'}")
+        print(f"\n{machine()}; {'full run' if size == 'full' else '--' + size}")
     return 0
 
 

@@ -38,6 +38,64 @@ def network(port: int) -> dict[str, Any]:
     return {"group": GROUP, "port": port, "interface": "127.0.0.1"}
 
 
+def file_reading(status: str, inlet: float = 24.0, **power: Any) -> dict[str, Any]:
+    """What a publisher's file source reads: power ``status`` (and ``power`` fields such
+    as charge_pct) and one temperature, ``inlet``."""
+    return {"power": {"status": status, **power}, "temperatures": {"inlet": inlet}}
+
+
+def set_reading(path: Path, status: str, inlet: float = 24.0, **power: Any) -> None:
+    """What the publisher's file source at ``path`` reads next, replaced atomically."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(file_reading(status, inlet, **power)))
+    tmp.replace(path)
+
+
+def _config(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with each top-level key of ``overrides`` replacing its own; None drops one."""
+    merged = {**base, **overrides}
+    return {key: value for key, value in merged.items() if value is not None}
+
+
+def _network(port: int | dict[str, Any]) -> dict[str, Any]:
+    return network(port) if isinstance(port, int) else dict(port)
+
+
+def controller_config(
+    port: int | dict[str, Any], keys: Path | str, **overrides: Any
+) -> dict[str, Any]:
+    """A controller for write_toml: the loopback group on ``port`` (or this [network]
+    table), signed datagrams with the keys in ``keys``, shedding and restoring after 0.3 s,
+    JSON logs. Each of ``overrides`` replaces that top-level key (None drops it)."""
+    base = {
+        "role": "controller",
+        "network": _network(port),
+        "auth": {"keys_dir": str(keys)},
+        "policy": {"shed_after_s": 0.3, "restore_after_s": 0.3},
+        "log": {"format": "json"},
+    }
+    return _config(base, overrides)
+
+
+def publisher_config(
+    port: int | dict[str, Any], keys: Path | str, reading: Path, **overrides: Any
+) -> dict[str, Any]:
+    """A publisher for write_toml: ``ups-a``, a heartbeat every 0.2 s on the loopback group
+    on ``port`` (or this [network] table), signed with key 1 in ``keys``, reading the file
+    ``reading`` (see set_reading) every 0.05 s, JSON logs. Each of ``overrides`` replaces
+    that top-level key (None drops it)."""
+    base = {
+        "role": "publisher",
+        "id": "ups-a",
+        "heartbeat_s": 0.2,
+        "network": {"ttl": 1, "loop": True, **_network(port)},
+        "auth": {"keys_dir": str(keys), "key_id": 1},
+        "sources": [{"kind": "file", "path": str(reading), "interval_s": 0.05}],
+        "log": {"format": "json"},
+    }
+    return _config(base, overrides)
+
+
 def make_keys(directory: Path, *ids: int) -> Path:
     """A key directory as `powercast keygen` makes it."""
     directory.mkdir(mode=0o700, exist_ok=True)

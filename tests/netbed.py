@@ -46,7 +46,7 @@ from typing import Any
 
 import tomli_w
 
-from harness import Daemon, make_keys
+from harness import Daemon, make_keys, set_reading
 
 PREFIX = "pcnb"
 """Every namespace, bridge and veth of a bed starts with this."""
@@ -402,13 +402,6 @@ def publisher_config(
         "sources": [{"kind": "file", "path": str(reading), "interval_s": 0.02}],
         "log": {"format": "json", "level": "info"},
     }
-
-
-def set_reading(path: Path, status: str, inlet: float = 24.0) -> None:
-    """What the publisher's file source reads next, replaced atomically."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"power": {"status": status}, "temperatures": {"inlet": inlet}}))
-    tmp.replace(path)
 
 
 class Hall:

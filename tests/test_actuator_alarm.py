@@ -5,7 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness import Notify, free_port, make_keys, network, running, write_toml
+import pytest
+
+from harness import (
+    Notify,
+    controller_config,
+    free_port,
+    make_keys,
+    publisher_config,
+    running,
+    write_toml,
+)
+
+pytestmark = pytest.mark.system
 
 
 class TestActuatorAlarm:
@@ -19,27 +31,14 @@ class TestActuatorAlarm:
         )
         controller = write_toml(
             tmp_path / "c.toml",
-            {
-                "role": "controller",
-                "network": network(port),
-                "auth": {"keys_dir": str(keys)},
-                "policy": {"shed_after_s": 0.0, "startup_grace_s": 0.5},
-                "actuators": [{"kind": "hwmon", "path": str(tmp_path / "gone" / "pwm1")}],
-                "log": {"format": "json"},
-            },
+            controller_config(
+                port,
+                keys,
+                policy={"shed_after_s": 0.0, "startup_grace_s": 0.5},
+                actuators=[{"kind": "hwmon", "path": str(tmp_path / "gone" / "pwm1")}],
+            ),
         )
-        publisher = write_toml(
-            tmp_path / "p.toml",
-            {
-                "role": "publisher",
-                "id": "ups-a",
-                "heartbeat_s": 0.2,
-                "network": network(port),
-                "auth": {"keys_dir": str(keys)},
-                "sources": [{"kind": "file", "path": str(reading), "interval_s": 0.05}],
-                "log": {"format": "json"},
-            },
-        )
+        publisher = write_toml(tmp_path / "p.toml", publisher_config(port, keys, reading))
         notify = Notify(tmp_path)
         with (
             running(

@@ -82,6 +82,7 @@ def hwmon(pwm: Path, enable: Path | None = None) -> HwmonDriver:
     return HwmonDriver("hall/0(hwmon)", config)
 
 
+@pytest.mark.unit
 class TestHwmonDriver:
     def test_writes_and_reads_back(self, tmp_path: Path) -> None:
         """apply writes on_value/off_value to the file; read tells on/off from it."""
@@ -189,6 +190,7 @@ async def closing(driver: ModbusDriver) -> AsyncIterator[ModbusDriver]:
         driver._drop()
 
 
+@pytest.mark.system
 class TestModbusDriver:
     def test_coil_is_set_and_read_back(self) -> None:
         """A coil is written on and off; the server holds it and read() agrees."""
@@ -303,6 +305,7 @@ def commands(tmp_path: Path, **kw: Any) -> CommandActuator:
     )
 
 
+@pytest.mark.system
 class TestCommandDriver:
     def test_on_off_and_verify(self, tmp_path: Path) -> None:
         """on_argv/off_argv run as real processes; verify_argv reports the position."""
@@ -399,6 +402,7 @@ class Stuck:
         return False
 
 
+@pytest.mark.unit
 class TestWorker:
     def test_no_write_when_the_probed_position_is_wanted(self, tmp_path: Path) -> None:
         """A fan found on is not written when on is wanted (no toggle); off is written once."""
@@ -487,6 +491,7 @@ class BuggyDriver:
         raise KeyError("also a bug")
 
 
+@pytest.mark.unit
 class TestWorkerContainsDriverBugs:
     def test_a_driver_bug_is_a_failed_actuator_not_a_dead_daemon(self) -> None:
         """Exceptions other than DriverError mark the actuator failed; none escapes."""

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from powercast import wire
 from powercast.announcer import Announcer, merge
 from powercast.config import FileSource, PowerReading, PublisherConfig, Reading
 from powercast.wire import Power, PowerStatus
+
+pytestmark = pytest.mark.unit
 
 ONLINE = Power(PowerStatus.ONLINE)
 ON_BATTERY = Power(PowerStatus.ON_BATTERY)

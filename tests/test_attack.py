@@ -3,23 +3,28 @@ wrong-key datagrams: none of them changes its state."""
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from powercast import net, wire
 from powercast.secrets import keygen, load_keyring
 
-from harness import GROUP, free_port, make_keys, network, running, write_toml
+from harness import (
+    GROUP,
+    controller_config,
+    free_port,
+    make_keys,
+    publisher_config,
+    running,
+    set_reading,
+    write_toml,
+)
 
-
-def set_reading(path: Path, status: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"power": {"status": status}, "temperatures": {"inlet": 24.0}}))
-    tmp.replace(path)
+pytestmark = pytest.mark.system
 
 
 def capture(sock: socket.socket, status: str, timeout: float = 3.0) -> bytes:
@@ -42,26 +47,9 @@ class TestAttack:
         set_reading(reading, "online")
         controller = write_toml(
             tmp_path / "c.toml",
-            {
-                "role": "controller",
-                "network": network(port),
-                "auth": {"keys_dir": str(keys)},
-                "policy": {"shed_after_s": 0.0, "restore_after_s": 0.0},
-                "log": {"format": "json"},
-            },
+            controller_config(port, keys, policy={"shed_after_s": 0.0, "restore_after_s": 0.0}),
         )
-        publisher = write_toml(
-            tmp_path / "p.toml",
-            {
-                "role": "publisher",
-                "id": "ups-a",
-                "heartbeat_s": 0.2,
-                "network": {**network(port), "loop": True},
-                "auth": {"keys_dir": str(keys), "key_id": 1},
-                "sources": [{"kind": "file", "path": str(reading), "interval_s": 0.05}],
-                "log": {"format": "json"},
-            },
-        )
+        publisher = write_toml(tmp_path / "p.toml", publisher_config(port, keys, reading))
         listener = net.open_receiver(GROUP, port, "127.0.0.1")
         listener.setblocking(True)
         with (

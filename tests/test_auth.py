@@ -9,6 +9,8 @@ import pytest
 from powercast import wire
 from powercast.auth import Keyring, KeyringError
 
+pytestmark = pytest.mark.unit
+
 MESSAGE = wire.Announcement(
     publisher="ups-a",
     epoch=1,

@@ -23,6 +23,7 @@ def error(text: str, role: cfg.Role | None = None) -> str:
     return str(info.value)
 
 
+@pytest.mark.unit
 class TestExamples:
     @pytest.mark.parametrize("name", ["publisher.toml", "controller.toml", "relay.toml"])
     def test_shipped_examples_are_valid(self, name: str) -> None:
@@ -45,6 +46,7 @@ class TestExamples:
         assert cfg.parse(cfg.dumps(cfg.defaults(role)), "init") == cfg.defaults(role)
 
 
+@pytest.mark.unit
 class TestErrors:
     def test_wrong_type_names_key_expectation_and_value(self) -> None:
         """A wrong type says the key path, what was expected and what was found."""
@@ -140,6 +142,7 @@ SNMP = '[[sources]]\nkind = "snmp"\nhost = "127.0.0.1"\ncommunity = "public"\n'
 FILE = '[[sources]]\nkind = "file"\npath = "/dev/null"\n'
 
 
+@pytest.mark.unit
 class TestWhatTheDaemonsCanHonour:
     def test_tal_beyond_the_wire_names_both_keys_product_and_limit(self) -> None:
         """heartbeat_s * tal_factor must fit the TAL field's bound (one day)."""
@@ -234,6 +237,7 @@ class TestWhatTheDaemonsCanHonour:
         )
 
 
+@pytest.mark.unit
 class TestNesting:
     @pytest.mark.parametrize(
         "value",
@@ -275,6 +279,7 @@ class TestNesting:
             cfg.load(path, "controller")
 
 
+@pytest.mark.system
 class TestCommands:
     def test_check_ok_and_bad(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -316,6 +321,7 @@ class TestCommands:
             assert all(f'got "{fans}": no such file' in line for line in lines)
 
 
+@pytest.mark.system
 class TestHostProblems:
     def controller(self, text: str = "") -> cfg.Config:
         return cfg.parse('role = "controller"\n' + text, "f.toml")
@@ -393,6 +399,7 @@ class TestHostProblems:
         assert cfg.host_problems(source)[0].startswith("sources[0].argv[0]: expected")
 
 
+@pytest.mark.system
 class TestCheckCommand:
     def check(self, tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
         path = tmp_path / "c.toml"

@@ -25,6 +25,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from powercast import control, logs, metrics
 
+pytestmark = pytest.mark.system
+
 BOUND = 1.0
 """The per-client bound the servers get here (the daemon's is CLIENT_TIMEOUT_S)."""
 BIG = {"status": {"blob": "x" * 2_000_000}}

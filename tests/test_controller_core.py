@@ -26,6 +26,8 @@ from powercast.wire import PowerStatus
 
 from fakes import KEY_ID, WALL, FakePublisher
 
+pytestmark = pytest.mark.unit
+
 ONLINE = PowerStatus.ONLINE
 ON_BATTERY = PowerStatus.ON_BATTERY
 """The wall clock at monotonic time 0."""

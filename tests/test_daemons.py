@@ -15,7 +15,20 @@ import pytest
 
 from powercast import net, wire
 
-from harness import GROUP, Daemon, Notify, free_port, make_keys, network, running, write_toml
+from harness import (
+    GROUP,
+    Daemon,
+    Notify,
+    free_port,
+    make_keys,
+    network,
+    publisher_config,
+    running,
+    set_reading,
+    write_toml,
+)
+
+pytestmark = pytest.mark.system
 
 RECORD = "import os, sys; open(sys.argv[1], 'a').write(os.environ['POWERCAST_STATE'] + ' ' + os.environ['POWERCAST_FANS'] + '\\n')"  # noqa: E501
 
@@ -35,24 +48,6 @@ def controller_config(port: int, record: Path, **policy: Any) -> dict[str, Any]:
     }
 
 
-def publisher_config(port: int, reading: Path) -> dict[str, Any]:
-    return {
-        "role": "publisher",
-        "id": "ups-test",
-        "heartbeat_s": 0.2,
-        "network": {**network(port), "ttl": 1, "loop": True},
-        "auth": {"keys_dir": str(reading.parent / "keys"), "key_id": 1},
-        "sources": [{"kind": "file", "path": str(reading), "interval_s": 0.05}],
-        "log": {"format": "json"},
-    }
-
-
-def set_reading(path: Path, status: str, inlet: float) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"power": {"status": status}, "temperatures": {"inlet": inlet}}))
-    tmp.replace(path)
-
-
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, Path]:
     port = free_port()
@@ -62,7 +57,9 @@ def files(tmp_path: Path) -> dict[str, Path]:
     set_reading(reading, "online", 24.0)
     return {
         "controller": write_toml(tmp_path / "c.toml", controller_config(port, record)),
-        "publisher": write_toml(tmp_path / "p.toml", publisher_config(port, reading)),
+        "publisher": write_toml(
+            tmp_path / "p.toml", publisher_config(port, tmp_path / "keys", reading, id="ups-test")
+        ),
         "record": record,
         "reading": reading,
         "port": Path(str(port)),
@@ -337,7 +334,7 @@ class TestPublisherRestart:
         """The publisher with a second source that takes a second to read; TAL 4 s."""
         port = int(str(files["port"]))
         set_reading(files["reading"], "on_battery", 24.0)
-        config = publisher_config(port, files["reading"])
+        config = publisher_config(port, tmp_path / "keys", files["reading"], id="ups-test")
         slow = json.dumps({"temperatures": {"hall": 23.0}})
         config["heartbeat_s"], config["tal_factor"] = 1.0, 4.0
         config["sources"].append(

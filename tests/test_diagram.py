@@ -26,6 +26,7 @@ def chart_moves() -> set[tuple[str, str]]:
 
 
 class TestDiagram:
+    @pytest.mark.unit
     def test_prints_mermaid_of_the_real_chart(self, capsys: pytest.CaptureFixture[str]) -> None:
         """Without --output: Mermaid text with every state and exactly the chart's moves."""
         assert main(["diagram"]) == 0
@@ -35,6 +36,7 @@ class TestDiagram:
         assert edges(out) == chart_moves()
         assert {a for a, b in edges(out) if b == "shedding"} == {"on_battery", "thermal_override"}
 
+    @pytest.mark.unit
     def test_readme_shows_the_current_chart(self) -> None:
         """README's "How it decides" holds the diagram as `powercast diagram` prints it."""
         text = README.read_text()
@@ -43,6 +45,7 @@ class TestDiagram:
         assert block is not None, "no ```mermaid block under How it decides"
         assert block[1] == diagram.mermaid()
 
+    @pytest.mark.system
     @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
     @pytest.mark.parametrize(("suffix", "magic"), [(".png", b"\x89PNG"), (".svg", b"<?xml")])
     def test_writes_an_image_with_graphviz(
@@ -55,6 +58,7 @@ class TestDiagram:
         assert out.read_bytes().startswith(magic)
         assert capsys.readouterr().out == f"{out}: the fan policy's state chart\n"
 
+    @pytest.mark.system  # tries to start dot (not found): a fork
     def test_without_dot_one_line_error(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
@@ -70,6 +74,7 @@ class TestDiagram:
         )
         assert not out.exists()
 
+    @pytest.mark.unit
     def test_without_pydot_one_line_error(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
@@ -83,6 +88,7 @@ class TestDiagram:
         assert err.count("\n") == 1
         assert "pip install 'powercast[diagram]'" in err
 
+    @pytest.mark.unit
     def test_other_suffix_is_refused(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from harness import write_toml
+
+pytestmark = pytest.mark.system
 
 
 def run(

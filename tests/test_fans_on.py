@@ -26,11 +26,13 @@ from typing import Any
 
 import pytest
 from test_failsafe import run as failsafe
-from test_restart import OFF, ON, Files, make_files, set_reading, wait_file
+from test_restart import OFF, ON, Files, make_files, wait_file
 
 from powercast.runtime.controller import SHUTDOWN_GRACE_S
 
-from harness import Daemon, write_toml
+from harness import Daemon, set_reading, write_toml
+
+pytestmark = pytest.mark.system
 
 APPEND = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
 

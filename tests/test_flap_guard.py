@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from powercast.config import PolicySettings
 from powercast.policy import Policy, Situation
 from powercast.wire import PowerStatus
+
+pytestmark = pytest.mark.unit
 
 SETTINGS = PolicySettings(
     shed_after_s=5.0, restore_after_s=0.0, flap_window_s=100.0, flap_max_sheds=2

@@ -53,6 +53,7 @@ def controller(keyring: Keyring) -> Controller:
     return core
 
 
+@pytest.mark.unit
 class TestControllerExpiries:
     def test_deadline_is_the_earliest_current_expiry(self, keyring: Keyring) -> None:
         """With heartbeats superseding each other, the deadline is the earliest publisher's
@@ -97,6 +98,7 @@ class TestControllerExpiries:
         assert core.accepted == 1
 
 
+@pytest.mark.system
 class TestReceiver:
     def test_a_burst_arrives_whole_and_in_order_in_batches(self) -> None:
         """300 queued datagrams reach the callback in order, at most RECEIVE_BATCH per turn
@@ -137,6 +139,7 @@ class TestReceiver:
         assert max(steps) > 1  # batched, not one per turn
 
 
+@pytest.mark.unit
 class TestReceiverErrors:
     def test_socket_errors_are_logged_paced(self) -> None:
         """ICMP errors a peer can cause as fast as it likes cost one log line per interval."""

@@ -7,7 +7,6 @@ Needs root; skipped with the reason otherwise.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,9 @@ import netbed
 import pytest
 from netbed import Bed, NetDaemon
 
-from harness import make_keys, write_toml
+from harness import controller_config, make_keys, publisher_config, set_reading, write_toml
+
+pytestmark = pytest.mark.system
 
 GROUP6 = "ff15::4242"
 PORT = 5101
@@ -32,12 +33,6 @@ def bed() -> Iterator[Bed]:
     assert made.leftovers() == []
 
 
-def reading(path: Path, status: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"power": {"status": status}, "temperatures": {"inlet": 24.0}}))
-    tmp.replace(path)
-
-
 class TestIPv6:
     def test_outage_over_an_ipv6_group(self, bed: Bed, tmp_path: Path) -> None:
         """A site-local IPv6 group, joined by interface name: the controller sheds and restores."""
@@ -46,29 +41,15 @@ class TestIPv6:
             host.run("ip", "-6", "addr", "add", f"fd77::{i}/64", "dev", "eth0", "nodad")
         keys = make_keys(tmp_path / "keys")
         source = tmp_path / "ups.json"
-        reading(source, "online")
+        set_reading(source, "online")
         network = {"group": GROUP6, "port": PORT, "interface": "eth0"}
         controller = write_toml(
             tmp_path / "c.toml",
-            {
-                "role": "controller",
-                "network": network,
-                "auth": {"keys_dir": str(keys)},
-                "policy": {"shed_after_s": 0.2, "restore_after_s": 0.2},
-                "log": {"format": "json"},
-            },
+            controller_config(network, keys, policy={"shed_after_s": 0.2, "restore_after_s": 0.2}),
         )
         publisher = write_toml(
             tmp_path / "p.toml",
-            {
-                "role": "publisher",
-                "id": "ups-v6",
-                "heartbeat_s": 0.2,
-                "network": {**network, "ttl": 1, "loop": False},
-                "auth": {"keys_dir": str(keys)},
-                "sources": [{"kind": "file", "path": str(source), "interval_s": 0.05}],
-                "log": {"format": "json"},
-            },
+            publisher_config({**network, "loop": False}, keys, source, id="ups-v6"),
         )
         ctl = NetDaemon(bed, hosts[1], "control", "--config", str(controller))
         ctl.wait_for("ready", timeout=10)
@@ -76,7 +57,7 @@ class TestIPv6:
             "ready", timeout=10
         )
         assert ctl.wait_for("transition", timeout=5, state="normal")["sources"] == ["ups-v6"]
-        reading(source, "on_battery")
+        set_reading(source, "on_battery")
         ctl.wait_for("transition", timeout=5, state="shedding")
-        reading(source, "online")
+        set_reading(source, "online")
         ctl.wait_for("transition", timeout=5, state="normal")

@@ -114,6 +114,7 @@ def written(stream: TextIO) -> str:
     return stream.read()
 
 
+@pytest.mark.unit
 class TestJournalFieldName:
     def test_upper_cased_with_prefix(self) -> None:
         """A structlog key becomes POWERCAST_ and the key upper-cased."""
@@ -129,6 +130,7 @@ class TestJournalFieldName:
         assert len(logs.journal_field_name("x" * 100)) == 64
 
 
+@pytest.mark.unit
 class TestJournalFields:
     def test_transition(self) -> None:
         """MESSAGE reads event then logfmt; each key is a POWERCAST_ field, priority is PRIORITY."""
@@ -167,6 +169,7 @@ class TestJournalFields:
         assert event == {"event": "x", "priority": 4, "a": 1}
 
 
+@pytest.mark.unit
 class TestEncodeJournalEntry:
     def test_plain_fields(self) -> None:
         """Values without a newline are NAME=value lines."""
@@ -185,6 +188,7 @@ class TestEncodeJournalEntry:
         assert parse_entry(data) == {"MESSAGE": "on → off\n"}
 
 
+@pytest.mark.system
 class TestJournalSender:
     def test_one_datagram(self, journal: Journal) -> None:
         """An entry arrives as one datagram on the socket."""
@@ -212,6 +216,7 @@ class TestJournalSender:
         sender.close()
 
 
+@pytest.mark.system
 class TestNativeJournal:
     def test_auto_under_systemd_sends_fields(self, journal: Journal, stream: TextIO) -> None:
         """auto under systemd with the journal socket present sends fields and writes nothing."""

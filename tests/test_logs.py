@@ -13,6 +13,8 @@ import structlog
 
 from powercast import logs
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(autouse=True)
 def _reset_structlog() -> Iterator[None]:

@@ -97,6 +97,7 @@ def try_ipv6_sender(group: str, port: int, interface: str) -> socket.socket:
         raise
 
 
+@pytest.mark.unit
 class TestValidateGroup:
     def test_accepts_ipv4_and_ipv6_multicast(self) -> None:
         """IPv4 (224.0.0.0/4) and IPv6 (ff00::/8) multicast groups pass."""
@@ -121,6 +122,7 @@ class TestValidateGroup:
             validate_group("ff02::1%lo", "network")
 
 
+@pytest.mark.system
 class TestResolveInterface:
     def test_ipv4_name(self) -> None:
         """An IPv4 interface given by name resolves to its index and no address."""
@@ -155,6 +157,7 @@ class TestResolveInterface:
             resolve_interface("", socket.AF_INET)
 
 
+@pytest.mark.system
 class TestOpenSender:
     def test_options_applied(self, group: str, port: int, sockets: list[socket.socket]) -> None:
         """TTL, loop and the outgoing interface are set as asked, and the socket never blocks."""
@@ -234,6 +237,7 @@ class TestOpenSender:
             open_sender(group, port, "127.0.0.1", ttl=bad)
 
 
+@pytest.mark.system
 class TestOpenReceiver:
     def test_bound_to_group_and_nonblocking(
         self, group: str, port: int, sockets: list[socket.socket]
@@ -294,6 +298,7 @@ class TestOpenReceiver:
         assert ipv6_joined("lo", "ff05::4242:4")
 
 
+@pytest.mark.system
 class TestDelivery:
     def test_by_address(self, group: str, port: int, sockets: list[socket.socket]) -> None:
         """A sender on 127.0.0.1 reaches a receiver joined on 127.0.0.1."""
@@ -353,6 +358,7 @@ class TestDelivery:
         assert data == b"v6"
 
 
+@pytest.mark.unit
 class TestNetworkError:
     @pytest.mark.parametrize(
         ("code", "prefix"),

@@ -33,6 +33,8 @@ from netbed import GROUP, PORT, Bed, Hall
 from powercast import wire
 from powercast.secrets import keygen, load_keyring
 
+pytestmark = pytest.mark.system
+
 NEWS_S = 1.0
 """From a reading changing at the publisher to every controller's transition."""
 TAL_S = 0.6

@@ -24,7 +24,18 @@ import pytest
 
 from powercast import cli, control
 
-from harness import GROUP, Daemon, free_port, make_keys, network, running, write_toml
+from harness import (
+    GROUP,
+    Daemon,
+    controller_config,
+    free_port,
+    make_keys,
+    network,
+    publisher_config,
+    running,
+    set_reading,
+    write_toml,
+)
 
 RECORD = "import os, sys; open(sys.argv[1], 'a').write(os.environ['POWERCAST_STATE'] + '\\n')"
 
@@ -56,13 +67,6 @@ def powercast(
         user=user,
         check=False,
     )
-
-
-def set_reading(path: Path, status: str, inlet: float) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"power": {"status": status, "charge_pct": 90.0},
-                               "temperatures": {"inlet": inlet}}))  # fmt: skip
-    tmp.replace(path)
 
 
 def cli_as_nobody(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -101,36 +105,28 @@ class Site:
         self.port = free_port()
         self.keys = make_keys(root / "keys")
         self.reading = root / "ups.json"
-        set_reading(self.reading, "online", 24.0)
+        set_reading(self.reading, "online", 24.0, charge_pct=90.0)
         self.controller_sock = root / "controller.sock"
         self.publisher_sock = root / "publisher.sock"
-        controller: dict[str, Any] = {
-            "role": "controller",
-            "network": network(self.port),
-            "auth": {"keys_dir": str(self.keys)},
-            "policy": {"shed_after_s": 0.3, "restore_after_s": 0.3},
-            "persist": {"state_dir": ""},
-            "control": {"socket": str(self.controller_sock)},
-            "actions": [
-                {"on": "shedding", "argv": [sys.executable, "-c", RECORD, str(root / "r")]}
-            ],
-            "log": {"format": "json", "level": "debug"},
-        }
-        if metrics:
-            controller["metrics"] = {"listen": "127.0.0.1:0"}
+        controller = controller_config(
+            self.port,
+            self.keys,
+            persist={"state_dir": ""},
+            control={"socket": str(self.controller_sock)},
+            actions=[{"on": "shedding", "argv": [sys.executable, "-c", RECORD, str(root / "r")]}],
+            log={"format": "json", "level": "debug"},
+            metrics={"listen": "127.0.0.1:0"} if metrics else None,
+        )
         self.controller = write_toml(root / "c.toml", controller)
         self.publisher = write_toml(
             root / "p.toml",
-            {
-                "role": "publisher",
-                "id": "ups-op",
-                "heartbeat_s": 0.2,
-                "network": {**network(self.port), "ttl": 1, "loop": True},
-                "auth": {"keys_dir": str(self.keys), "key_id": 1},
-                "control": {"socket": str(self.publisher_sock)},
-                "sources": [{"kind": "file", "path": str(self.reading), "interval_s": 0.05}],
-                "log": {"format": "json"},
-            },
+            publisher_config(
+                self.port,
+                self.keys,
+                self.reading,
+                id="ups-op",
+                control={"socket": str(self.publisher_sock)},
+            ),
         )
 
     @contextlib.contextmanager
@@ -156,6 +152,7 @@ def site(tmp_path: Path) -> Site:
     return Site(tmp_path)
 
 
+@pytest.mark.system
 class TestStatus:
     def test_controller_status_json_has_the_documented_keys(self, site: Site) -> None:
         """`status --json` of a controller: version 1, the documented keys, what it believes."""
@@ -193,7 +190,7 @@ class TestStatus:
                 )
                 for _ in range(5):
                     s.sendto(b"hello, not ours", (GROUP, site.port))
-            set_reading(site.reading, "on_battery", 24.0)
+            set_reading(site.reading, "on_battery", 24.0, charge_pct=90.0)
             ctl.wait_for("action", state="shedding")
             status = site.status(site.controller_sock)
             text = powercast("status", "--socket", str(site.controller_sock)).stdout
@@ -229,6 +226,7 @@ class TestStatus:
         assert done.stdout.startswith("publisher on ")
 
 
+@pytest.mark.system
 class TestCommandErrors:
     def test_daemon_not_running_is_one_line(self, tmp_path: Path) -> None:
         """No socket, or a socket nobody listens on: one line naming the path and what to do."""
@@ -305,6 +303,7 @@ class TestCommandErrors:
         )
 
 
+@pytest.mark.system
 class TestControlSocket:
     def test_mode_is_0600_without_the_group_and_0660_with_it(self, tmp_path: Path) -> None:
         """Root-only without a powercast group; group-readable with the group that exists."""
@@ -379,6 +378,7 @@ class TestControlSocket:
         assert not path.exists()  # removed when the server stopped
 
 
+@pytest.mark.system
 class TestOverride:
     def test_override_sets_logs_who_and_clears(self, site: Site) -> None:
         """Fans forced on for a while, logged with the caller's user and uid; --clear ends it."""
@@ -410,6 +410,7 @@ class TestOverride:
         assert "--for, --reason needed" in done.stderr
 
 
+@pytest.mark.system
 class TestSend:
     def test_without_drill_nothing_goes_out(self, site: Site) -> None:
         """Without --drill, send prints what it would do, exits 2, and sends nothing."""
@@ -450,6 +451,7 @@ class TestSend:
         assert "is the id of the publisher in" in done.stderr
 
 
+@pytest.mark.system
 class TestPing:
     def ping(self, site: Site, node: str, *extra: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
@@ -498,6 +500,7 @@ class TestPing:
         assert "TTL too low" in out
 
 
+@pytest.mark.system
 class TestMetrics:
     def test_scrape_a_running_controller(self, tmp_path: Path) -> None:
         """The endpoint serves counters read at scrape time: datagrams, freshness, state,
@@ -505,7 +508,7 @@ class TestMetrics:
         site = Site(tmp_path, metrics=True)
         with site.both() as (ctl, _):
             listening = next(e for e in ctl.seen if e.get("event") == "metrics_listening")
-            set_reading(site.reading, "on_battery", 24.0)
+            set_reading(site.reading, "on_battery", 24.0, charge_pct=90.0)
             ctl.wait_for("action", state="shedding")
             url = f"http://{listening['address']}/metrics"
             with urllib.request.urlopen(url, timeout=5) as response:
@@ -540,6 +543,7 @@ class TestMetrics:
         assert not any(e.get("event") == "metrics_listening" for e in ctl.seen)
 
 
+@pytest.mark.unit
 class TestOverrideRequest:
     def test_zone_fans_duration_and_reason_are_checked(self) -> None:
         """Unknown zones, a missing zone among several, bad fans, endless or zero durations
@@ -579,6 +583,7 @@ class TestOverrideRequest:
         assert control.who(hidden, {"user": "alice bob\n"}) == "alice_bob_ (said by the client)"
 
 
+@pytest.mark.unit
 class TestDuration:
     def test_durations(self) -> None:
         """Seconds, or units s m h d, combined: 90, 90s, 30m, 1h30m, 1d."""
@@ -592,6 +597,7 @@ class TestDuration:
                 duration(bad)
 
 
+@pytest.mark.unit
 class TestPingProtocol:
     def test_signed_pings_verify_and_are_not_announcements(self, tmp_path: Path) -> None:
         """A signed ping verifies with the same key, shows unknown_key or bad_tag otherwise,

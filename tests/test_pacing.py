@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from powercast.pacing import Backoff, Pacer
 from powercast.sources.base import Backoff as SourcesBackoff
+
+pytestmark = pytest.mark.unit
 
 
 class TestPacer:

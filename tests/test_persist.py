@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from powercast import persist
 from powercast.config import PolicySettings
 from powercast.policy import MAX_OVERRIDE_S, Override, Policy
+
+pytestmark = pytest.mark.unit
 
 WALL = 1_800_000_000.0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from powercast import config as cfg
 from powercast.plan import (
     LogDryRun,
@@ -14,6 +16,8 @@ from powercast.plan import (
     StartActuator,
 )
 from powercast.policy import NO_DATA, Decision, FanChart, Policy
+
+pytestmark = pytest.mark.unit
 
 PWM_A = cfg.HwmonActuator(path="/sys/class/hwmon/hwmon0/pwm1")
 PWM_B = cfg.HwmonActuator(path="/sys/class/hwmon/hwmon0/pwm2")

@@ -16,6 +16,8 @@ from powercast.policy import FANS_ON, NO_DATA, FanChart, Policy, Situation, comb
 from powercast.states import INITIAL, State
 from powercast.wire import PowerStatus
 
+pytestmark = pytest.mark.unit
+
 ONLINE = PowerStatus.ONLINE
 ON_BATTERY = PowerStatus.ON_BATTERY
 LOW_BATTERY = PowerStatus.LOW_BATTERY

@@ -6,6 +6,7 @@ Strategies live in tests/strategies.py; example counts come from the hypothesis 
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 
 from powercast.config import PolicySettings
@@ -13,6 +14,8 @@ from powercast.policy import FANS_ON, Policy, Situation
 from powercast.wire import PowerStatus
 
 from strategies import histories, policy_settings
+
+pytestmark = pytest.mark.unit
 
 BATTERY = (PowerStatus.ON_BATTERY, PowerStatus.LOW_BATTERY)
 START = 258944.81682009774

@@ -51,6 +51,8 @@ from powercast.wire import PowerStatus
 from fakes import WALL, FakePublisher, make_keyring
 from strategies import override_lengths, pauses, sensor_readings
 
+pytestmark = pytest.mark.unit
+
 PUBLISHERS = ("ups-a", "ups-b", "ups-c")
 TAL = 3.0
 HEARTBEAT_S = 1.0

@@ -82,6 +82,7 @@ def timed(coro: Coroutine[Any, Any, T]) -> tuple[T, float]:
     return result, time.monotonic() - started
 
 
+@pytest.mark.system
 class TestRun:
     def test_chatty_program_is_capped_and_killed(self) -> None:
         """`yes` is killed at its timeout; its output is capped and memory stays flat."""
@@ -194,6 +195,7 @@ class TestRun:
         assert fds() == before
 
 
+@pytest.mark.system
 class TestEnvironment:
     def test_only_allowed_variables_and_the_callers(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """NOTIFY_SOCKET and secrets stay behind; PATH and the caller's POWERCAST_* pass."""
@@ -224,6 +226,7 @@ class TestEnvironment:
         assert run(programs.run(["true"], 5.0)).ok
 
 
+@pytest.mark.system
 class TestActionQueue:
     def test_moves_on_after_a_chatty_action_is_killed(self, tmp_path: Path) -> None:
         """A `yes` action is killed at its timeout and the next decision's action still runs."""
@@ -257,6 +260,7 @@ class TestActionQueue:
         assert queue.last["normal"].result == "ok"
 
 
+@pytest.mark.system
 class TestCommandSource:
     def test_chatty_source_fails_clearly_and_leaks_nothing(self) -> None:
         """A source running `yes` is a SourceError at its timeout; no fds or memory stay."""
@@ -286,6 +290,7 @@ class TestCommandSource:
             run(make_reader(source, 0, time.monotonic()).read())
 
 
+@pytest.mark.unit
 class TestCheckArgv:
     def test_runnable(self) -> None:
         """A program on PATH or by absolute path is fine."""

@@ -39,7 +39,7 @@ from powercast.auth import Keyring
 from powercast.relay import MAX_PACKET, TABLE_SIZE, WINDOW, Relay
 from powercast.secrets import load_keyring
 
-from harness import Daemon, free_port, make_keys, running, write_toml
+from harness import Daemon, free_port, make_keys, running, set_reading, write_toml
 
 GROUP_A = "239.255.43.1"
 GROUP_B = "239.255.43.2"
@@ -90,6 +90,7 @@ def datagram(
     return wire.encode(message, key_id=key_id, sign=keyring.signer(key_id))
 
 
+@pytest.mark.unit
 class TestRelayCore:
     def test_new_datagrams_go_on_and_repeats_stop(self) -> None:
         """A datagram goes on once; the very same bytes again (a loop, an echo) are seen."""
@@ -223,6 +224,7 @@ class TestRelayCore:
         assert len(injected["A"]) <= 2  # a relay that got the broker's copy first
 
 
+@pytest.mark.unit
 class TestRelayConfig:
     def test_defaults_and_role(self) -> None:
         """`role = "relay"` alone is a whole config; `config init` writes one back."""
@@ -318,7 +320,7 @@ class Loopback:
         self.port = free_port()
         self.keys = make_keys(tmp_path / "keys")
         self.reading = tmp_path / "ups.json"
-        netbed.set_reading(self.reading, "online")
+        set_reading(self.reading, "online")
         a = {"group": GROUP_A, "port": self.port, "interface": "127.0.0.1"}
         b = {"group": GROUP_B, "port": self.port, "interface": "127.0.0.1"}
         self.topic = topic = f"powercast/test-{self.port}"
@@ -359,6 +361,7 @@ def loopback_daemons(lo: Loopback) -> Iterator[dict[str, Daemon]]:
             yield {"relay_a": relay_a, "relay_b": relay_b, "ctl": ctl, "pub": pub}
 
 
+@pytest.mark.system
 class TestRelayDaemon:
     def test_outage_crosses_the_broker(self, tmp_path: Path, broker: Mosquitto) -> None:
         """A publisher on one group makes a controller on another shed and restore: the
@@ -366,10 +369,10 @@ class TestRelayDaemon:
         lo = Loopback(tmp_path, broker)
         with loopback_daemons(lo) as d:
             d["ctl"].wait_for("transition", timeout=BOOT_S, state="normal")
-            netbed.set_reading(lo.reading, "on_battery")
+            set_reading(lo.reading, "on_battery")
             d["ctl"].wait_for("transition", timeout=NEWS_S, state="on_battery")
             d["ctl"].wait_for("transition", timeout=0.3 + NEWS_S, state="shedding")
-            netbed.set_reading(lo.reading, "online")
+            set_reading(lo.reading, "online")
             d["ctl"].wait_for("transition", timeout=0.3 + NEWS_S, state="normal")
             assert states(d["ctl"]) == ["normal", "on_battery", "shedding", "normal"]
             a, b = summary(d["relay_a"]), summary(d["relay_b"])
@@ -446,6 +449,7 @@ OVERSIZE = 64 * 1024 * 1024
 RSS_SLACK_KB = 16 * 1024
 
 
+@pytest.mark.system
 class TestRelayUnderAttack:
     def test_forged_high_seq_does_not_stop_a_publisher(
         self, tmp_path: Path, broker: Mosquitto
@@ -461,7 +465,7 @@ class TestRelayUnderAttack:
             forged = wire.encode(msgspec.structs.replace(real, seq=2**63 - 1, sent=time.time()))
             _publish(broker, lo.topic, forged)
             time.sleep(TAL_S + 2 * MARGIN_S)  # poisoned, the controller would now fail safe
-            netbed.set_reading(lo.reading, "on_battery")  # and hear no news again
+            set_reading(lo.reading, "on_battery")  # and hear no news again
             d["ctl"].wait_for("transition", timeout=NEWS_S, state="on_battery")
             a, b = summary(d["relay_a"]), summary(d["relay_b"])
         assert a["broker_relayed"] >= 1  # the forgery, carried: keyless, it cannot tell
@@ -578,7 +582,7 @@ class Campus:
         self.s = s
         self.keys = make_keys(workdir / "keys")
         self.reading = workdir / "ups.json"
-        netbed.set_reading(self.reading, "online")
+        set_reading(self.reading, "online")
         self.pub_host = s.host(0, "pub")
         self.relay_hosts: list[list[Host]] = [
             [s.relay_host(site, f"relay{i + 1}") for i in range(relays[site])] for site in (0, 1)
@@ -649,6 +653,7 @@ class Campus:
             daemon.stop()
 
 
+@pytest.mark.system
 class TestAcrossSites:
     def test_outage_in_site_1_sheds_site_2(self, two_sites: Sites, tmp_path: Path) -> None:
         """Site 1's publisher, through one relay per site and the broker, makes site 2's
@@ -657,10 +662,10 @@ class TestAcrossSites:
         ctl, pub = campus.start()
         try:
             ctl.wait_for("transition", timeout=BOOT_S, state="normal")
-            netbed.set_reading(campus.reading, "on_battery")
+            set_reading(campus.reading, "on_battery")
             ctl.wait_for("transition", timeout=NEWS_S, state="on_battery")
             ctl.wait_for("transition", timeout=0.3 + NEWS_S, state="shedding")
-            netbed.set_reading(campus.reading, "online")
+            set_reading(campus.reading, "online")
             ctl.wait_for("transition", timeout=0.3 + NEWS_S, state="normal")
             assert states(ctl) == ["normal", "on_battery", "shedding", "normal"]
         finally:
@@ -703,10 +708,10 @@ class TestAcrossSites:
                 if round_ == 1:  # redundancy: one relay of each site goes away
                     campus.relays[0].stop()
                     campus.relays[2].stop()
-                netbed.set_reading(campus.reading, "on_battery")
+                set_reading(campus.reading, "on_battery")
                 ctl.wait_for("transition", timeout=NEWS_S, state="on_battery")
                 ctl.wait_for("transition", timeout=0.3 + NEWS_S, state="shedding")
-                netbed.set_reading(campus.reading, "online")
+                set_reading(campus.reading, "online")
                 ctl.wait_for("transition", timeout=0.3 + NEWS_S, state="normal")
             time.sleep(0.5)
             assert states(ctl) == ["normal", *cycle, *cycle]  # no failsafe, nothing twice

@@ -27,16 +27,22 @@ from powercast.runtime import ControllerDaemon
 from powercast.wire import PowerStatus
 
 from fakes import FakePublisher, make_keyring
-from harness import Daemon, free_port, make_keys, network, running, write_toml
+from harness import (
+    Daemon,
+    controller_config,
+    free_port,
+    make_keys,
+    network,
+    publisher_config,
+    running,
+    set_reading,
+    write_toml,
+)
+
+pytestmark = pytest.mark.system
 
 ON, OFF = "255", "0"
 RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
-
-
-def set_reading(path: Path, status: str, inlet: float = 24.0) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"power": {"status": status}, "temperatures": {"inlet": inlet}}))
-    tmp.replace(path)
 
 
 @dataclass
@@ -59,29 +65,25 @@ def make_files(tmp_path: Path, grace: float) -> Files:
     record = tmp_path / "actions.log"
     reading = tmp_path / "ups.json"
     set_reading(reading, "online")
-    controller: dict[str, Any] = {
-        "role": "controller",
-        "network": network(port),
-        "auth": {"keys_dir": str(keys)},
-        "policy": {"shed_after_s": 0.3, "restore_after_s": 0.3, "startup_grace_s": grace},
-        "actuators": [{"kind": "hwmon", "path": str(pwm), "on_value": 255, "off_value": 0}],
-        "actions": [
+    controller = controller_config(
+        port,
+        keys,
+        policy={"shed_after_s": 0.3, "restore_after_s": 0.3, "startup_grace_s": grace},
+        actuators=[{"kind": "hwmon", "path": str(pwm), "on_value": 255, "off_value": 0}],
+        actions=[
             {"on": state, "argv": [sys.executable, "-c", RECORD, str(record), state]}
             for state in ("normal", "shedding", "failsafe")
         ],
-        "persist": {"state_dir": str(state_dir)},
-        "log": {"format": "json", "level": "debug"},
-    }
-    publisher = {
-        "role": "publisher",
-        "id": "ups-test",
-        "heartbeat_s": 0.2,
-        "tal_factor": 50.0,  # data lives 10 s: no expiry timer wakes the controller early
-        "network": {**network(port), "ttl": 1, "loop": True},
-        "auth": {"keys_dir": str(keys), "key_id": 1},
-        "sources": [{"kind": "file", "path": str(reading), "interval_s": 0.05}],
-        "log": {"format": "json"},
-    }
+        persist={"state_dir": str(state_dir)},
+        log={"format": "json", "level": "debug"},
+    )
+    publisher = publisher_config(
+        port,
+        keys,
+        reading,
+        id="ups-test",
+        tal_factor=50.0,  # data lives 10 s: no expiry timer wakes the controller early
+    )
     return Files(
         controller=write_toml(tmp_path / "c.toml", controller),
         publisher=write_toml(tmp_path / "p.toml", publisher),

@@ -13,6 +13,8 @@ from powercast.auth import KeyringError
 from powercast.config import ControllerAuth, ControllerConfig, PublisherAuth, PublisherConfig
 from powercast.secrets import SecretError, keygen, keys_dir, load_keyring, load_keys, read_secret
 
+pytestmark = pytest.mark.unit
+
 
 class TestKeygen:
     def test_writes_a_private_random_key(self, tmp_path: Path) -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from powercast.session import Session, Verdict
 from powercast.wire import Announcement, Power, PowerStatus
+
+pytestmark = pytest.mark.unit
 
 WALL = 1_700_000_000.0
 

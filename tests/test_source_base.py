@@ -11,6 +11,8 @@ from powercast.config import PublisherConfig, parse
 from powercast.sources import Backoff, SourceError
 from powercast.sources.base import make_reading
 
+pytestmark = pytest.mark.unit
+
 
 class TestExampleSources:
     def test_commented_examples_in_the_shipped_config_are_valid(self) -> None:

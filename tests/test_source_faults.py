@@ -12,9 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from powercast import net, wire
 
-from harness import GROUP, free_port, make_keys, network, running, write_toml
+from harness import GROUP, controller_config, free_port, make_keys, network, running, write_toml
+
+pytestmark = pytest.mark.system
 
 # Appends a line per run to argv[1]; fails while argv[2] does not exist, then prints a reading.
 FLAKY = """
@@ -118,13 +122,7 @@ class TestFailedSensorOnTheWire:
         publisher = write_toml(tmp_path / "p.toml", two_sources(tmp_path, port))
         controller = write_toml(
             tmp_path / "c.toml",
-            {
-                "role": "controller",
-                "network": network(port),
-                "auth": {"keys_dir": str(tmp_path / "keys")},
-                "policy": {"shed_after_s": 0.3},
-                "log": {"format": "json"},
-            },
+            controller_config(port, tmp_path / "keys", policy={"shed_after_s": 0.3}),
         )
         listener = net.open_receiver(GROUP, port, "127.0.0.1")
         listener.setblocking(True)

@@ -50,6 +50,7 @@ def read(root: Path, *sensors: str, **rename: str) -> Reading:
     return asyncio.run(reader.read())
 
 
+@pytest.mark.unit
 class TestHwmonConfig:
     def test_defaults_and_errors(self) -> None:
         """All sensors under / by default; a rename target must be a valid sensor name."""
@@ -65,6 +66,7 @@ class TestHwmonConfig:
             )
 
 
+@pytest.mark.unit
 class TestDiscover:
     def test_names_in_sysfs_order(self, root: Path) -> None:
         """hwmon sensors are <name>.<label> (or .temp<N>), zones their type; hwmon10 after 2."""
@@ -105,6 +107,7 @@ class TestDiscover:
 
 
 class TestHwmonReader:
+    @pytest.mark.unit
     def test_all_by_default(self, root: Path) -> None:
         """Without a selection every sensor is read, millidegrees to degrees."""
         got = read(root)
@@ -119,17 +122,20 @@ class TestHwmonReader:
             "x86_pkg_temp": 45.0,
         }
 
+    @pytest.mark.unit
     def test_select_by_name_and_glob_and_rename(self, root: Path) -> None:
         """Names and globs pick sensors; rename announces one under another name."""
         got = read(root, "coretemp.Core_*", "x86_pkg_temp", x86_pkg_temp="cpu")
         assert got.temperatures == {"coretemp.Core_0": 43.5, "coretemp.Core_8": 44.0, "cpu": 45.0}
 
+    @pytest.mark.unit
     def test_values_change_between_reads(self, root: Path) -> None:
         """Each read reads the files again."""
         assert read(root, "acpitz").temperatures == {"acpitz": 27.8}
         write(root / "sys/class/thermal/thermal_zone0/temp", "31000")
         assert read(root, "acpitz").temperatures == {"acpitz": 31.0}
 
+    @pytest.mark.unit
     def test_pattern_matching_nothing(self, root: Path) -> None:
         """A name or glob that matches no sensor fails the read, listing what there is."""
         with pytest.raises(SourceError) as info:
@@ -138,11 +144,13 @@ class TestHwmonReader:
             f"hwmon {root}/sys/class: no sensor matches 'gpu*' (found: acpitz.temp1, "
         )
 
+    @pytest.mark.unit
     def test_rename_of_an_unselected_sensor(self, root: Path) -> None:
         """A rename whose sensor is not selected is a mistake, and says so."""
         with pytest.raises(SourceError, match="rename: no selected sensor named 'acpitz'"):
             read(root, "x86_pkg_temp", acpitz="room")
 
+    @pytest.mark.unit
     def test_unreadable_or_garbage_sensor(self, root: Path) -> None:
         """A selected sensor whose file is not millidegrees fails the read, naming the file."""
         bad = root / "sys/class/hwmon/hwmon0/temp1_input"
@@ -157,6 +165,7 @@ class TestHwmonReader:
         with pytest.raises(SourceError, match=r"no sensor matches 'acpitz\.temp1'"):
             read(root, "acpitz.temp1")
 
+    @pytest.mark.unit
     def test_too_many_sensors(self, tmp_path: Path) -> None:
         """More than fit in an announcement (24) is an error asking for a narrower selection."""
         for i in range(1, 30):
@@ -166,6 +175,7 @@ class TestHwmonReader:
             read(tmp_path)
         assert len(read(tmp_path, "coretemp.temp1?").temperatures) == 10
 
+    @pytest.mark.system
     @pytest.mark.skipif(not Path("/sys/class/thermal").exists(), reason="no sysfs here")
     def test_this_machine(self) -> None:
         """On the real /sys the discovery runs without error (whatever it finds)."""

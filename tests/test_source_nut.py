@@ -27,7 +27,7 @@ from powercast.config import ConfigError, NutSource, PublisherConfig, Reading, p
 from powercast.sources import SourceError, make_reader
 from powercast.sources.nut import NutReader, ProtocolError, _parse_var, power_status, to_reading
 
-from harness import free_port, make_keys, network, running, write_toml
+from harness import controller_config, free_port, make_keys, network, running, write_toml
 
 NUT = Path("/lib/nut")
 UPSD = NUT / "upsd"
@@ -215,6 +215,7 @@ def config_error(toml: str) -> str:
     return str(info.value)
 
 
+@pytest.mark.unit
 class TestNutConfig:
     def test_one_or_several_upses(self) -> None:
         """ups is a name or a list of names; everything else has a default."""
@@ -257,6 +258,7 @@ class TestNutConfig:
         )
 
 
+@pytest.mark.unit
 class TestPowerStatus:
     @pytest.mark.parametrize(
         ("ups_status", "expected"),
@@ -283,6 +285,7 @@ class TestPowerStatus:
         assert power_status(ups_status) == expected
 
 
+@pytest.mark.unit
 class TestToReading:
     def test_values_and_sensors(self) -> None:
         """Power from the first UPS, a <ups>.temperature sensor from each."""
@@ -382,6 +385,7 @@ def make_certificates(directory: Path) -> Path:
     return nss
 
 
+@pytest.mark.system
 class TestNutReader:
     def test_reads_values_over_one_connection(self, nut: NutServer) -> None:
         """Status, charge, runtime, load, voltage and temperature from upsd, on one connection."""
@@ -656,6 +660,7 @@ class TestNutReader:
 RECORD = "import os, sys; open(sys.argv[1], 'a').write(os.environ['POWERCAST_STATE'] + '\\n')"
 
 
+@pytest.mark.system
 class TestEndToEnd:
     def test_outage_sheds_and_a_lost_driver_fails_safe(
         self, nut: NutServer, tmp_path: Path
@@ -675,18 +680,10 @@ class TestEndToEnd:
                 "log": {"format": "json"},
             },
         )
+        record = [sys.executable, "-c", RECORD, str(tmp_path / "a")]
         controller = write_toml(
             tmp_path / "c.toml",
-            {
-                "role": "controller",
-                "network": network(port),
-                "auth": {"keys_dir": keys},
-                "policy": {"shed_after_s": 0.3, "restore_after_s": 0.3},
-                "actions": [
-                    {"on": "shedding", "argv": [sys.executable, "-c", RECORD, str(tmp_path / "a")]}
-                ],
-                "log": {"format": "json"},
-            },
+            controller_config(port, keys, actions=[{"on": "shedding", "argv": record}]),
         )
         driver = nut.drivers["e2e"]
         with (

@@ -159,6 +159,7 @@ def config_error(toml: str) -> str:
     return str(info.value)
 
 
+@pytest.mark.unit
 class TestSnmpConfig:
     def test_v2c_and_v3(self) -> None:
         """v2c needs a community; v3 a user and keys (8 characters or more)."""
@@ -194,6 +195,7 @@ class TestSnmpConfig:
         )
 
 
+@pytest.mark.unit
 class TestPowerStatus:
     @pytest.mark.parametrize(
         ("values", "expected"),
@@ -219,6 +221,7 @@ class TestPowerStatus:
         assert power_status(values) == expected
 
 
+@pytest.mark.unit
 class TestToReading:
     def test_scaling_and_sensor(self) -> None:
         """Minutes become seconds; the battery temperature is the configured sensor."""
@@ -234,6 +237,7 @@ class TestToReading:
             to_reading({**ONLINE, "upsEstimatedChargeRemaining": 255}, "b", "snmp h:161")
 
 
+@pytest.mark.system
 class TestSnmpReader:
     def test_reads_the_ups_mib(self, agent: Agent) -> None:
         """SNMP v2c: status, charge, runtime, load, voltage and battery temperature."""

@@ -25,6 +25,7 @@ def read(source: FileSource | CommandSource | SimulatedSource) -> Reading:
     return asyncio.run(make_reader(source, 0, time.monotonic()).read())
 
 
+@pytest.mark.unit
 class TestFile:
     def test_json_and_toml(self, tmp_path: Path) -> None:
         """A JSON or TOML file (by suffix) gives its reading."""
@@ -61,6 +62,7 @@ class TestFile:
             read(FileSource(path=str(j)))
 
 
+@pytest.mark.system
 class TestCommand:
     def test_prints_json(self) -> None:
         """A program's JSON output is the reading."""
@@ -90,6 +92,7 @@ class TestCommand:
             read(CommandSource(argv=argv))
 
 
+@pytest.mark.unit
 class TestSimulated:
     def test_timeline(self) -> None:
         """The reading at a time is the last step already reached; repeat wraps around."""

@@ -62,6 +62,7 @@ def notifier(receiver: Receiver) -> Iterator[Notifier]:
     n.close()
 
 
+@pytest.mark.system
 class TestNotifier:
     def test_ready_sends_ready(self, notifier: Notifier, receiver: Receiver) -> None:
         """ready() sends READY=1 alone when no status is given."""
@@ -192,6 +193,7 @@ class TestNotifier:
         assert receiver.recv() == "STATUS=busy"
 
 
+@pytest.mark.unit
 class TestWatchdogInterval:
     def test_half_of_watchdog_usec(self) -> None:
         """WATCHDOG_USEC=2000000 gives a 1.0 s ping interval."""
@@ -214,6 +216,7 @@ class TestWatchdogInterval:
         assert Notifier(env).watchdog_interval() is None
 
 
+@pytest.mark.unit
 class TestDirectories:
     def test_runtime_directory(self) -> None:
         """RUNTIME_DIRECTORY's first entry, else /run/powercast when unset or empty."""

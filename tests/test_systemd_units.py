@@ -25,6 +25,10 @@ from typing import Any
 import pytest
 import tomli_w
 
+from harness import file_reading
+
+pytestmark = pytest.mark.system
+
 ROOT = Path(__file__).resolve().parents[1]
 SANDBOX = ROOT.parent / "shared" / "tools" / "systemd-sandbox"
 CONTROLLER = "powercast-controller.service"
@@ -190,7 +194,7 @@ class Sandbox:
 
     def set_reading(self, status: str, inlet: float = 24.5) -> None:
         """What the publisher's file source reads next."""
-        reading = {"power": {"status": status}, "temperatures": {"inlet": inlet}}
+        reading = file_reading(status, inlet)
         self.sh(
             "install", "-d", "-m", "0750", "-o", "powercast", "-g", "powercast", "/run/powercast"
         )
@@ -203,8 +207,11 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not shutil.which("dpkg-deb"):
         _skip_or_fail("needs dpkg-deb to build the package")
     out = tmp_path_factory.mktemp("deb")
+    # The same xz package, compressed at level 1 (dpkg-deb's own default is 6): 1 s, not 5.
+    env = {"DPKG_DEB_COMPRESSOR_LEVEL": "1", **os.environ}
     built = subprocess.run(
         ["sh", str(ROOT / "packaging" / "build-deb"), str(out)],
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,

@@ -9,7 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from harness import GROUP, free_port, make_keys, network, running, write_toml
+
+pytestmark = pytest.mark.system
 
 
 class TestTap:

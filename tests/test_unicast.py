@@ -19,13 +19,14 @@ from netbed import Bed, NetDaemon
 from powercast import config as cfg
 from powercast import net
 
-from harness import free_port, make_keys, running, write_toml
+from harness import free_port, make_keys, running, set_reading, write_toml
 
 HEARTBEAT_S = 0.2
 NEWS_S = 1.0
 BOOT_S = 10.0
 
 
+@pytest.mark.unit
 class TestUdpAddress:
     def test_addresses_with_ports(self) -> None:
         """IPv4 and bracketed IPv6 with a port; a bare address only where one listens."""
@@ -59,6 +60,7 @@ class TestUdpAddress:
         assert ctl.network.unicast_listen == "0.0.0.0"
 
 
+@pytest.mark.system
 class TestOpenUnicastReceiver:
     def test_takes_unicast_not_the_group_on_the_same_port(self) -> None:
         """Bound to the wildcard on the group's port, it gets datagrams sent to the host,
@@ -124,13 +126,14 @@ def controller_config(keys: Path, network: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@pytest.mark.system
 class TestUnicastPeers:
     def test_outage_over_unicast_only(self, tmp_path: Path) -> None:
         """The publisher's group reaches nobody; its unicast copy alone makes the controller
         (listening on a group nobody sends to) shed and restore."""
         keys = make_keys(tmp_path / "keys")
         reading = tmp_path / "ups.json"
-        netbed.set_reading(reading, "online")
+        set_reading(reading, "online")
         port, peer_port = free_port(), free_port()
         pub = publisher_config(
             keys,
@@ -158,10 +161,10 @@ class TestUnicastPeers:
             with running("publish", "--config", str(pub_path)) as p:
                 p.wait_for("sending_unicast", timeout=BOOT_S, peers=[f"127.0.0.1:{peer_port}"])
                 c.wait_for("transition", timeout=BOOT_S, state="normal")
-                netbed.set_reading(reading, "on_battery")
+                set_reading(reading, "on_battery")
                 c.wait_for("transition", timeout=NEWS_S, state="on_battery")
                 c.wait_for("transition", timeout=0.3 + NEWS_S, state="shedding")
-                netbed.set_reading(reading, "online")
+                set_reading(reading, "online")
                 c.wait_for("transition", timeout=0.3 + NEWS_S, state="normal")
 
     def test_unreachable_peer_is_logged_and_the_group_goes_on(self, tmp_path: Path) -> None:
@@ -169,7 +172,7 @@ class TestUnicastPeers:
         peer still gets every announcement."""
         keys = make_keys(tmp_path / "keys")
         reading = tmp_path / "ups.json"
-        netbed.set_reading(reading, "online")
+        set_reading(reading, "online")
         port, peer_port = free_port(), free_port()
         network = {
             "group": "239.255.44.3",
@@ -211,6 +214,7 @@ def bed() -> Iterator[Bed]:
     assert made.leftovers() == []
 
 
+@pytest.mark.system
 class TestUnicastAcrossHosts:
     def test_multicast_blocked_unicast_carries_it(self, bed: Bed, tmp_path: Path) -> None:
         """Between two hosts whose network drops all multicast, the publisher's unicast
@@ -221,7 +225,7 @@ class TestUnicastAcrossHosts:
             host.run("iptables", "-A", "OUTPUT", "-d", "224.0.0.0/4", "-j", "DROP")
         keys = make_keys(tmp_path / "keys")
         reading = tmp_path / "ups.json"
-        netbed.set_reading(reading, "online")
+        set_reading(reading, "online")
         group = {"group": netbed.GROUP, "port": netbed.PORT}
         pub = publisher_config(
             keys,
@@ -247,10 +251,10 @@ class TestUnicastAcrossHosts:
                 "--count", "1", "--timeout", "1", check=False,
             )  # fmt: skip
             assert tap.returncode == 1, tap.stdout  # nothing on the group
-            netbed.set_reading(reading, "on_battery")
+            set_reading(reading, "on_battery")
             c.wait_for("transition", timeout=NEWS_S, state="on_battery")
             c.wait_for("transition", timeout=0.3 + NEWS_S, state="shedding")
-            netbed.set_reading(reading, "online")
+            set_reading(reading, "online")
             c.wait_for("transition", timeout=0.3 + NEWS_S, state="normal")
         finally:
             p.stop()

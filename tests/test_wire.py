@@ -28,6 +28,8 @@ from powercast.wire import (
 
 from strategies import KEY, frame, sign
 
+pytestmark = pytest.mark.unit
+
 DOC = Path(__file__).resolve().parent.parent / "docs" / "wire-format.md"
 README = DOC.parent.parent / "README.md"
 REASONS = {"size", "truncated", "magic", "version", "tag", "length", "body"}

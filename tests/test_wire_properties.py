@@ -26,6 +26,8 @@ from strategies import (
     sign,
 )
 
+pytestmark = pytest.mark.unit
+
 REASONS = {"size", "truncated", "magic", "version", "tag", "length", "body"}
 
 

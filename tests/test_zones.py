@@ -20,6 +20,8 @@ from powercast.wire import PowerStatus
 
 from fakes import WALL, FakePublisher, make_keyring
 
+pytestmark = pytest.mark.unit
+
 ONLINE = PowerStatus.ONLINE
 ON_BATTERY = PowerStatus.ON_BATTERY
 LOW_BATTERY = PowerStatus.LOW_BATTERY
