@@ -23,6 +23,7 @@ from typing import Any, Final
 from powercast import wire
 from powercast.auth import Keyring
 from powercast.config import ControllerConfig, Zone
+from powercast.pacing import Pacer
 from powercast.policy import Decision, Override, Policy, Reading, Situation, combine
 from powercast.session import Session, Verdict
 
@@ -57,8 +58,7 @@ class Controller:
     notices: list[Notice] = field(default_factory=list)
     _expiries: list[tuple[float, str]] = field(default_factory=list)
     _allowed: frozenset[str] = field(init=False)
-    _quiet_until: dict[str, float] = field(default_factory=dict)
-    _suppressed: Counter[str] = field(default_factory=Counter)
+    _pacer: Pacer = field(default_factory=lambda: Pacer(LOG_EVERY_S))
     accepted: int = 0
     """Datagrams taken (not rejected): while it stays put, no deadline can have moved."""
     grace_until: float = float("-inf")
@@ -272,11 +272,6 @@ class Controller:
 
     def _notice(self, key: str, event: str, reason: str, detail: str, now: float) -> None:
         """Queue a log line, at most one per ``key`` every LOG_EVERY_S: floods stay quiet."""
-        if now < self._quiet_until.get(key, -1.0):
-            self._suppressed[key] += 1
-            return
-        self._quiet_until[key] = now + LOG_EVERY_S
-        fields: dict[str, Any] = {"reason": reason, "detail": detail}
-        if suppressed := self._suppressed.pop(key, 0):
-            fields["similar_not_logged"] = suppressed
-        self.notices.append(Notice(event, fields))
+        held = self._pacer.fields(key, now)
+        if held is not None:
+            self.notices.append(Notice(event, {"reason": reason, "detail": detail, **held}))
