@@ -18,6 +18,7 @@ from powercast.actuators.base import SAFE_POSITION
 from powercast.auth import Keyring
 from powercast.config import ControllerConfig
 from powercast.controller import Controller
+from powercast.offload import Lane, LaneBusy
 from powercast.plan import (
     Effect,
     LogDryRun,
@@ -52,6 +53,9 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         super().__init__(path, config, keyring, notifier)
         self.loop = asyncio.get_running_loop()
         self._save_failed = False
+        self._unsaved: persist.StateRecord | None = None
+        self._save_wanted = asyncio.Event()
+        self._disk = Lane("state file")
         self.core = Controller(config, keyring)
         self.plan = Plan(dict(self.core.zone_configs), dry_run=dry_run)
         self.actions = ActionQueue()
@@ -92,6 +96,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             leave.unlink(missing_ok=True)  # it asked for one stop to leave the fans: that was it
         self.core.start(now)
         tg.create_task(self.actions.run(), name="actions")
+        tg.create_task(self._writer(), name="state writer")
         self._carry_out(self.plan.start())  # workers probe on their own: none waits for another
         self._transport = await self._listen(self.config.network)
         self._unicast = await self._listen_unicast(self.config.network)
@@ -104,7 +109,12 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             failsafe.keep_running_config(self.config, self._state_dir)
 
     async def shutdown(self) -> None:
-        """No controller will react to heat once this one is gone: fans on, bounded."""
+        """No controller will react to heat once this one is gone: fans on, bounded; then
+        the last state to disk."""
+        await self._fans_on_at_stop()
+        await self._write()
+
+    async def _fans_on_at_stop(self) -> None:
         leave = failsafe.leave_fans_marker()
         if leave is not None and leave.exists():
             log.warning("stopping_fans_left", marker=str(leave), hint="remove it to fail safe")
@@ -318,15 +328,32 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         return decisions
 
     def _save(self) -> None:
+        """Take the state now, in the loop (one consistent moment); the writer task puts
+        the latest one on disk, off the loop, so a slow or hung disk delays no decision."""
         if self._state_dir is None or self.dry_run:  # a dry run's positions are pretend
             return
         known = {key: w.known for key, (w, _) in self._workers.items()}
-        record = persist.snapshot(self.core.zones, known, self.loop.time(), time.time())
+        self._unsaved = persist.snapshot(self.core.zones, known, self.loop.time(), time.time())
+        self._save_wanted.set()
+
+    async def _writer(self) -> None:
+        """Writes the latest state record; each write bounded by SAVE_TIMEOUT_S."""
+        while True:
+            await self._save_wanted.wait()
+            self._save_wanted.clear()
+            await self._write()
+
+    async def _write(self) -> None:
+        record, self._unsaved = self._unsaved, None
+        if record is None or self._state_dir is None:
+            return
+        directory = self._state_dir
         try:
-            persist.save(self._state_dir, record)
-        except OSError as err:
+            await self._disk.call(lambda: persist.save(directory, record), SAVE_TIMEOUT_S)
+        except (OSError, TimeoutError, LaneBusy) as err:
             if not self._save_failed:
-                log.error("state_not_saved", directory=str(self._state_dir), error=str(err))
+                why = str(err) or f"no answer within {SAVE_TIMEOUT_S:g} s"
+                log.error("state_not_saved", directory=str(directory), error=why)
             self._save_failed = True
         else:
             self._save_failed = False
@@ -378,6 +405,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         return {"zone": report.zone(self.core, self.workers, order.zone, now, wall)}
 
 
+SAVE_TIMEOUT_S: Final = 5.0
+"""A state file write that takes longer (a hung disk) has failed; the next waits for it."""
 SHUTDOWN_GRACE_S: Final = 10.0
 """At a stop, how long the actuators get to reach fans on (the unit allows 30 s to stop;
 ``powercast failsafe`` tries again after)."""
