@@ -517,3 +517,28 @@ class TestCleanStop:
         else:
             assert "stopping_fans_on" in events
             assert files.pwm.read_text() == f"{ON}\n"
+
+
+class TestStateNotWritable:
+    def test_a_state_file_that_cannot_be_written_moves_nothing_else(self, tmp_path: Path) -> None:
+        """The state directory is not a directory: one state_not_saved line, and the
+        controller still sheds and restores (the writes happen off the loop, bounded)."""
+        files = make_files(tmp_path, grace=2.0)
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("")
+        rewrite(files, persist={"state_dir": str(blocker)})
+        with up(publish(files)):
+            ctl = control(files)
+            try:
+                ctl.wait_for("transition", state="normal")
+                set_reading(files.reading, "on_battery")
+                ctl.wait_for("transition", state="shedding")
+                wait_file(files.pwm, OFF)
+                set_reading(files.reading, "online")
+                ctl.wait_for("transition", state="normal", timeout=5.0)
+                wait_file(files.pwm, ON)
+            finally:
+                ctl.stop()
+        failed = [e for e in drain(ctl) if e.get("event") == "state_not_saved"]
+        assert len(failed) == 1, failed
+        assert str(blocker) in failed[0]["directory"]
