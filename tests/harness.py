@@ -12,12 +12,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from powercast import wire
 from powercast.secrets import keygen
 
 GROUP = "239.255.42.1"
@@ -216,3 +217,18 @@ def running(*args: str, env: dict[str, str] | None = None) -> Iterator[Daemon]:
         yield daemon
     finally:
         daemon.stop()
+
+
+def next_message(
+    listener: socket.socket,
+    until: Callable[[wire.Announcement], bool] = lambda _: True,
+    timeout: float = 5.0,
+) -> wire.Announcement:
+    """The next announcement a receiver on the group gets for which ``until`` holds."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        listener.settimeout(left)
+        message = wire.decode(listener.recv(2048)).message
+        if until(message):
+            return message
+    raise AssertionError(f"no such announcement in {timeout} s")

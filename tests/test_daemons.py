@@ -7,7 +7,6 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from harness import (
     free_port,
     make_keys,
     network,
+    next_message,
     publisher_config,
     running,
     set_reading,
@@ -376,21 +376,6 @@ class TestPublisherRestart:
         finally:
             first.stop()
             listener.close()
-
-
-def next_message(
-    listener: socket.socket,
-    until: Callable[[wire.Announcement], bool] = lambda _: True,
-    timeout: float = 5.0,
-) -> wire.Announcement:
-    """The next announcement a receiver on the group gets for which ``until`` holds."""
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        listener.settimeout(left)
-        message = wire.decode(listener.recv(2048)).message
-        if until(message):
-            return message
-    raise AssertionError(f"no such announcement in {timeout} s")
 
 
 def assert_quiet(daemon: Daemon, event: str, seconds: float) -> None:

@@ -94,6 +94,14 @@ def stopped_within(daemon: Daemon, limit: float) -> float:
     return time.monotonic() - started
 
 
+def shed(ctl: Daemon, files: Files) -> None:
+    """Power fails at the publisher; the controller sheds and the pwm reads off."""
+    ctl.wait_for("transition", state="normal")
+    set_reading(files.reading, "on_battery")
+    ctl.wait_for("transition", state="shedding")
+    wait_file(files.pwm, OFF)
+
+
 def drain(daemon: Daemon) -> list[dict[str, Any]]:
     """Every event the daemon logged (after it exited), including those already seen."""
     while not daemon.events.empty():
@@ -368,10 +376,7 @@ class TestRunningConfig:
         with up(publish(files)):
             ctl = control(files)
             try:
-                ctl.wait_for("transition", state="normal")
-                set_reading(files.reading, "on_battery")
-                ctl.wait_for("transition", state="shedding")
-                ctl.wait_for("actuator_set", position="off")
+                shed(ctl, files)
             finally:
                 ctl.proc.kill()
                 ctl.stop()
@@ -498,10 +503,7 @@ class TestCleanStop:
         with up(publish(files)):
             ctl = control(files)
             try:
-                ctl.wait_for("transition", state="normal")
-                set_reading(files.reading, "on_battery")
-                ctl.wait_for("transition", state="shedding")
-                ctl.wait_for("actuator_set", position="off")
+                shed(ctl, files)
                 if leave:
                     (runtime / "controller.leave-fans").write_text("filter change\n")
                 took = stopped_within(ctl, 5.0)
@@ -530,10 +532,7 @@ class TestStateNotWritable:
         with up(publish(files)):
             ctl = control(files)
             try:
-                ctl.wait_for("transition", state="normal")
-                set_reading(files.reading, "on_battery")
-                ctl.wait_for("transition", state="shedding")
-                wait_file(files.pwm, OFF)
+                shed(ctl, files)
                 set_reading(files.reading, "online")
                 ctl.wait_for("transition", state="normal", timeout=5.0)
                 wait_file(files.pwm, ON)

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,16 @@ import pytest
 
 from powercast import net, wire
 
-from harness import GROUP, controller_config, free_port, make_keys, network, running, write_toml
+from harness import (
+    GROUP,
+    controller_config,
+    free_port,
+    make_keys,
+    network,
+    next_message,
+    running,
+    write_toml,
+)
 
 pytestmark = pytest.mark.system
 
@@ -76,21 +83,6 @@ def write_json(path: Path, reading: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(reading))
     tmp.replace(path)
-
-
-def next_message(
-    listener: socket.socket,
-    until: Callable[[wire.Announcement], bool] = lambda _: True,
-    timeout: float = 5.0,
-) -> wire.Announcement:
-    """The next announcement a receiver on the group gets for which ``until`` holds."""
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        listener.settimeout(left)
-        message = wire.decode(listener.recv(2048)).message
-        if until(message):
-            return message
-    raise AssertionError(f"no such announcement in {timeout} s")
 
 
 def two_sources(tmp_path: Path, port: int) -> dict[str, Any]:

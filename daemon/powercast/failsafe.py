@@ -23,7 +23,7 @@ from typing import Final
 
 from powercast import config as cfg
 from powercast.actions import environment, run_command
-from powercast.actuators import make_driver
+from powercast.actuators import actuator_name, make_driver
 from powercast.actuators.base import SAFE_POSITION
 from powercast.plan import LEAVE_FANS
 from powercast.policy import NO_DATA, Decision
@@ -117,9 +117,7 @@ async def to_safe_state(configs: list[cfg.ControllerConfig]) -> Report:
             for index, actuator in enumerate(zone.actuators):
                 if actuator not in seen:
                     seen.append(actuator)
-                    jobs.append(
-                        (f"{zone.name}/{index}({actuator.__struct_config__.tag})", actuator)
-                    )
+                    jobs.append((actuator_name(f"{zone.name}/{index}", actuator), actuator))
             for action in zone.actions:
                 if action.on == State.failsafe and action not in actions:
                     actions.append(action)

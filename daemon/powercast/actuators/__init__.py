@@ -16,7 +16,12 @@ from powercast.actuators.hwmon import HwmonDriver
 from powercast.actuators.modbus import ModbusDriver
 from powercast.config import Actuator, CommandActuator, HwmonActuator, ModbusActuator
 
-__all__ = ["Driver", "DriverError", "Worker", "make_driver"]
+__all__ = ["Driver", "DriverError", "Worker", "actuator_name", "make_driver"]
+
+
+def actuator_name(key: str, config: Actuator) -> str:
+    """How logs, status and errors name an actuator: ``zone/index(kind)``."""
+    return f"{key}({config.__struct_config__.tag})"
 
 
 def make_driver(config: Actuator, name: str) -> Driver:

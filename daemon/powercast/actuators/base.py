@@ -74,6 +74,7 @@ class Worker:
         if position is not None:
             self.known = position
             self.last_verified_at = time.time()
+            self._changed()  # status, the state file, a release waiting for "on" learn it
 
     async def run(self) -> None:
         """The worker's task: learn the position, then follow the wishes."""

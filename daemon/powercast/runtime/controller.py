@@ -13,7 +13,7 @@ from powercast import config as cfg
 from powercast import control, failsafe, net, persist
 from powercast import status as report
 from powercast.actions import ActionQueue
-from powercast.actuators import Worker, make_driver
+from powercast.actuators import Worker, actuator_name, make_driver
 from powercast.actuators.base import SAFE_POSITION
 from powercast.auth import Keyring
 from powercast.config import ControllerConfig
@@ -161,7 +161,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
 
     def _start_worker(self, key: str, zone: str, config: cfg.Actuator) -> None:
         assert self._tg is not None
-        driver = make_driver(config, f"{key}({config.__struct_config__.tag})")
+        driver = make_driver(config, actuator_name(key, config))
         worker = Worker(driver, zone, dry_run=self.dry_run)
         worker.on_change = self._actuator_changed
         self._workers[key] = (worker, self._tg.create_task(worker.run(), name=driver.name))
@@ -175,7 +175,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             entry[1].cancel()
         if self._tg is None or self.dry_run:
             return
-        driver = make_driver(config, f"{key}({config.__struct_config__.tag})")
+        driver = make_driver(config, actuator_name(key, config))
         worker = Worker(driver, key.split("/", 1)[0])
         worker.want(SAFE_POSITION)
         worker.on_change = self._release_changed
