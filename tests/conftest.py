@@ -68,7 +68,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The .deb built from this checkout by packaging/build-deb, once per session."""
     if not shutil.which("dpkg-deb"):
-        skip_or_fail("needs dpkg-deb to build the package: apt-get install dpkg")
+        skip_or_fail("needs dpkg-deb: apt-get install dpkg (it builds the package)")
     out = tmp_path_factory.mktemp("deb")
     # The same xz package, compressed at level 1 (dpkg-deb's own default is 6): 1 s, not 5.
     env = {"DPKG_DEB_COMPRESSOR_LEVEL": "1", **os.environ}

@@ -473,7 +473,9 @@ class TestRejectReasons:
 
     def test_metrics_expose_every_reason_from_the_first_scrape(self) -> None:
         """Before any datagram is dropped, each reason's counter is there, at 0."""
-        metrics = pytest.importorskip("powercast.metrics")
+        metrics = pytest.importorskip(
+            "powercast.metrics", reason="needs prometheus-client: pip install -e ."
+        )
         datagrams = {"received": 0, "accepted": {}, "rejected": {}, "unverified": {}}
         rejected = next(
             family
