@@ -1,4 +1,4 @@
-"""Setting up a node: ``powercast config check|init`` and ``powercast keygen``."""
+"""Setting up a node: ``powercast config check|init|reference`` and ``powercast keygen``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from powercast import config as cfg
+from powercast import reference
 from powercast.auth import KeyringError
 from powercast.cli.arguments import Commands, command
 from powercast.errors import EX_CONFIG
@@ -22,6 +23,7 @@ def add_commands(commands: Commands) -> None:
     )
     init = command(actions, "init", _init, "print a default config on stdout")
     init.add_argument("--role", required=True, choices=["publisher", "controller", "relay"])
+    command(actions, "reference", _reference, "print every key of every role, in Markdown")
 
     new_key = command(
         commands, "keygen", _keygen, "write a new random key file (mode 0600; never overwrites)"
@@ -32,6 +34,11 @@ def add_commands(commands: Commands) -> None:
 
 def _init(args: argparse.Namespace) -> int:
     sys.stdout.write(cfg.dumps(cfg.defaults(args.role)))
+    return 0
+
+
+def _reference(args: argparse.Namespace) -> int:
+    sys.stdout.write(reference.render())
     return 0
 
 
