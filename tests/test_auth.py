@@ -57,6 +57,6 @@ class TestKeyring:
         with pytest.raises(KeyringError) as info:
             ring.signer(3)
         assert str(info.value) == (
-            "/run/credentials/x: no key 3 to sign with (keys found: 1);"
+            "/run/credentials/x: no key 3 to sign with; keys found: 1 (hmac-sha256);"
             " create one with: powercast keygen 3 /etc/powercast/keys/3.key"
         )

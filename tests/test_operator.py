@@ -176,7 +176,14 @@ class TestStatus:
         assert publisher["power"]["charge_pct"] == 90.0
         assert publisher["temperatures"] == {"inlet": 24.0}
         assert status["datagrams"]["received"] > 0
-        assert status["keys"] == {"dir": str(site.keys), "ids": [1], "mode": "enforce"}
+        assert status["keys"] == {
+            "dir": str(site.keys),
+            "ids": [1],
+            "schemes": {"1": "hmac-sha256"},
+            "mode": "enforce",
+            "scheme": "hmac-sha256",
+            "publishers": {},
+        }
         assert {"zone": "default", "from": "failsafe", "to": "normal", "count": 1} in status[
             "transitions"
         ]

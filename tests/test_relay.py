@@ -35,7 +35,7 @@ from sites import Mosquitto, Sites, relay_config
 from powercast import config as cfg
 from powercast import control, wire
 from powercast import status as report
-from powercast.auth import Keyring
+from powercast.auth import Gate, Keyring
 from powercast.relay import MAX_PACKET, TABLE_SIZE, WINDOW, Relay
 from powercast.secrets import load_keyring
 
@@ -144,7 +144,7 @@ class TestRelayCore:
         counted under its reason, before it is remembered: the real one still goes on."""
         keyring = load_keyring(make_keys(tmp_path / "keys", 1))
         other = load_keyring(make_keys(tmp_path / "other", 1, 2))
-        relay = Relay(keyring)
+        relay = Relay(Gate(keyring))
         now = time.time()
         real = datagram(1, keyring=keyring)
         forged = {

@@ -108,7 +108,7 @@ class TestLoadKeys:
         with pytest.raises(KeyringError) as info:
             load_keys(config)
         assert str(info.value) == (
-            f"{tmp_path}: no key 4 to sign with (keys found: none);"
+            f"{tmp_path}: no key 4 to sign with; keys found: none;"
             " create one with: powercast keygen 4 /etc/powercast/keys/4.key"
         )
 
