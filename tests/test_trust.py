@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from powercast import wire
@@ -52,11 +53,12 @@ def publisher(name: str, key_id: int, ring: Keyring, **kw: Any) -> FakePublisher
     return FakePublisher(name, ring.signer(key_id), key_id=key_id, **kw)
 
 
-def run_theft(ctrl: Controller) -> list[str]:
+def run_theft(ctrl: Controller, ring: Keyring | None = None) -> list[str]:
     """Both publishers say online; then a thief holding only ups-a's key announces ups-a
     and ups-b on battery (a new epoch each, as a restart would) for 30 s, while the real
-    ups-b keeps saying online for 10 s and then falls silent. Every state entered."""
-    ring = publishers_ring()
+    ups-b keeps saying online for 10 s and then falls silent. Every state entered.
+    ``ring``: the publishers' keys (default: their Ed25519 private keys)."""
+    ring = ring or publishers_ring()
     a, b = publisher("ups-a", 1, ring), publisher("ups-b", 2, ring)
     thief_a = publisher("ups-a", 1, ring, epoch=99)
     thief_b = publisher("ups-b", 1, ring, epoch=99)
@@ -86,6 +88,20 @@ class TestStolenKey:
         assert ctrl.counters["rejected.wrong_key"] == 60
         assert ctrl.sessions["ups-b"].message.epoch == 1  # the real ups-b, never the thief
         assert ctrl.zones["hall"].state != "shedding"
+
+    def test_bindings_hold_for_shared_hmac_keys_too(self) -> None:
+        """With one HMAC key per publisher, bound as above, the thief of key 1 cannot shed
+        the zone either (though the controller could forge: that is what ed25519 ends)."""
+        ring = Keyring.from_keys({1: SEED_1, 2: SEED_2}, Path("k"))
+        config = hall({"ups-a": [1], "ups-b": [2]})
+        config = msgspec.structs.replace(
+            config, auth=msgspec.structs.replace(config.auth, scheme="hmac-sha256")
+        )
+        ctrl = Controller(config, ring)
+        states = run_theft(ctrl, ring)
+        assert "shedding" not in states
+        assert all(FANS_ON[state] for state in states)
+        assert ctrl.counters["rejected.wrong_key"] == 60
 
     def test_without_bindings_the_same_key_sheds_the_zone(self) -> None:
         """The same theft with any key allowed for any publisher takes over ups-b too and
