@@ -81,7 +81,7 @@ TARGETS: dict[str, str] = {
     "idle": "CPU <= 0.1 %, RSS <= 40 MB",
     "ready": "p99 <= 500 ms",
     "scale_1000": "CPU <= 5 %",
-    "verify_cost": "(informational)",
+    "verify_cost": "over-budget drop <= 2x decode",
 }
 
 
@@ -860,7 +860,8 @@ def bench_scale_1000(base: Path, size: str) -> dict[str, Any]:
 def bench_verify_cost(base: Path, size: str) -> dict[str, Any]:
     """What checking a tag costs per datagram, by scheme, in the receivers' own gate
     (auth.Gate.check, then the body decoded), against the bare decode it precedes; and
-    what a forged signature costs when its publisher's verify budget is spent."""
+    what a forged signature costs when its publisher's verify budget is spent (the
+    target: a flood past the budget costs about what a decode does, not a signature)."""
     del base  # in-process: no files, no sockets
     count = sized(size, 4_000, quick=1_000, smoke=100)
     rounds = sized(size, 5, quick=3, smoke=1)
@@ -928,7 +929,7 @@ def bench_verify_cost(base: Path, size: str) -> dict[str, Any]:
         "over_budget_ratio": round(median["over_budget"] / median["decode"], 2),
         "datagrams": count,
         "rounds": rounds,
-        "met": None,
+        "met": median["over_budget"] <= 2 * median["decode"],
     }
 
 
