@@ -57,6 +57,28 @@ class TestKeyring:
         with pytest.raises(KeyringError) as info:
             ring.signer(3)
         assert str(info.value) == (
-            "/run/credentials/x: no key 3 to sign with (keys found: 1);"
+            "/run/credentials/x: no key 3 to sign with; keys found: 1 (hmac-sha256);"
             " create one with: powercast keygen 3 /etc/powercast/keys/3.key"
         )
+
+
+class TestEd25519:
+    def test_rotation_accepts_old_and_new_public_keys(self, tmp_path: Path) -> None:
+        """With public keys 1 and 2 present (and both bound to the publisher), datagrams
+        signed by either private key verify: keys rotate without a flag day."""
+        from powercast.auth import Gate, public_key
+
+        seeds = {1: KEY_1, 2: KEY_2}
+        publisher = Keyring.from_keys({}, tmp_path, private=seeds)
+        receiver = Keyring.from_keys(
+            {}, tmp_path, public={i: public_key(seed) for i, seed in seeds.items()}
+        )
+        gate = Gate.build(receiver, {"ups-a": [1, 2]}, 50.0, 1000.0)
+        for key_id in (1, 2):
+            signer = publisher.signer(key_id)
+            assert (signer.scheme, signer.tag_size) == ("ed25519", 64)
+            data = wire.encode(MESSAGE, key_id=key_id, sign=signer)
+            assert receiver.verify(wire.decode(data)) is None
+            assert gate.check(wire.open_envelope(data), "10.0.0.1", 0.0) is None
+        assert receiver.signing_ids == []
+        assert receiver.describe() == "1 (ed25519), 2 (ed25519)"

@@ -176,7 +176,14 @@ class TestStatus:
         assert publisher["power"]["charge_pct"] == 90.0
         assert publisher["temperatures"] == {"inlet": 24.0}
         assert status["datagrams"]["received"] > 0
-        assert status["keys"] == {"dir": str(site.keys), "ids": [1], "mode": "enforce"}
+        assert status["keys"] == {
+            "dir": str(site.keys),
+            "ids": [1],
+            "schemes": {"1": "hmac-sha256"},
+            "mode": "enforce",
+            "scheme": "hmac-sha256",
+            "publishers": {},
+        }
         assert {"zone": "default", "from": "failsafe", "to": "normal", "count": 1} in status[
             "transitions"
         ]
@@ -617,3 +624,19 @@ class TestPingProtocol:
         with pytest.raises(wire.DecodeError) as caught:
             wire.decode(data)
         assert caught.value.reason == "magic"
+
+    def test_ed25519_pings_verify_with_the_public_key(self) -> None:
+        """A node holding an Ed25519 private key signs its pings; a node holding only the
+        public key verifies them (good), and one without it says unknown_key."""
+        from powercast import ping
+        from powercast.auth import Keyring, public_key
+
+        seed = bytes(range(32))
+        signing = Keyring.from_keys({}, Path("a"), private={3: seed})
+        verifying = Keyring.from_keys({}, Path("b"), public={3: public_key(seed)})
+        probe = ping.Probe("ping", "node-a", 7, 1, count=10)
+        data = ping.encode(probe, signing, 3)
+        assert data[5] == 64  # the tag length: an Ed25519 signature
+        assert ping.decode(data, verifying) == (probe, "good")
+        assert ping.decode(data, Keyring.from_keys({3: seed}, Path("c"))) == (probe, "unknown_key")
+        assert ping.decode(data[:-1] + bytes([data[-1] ^ 1]), verifying) == (probe, "bad_tag")

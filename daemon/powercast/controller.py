@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from powercast import wire
-from powercast.auth import Keyring
+from powercast.auth import Gate, Keyring
 from powercast.config import ControllerConfig, Zone
 from powercast.pacing import Pacer
 from powercast.policy import Decision, Override, Policy, Reading, Situation, combine
@@ -51,6 +51,8 @@ class Controller:
 
     config: ControllerConfig
     keyring: Keyring = field(default_factory=lambda: Keyring(Path()))
+    gate: Gate = field(init=False)
+    """The tag, its budget and the key's publisher, checked before the body is read."""
     zones: dict[str, Policy] = field(init=False)
     zone_configs: dict[str, Zone] = field(init=False)
     sessions: dict[str, Session] = field(default_factory=dict)
@@ -72,6 +74,7 @@ class Controller:
             for name, zone in self.zone_configs.items()
         }
         self._allowed = frozenset(self.config.policy.publishers)
+        self.gate = _gate(self.config, self.keyring)
 
     @property
     def policy(self) -> Policy:
@@ -82,6 +85,7 @@ class Controller:
         """Take a new config and keys, keeping the state and what is known of publishers."""
         self.config = config
         self.keyring = keyring
+        self.gate = _gate(config, keyring)
         self.zone_configs = {z.name: z for z in config.effective_zones()}
         self.zones = {  # zones that stay keep their state; new ones start in failsafe
             name: self.zones.get(name) or Policy(config.policy_for(zone), zone=name)
@@ -119,8 +123,11 @@ class Controller:
         self.zones[zone].override = override
         return self.evaluate(now, only=[zone])
 
-    def receive(self, data: bytes, now: float, wall: float) -> list[Decision]:
-        """One datagram, at monotonic ``now`` and wall-clock ``wall``.
+    def receive(
+        self, data: bytes, now: float, wall: float, source: str | None = None
+    ) -> list[Decision]:
+        """One datagram, at monotonic ``now`` and wall-clock ``wall``, from address
+        ``source`` (for its verify budget).
 
         Never raises for bad input: it is counted by reason and dropped, and it cannot
         touch any publisher's session, so it cannot change a decision.
@@ -130,10 +137,16 @@ class Controller:
         try:
             envelope = wire.open_envelope(data)
             # Enforcing, the tag is checked before the body is decoded: a flood of
-            # forgeries costs an HMAC each, and no forged byte reaches the decoder.
-            problem = self.keyring.verify(envelope) if auth.mode != "off" else None
+            # forgeries costs a check each (within its budget), and no forged byte
+            # reaches the decoder beyond the publisher id it claims.
+            problem = self.gate.check(envelope, source, now) if auth.mode != "off" else None
             if problem is not None and auth.mode == "enforce":
-                self._reject(problem, f"with key id {envelope.key_id}", now)
+                claimed = wire.claimed_publisher(envelope)
+                self._reject(
+                    problem,
+                    f"with key id {envelope.key_id} claiming {claimed!r} from {source or '?'}",
+                    now,
+                )
                 return NOTHING
             message = wire.decode_body(envelope)
         except wire.DecodeError as err:
@@ -275,3 +288,14 @@ class Controller:
         held = self._pacer.fields(key, now)
         if held is not None:
             self.notices.append(Notice(event, {"reason": reason, "detail": detail, **held}))
+
+
+def _gate(config: ControllerConfig, keyring: Keyring) -> Gate:
+    auth = config.auth
+    return Gate.build(
+        keyring,
+        auth.publishers,
+        auth.verify_rate,
+        auth.source_verify_rate,
+        listed=frozenset(config.policy.publishers),
+    )

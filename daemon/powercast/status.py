@@ -130,11 +130,7 @@ def controller(
             {"zone": zone, "from": previous, "to": state, "count": n}
             for (zone, previous, state), n in sorted(tally.transitions.items())
         ],
-        "keys": {
-            "dir": str(keyring.directory),
-            "ids": keyring.ids,
-            "mode": config.auth.mode,
-        },
+        "keys": keys(keyring, config.auth.mode, config.auth.scheme, config.auth.publishers),
         "network": _network(config.network),
     }
 
@@ -220,7 +216,9 @@ def publisher(
         "keys": {
             "dir": str(keyring.directory),
             "ids": keyring.ids,
+            "schemes": {str(i): scheme for i, scheme in keyring.schemes().items()},
             "key_id": config.auth.key_id,
+            "scheme": config.auth.scheme,
         },
         "network": {**_network(config.network), "ttl": config.network.ttl},
     }
@@ -293,14 +291,41 @@ def _reading(power: dict[str, Any], temperatures: dict[str, float | None]) -> st
     return ", ".join(parts) + (f"; {temps}" if temps else "")
 
 
+def keys(
+    keyring: Keyring, mode: str, scheme: object, bindings: dict[str, list[int]]
+) -> dict[str, Any]:
+    """A receiver's ``keys`` entry: where its keys are, each id with its scheme, the
+    schemes believed, and which keys may speak for which publisher."""
+    return {
+        "dir": str(keyring.directory),
+        "ids": keyring.ids,
+        "schemes": {str(i): s for i, s in keyring.schemes().items()},
+        "mode": mode,
+        "scheme": scheme,
+        "publishers": bindings,
+    }
+
+
+def _keys_line(keys: dict[str, Any]) -> str:
+    """``keys 1 (hmac-sha256), 2 (ed25519) in DIR (auth enforce, hmac-sha256)``."""
+    ids = ", ".join(f"{i} ({s})" for i, s in keys.get("schemes", {}).items()) or "none"
+    scheme = keys.get("scheme", "hmac-sha256")
+    scheme = scheme if isinstance(scheme, str) else " + ".join(scheme)
+    bound = keys.get("publishers") or {}
+    binding = (
+        "; " + " ".join(f"{p}={','.join(map(str, i))}" for p, i in sorted(bound.items()))
+        if bound
+        else ""
+    )
+    return f"keys {ids} in {keys['dir']} (auth {keys['mode']}, {scheme}{binding})"
+
+
 def _render_controller(status: dict[str, Any]) -> str:
     lines = _header(status)
     network = status["network"]
-    keys = status["keys"]
-    ids = ", ".join(map(str, keys["ids"])) or "none"
     lines.append(
         f"  network  {network['group']}:{network['port']} on {network['interface']};"
-        f" keys {ids} in {keys['dir']} (auth {keys['mode']})"
+        f" {_keys_line(status['keys'])}"
     )
     for zone in status["zones"]:
         lines.append("")
@@ -362,7 +387,8 @@ def _render_publisher(status: dict[str, Any]) -> str:
     lines = _header(status)
     network = status["network"]
     keys = status["keys"]
-    signing = f"signed with key {keys['key_id']}" if keys["key_id"] else "UNSIGNED"
+    scheme = keys.get("scheme", "hmac-sha256")
+    signing = f"signed with key {keys['key_id']} ({scheme})" if keys["key_id"] else "UNSIGNED"
     lines.append(
         f"  network  {network['group']}:{network['port']} on {network['interface']}"
         f" (ttl {network['ttl']}); {signing} from {keys['dir']}"
@@ -396,6 +422,8 @@ def _render_relay(status: dict[str, Any]) -> str:
             f" ({_ago(status['time'] - b['down_since'])}, {b['attempts']} attempts): {b['error']}"
         )
     lines.append(f"  broker   {where}: {state}")
+    if "keys" in status:
+        lines.append(f"  {_keys_line(status['keys'])}")
     c = status["counters"]
     for side, what in (("segment", "heard here -> broker"), ("broker", "from broker -> here")):
         counts = ", ".join(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from powercast import config as cfg
 from powercast import reference
-from powercast.auth import KeyringError
+from powercast.auth import ED25519, HMAC, KeyringError
 from powercast.cli.arguments import Commands, command
 from powercast.errors import EX_CONFIG
 from powercast.secrets import keygen, load_keys
@@ -26,10 +26,26 @@ def add_commands(commands: Commands) -> None:
     command(actions, "reference", _reference, "print every key of every role, in Markdown")
 
     new_key = command(
-        commands, "keygen", _keygen, "write a new random key file (mode 0600; never overwrites)"
+        commands,
+        "keygen",
+        _keygen,
+        "write a new random key (mode 0600; an ed25519 public key 0644 beside it; never"
+        " overwrites)",
     )
     new_key.add_argument("key_id", type=int, metavar="ID", help="key id, 1..65535")
-    new_key.add_argument("file", type=Path, metavar="FILE", help="e.g. /etc/powercast/keys/1.key")
+    new_key.add_argument(
+        "file",
+        type=Path,
+        metavar="FILE",
+        help="e.g. /etc/powercast/keys/1.key (hmac-sha256) or .../1.private (ed25519)",
+    )
+    new_key.add_argument(
+        "--scheme",
+        choices=[HMAC, ED25519],
+        default=HMAC,
+        help="hmac-sha256 (default): one shared key; ed25519: a private key for the"
+        " publisher and its public key (FILE with .public) for controllers and relays",
+    )
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -64,15 +80,26 @@ def _check(args: argparse.Namespace) -> int:
         if problems:
             status = EX_CONFIG
             continue
-        if isinstance(config, cfg.RelayConfig):
-            print(f"{path}: ok (relay; carries datagrams as they are, needs no keys)")
+        if isinstance(config, cfg.RelayConfig) and config.auth.mode == "off":
+            print(f"{path}: ok (relay; carries datagrams as they are, verifies nothing)")
+            continue
+        keys = keyring.describe()
+        auth = config.auth
+        if isinstance(auth, cfg.PublisherAuth):
+            how = f"signs with key {auth.key_id} ({auth.scheme})" if auth.key_id else "UNSIGNED"
         else:
-            keys = ", ".join(map(str, keyring.ids)) or "none"
-            print(f"{path}: ok ({config.role}; keys in {keyring.directory}: {keys})")
+            bound = "".join(
+                f"; {publisher} by key {', '.join(map(str, ids))}"
+                for publisher, ids in sorted(auth.publishers.items())
+            )
+            how = f"auth {auth.mode}, believes {' and '.join(auth.schemes)}{bound}"
+        print(f"{path}: ok ({config.role}; {how}; keys in {keyring.directory}: {keys})")
     return status
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    keygen(args.key_id, args.file)
-    print(f"{args.file}: new key {args.key_id} (mode 0600)")
+    written = keygen(args.key_id, args.file, args.scheme)
+    print(f"{written[0]}: new {args.scheme} key {args.key_id} (mode 0600)")
+    for public in written[1:]:
+        print(f"{public}: its public key (mode 0644): copy it to controllers and relays")
     return 0

@@ -255,9 +255,9 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._save()
         self.notifier.status(self.status())
 
-    def _on_datagram(self, data: bytes) -> None:
+    def _on_datagram(self, data: bytes, source: str) -> None:
         accepted = self.core.accepted
-        decisions = self.core.receive(data, self.loop.time(), time.time())
+        decisions = self.core.receive(data, self.loop.time(), time.time(), source)
         if decisions or len(self.plan.settled) < len(self.core.zones):
             self._decided(decisions)  # also reconciles zones the data just confirmed
         if self.core.notices:
