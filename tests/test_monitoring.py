@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +30,10 @@ import pytest
 import yaml
 from sites import Mosquitto, free_port_tcp, mosquitto_missing, relay_config
 
+from powercast import wire
+
 from harness import (
+    GROUP,
     Daemon,
     controller_config,
     free_port,
@@ -341,13 +345,15 @@ class Stack:
     """A controller (one command actuator, an action on shedding), a publisher and a
     relay with its broker, each with [metrics] on 127.0.0.1, on a loopback group."""
 
-    def __init__(self, root: Path, *, heartbeat_s: float = 0.2) -> None:
+    def __init__(
+        self, root: Path, *, heartbeat_s: float = 0.2, policy: dict[str, Any] | None = None
+    ) -> None:
         self.root = root
-        port = free_port()
+        self.port = port = free_port()
         self.keys = make_keys(root / "keys")
         self.reading = root / "ups.json"
         set_reading(self.reading, "online", 24.0, charge_pct=90.0)
-        fan = root / "fan"
+        self.fan = fan = root / "fan"
         fan.write_text("on")
         metrics = {"listen": "127.0.0.1:0"}
         self.controller = write_toml(
@@ -356,6 +362,7 @@ class Stack:
                 port,
                 self.keys,
                 persist={"state_dir": ""},
+                policy={"shed_after_s": 0.3, "restore_after_s": 0.3, **(policy or {})},
                 control={"socket": str(root / "c.sock")},
                 metrics=metrics,
                 actuators=[{
@@ -492,3 +499,67 @@ class TestLivePrometheus:
     def test_a_healthy_stack_raises_no_alert(self, live: Prometheus) -> None:
         """With everything running and power back, no powercast alert is pending or firing."""
         assert live.query('ALERTS{alertname=~"Powercast.*"}') == []
+
+
+def forge(port: int) -> None:
+    """An unsigned announcement on the loopback group: what someone without the key sends."""
+    message = wire.Announcement(
+        publisher="ups-a",
+        epoch=1,
+        seq=1,
+        change=1,
+        sent=time.time(),
+        tal=3.0,
+        power=wire.Power(wire.PowerStatus.ON_BATTERY),
+        temperatures={},
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        sock.sendto(wire.encode(message), (GROUP, port))
+
+
+def raised(prometheus: Prometheus, alert: str, state: str = "pending|firing") -> dict[str, str]:
+    """The labels of ``alert`` once Prometheus has it pending or firing (polled)."""
+    found = prometheus.wait_until(f'ALERTS{{alertname="{alert}", alertstate=~"{state}"}}')
+    labels: dict[str, str] = found[0]["metric"]
+    return labels
+
+
+@pytest.mark.system
+class TestAlertsOnRealFaults:
+    def test_each_fault_raises_its_alert(self, tmp_path: Path) -> None:
+        """Real faults, one after another, make the real Prometheus raise the alert meant
+        for each (firing for the ones without a wait, pending for the others): a forged
+        datagram, a failing actuator, a flapping mains, a lost broker, a silent publisher
+        and a stopped controller."""
+        tool("prometheus")
+        require(mosquitto_missing())
+        stack = Stack(tmp_path, policy={"flap_max_sheds": 1})
+        with stack.running() as daemons, scraped(tmp_path, daemons) as prometheus:
+            ctl = daemons["powercast-controller"]
+            forge(stack.port)
+            forged = raised(prometheus, "PowercastForgedOrReplayedDatagrams", "firing")
+            assert (forged["reason"], forged["job"]) == ("unsigned", "powercast-controller")
+
+            stack.fan.unlink()
+            stack.fan.mkdir()  # the fan's command cannot write its file: it fails
+            set_reading(stack.reading, "on_battery", 24.0, charge_pct=80.0)
+            ctl.wait_for("actuator_failed", timeout=BOOT_S)
+            for alert in ("PowercastActuatorFailed", "PowercastActuatorUnknown"):
+                assert raised(prometheus, alert)["actuator"] == "default/0(command)"
+            stack.fan.rmdir()
+            stack.fan.write_text("on")
+            ctl.wait_for("actuator_set", timeout=BOOT_S, position="off")
+            set_reading(stack.reading, "online", 24.0, charge_pct=80.0)
+            ctl.wait_for("transition", timeout=BOOT_S, state="normal")
+            set_reading(stack.reading, "on_battery", 24.0, charge_pct=80.0)  # a second outage
+            held = raised(prometheus, "PowercastFlapGuardHolding", "firing")
+            assert held["zone"] == "default"
+
+            stack.broker.kill()
+            raised(prometheus, "PowercastRelayDisconnected")
+            daemons["powercast-publisher"].stop()
+            assert raised(prometheus, "PowercastPublisherSilent")["publisher"] == "ups-a"
+            assert raised(prometheus, "PowercastFailsafe")["zone"] == "default"
+            ctl.stop()
+            raised(prometheus, "PowercastControllerDown")
