@@ -388,7 +388,7 @@ class Stack:
         )
         self.broker = Mosquitto(root)
         relay = relay_config(
-            {"group": "239.255.42.1", "port": port, "interface": "127.0.0.1"},
+            {"group": GROUP, "port": port, "interface": "127.0.0.1"},
             "127.0.0.1",
             self.broker.port,
             topic=f"powercast/monitoring-{port}",
@@ -415,11 +415,17 @@ class Stack:
             self.broker.stop()
 
 
+def logged(daemon: Daemon, event: str, **fields: Any) -> dict[str, Any]:
+    """The event if the daemon logged it already (another wait may have passed it), else
+    the next one."""
+    for seen in daemon.seen:
+        if seen.get("event") == event and all(seen.get(k) == v for k, v in fields.items()):
+            return seen
+    return daemon.wait_for(event, timeout=BOOT_S, **fields)
+
+
 def metrics_address(daemon: Daemon) -> str:
-    for event in daemon.seen:
-        if event.get("event") == "metrics_listening":
-            return str(event["address"])
-    return str(daemon.wait_for("metrics_listening", timeout=BOOT_S)["address"])
+    return str(logged(daemon, "metrics_listening")["address"])
 
 
 @contextlib.contextmanager
@@ -450,8 +456,8 @@ def live() -> Iterator[Prometheus]:
         with stack.running() as daemons, scraped(root, daemons) as prometheus:
             ctl = daemons["powercast-controller"]
             set_reading(stack.reading, "on_battery", 24.0, charge_pct=80.0)
-            ctl.wait_for("action", timeout=BOOT_S, state="shedding")
-            ctl.wait_for("actuator_set", timeout=BOOT_S, position="off")
+            logged(ctl, "action", state="shedding")
+            logged(ctl, "actuator_set", position="off")
             prometheus.wait_until('powercast_action_duration_seconds_count{state="shedding"} > 0')
             set_reading(stack.reading, "online", 24.0, charge_pct=80.0)
             ctl.wait_for("transition", timeout=BOOT_S, state="normal")
