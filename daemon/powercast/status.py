@@ -153,6 +153,16 @@ def zone(
         "reason": policy.reason,
         "since": wall_of(policy.since),
         "for_s": round(now - policy.since, 3),
+        "battery_for_s": round(policy.battery_for(now), 3),
+        "temp_high_c": policy.settings.temp_high_c,
+        "sheds": policy.sheds_total,
+        "flap_guard": {
+            "holding": policy.flap_holding,
+            "holds": policy.flap_holds,
+            "recent_sheds": sum(1 for t in policy.sheds if t > now - policy.settings.flap_window_s),
+            "max_sheds": policy.settings.flap_max_sheds,
+            "window_s": policy.settings.flap_window_s,
+        },
         "situation": {
             "power": s.power.value,
             "temperature_c": s.temperature,
@@ -179,6 +189,7 @@ def zone(
                 "attempts": w.attempts,
                 "last_applied_at": w.last_applied_at,
                 "last_verified_at": w.last_verified_at,
+                "apply_durations": {"buckets": w.durations.cumulative(), "sum": w.durations.total},
             }
             for w in workers.get(name, [])
         ],

@@ -11,6 +11,7 @@ from typing import Final, Protocol
 import structlog
 
 from powercast.pacing import Backoff
+from powercast.tally import Durations
 
 log = structlog.get_logger("powercast.actuators")
 
@@ -51,6 +52,8 @@ class Worker:
     last_applied_at: float | None = None
     last_verified_at: float | None = None
     last_duration_s: float | None = None
+    durations: Durations = field(default_factory=Durations)
+    """How long each attempt to move it took (apply and read back), failed ones too."""
     dry_run: bool = False
     min_backoff_s: float = 1.0
     """The first wait after a failed step; it doubles on each failure, up to max_backoff_s."""
@@ -111,6 +114,7 @@ class Worker:
                 await self.driver.apply(on)
                 readback = await self.driver.read()
         except Exception as err:  # a driver's bug is a failed actuator, not a dead daemon
+            self.durations.observe(time.monotonic() - started)
             self.known, self.status = None, "failed"
             self.error = (
                 f"{name}: no answer within {self.driver.timeout_s:g} s"
@@ -131,6 +135,7 @@ class Worker:
             self._changed()
             return False
         self.last_duration_s = time.monotonic() - started
+        self.durations.observe(self.last_duration_s)
         self.last_applied_at = time.time()
         if readback is not None and readback != on:
             self.known, self.status = readback, "failed"
