@@ -352,6 +352,29 @@ class HwmonSource(_Table, frozen=True, tag="hwmon", tag_field="kind"):
     interval_s: Interval = 2.0
 
 
+class SnmpTraps(_Table, frozen=True):
+    """Notifications (traps, informs) from the UPS's agent. Each one recognised wakes the
+    source's poll at once: the GET that follows decides, never the trap itself."""
+
+    listen: str = "0.0.0.0:162"
+    """IP address and UDP port to receive on (a bare address: port 162, which needs root
+    or CAP_NET_BIND_SERVICE)."""
+    community: Secret | None = None
+    community_file: FilePath | None = None
+    """v1/v2c notifications: their community; default: the source's (v2c only)."""
+    engine_id: Annotated[str, msgspec.Meta(pattern=r"^(0x)?([0-9A-Fa-f]{2}){5,32}\Z")] | None = None
+    """SNMPv3 traps: the agent's snmpEngineID in hex; without it, only v3 informs are heard."""
+    confirm_gap_s: Annotated[float, msgspec.Meta(ge=0.0, le=60.0)] = 0.1
+    """Trap-triggered GETs are at least this far apart; the traps in between share one."""
+    max_per_s: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 50
+    """Datagrams from the agent decoded per second; beyond, dropped and counted."""
+
+    def __post_init__(self) -> None:
+        udp_address(self.listen, "listen", 162)
+        _check_tokens(self, "community")
+        _one_of(self.community, self.community_file, "community", "community_file")
+
+
 class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
     """A UPS's SNMP agent, read with the standard UPS-MIB (RFC 1628), v2c or v3."""
 
@@ -376,6 +399,8 @@ class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
     timeout_s: Timeout = 1.0
     """For each try of a request."""
     retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 1
+    traps: SnmpTraps | None = None
+    """Listen for the agent's traps and informs (absent: poll only)."""
 
     def __post_init__(self) -> None:
         _check_host(self.host)
@@ -387,6 +412,10 @@ class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
             if self.community is None and self.community_file is None:
                 raise ValueError(
                     "community: expected community or community_file for version 2c, got neither"
+                )
+            if self.traps is not None and self.traps.engine_id is not None:
+                raise ValueError(
+                    'traps.engine_id: expected only with version = "3", got it with "2c"'
                 )
             return
         if self.user is None:
