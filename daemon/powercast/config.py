@@ -268,6 +268,7 @@ FilePath = Annotated[str, msgspec.Meta(min_length=1)]
 Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 _UPS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _HOST = re.compile(r"[A-Za-z0-9._:%-]+\Z")
+_ENGINE_ID = re.compile(r"(0x)?([0-9A-Fa-f]{2}){5,32}\Z")
 _TOKEN_TEXT = re.compile(r"[!-~]+\Z")  # printable ASCII, no spaces or quotes to escape
 
 
@@ -362,7 +363,7 @@ class SnmpTraps(_Table, frozen=True):
     community: Secret | None = None
     community_file: FilePath | None = None
     """v1/v2c notifications: their community; default: the source's (v2c only)."""
-    engine_id: Annotated[str, msgspec.Meta(pattern=r"^(0x)?([0-9A-Fa-f]{2}){5,32}\Z")] | None = None
+    engine_id: str | None = None
     """SNMPv3 traps: the agent's snmpEngineID in hex; without it, only v3 informs are heard."""
     confirm_gap_s: Annotated[float, msgspec.Meta(ge=0.0, le=60.0)] = 0.1
     """Trap-triggered GETs are at least this far apart; the traps in between share one."""
@@ -371,6 +372,11 @@ class SnmpTraps(_Table, frozen=True):
 
     def __post_init__(self) -> None:
         udp_address(self.listen, "listen", 162)
+        if self.engine_id is not None and not _ENGINE_ID.match(self.engine_id):
+            raise ValueError(
+                "engine_id: expected the agent's snmpEngineID, 5 to 32 bytes in hex such as"
+                f" 8000000001020304, got {self.engine_id!r}"
+            )
         _check_tokens(self, "community")
         _one_of(self.community, self.community_file, "community", "community_file")
 
@@ -415,7 +421,8 @@ class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
                 )
             if self.traps is not None and self.traps.engine_id is not None:
                 raise ValueError(
-                    'traps.engine_id: expected only with version = "3", got it with "2c"'
+                    'traps: expected engine_id only with version = "3" (SNMPv3 traps), got'
+                    f' engine_id = "{self.traps.engine_id}" with version = "2c"'
                 )
             return
         if self.user is None:
