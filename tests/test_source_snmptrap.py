@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import time
+import urllib.request
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -476,7 +477,7 @@ class TestPublisherDaemon:
         (fans stay on); with the agent on battery, one trap and the controller's transition
         follows within a poll interval's fraction; the publisher's status counts the traps."""
         keys = make_keys(tmp_path / "keys")
-        group_port, trap_port = free_port(), free_port()
+        group_port, trap_port, metrics_port = free_port(), free_port(), free_port()
         sock = tmp_path / "publisher.sock"
         source = {
             "kind": "snmp",
@@ -494,6 +495,7 @@ class TestPublisherDaemon:
                 tmp_path / "unused.json",
                 sources=[source],
                 control={"socket": str(sock)},
+                metrics={"listen": f"127.0.0.1:{metrics_port}"},
             ),
         )
         ctl_config = write_toml(
@@ -516,9 +518,23 @@ class TestPublisherDaemon:
             assert asyncio.run(run(trap, netsnmp_env)) == 0
             moved = ctl.wait_for("transition", timeout=5, state="on_battery")
             done = powercast("status", "--json", "--socket", str(sock))
+            text = powercast("status", "--socket", str(sock)).stdout
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                metrics = answer.read().decode()
         assert moved["_at"] - sent < 3.0 < SLOW_POLL_S
         assert done.returncode == 0, done.stderr
         (status,) = msgspec.json.decode(done.stdout)["sources"]
         assert status["traps"]["events"]["on_battery"] == 2
         assert status["traps"]["confirms"] == 2
         assert status["traps"]["dropped"]["bad_community"] == 1
+        assert (
+            f"    traps on 127.0.0.1:{trap_port}: heard on_battery 2; dropped bad_community 1;"
+            " reads brought forward 2\n"
+        ) in text
+        name = 'source="sources[0](snmp)"'
+        assert f'powercast_source_traps_dropped_total{{reason="bad_community",{name}}} 1.0' in (
+            metrics
+        )
+        assert f'powercast_source_traps_total{{event="on_battery",{name}}} 2.0' in metrics
+        assert f"powercast_source_trap_reads_total{{{name}}} 2.0" in metrics

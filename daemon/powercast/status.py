@@ -378,7 +378,19 @@ def _render_publisher(status: dict[str, Any]) -> str:
     for s in status["sources"]:
         health = "ok" if s["ok"] else f"FAILING: {s['error']}"
         lines.append(f"  {s['name']}: {health}")
+        if "traps" in s:
+            lines.append(f"    {_traps(s['traps'])}")
     return "\n".join(lines)
+
+
+def _traps(traps: dict[str, Any]) -> str:
+    """One line for a source's SNMP trap listener."""
+    where = f"traps on {traps['listen']}"
+    if not traps["listening"]:
+        return f"{where}: NOT LISTENING: {traps['error']}"
+    heard = ", ".join(f"{k} {n}" for k, n in traps["events"].items() if n) or "none"
+    dropped = ", ".join(f"{k} {n}" for k, n in traps["dropped"].items() if n) or "none"
+    return f"{where}: heard {heard}; dropped {dropped}; reads brought forward {traps['confirms']}"
 
 
 def _render_relay(status: dict[str, Any]) -> str:
