@@ -25,6 +25,7 @@ FIGURES = {
     "idle": {"controller_cpu_pct", "controller_rss_mb", "publisher_cpu_pct"},
     "ready": {"p50_ms", "p99_ms"},
     "scale_1000": {"cpu_pct"},
+    "trap_detect": {"p50_ms", "p99_ms", "baseline_get_p50_ms"},
 }
 """The numbers each figure gives; CPU shares may be 0 (clock ticks, when the kernel keeps no
 schedstat), every other one is above 0."""
