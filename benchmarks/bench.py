@@ -1031,16 +1031,17 @@ def bench_trap_detect(base: Path, size: str) -> dict[str, Any]:
                     t0 = time.perf_counter()
                     manager.get()
                     gets.append(time.perf_counter() - t0)
-                for _ in range(cycles):
+                for cycle in range(cycles + 1):  # the first: warm-up (first trap, first SET)
                     for value, datagram, state in steps:
                         manager.set_output_source(value)
                         time.sleep(0.15)  # past traps.confirm_gap_s: each trap its own GET
                         t0 = time.time()
                         sock.sendto(datagram, ("127.0.0.1", trap_port))
                         moved = ctl.wait_for("transition", timeout=5, state=state)
-                        samples.append(log_time(moved) - t0)
                         read = pub.wait_for("reading_changed", timeout=5, power=power[value])
-                        reads.append(log_time(read) - t0)
+                        if cycle:
+                            samples.append(log_time(moved) - t0)
+                            reads.append(log_time(read) - t0)
         finally:
             sock.close()
             manager.close()
