@@ -200,7 +200,8 @@ def publisher(
     now: float,
 ) -> dict[str, Any]:
     """The publisher's own fields, in the documented version 1 form; ``sources`` as the
-    publisher sees them (name, kind, ok, error, has_reading)."""
+    publisher sees them (name, kind, ok, error, has_reading; traps for an snmp source
+    with a trap listener)."""
     a = announcer
     return {
         "announcing": {
