@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import time
 import urllib.request
@@ -45,7 +46,7 @@ ENGINE_ID = "8000000001020304"
 ON_BATTERY = {**ONLINE, "upsOutputSource": 5, "upsSecondsOnBattery": 30}
 LOW = {**ON_BATTERY, "upsBatteryStatus": 3}
 UPS_ON_BATTERY = "1.3.6.1.2.1.33.2.1"
-COMMUNITIES = ("basic", "forged", "v1", "v3", "inform", "flood", "busy", "e2e")
+COMMUNITIES = ("basic", "forged", "v1", "v3", "inform", "flood", "busy", "e2e", "reload")
 SLOW_POLL_S = 30.0
 """The poll interval: a change seen within a few seconds was brought forward by a trap."""
 
@@ -255,6 +256,11 @@ class TestTrapConfig:
         assert config_error('community = "c"\ntraps = {engine_id = "8000000001020304"}') == (
             'p.toml: sources[0].traps: expected engine_id only with version = "3" (SNMPv3'
             ' traps), got engine_id = "8000000001020304" with version = "2c"'
+        )
+        two = '[[sources]]\nkind = "snmp"\nhost = "v"\ncommunity = "c"\ntraps = {}'
+        assert config_error(f'community = "c"\ntraps = {{listen = "127.0.0.1"}}\n{two}') == (
+            "p.toml: sources: expected each snmp source's traps on a port of its own, got"
+            " port 162 in sources[0] (127.0.0.1) and sources[1] (0.0.0.0:162)"
         )
         assert config_error(
             'community = "c"\ntraps = {community = "t", community_file = "/f"}'
@@ -538,3 +544,32 @@ class TestPublisherDaemon:
         )
         assert f'powercast_source_traps_total{{event="on_battery",{name}}} 2.0' in metrics
         assert f"powercast_source_trap_reads_total{{{name}}} 2.0" in metrics
+
+    def test_reload_keeps_hearing_on_the_same_port(
+        self, agent: Agent, tmp_path: Path, netsnmp_env: dict[str, str]
+    ) -> None:
+        """A reload that changes the source starts a new listener on the same port at once
+        (the old one is closed first): the next trap is heard."""
+        keys = make_keys(tmp_path / "keys")
+        trap_port = free_port()
+        source = {
+            "kind": "snmp",
+            "host": "127.0.0.1",
+            "port": agent.port,
+            "community": "reload",
+            "interval_s": SLOW_POLL_S,
+            "traps": {"listen": f"127.0.0.1:{trap_port}"},
+        }
+        path, group_port = tmp_path / "p.toml", free_port()
+        write_toml(path, publisher_config(group_port, keys, tmp_path / "x", sources=[source]))
+        with running("publish", "--config", str(path)) as pub:
+            pub.wait_for("traps_listening", timeout=10)
+            source["interval_s"] = SLOW_POLL_S + 1
+            write_toml(path, publisher_config(group_port, keys, tmp_path / "x", sources=[source]))
+            pub.signal(signal.SIGHUP)
+            pub.wait_for("traps_listening", timeout=5)
+            assert "reloaded" in [e.get("event") for e in pub.seen]
+            agent.set("reload", ON_BATTERY)
+            assert asyncio.run(run(v2c(trap_port, "reload", UPS_ON_BATTERY), netsnmp_env)) == 0
+            pub.wait_for("reading_changed", timeout=3, power="on_battery")
+        assert "traps_not_heard" not in [e.get("event") for e in pub.seen]

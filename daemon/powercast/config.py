@@ -484,6 +484,24 @@ class PublisherConfig(_Table, frozen=True):
                 f" most {MAX_TAL_S:g} s, the most the wire carries, got {self.heartbeat_s:g}"
                 f" * {self.tal_factor:g} = {tal:g} s"
             )
+        _check_trap_ports(self.sources)
+
+
+def _check_trap_ports(sources: list[Source]) -> None:
+    """One trap listener hears one agent: two on one port would fight over it."""
+    seen: dict[int, tuple[int, str]] = {}
+    for index, source in enumerate(sources):
+        if not isinstance(source, SnmpSource) or source.traps is None:
+            continue
+        _, port = udp_address(source.traps.listen, "listen", 162)
+        if port in seen:
+            first, listen = seen[port]
+            raise ValueError(
+                f"sources: expected each snmp source's traps on a port of its own, got"
+                f" port {port} in sources[{first}] ({listen}) and sources[{index}]"
+                f" ({source.traps.listen})"
+            )
+        seen[port] = (index, source.traps.listen)
 
 
 class PolicySettings(_Table, frozen=True):
