@@ -60,6 +60,9 @@ OIDS: Final = {
 OUTPUT_ONLINE: Final = frozenset({3, 4, 6, 7})  # normal, bypass, booster, reducer
 OUTPUT_BATTERY: Final = 5
 BATTERY_LOW: Final = frozenset({3, 4})  # batteryLow, batteryDepleted
+LISTEN_TIMEOUT_S: Final = 2.0
+"""Starting the trap listener (the agent's name looked up, the port bound) may take this long
+before the read goes on without it."""
 
 _AUTH: Final = {
     "none": hlapi.usmNoAuthProtocol,
@@ -260,16 +263,24 @@ class SnmpReader:
             elif config.version == "2c":
                 community = self._auth_data().communityName
             user = self._auth_data() if config.version == "3" else None
-            await traps.open(config.host, community, user)
+            async with asyncio.timeout(LISTEN_TIMEOUT_S):  # a name lookup that hangs
+                await traps.open(config.host, community, user)
+        except TimeoutError:
+            where = f"{self._origin}: traps: {config.host!r}"
+            self._listen_failed(loop.time(), f"{where} not resolved in {LISTEN_TIMEOUT_S:g} s")
+            return
         except (TrapError, SourceError) as err:
-            self._listen_at = loop.time() + self._listen_backoff.delay(False)
-            if str(err) != self._listen_error:
-                log.warning("traps_not_heard", source=self.name, error=str(err))
-            self._listen_error = str(err)
+            self._listen_failed(loop.time(), str(err))
             return
         self._listen_backoff.delay(True)
         self._listen_error = None
         log.info("traps_listening", source=self.name, listen=traps.traps.listen)
+
+    def _listen_failed(self, now: float, error: str) -> None:
+        self._listen_at = now + self._listen_backoff.delay(False)
+        if error != self._listen_error:
+            log.warning("traps_not_heard", source=self.name, error=error)
+        self._listen_error = error
 
     def _secret(self, path: str, what: str) -> str:
         try:
