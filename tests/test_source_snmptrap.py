@@ -46,7 +46,7 @@ ENGINE_ID = "8000000001020304"
 ON_BATTERY = {**ONLINE, "upsOutputSource": 5, "upsSecondsOnBattery": 30}
 LOW = {**ON_BATTERY, "upsBatteryStatus": 3}
 UPS_ON_BATTERY = "1.3.6.1.2.1.33.2.1"
-COMMUNITIES = ("basic", "forged", "v1", "v3", "inform", "flood", "busy", "e2e", "reload")
+COMMUNITIES = ("basic", "forged", "v1", "alarm", "v3", "inform", "flood", "busy", "e2e", "reload")
 SLOW_POLL_S = 30.0
 """The poll interval: a change seen within a few seconds was brought forward by a trap."""
 
@@ -311,6 +311,39 @@ class TestTrapsWakeThePoll:
                 return poller.traps
 
         traps = asyncio.run(main())
+        assert traps["events"]["low_battery"] == traps["events"]["restored"] == 1
+        assert traps["confirms"] == 2
+
+    def test_ups_mib_alarm_added_and_removed(
+        self, agent: Agent, netsnmp_env: dict[str, str]
+    ) -> None:
+        """UPS-MIB upsTrapAlarmEntryAdded (upsAlarmLowBattery) and ...Removed
+        (upsAlarmOnBattery), told apart by their upsAlarmDescr varbind; a coldStart from
+        the agent is counted as other and wakes nothing."""
+        port = free_port()
+
+        def alarm(trap: str, descr: str) -> list[str]:
+            return [*v2c(port, "alarm", trap), "1.3.6.1.2.1.33.1.6.2.1.2.4", "o", descr]
+
+        async def main() -> tuple[list[str], dict[str, Any]]:
+            async with polling(trap_source(agent, "alarm", port)) as poller:
+                agent.set("alarm", LOW)
+                cold = v2c(port, "alarm", "1.3.6.1.6.3.1.1.5.1")
+                assert await run(cold, netsnmp_env) == 0
+                await asyncio.sleep(0.5)
+                before = list(poller.statuses)
+                low = alarm("1.3.6.1.2.1.33.2.3", "1.3.6.1.2.1.33.1.6.3.3")
+                assert await run(low, netsnmp_env) == 0
+                await poller.wait_for("low_battery")
+                agent.set("alarm", ONLINE)
+                back = alarm("1.3.6.1.2.1.33.2.4", "1.3.6.1.2.1.33.1.6.3.2")
+                assert await run(back, netsnmp_env) == 0
+                await poller.wait_for("online")
+                return before, poller.traps
+
+        before, traps = asyncio.run(main())
+        assert before == ["online"]
+        assert traps["events"]["other"] == 1
         assert traps["events"]["low_battery"] == traps["events"]["restored"] == 1
         assert traps["confirms"] == 2
 
