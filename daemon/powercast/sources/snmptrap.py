@@ -26,7 +26,7 @@ returnFromLowBattery
 Anything else from the agent is counted as ``other`` and wakes nothing. Dropped and
 counted, by reason: ``unknown_sender`` (not from one of the agent's addresses) and
 ``rate_limited`` (beyond ``traps.max_per_s``), both before any decoding, so a flood costs
-a dict lookup a datagram; then pysnmp's own standard counters (RFC 3418, RFC 3414):
+an address check a datagram; then pysnmp's own standard counters (RFC 3418, RFC 3414):
 ``bad_community``, ``unknown_user``, ``unknown_engine_id`` (also counts an inform
 sender's normal discovery), ``wrong_digest``, ``decryption_error``,
 ``not_in_time_window``, ``unsupported_sec_level``, ``parse_error``, ``bad_version``.
