@@ -348,6 +348,7 @@ Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 _PUBLISHER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*\Z")
 _UPS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _HOST = re.compile(r"[A-Za-z0-9._:%-]+\Z")
+_ENGINE_ID = re.compile(r"(0x)?([0-9A-Fa-f]{2}){5,32}\Z")
 _TOKEN_TEXT = re.compile(r"[!-~]+\Z")  # printable ASCII, no spaces or quotes to escape
 
 
@@ -433,6 +434,34 @@ class HwmonSource(_Table, frozen=True, tag="hwmon", tag_field="kind"):
     """How often the sensors are read."""
 
 
+class SnmpTraps(_Table, frozen=True):
+    """Notifications (traps, informs) from the UPS's agent. Each one recognised wakes the
+    source's poll at once: the GET that follows decides, never the trap itself."""
+
+    listen: str = "0.0.0.0:162"
+    """IP address and UDP port to receive on (a bare address: port 162, which needs root
+    or CAP_NET_BIND_SERVICE)."""
+    community: Secret | None = None
+    community_file: FilePath | None = None
+    """v1/v2c notifications: their community; default: the source's (v2c only)."""
+    engine_id: str | None = None
+    """SNMPv3 traps: the agent's snmpEngineID in hex; without it, only v3 informs are heard."""
+    confirm_gap_s: Annotated[float, msgspec.Meta(ge=0.0, le=60.0)] = 0.1
+    """Trap-triggered GETs are at least this far apart; the traps in between share one."""
+    max_per_s: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 50
+    """Datagrams from the agent decoded per second; beyond, dropped and counted."""
+
+    def __post_init__(self) -> None:
+        udp_address(self.listen, "listen", 162)
+        if self.engine_id is not None and not _ENGINE_ID.match(self.engine_id):
+            raise ValueError(
+                "engine_id: expected the agent's snmpEngineID, 5 to 32 bytes in hex such as"
+                f" 8000000001020304, got {self.engine_id!r}"
+            )
+        _check_tokens(self, "community")
+        _one_of(self.community, self.community_file, "community", "community_file")
+
+
 class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
     """A UPS's SNMP agent, read with the standard UPS-MIB (RFC 1628), v2c or v3."""
 
@@ -457,6 +486,8 @@ class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
     timeout_s: Timeout = 1.0
     """For each try of a request."""
     retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 1
+    traps: SnmpTraps | None = None
+    """Listen for the agent's traps and informs (absent: poll only)."""
 
     def __post_init__(self) -> None:
         _check_host(self.host)
@@ -468,6 +499,11 @@ class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
             if self.community is None and self.community_file is None:
                 raise ValueError(
                     "community: expected community or community_file for version 2c, got neither"
+                )
+            if self.traps is not None and self.traps.engine_id is not None:
+                raise ValueError(
+                    'traps: expected engine_id only with version = "3" (SNMPv3 traps), got'
+                    f' engine_id = "{self.traps.engine_id}" with version = "2c"'
                 )
             return
         if self.user is None:
@@ -534,6 +570,24 @@ class PublisherConfig(_Table, frozen=True):
                 f" most {MAX_TAL_S:g} s, the most the wire carries, got {self.heartbeat_s:g}"
                 f" * {self.tal_factor:g} = {tal:g} s"
             )
+        _check_trap_ports(self.sources)
+
+
+def _check_trap_ports(sources: list[Source]) -> None:
+    """One trap listener hears one agent: two on one port would fight over it."""
+    seen: dict[int, tuple[int, str]] = {}
+    for index, source in enumerate(sources):
+        if not isinstance(source, SnmpSource) or source.traps is None:
+            continue
+        _, port = udp_address(source.traps.listen, "listen", 162)
+        if port in seen:
+            first, listen = seen[port]
+            raise ValueError(
+                f"sources: expected each snmp source's traps on a port of its own, got"
+                f" port {port} in sources[{first}] ({listen}) and sources[{index}]"
+                f" ({source.traps.listen})"
+            )
+        seen[port] = (index, source.traps.listen)
 
 
 class PolicySettings(_Table, frozen=True):

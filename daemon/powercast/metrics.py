@@ -327,6 +327,7 @@ class PublisherCollector(_SnapshotCollector):
         for source in doc["sources"]:
             up.add_metric([source["name"]], 1.0 if source["ok"] else 0.0)
         yield up
+        yield from _traps(doc["sources"])
         power = GaugeMetricFamily(
             "powercast_announced_power",
             "1 for the power status being announced, 0 for the others.",
@@ -346,6 +347,43 @@ class PublisherCollector(_SnapshotCollector):
             if value is not None:  # a failed sensor has no value to show
                 temps.add_metric([sensor], value)
         yield temps
+
+
+def _traps(sources: list[dict[str, Any]]) -> Iterable[Metric]:
+    """The SNMP trap listeners of the sources that have one."""
+    heard = CounterMetricFamily(
+        "powercast_source_traps",
+        "SNMP notifications heard from a source's agent, by event (on_battery, other, ...).",
+        labels=["source", "event"],
+    )
+    dropped = CounterMetricFamily(
+        "powercast_source_traps_dropped",
+        "Datagrams a source's trap listener dropped, by reason (unknown_sender,"
+        " bad_community, wrong_digest, rate_limited, ...).",
+        labels=["source", "reason"],
+    )
+    reads = CounterMetricFamily(
+        "powercast_source_trap_reads",
+        "Reads of a source that a trap brought forward.",
+        labels=["source"],
+    )
+    listening = GaugeMetricFamily(
+        "powercast_source_traps_listening",
+        "1 while a source's trap listener is bound, 0 while it cannot be.",
+        labels=["source"],
+    )
+    for source in sources:
+        traps = source.get("traps")
+        if traps is None:
+            continue
+        name = source["name"]
+        for event, n in traps["events"].items():
+            heard.add_metric([name, event], float(n))
+        for reason, n in traps["dropped"].items():
+            dropped.add_metric([name, reason], float(n))
+        reads.add_metric([name], float(traps["confirms"]))
+        listening.add_metric([name], float(traps["listening"]))
+    yield from (heard, dropped, reads, listening)
 
 
 class RelayCollector(_SnapshotCollector):

@@ -207,7 +207,8 @@ def publisher(
     now: float,
 ) -> dict[str, Any]:
     """The publisher's own fields, in the documented version 1 form; ``sources`` as the
-    publisher sees them (name, kind, ok, error, has_reading)."""
+    publisher sees them (name, kind, ok, error, has_reading; traps for an snmp source
+    with a trap listener)."""
     a = announcer
     return {
         "announcing": {
@@ -415,7 +416,19 @@ def _render_publisher(status: dict[str, Any]) -> str:
     for s in status["sources"]:
         health = "ok" if s["ok"] else f"FAILING: {s['error']}"
         lines.append(f"  {s['name']}: {health}")
+        if "traps" in s:
+            lines.append(f"    {_traps(s['traps'])}")
     return "\n".join(lines)
+
+
+def _traps(traps: dict[str, Any]) -> str:
+    """One line for a source's SNMP trap listener."""
+    where = f"traps on {traps['listen']}"
+    if not traps["listening"]:
+        return f"{where}: NOT LISTENING: {traps['error']}"
+    heard = ", ".join(f"{k} {n}" for k, n in traps["events"].items() if n) or "none"
+    dropped = ", ".join(f"{k} {n}" for k, n in traps["dropped"].items() if n) or "none"
+    return f"{where}: heard {heard}; dropped {dropped}; reads brought forward {traps['confirms']}"
 
 
 def _render_relay(status: dict[str, Any]) -> str:
