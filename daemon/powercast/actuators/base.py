@@ -150,7 +150,9 @@ class Worker:
             self.known, self.status = on, "dry_run"
             self._changed()
             return True
-        self.status = "applying"
+        quiet = renewal and self.status == "ok"  # a renewed lease is news to no one
+        if not quiet:
+            self.status = "applying"
         self.attempts += 1
         started = time.monotonic()
         try:
@@ -188,7 +190,6 @@ class Worker:
             return False
         if readback is not None:
             self.last_verified_at = self.last_applied_at
-        quiet = renewal and self.status == "ok"  # a renewed lease is news to no one
         self.known, self.status, self.error, self.attempts = on, "ok", "", 0
         if quiet:
             log.debug("actuator_renewed", actuator=name, position=position)
