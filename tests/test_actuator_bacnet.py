@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -27,9 +31,11 @@ from bacpypes3.primitivedata import ObjectIdentifier
 from test_actuators import run, running, until
 
 from powercast import config as cfg
-from powercast.actuators import DriverError, Worker, make_driver
+from powercast.actuators import DriverError, Worker, actuator_name, make_driver
 from powercast.actuators.bacnet import BacnetDriver
 from powercast.config import BacnetActuator
+
+from harness import write_toml
 
 
 class LockedBinaryValue(OutOfService, BinaryValueObject):  # type: ignore[misc]
@@ -100,7 +106,7 @@ def present(app: Application, obj: str) -> Any:
 
 
 def bacnet(port: int, **kw: Any) -> BacnetDriver:
-    config = BacnetActuator(host="127.0.0.1", port=port, timeout_s=0.5, **kw)
+    config = BacnetActuator(**{"host": "127.0.0.1", "port": port, "timeout_s": 0.5, **kw})
     driver = make_driver(config, "hall/0(bacnet)")
     assert isinstance(driver, BacnetDriver)
     return driver
@@ -266,6 +272,55 @@ class TestBacnetDriver:
         assert "local: cannot bind 192.0.2.1:0 within 0.5 s" in run(go())
 
 
+@pytest.mark.system
+class TestBacnetFailsafe:
+    def test_failsafe_process_relinquishes_and_writes_on(self, tmp_path: Path) -> None:
+        """`powercast failsafe` (a real process, no controller running) gives the CRAC's
+        on/off back to the BMS (NULL at our priority) and writes the fan speed on; a
+        device that never answers is reported, and holds back neither."""
+
+        async def go() -> tuple[subprocess.CompletedProcess[str], list[Any]]:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as hole:
+                hole.bind(("127.0.0.1", 0))
+                async with bacnet_device() as (app, port):
+                    crac = {"host": "127.0.0.1", "port": port, "timeout_s": 0.5}
+                    actuators = [
+                        {**crac, "object": "binary-output,1", "on": "relinquish"},
+                        {**crac, "object": "analog-output,1", "on_value": 100.0},
+                        {**crac, "object": "binary-output,1", "port": hole.getsockname()[1]},
+                    ]
+                    for table in actuators[:2]:  # shed, as a controller left them
+                        async with closing(bacnet(**table)) as d:
+                            await d.apply(False)
+                    config = write_toml(
+                        tmp_path / "c.toml",
+                        {
+                            "role": "controller",
+                            "actuators": [{"kind": "bacnet", **t} for t in actuators],
+                        },
+                    )
+                    proc = await asyncio.create_subprocess_exec(
+                        sys.executable, "-m", "powercast", "failsafe", "--config", str(config),
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        env={**os.environ, "RUNTIME_DIRECTORY": str(tmp_path)},
+                    )  # fmt: skip
+                    out, err = await asyncio.wait_for(proc.communicate(), 30)
+                    seen = [
+                        slot(app, "binary-output,1", 8),
+                        str(present(app, "binary-output,1")),
+                        slot(app, "analog-output,1", 8),
+                    ]
+            done = subprocess.CompletedProcess([], proc.returncode or 0, out.decode(), err.decode())
+            return done, seen
+
+        done, seen = run(go())
+        assert seen == [None, "active", 100.0]
+        assert done.returncode == 1, done.stderr
+        assert "powercast: default/2(bacnet): bacnet 127.0.0.1:" in done.stderr
+        assert "no answer within 0.5 s" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
 def actuator_error(**table: Any) -> str:
     text = {"role": "controller", "actuators": [{"kind": "bacnet", **table}]}
     with pytest.raises(cfg.ConfigError) as caught:
@@ -338,3 +393,32 @@ class TestBacnetConfig:
             "write",
             None,
         )
+
+
+@pytest.mark.unit
+class TestBacnetHostProblems:
+    def test_local_address_must_be_this_hosts(self) -> None:
+        """config check: local must be an address of this host (or 0.0.0.0), by key."""
+        text = (
+            'role = "controller"\n[[zones]]\nname = "hall"\n[[zones.actuators]]\n'
+            'kind = "bacnet"\nhost = "10.0.0.5"\nobject = "binary-output,1"\n'
+            'local = "192.0.2.1:47808"\n'
+        )
+        assert cfg.host_problems(cfg.parse(text, "c.toml")) == [
+            "zones[0].actuators[0].local: no interface on this host has this address"
+            " (expected one of this host's addresses, or 0.0.0.0 or :: for all of them,"
+            " got '192.0.2.1')"
+        ]
+
+    def test_default_local_is_fine(self) -> None:
+        """The default, 0.0.0.0:0, with bacpypes3 installed: nothing to say."""
+        text = (
+            'role = "controller"\n[[actuators]]\n'
+            'kind = "bacnet"\nhost = "10.0.0.5"\nobject = "binary-output,1"\n'
+        )
+        assert cfg.host_problems(cfg.parse(text, "c.toml")) == []
+
+    def test_named_in_status_and_logs_by_kind(self) -> None:
+        """actuator_name carries the kind, as for every other actuator."""
+        config = BacnetActuator(host="10.0.0.5", object="binary-output,1")
+        assert actuator_name("hall/0", config) == "hall/0(bacnet)"

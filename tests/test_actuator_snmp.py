@@ -21,7 +21,7 @@ from test_source_snmp import RESPONDER, V3, Agent
 
 from powercast import config as cfg
 from powercast import failsafe
-from powercast.actuators import DriverError, Worker, make_driver
+from powercast.actuators import DriverError, Worker, actuator_name, make_driver
 from powercast.config import SnmpActuator
 
 with warnings.catch_warnings():  # pysnmp imports pysmi's old names when pysmi is there
@@ -267,3 +267,22 @@ class TestSnmpConfig:
             "2c",
         )
         assert config.status_oids == config.oids == ["1.3.6.1.4.1.318.1"]
+
+
+@pytest.mark.unit
+class TestSnmpHostProblems:
+    def test_secret_file_that_cannot_be_read_is_named(self, tmp_path: Path) -> None:
+        """config check: a community_file that is not there is named by its key."""
+        text = (
+            'role = "controller"\n[[actuators]]\nkind = "snmp"\nhost = "10.0.0.7"\n'
+            f'community_file = "{tmp_path}/nope"\noid = "1.3.6.1.4.1.318.1.1.12.3.3.1.1.4.3"\n'
+        )
+        assert cfg.host_problems(cfg.parse(text, "c.toml")) == [
+            f"actuators[0].community_file: expected a file this user can read, got"
+            f' "{tmp_path}/nope": no such file'
+        ]
+
+    def test_named_in_status_and_logs_by_kind(self) -> None:
+        """actuator_name carries the kind, as for every other actuator."""
+        config = SnmpActuator(host="10.0.0.7", community="private", oid="1.3.6.1.4.1.318.1")
+        assert actuator_name("racks/1", config) == "racks/1(snmp)"

@@ -15,6 +15,7 @@ asks this host for what a config names (interfaces, addresses, programs), for
 from __future__ import annotations
 
 import enum
+import importlib.util
 import ipaddress
 import json
 import os
@@ -994,6 +995,45 @@ def host_problems(config: Config) -> list[str]:
                 f"{key}[0]: expected a program that exists and is executable (an absolute"
                 f" path, or a name on PATH), got {_show(argv[0])}: {why}"
             )
+    for key, table in _device_tables(config):
+        problems.extend(_device_problems(key, table))
+    return problems
+
+
+def _device_tables(config: Config) -> list[tuple[str, Any]]:
+    """Sources and actuators with their key paths."""
+    if isinstance(config, PublisherConfig):
+        return [(f"sources[{i}]", source) for i, source in enumerate(config.sources)]
+    if isinstance(config, ControllerConfig):
+        found = [(f"actuators[{i}]", a) for i, a in enumerate(config.actuators)]
+        for z, zone in enumerate(config.zones):
+            found += [(f"zones[{z}].actuators[{i}]", a) for i, a in enumerate(zone.actuators)]
+        return found
+    return []
+
+
+def _device_problems(key: str, table: Any) -> list[str]:
+    """What this host lacks for one source or actuator: a BACnet actuator's local
+    address and its library, an SNMP table's secret files."""
+    problems = []
+    if isinstance(table, BacnetActuator):
+        address = table.local.rpartition(":")[0]
+        try:
+            net.check_local_address(address, f"{key}.local")
+        except net.NetworkError as err:
+            problems.append(str(err))
+        if importlib.util.find_spec("bacpypes3") is None:
+            problems.append(
+                f"{key}.kind: the bacnet actuator needs the bacpypes3 package, not installed"
+                " here (pip install bacpypes3)"
+            )
+    if isinstance(table, SnmpAccess):
+        for name, path in table.secret_files():
+            if not os.access(path, os.R_OK):
+                why = "no such file" if not os.path.exists(path) else "not readable"
+                problems.append(
+                    f"{key}.{name}: expected a file this user can read, got {_show(path)}: {why}"
+                )
     return problems
 
 
