@@ -151,8 +151,8 @@ class Worker:
             self._changed()
             return True
         quiet = renewal and self.status == "ok"  # a renewed lease is news to no one
-        if not quiet:
-            self.status = "applying"
+        if not quiet:  # a write under way: the position is the old one or the new one
+            self.known, self.status = None, "applying"
         self.attempts += 1
         started = time.monotonic()
         try:
