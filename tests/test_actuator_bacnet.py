@@ -215,7 +215,7 @@ class TestBacnetDriver:
         async def go() -> str:
             async with (
                 bacnet_device() as (_, port),
-                closing(bacnet(port, object="analog-output,9")) as d,
+                closing(bacnet(port, object="analog-output,9", on_value=100.0)) as d,
             ):
                 with pytest.raises(DriverError) as caught:
                     await d.read()
@@ -363,15 +363,20 @@ class TestBacnetConfig:
                 "actuators[0].on_value: expected 0 (inactive) or 1 (active) for a binary object",
             ),
             (
-                {"host": "10.0.0.5", "object": "analog-output,1", "on": "off"},
+                {"host": "10.0.0.5", "object": "binary-output,1", "on": "off"},
                 "actuators[0].on: expected one of 'write', 'relinquish', got \"off\"",
             ),
             (
-                {"host": "10.0.0.5", "object": "analog-output,1", "local": "eth0"},
+                {"host": "10.0.0.5", "object": "analog-output,1"},
+                "actuators[0].on_value: expected the present value for fans on (e.g. 100.0)"
+                " for analog-output,1, got none",
+            ),
+            (
+                {"host": "10.0.0.5", "object": "binary-output,1", "local": "eth0"},
                 "actuators[0].local: expected an IPv4 address and port",
             ),
             (
-                {"host": "10.0.0.5", "object": "analog-output,1", "refresh_s": 0},
+                {"host": "10.0.0.5", "object": "binary-output,1", "refresh_s": 0},
                 "actuators[0].refresh_s: expected a number >= 0.1, got 0",
             ),
         ],

@@ -370,7 +370,7 @@ class SnmpAccess(_Table, frozen=True):
     priv_key: Secret | None = None
     priv_key_file: FilePath | None = None
     context: Annotated[str, msgspec.Meta(max_length=32)] = ""
-    """SNMPv3 context name; most agents serve the UPS-MIB in the default, empty one."""
+    """SNMPv3 context name; most agents serve their MIBs in the default, empty one."""
     timeout_s: Timeout = 1.0
     """For each try of a request."""
     retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 1
@@ -576,8 +576,9 @@ class BacnetActuator(_Table, frozen=True, tag="bacnet", tag_field="kind"):
     on: Literal["write", "relinquish"] = "write"
     """Fans on: "write" writes on_value at our priority; "relinquish" writes NULL there, so
     the BMS's own schedule (lower-priority slots, relinquish-default) decides again."""
-    on_value: float = 1.0
-    """Present value for fans on: 1 (active) for binary objects, e.g. 100.0 for analog."""
+    on_value: float | None = None
+    """Present value for fans on: 1 (active, the default) for binary objects; for analog
+    ones it must be given (e.g. 100.0 for a speed in percent) unless on = "relinquish"."""
     off_value: float = 0.0
     """Present value for fans off (shedding): 0 (inactive) for binary objects."""
     local: str = "0.0.0.0:0"
@@ -604,14 +605,20 @@ class BacnetActuator(_Table, frozen=True, tag="bacnet", tag_field="kind"):
             raise ValueError(
                 "priority: expected 1..5 or 7..16 (6 is reserved for minimum on/off time), got 6"
             )
-        if self.object.startswith("binary"):
+        binary = self.object.startswith("binary")
+        if binary:
             for key in ("on_value", "off_value"):
-                if getattr(self, key) not in (0.0, 1.0):
+                if getattr(self, key) not in (None, 0.0, 1.0):
                     raise ValueError(
                         f"{key}: expected 0 (inactive) or 1 (active) for a binary object,"
                         f" got {getattr(self, key)!r}"
                     )
-        if self.on_value == self.off_value:
+        elif self.on_value is None and self.on == "write":
+            raise ValueError(
+                f"on_value: expected the present value for fans on (e.g. 100.0) for"
+                f" {self.object}, got none"
+            )
+        if self.fans_on_value == self.off_value:
             raise ValueError(
                 f"off_value: expected a value other than on_value, got {self.off_value!r} for both"
             )
@@ -625,6 +632,14 @@ class BacnetActuator(_Table, frozen=True, tag="bacnet", tag_field="kind"):
                 f"local: expected an IPv4 address and port such as 0.0.0.0:0 or"
                 f" 10.0.0.5:47808, got {self.local!r}"
             )
+
+    @property
+    def fans_on_value(self) -> float:
+        """on_value, or its default: 1 (active) for binary objects, 100 for analog ones
+        (then only read back, in relinquish mode)."""
+        if self.on_value is not None:
+            return self.on_value
+        return 1.0 if self.object.startswith("binary") else 100.0
 
 
 def bacnet_object(text: str) -> tuple[str, int]:
@@ -668,7 +683,9 @@ class SnmpActuator(SnmpAccess, frozen=True, kw_only=True, tag="snmp", tag_field=
     status_oid: Oid | Annotated[list[Oid], msgspec.Meta(min_length=1, max_length=32)] | None = None
     """Read back here instead (one per oid), e.g. rPDUOutletStatusOutletState."""
     on_value: Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)] = 1
+    """Written for fans on, and read back as on (APC: 1, immediateOn)."""
     off_value: Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)] = 2
+    """Written for fans off (shedding), and read back as off (APC: 2, immediateOff)."""
     refresh_s: Refresh | None = None
     """Re-write the position this often, for a device with its own timeout (see Refresh)."""
 

@@ -37,18 +37,18 @@ def command_value(config: BacnetActuator, on: bool) -> float | None:
     """What is written at our priority for a position: a present value, or None for
     NULL (our command given back)."""
     if on:
-        return None if config.on == "relinquish" else config.on_value
+        return None if config.on == "relinquish" else config.fans_on_value
     return config.off_value
 
 
 def position(config: BacnetActuator, value: float) -> bool:
     """A present value as a position: on_value and off_value as such, another analog
     value by the side of off_value it lies on (a fan running slower still runs)."""
-    if value == config.on_value:
+    if value == config.fans_on_value:
         return True
     if value == config.off_value:
         return False
-    return (value > config.off_value) == (config.on_value > config.off_value)
+    return (value > config.off_value) == (config.fans_on_value > config.off_value)
 
 
 class BacnetDriver:
