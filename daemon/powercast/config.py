@@ -15,6 +15,7 @@ asks this host for what a config names (interfaces, addresses, programs), for
 from __future__ import annotations
 
 import enum
+import importlib.util
 import ipaddress
 import json
 import os
@@ -462,8 +463,8 @@ class SnmpTraps(_Table, frozen=True):
         _one_of(self.community, self.community_file, "community", "community_file")
 
 
-class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
-    """A UPS's SNMP agent, read with the standard UPS-MIB (RFC 1628), v2c or v3."""
+class SnmpAccess(_Table, frozen=True):
+    """How to reach an SNMP agent, v2c or v3: shared by the snmp source and actuator."""
 
     host: Host
     port: Port = 161
@@ -479,10 +480,7 @@ class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
     priv_key: Secret | None = None
     priv_key_file: FilePath | None = None
     context: Annotated[str, msgspec.Meta(max_length=32)] = ""
-    """SNMPv3 context name; most agents serve the UPS-MIB in the default, empty one."""
-    sensor: SensorName = "ups.battery"
-    """The name under which upsBatteryTemperature is announced."""
-    interval_s: Interval = 1.0
+    """SNMPv3 context name; most agents serve their MIBs in the default, empty one."""
     timeout_s: Timeout = 1.0
     """For each try of a request."""
     retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 1
@@ -521,6 +519,19 @@ class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
                 raise ValueError(f"{name}: expected {name} or {name}_file, got neither")
             if key is not None and len(key) < 8:
                 raise ValueError(f"{name}: expected at least 8 characters, got {len(key)}")
+
+    def secret_files(self) -> list[tuple[str, str]]:
+        """(key, path) of each secret kept in a file."""
+        keys = ("community_file", "auth_key_file", "priv_key_file")
+        return [(key, path) for key in keys if (path := getattr(self, key)) is not None]
+
+
+class SnmpSource(SnmpAccess, frozen=True, tag="snmp", tag_field="kind"):
+    """A UPS's SNMP agent, read with the standard UPS-MIB (RFC 1628), v2c or v3."""
+
+    sensor: SensorName = "ups.battery"
+    """The name under which upsBatteryTemperature is announced."""
+    interval_s: Interval = 1.0
 
 
 Source = SimulatedSource | FileSource | CommandSource | NutSource | HwmonSource | SnmpSource
@@ -657,6 +668,14 @@ class HwmonActuator(_Table, frozen=True, tag="hwmon", tag_field="kind"):
     enable_value: int = 1
 
 
+Refresh = Annotated[float, msgspec.Meta(ge=0.1, le=3600.0)]
+"""A device-side lease: the position is written again this often even when it is known to
+be right, so a device with its own watchdog (a BMS timeout that returns it to fans on when
+no write comes) stays where the controller put it only while the controller runs. Must be
+well below the device's timeout (a third of it leaves room for a failed write and a retry);
+a dead controller host then ends the shedding by the device's own timeout."""
+
+
 class ModbusActuator(_Table, frozen=True, tag="modbus", tag_field="kind"):
     """A coil or holding register on a Modbus TCP device (a fan drive); verified by reading back."""
 
@@ -668,6 +687,8 @@ class ModbusActuator(_Table, frozen=True, tag="modbus", tag_field="kind"):
     on_value: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 1
     off_value: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     timeout_s: Timeout = 3.0
+    refresh_s: Refresh | None = None
+    """Re-write the position this often, for a device with its own timeout (see Refresh)."""
 
     def __post_init__(self) -> None:
         if (self.coil is None) == (self.register is None):
@@ -677,7 +698,167 @@ class ModbusActuator(_Table, frozen=True, tag="modbus", tag_field="kind"):
             )
 
 
-Actuator = CommandActuator | HwmonActuator | ModbusActuator
+BacnetObjectType = Literal["binary-output", "binary-value", "analog-output", "analog-value"]
+BACNET_MAX_INSTANCE: Final = 4_194_302
+"""The highest object instance number (4194303 means "none" in BACnet)."""
+
+
+class BacnetActuator(_Table, frozen=True, tag="bacnet", tag_field="kind"):
+    """A binary or analog output or value on a BACnet/IP device (a CRAC unit, an air
+    handler), commanded at one slot of its priority array; verified by reading back."""
+
+    host: Host
+    """The device's IPv4 address (BACnet/IP)."""
+    object: Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
+    """Object type and instance: "binary-output,3", "binary-value,1", "analog-output,2",
+    "analog-value,7"."""
+    port: Port = 47808
+    priority: Annotated[int, msgspec.Meta(ge=1, le=16)] = 8
+    """The priority array slot written (1 highest .. 16 lowest; 6 is reserved for minimum
+    on/off time). The BMS's own commands at lower numbers win over ours."""
+    on: Literal["write", "relinquish"] = "write"
+    """Fans on: "write" writes on_value at our priority; "relinquish" writes NULL there, so
+    the BMS's own schedule (lower-priority slots, relinquish-default) decides again."""
+    on_value: float | None = None
+    """Present value for fans on: 1 (active, the default) for binary objects; for analog
+    ones it must be given (e.g. 100.0 for a speed in percent) unless on = "relinquish"."""
+    off_value: float = 0.0
+    """Present value for fans off (shedding): 0 (inactive) for binary objects."""
+    local: str = "0.0.0.0:0"
+    """IPv4 address and UDP port to send from; port 0 takes a free one (answers come back
+    to it). Use :47808 only when the device answers to that port alone."""
+    local_device: Annotated[int, msgspec.Meta(ge=0, le=BACNET_MAX_INSTANCE)] = 4_194_302
+    """The device instance this controller presents itself as."""
+    timeout_s: Timeout = 3.0
+    """For each request (write, read back): no retries, the worker retries with backoff."""
+    refresh_s: Refresh | None = None
+    """Re-write the position this often, for a device with its own timeout (see Refresh)."""
+
+    def __post_init__(self) -> None:
+        bacnet_object(self.object)
+        try:
+            address = ipaddress.ip_address(self.host)
+        except ValueError:
+            address = None
+        if not isinstance(address, ipaddress.IPv4Address) or address.is_unspecified:
+            raise ValueError(
+                f"host: expected the device's IPv4 address (BACnet/IP), got {self.host!r}"
+            )
+        if self.priority == 6:
+            raise ValueError(
+                "priority: expected 1..5 or 7..16 (6 is reserved for minimum on/off time), got 6"
+            )
+        binary = self.object.startswith("binary")
+        if binary:
+            for key in ("on_value", "off_value"):
+                if getattr(self, key) not in (None, 0.0, 1.0):
+                    raise ValueError(
+                        f"{key}: expected 0 (inactive) or 1 (active) for a binary object,"
+                        f" got {getattr(self, key)!r}"
+                    )
+        elif self.on_value is None and self.on == "write":
+            raise ValueError(
+                f"on_value: expected the present value for fans on (e.g. 100.0) for"
+                f" {self.object}, got none"
+            )
+        if self.fans_on_value == self.off_value:
+            raise ValueError(
+                f"off_value: expected a value other than on_value, got {self.off_value!r} for both"
+            )
+        host, sep, port = self.local.rpartition(":")
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            sep = ""
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise ValueError(
+                f"local: expected an IPv4 address and port such as 0.0.0.0:0 or"
+                f" 10.0.0.5:47808, got {self.local!r}"
+            )
+
+    @property
+    def fans_on_value(self) -> float:
+        """on_value, or its default: 1 (active) for binary objects, 100 for analog ones
+        (then only read back, in relinquish mode)."""
+        if self.on_value is not None:
+            return self.on_value
+        return 1.0 if self.object.startswith("binary") else 100.0
+
+
+def bacnet_object(text: str) -> tuple[str, int]:
+    """``"binary-output,3"`` -> ("binary-output", 3)."""
+    kind, sep, number = text.partition(",")
+    kind, number = kind.strip(), number.strip()
+    if (
+        not sep
+        or kind not in typing.get_args(BacnetObjectType)
+        or not number.isdigit()
+        or int(number) > BACNET_MAX_INSTANCE
+    ):
+        raise ValueError(
+            f"object: expected type,instance with type one of"
+            f" {', '.join(typing.get_args(BacnetObjectType))}"
+            f" and instance 0..{BACNET_MAX_INSTANCE},"
+            f' such as "binary-output,3", got {text!r}'
+        )
+    return kind, int(number)
+
+
+Oid = Annotated[str, msgspec.Meta(min_length=1, max_length=400)]
+_OID = re.compile(r"\.?[0-2](\.(0|[1-9][0-9]{0,9}))+\Z")
+
+
+def _check_oids(key: str, value: str | list[str]) -> None:
+    for oid in [value] if isinstance(value, str) else value:
+        if not _OID.match(oid) or any(int(arc) > 2**32 - 1 for arc in oid.strip(".").split(".")):
+            raise ValueError(
+                f"{key}: expected numeric OIDs such as 1.3.6.1.4.1.318.1.1.12.3.3.1.1.4.3"
+                f" (no MIB names), got {oid!r}"
+            )
+
+
+class SnmpActuator(SnmpAccess, frozen=True, kw_only=True, tag="snmp", tag_field="kind"):
+    """Outlets of a switched PDU (or any integer an agent takes), switched by SNMP SET and
+    read back; defaults as APC's rPDUOutletControlOutletCommand (1 on, 2 off)."""
+
+    oid: Oid | Annotated[list[Oid], msgspec.Meta(min_length=1, max_length=32)]
+    """The OID written, or several (an outlet group): all in one SET request."""
+    status_oid: Oid | Annotated[list[Oid], msgspec.Meta(min_length=1, max_length=32)] | None = None
+    """Read back here instead (one per oid), e.g. rPDUOutletStatusOutletState."""
+    on_value: Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)] = 1
+    """Written for fans on, and read back as on (APC: 1, immediateOn)."""
+    off_value: Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)] = 2
+    """Written for fans off (shedding), and read back as off (APC: 2, immediateOff)."""
+    refresh_s: Refresh | None = None
+    """Re-write the position this often, for a device with its own timeout (see Refresh)."""
+
+    @property
+    def oids(self) -> list[str]:
+        return [self.oid] if isinstance(self.oid, str) else list(self.oid)
+
+    @property
+    def status_oids(self) -> list[str]:
+        if self.status_oid is None:
+            return self.oids
+        return [self.status_oid] if isinstance(self.status_oid, str) else list(self.status_oid)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_oids("oid", self.oid)
+        if self.status_oid is not None:
+            _check_oids("status_oid", self.status_oid)
+            if len(self.status_oids) != len(self.oids):
+                raise ValueError(
+                    f"status_oid: expected one per oid ({len(self.oids)}),"
+                    f" got {len(self.status_oids)}"
+                )
+        if self.on_value == self.off_value:
+            raise ValueError(
+                f"off_value: expected a value other than on_value, got {self.off_value} for both"
+            )
+
+
+Actuator = CommandActuator | HwmonActuator | ModbusActuator | BacnetActuator | SnmpActuator
 ZoneName = Annotated[
     str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 ]
@@ -979,6 +1160,45 @@ def host_problems(config: Config) -> list[str]:
                 f"{key}[0]: expected a program that exists and is executable (an absolute"
                 f" path, or a name on PATH), got {_show(argv[0])}: {why}"
             )
+    for key, table in _device_tables(config):
+        problems.extend(_device_problems(key, table))
+    return problems
+
+
+def _device_tables(config: Config) -> list[tuple[str, Any]]:
+    """Sources and actuators with their key paths."""
+    if isinstance(config, PublisherConfig):
+        return [(f"sources[{i}]", source) for i, source in enumerate(config.sources)]
+    if isinstance(config, ControllerConfig):
+        found = [(f"actuators[{i}]", a) for i, a in enumerate(config.actuators)]
+        for z, zone in enumerate(config.zones):
+            found += [(f"zones[{z}].actuators[{i}]", a) for i, a in enumerate(zone.actuators)]
+        return found
+    return []
+
+
+def _device_problems(key: str, table: Any) -> list[str]:
+    """What this host lacks for one source or actuator: a BACnet actuator's local
+    address and its library, an SNMP table's secret files."""
+    problems = []
+    if isinstance(table, BacnetActuator):
+        address = table.local.rpartition(":")[0]
+        try:
+            net.check_local_address(address, f"{key}.local")
+        except net.NetworkError as err:
+            problems.append(str(err))
+        if importlib.util.find_spec("bacpypes3") is None:
+            problems.append(
+                f"{key}.kind: the bacnet actuator needs the bacpypes3 package, not installed"
+                " here (pip install bacpypes3)"
+            )
+    if isinstance(table, SnmpAccess):
+        for name, path in table.secret_files():
+            if not os.access(path, os.R_OK):
+                why = "no such file" if not os.path.exists(path) else "not readable"
+                problems.append(
+                    f"{key}.{name}: expected a file this user can read, got {_show(path)}: {why}"
+                )
     return problems
 
 

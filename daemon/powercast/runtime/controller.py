@@ -13,7 +13,7 @@ from powercast import config as cfg
 from powercast import control, failsafe, net, persist
 from powercast import status as report
 from powercast.actions import ActionQueue
-from powercast.actuators import Worker, actuator_name, make_driver
+from powercast.actuators import Worker, actuator_name, lease, make_driver
 from powercast.actuators.base import SAFE_POSITION
 from powercast.auth import Keyring
 from powercast.config import ControllerConfig
@@ -162,7 +162,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
     def _start_worker(self, key: str, zone: str, config: cfg.Actuator) -> None:
         assert self._tg is not None
         driver = make_driver(config, actuator_name(key, config))
-        worker = Worker(driver, zone, dry_run=self.dry_run)
+        worker = Worker(driver, zone, dry_run=self.dry_run, refresh_s=lease(config))
         worker.on_change = self._actuator_changed
         self._workers[key] = (worker, self._tg.create_task(worker.run(), name=driver.name))
 

@@ -28,7 +28,6 @@ pysnmp is imported only when an snmp source is configured (it takes ~0.2 s).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from typing import Any, Final
 
 import structlog
@@ -37,6 +36,7 @@ from pysnmp.error import PySnmpError
 from pysnmp.hlapi.v3arch import asyncio as hlapi
 from pysnmp.proto import rfc1905
 
+from powercast import snmpaccess
 from powercast.config import Reading, SnmpSource
 from powercast.pacing import Backoff
 from powercast.secrets import SecretError, read_secret
@@ -63,23 +63,6 @@ BATTERY_LOW: Final = frozenset({3, 4})  # batteryLow, batteryDepleted
 LISTEN_TIMEOUT_S: Final = 2.0
 """Starting the trap listener (the agent's name looked up, the port bound) may take this long
 before the read goes on without it."""
-
-_AUTH: Final = {
-    "none": hlapi.usmNoAuthProtocol,
-    "md5": hlapi.usmHMACMD5AuthProtocol,
-    "sha": hlapi.usmHMACSHAAuthProtocol,
-    "sha224": hlapi.usmHMAC128SHA224AuthProtocol,
-    "sha256": hlapi.usmHMAC192SHA256AuthProtocol,
-    "sha384": hlapi.usmHMAC256SHA384AuthProtocol,
-    "sha512": hlapi.usmHMAC384SHA512AuthProtocol,
-}
-_PRIV: Final = {
-    "none": hlapi.usmNoPrivProtocol,
-    "des": hlapi.usmDESPrivProtocol,
-    "aes": hlapi.usmAesCfb128Protocol,
-    "aes192": hlapi.usmAesCfb192Protocol,
-    "aes256": hlapi.usmAesCfb256Protocol,
-}
 
 
 def power_status(values: dict[str, int]) -> str:
@@ -131,8 +114,7 @@ class SnmpReader:
         self.name = name
         self.interval_s = config.interval_s
         self._config = config
-        host = f"[{config.host}]" if ":" in config.host else config.host
-        self._origin = f"snmp {host}:{config.port}"
+        self._origin = snmpaccess.origin(config)
         self._engine: Any = None
         self._target: Any = None
         self._auth: Any = None
@@ -211,13 +193,8 @@ class SnmpReader:
         if self._engine is None:
             self._engine = hlapi.SnmpEngine()
         if self._target is None:
-            self._auth = self._auth_data()
-            try:
-                self._target = await hlapi.UdpTransportTarget.create(
-                    (config.host, config.port), timeout=config.timeout_s, retries=config.retries
-                )
-            except PySnmpError as err:
-                raise SourceError(f"{self._origin}: {_first_line(err)}") from None
+            self._auth = snmpaccess.credentials(config, SourceError)
+            self._target = await snmpaccess.target(config, SourceError)
         try:
             error, status, index, binds = await hlapi.get_cmd(
                 self._engine,
@@ -228,9 +205,9 @@ class SnmpReader:
                 lookupMib=False,
             )
         except PySnmpError as err:
-            raise SourceError(f"{self._origin}: {_first_line(err)}") from None
+            raise SourceError(f"{self._origin}: {snmpaccess.first_line(err)}") from None
         if error:
-            raise SourceError(f"{self._origin}: {self._explain(error)}")
+            raise SourceError(f"{self._origin}: {snmpaccess.explain(self._config, error)}")
         if status:
             at = list(OIDS)[int(index) - 1] if 0 < int(index) <= len(OIDS) else "?"
             raise SourceError(f"{self._origin}: agent answered {status.prettyPrint()} at {at}")
@@ -261,8 +238,10 @@ class SnmpReader:
             elif config.traps is not None and config.traps.community is not None:
                 community = config.traps.community
             elif config.version == "2c":
-                community = self._auth_data().communityName
-            user = self._auth_data() if config.version == "3" else None
+                community = snmpaccess.credentials(self._config, SourceError).communityName
+            user = (
+                snmpaccess.credentials(self._config, SourceError) if config.version == "3" else None
+            )
             async with asyncio.timeout(LISTEN_TIMEOUT_S):  # a name lookup that hangs
                 await traps.open(config.host, community, user)
         except TimeoutError:
@@ -287,55 +266,3 @@ class SnmpReader:
             return read_secret(path, f"{self._origin}: {what}_file")
         except SecretError as err:
             raise SourceError(str(err)) from None
-
-    def _explain(self, error: Any) -> str:
-        config = self._config
-        text = str(error)
-        if "timed out" in text.lower() or type(error).__name__ == "RequestTimedOut":
-            tries = config.retries + 1
-            hint = " (agent down, or wrong community?)" if config.version == "2c" else ""
-            return f"no answer within {config.timeout_s:g} s, {tries} tries{hint}"
-        return text
-
-    def _auth_data(self) -> Any:
-        config = self._config
-
-        from_file = self._secret
-
-        if config.version == "2c":
-            community = config.community
-            if config.community_file is not None:
-                community = from_file(config.community_file, "community")
-            return hlapi.CommunityData(community, mpModel=1)  # noqa: S508  # v2c is asked for
-
-        def secret(inline: str | None, path: str | None, what: str) -> str | None:
-            if path is not None:
-                value = from_file(path, what)
-                if len(value) < 8:
-                    raise SourceError(f"{self._origin}: {path}: {what} shorter than 8 characters")
-                return value
-            return inline
-
-        auth = config.auth_protocol
-        priv = config.priv_protocol if auth != "none" else "none"
-        if priv != "none" and importlib.util.find_spec("cryptography") is None:
-            raise SourceError(
-                f"{self._origin}: SNMPv3 privacy ({priv}) needs the cryptography package:"
-                " pip install 'powercast[snmpv3]', or priv_protocol = \"none\""
-            )
-        return hlapi.UsmUserData(
-            config.user,
-            authKey=secret(config.auth_key, config.auth_key_file, "auth_key")
-            if auth != "none"
-            else None,
-            privKey=secret(config.priv_key, config.priv_key_file, "priv_key")
-            if priv != "none"
-            else None,
-            authProtocol=_AUTH[auth],
-            privProtocol=_PRIV[priv],
-        )
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
