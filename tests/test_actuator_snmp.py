@@ -244,6 +244,10 @@ class TestSnmpConfig:
                 "actuators[0].user: expected an SNMPv3 user name for version 3, got none",
             ),
             (
+                {"host": "10.0.0.7", "community": "c", "oid": "1.3.6", "traps": {}},
+                "actuators[0]: unknown key 'traps'",
+            ),
+            (
                 {"host": "10.0.0.7", "community": "c", "oid": "1.3.6", "on_value": 2},
                 "actuators[0].off_value: expected a value other than on_value, got 2 for both",
             ),

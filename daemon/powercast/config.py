@@ -443,8 +443,9 @@ class SnmpTraps(_Table, frozen=True):
     """IP address and UDP port to receive on (a bare address: port 162, which needs root
     or CAP_NET_BIND_SERVICE)."""
     community: Secret | None = None
-    community_file: FilePath | None = None
     """v1/v2c notifications: their community; default: the source's (v2c only)."""
+    community_file: FilePath | None = None
+    """The same, from a file's first line; others must not be able to read it."""
     engine_id: str | None = None
     """SNMPv3 traps: the agent's snmpEngineID in hex; without it, only v3 informs are heard."""
     confirm_gap_s: Annotated[float, msgspec.Meta(ge=0.0, le=60.0)] = 0.1
@@ -467,25 +468,35 @@ class SnmpAccess(_Table, frozen=True):
     """How to reach an SNMP agent, v2c or v3: shared by the snmp source and actuator."""
 
     host: Host
+    """The agent's host name or IP address."""
     port: Port = 161
+    """The agent's UDP port."""
     version: Literal["2c", "3"] = "2c"
+    """SNMP v2c (a community) or v3 (a user, with authentication and privacy)."""
     community: Secret | None = None
+    """The v2c community, inline; prefer community_file."""
     community_file: FilePath | None = None
+    """A file holding the v2c community on its first line; others must not be able to read it."""
     user: Secret | None = None
     """SNMPv3 user name."""
     auth_protocol: Literal["none", "md5", "sha", "sha224", "sha256", "sha384", "sha512"] = "sha"
+    """SNMPv3 authentication."""
     auth_key: Secret | None = None
+    """SNMPv3 authentication key (at least 8 characters), inline; prefer auth_key_file."""
     auth_key_file: FilePath | None = None
+    """A file holding the authentication key on its first line, not readable by others."""
     priv_protocol: Literal["none", "des", "aes", "aes192", "aes256"] = "aes"
+    """SNMPv3 privacy (encryption); needs the cryptography package."""
     priv_key: Secret | None = None
+    """SNMPv3 privacy key (at least 8 characters), inline; prefer priv_key_file."""
     priv_key_file: FilePath | None = None
+    """A file holding the privacy key on its first line, not readable by others."""
     context: Annotated[str, msgspec.Meta(max_length=32)] = ""
     """SNMPv3 context name; most agents serve their MIBs in the default, empty one."""
     timeout_s: Timeout = 1.0
     """For each try of a request."""
     retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 1
-    traps: SnmpTraps | None = None
-    """Listen for the agent's traps and informs (absent: poll only)."""
+    """Tries after the first, each within timeout_s."""
 
     def __post_init__(self) -> None:
         _check_host(self.host)
@@ -497,11 +508,6 @@ class SnmpAccess(_Table, frozen=True):
             if self.community is None and self.community_file is None:
                 raise ValueError(
                     "community: expected community or community_file for version 2c, got neither"
-                )
-            if self.traps is not None and self.traps.engine_id is not None:
-                raise ValueError(
-                    'traps: expected engine_id only with version = "3" (SNMPv3 traps), got'
-                    f' engine_id = "{self.traps.engine_id}" with version = "2c"'
                 )
             return
         if self.user is None:
@@ -532,6 +538,17 @@ class SnmpSource(SnmpAccess, frozen=True, tag="snmp", tag_field="kind"):
     sensor: SensorName = "ups.battery"
     """The name under which upsBatteryTemperature is announced."""
     interval_s: Interval = 1.0
+    """How often the agent is read (a trap brings the next read forward)."""
+    traps: SnmpTraps | None = None
+    """Listen for the agent's traps and informs (absent: poll only)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.version == "2c" and self.traps is not None and self.traps.engine_id is not None:
+            raise ValueError(
+                'traps: expected engine_id only with version = "3" (SNMPv3 traps), got'
+                f' engine_id = "{self.traps.engine_id}" with version = "2c"'
+            )
 
 
 Source = SimulatedSource | FileSource | CommandSource | NutSource | HwmonSource | SnmpSource
@@ -713,6 +730,7 @@ class BacnetActuator(_Table, frozen=True, tag="bacnet", tag_field="kind"):
     """Object type and instance: "binary-output,3", "binary-value,1", "analog-output,2",
     "analog-value,7"."""
     port: Port = 47808
+    """The device's BACnet/IP UDP port (0xBAC0)."""
     priority: Annotated[int, msgspec.Meta(ge=1, le=16)] = 8
     """The priority array slot written (1 highest .. 16 lowest; 6 is reserved for minimum
     on/off time). The BMS's own commands at lower numbers win over ours."""
