@@ -143,7 +143,9 @@ class PublisherDaemon(Daemon[PublisherConfig]):
                 else:
                     if self._failing.pop(index, None) is not None:
                         log.info("source_recovered", source=reader.name)
-                if self.announcer.read(index, reading, self.loop.time()):
+                untried = self.announcer.due is None
+                news = self.announcer.read(index, reading, self.loop.time())
+                if news:
                     a = self.announcer
                     log.info(
                         "reading_changed",
@@ -152,7 +154,8 @@ class PublisherDaemon(Daemon[PublisherConfig]):
                         **{f"temp_{k}": v for k, v in a.temperatures.items()},
                     )
                     self.notifier.status(self.status())
-                self._wake.set()  # news, or the first attempt the first announcement waited for
+                if news or (untried and self.announcer.due is not None):
+                    self._wake.set()  # news, or the attempt the first announcement waited for
                 await asyncio.sleep(backoff.delay(reading is not None))
         finally:
             reader.close()

@@ -246,8 +246,10 @@ class NutReader:
         self._where = f"{config.host}:{config.port}"
         self._origin = f"nut {self._names[0]}@{self._where}"
         self._conn: NutConnection | None = None
-        self._last: tuple[list[tuple[str, dict[str, str]]], Reading] | None = None
-        """The last full read and its reading; None after a failure (read all again)."""
+        self._last: tuple[str, Reading] | None = None
+        """upsd's status answer that means "as at the last full read", and that read's
+        reading; None after a failure (read all again). A status with characters upsd
+        escapes never matches: each read is then a full one."""
         self._full_due = 0.0
         self.connections = 0
         """How many connections were opened (one while upsd stays up)."""
@@ -276,16 +278,17 @@ class NutReader:
         now = asyncio.get_running_loop().time()
         try:
             if self._last is not None and now < self._full_due:
-                found, reading = self._last
-                status = await self._exchange(self._status)
-                if status == found[0][1].get("ups.status"):
+                same, reading = self._last
+                if await self._exchange(self._status_line) == same:
                     return reading
             found = await self._exchange(self._all)
         except (TimeoutError, ProtocolError, OSError) as err:
             self.close()  # the connection cannot be trusted any more
             raise SourceError(f"{self._origin}: {self._explain(err)}") from None
         reading = to_reading(found, self._origin)
-        self._last, self._full_due = (found, reading), now + self._config.interval_s
+        ups, status = self._names[0], found[0][1].get("ups.status")
+        same = f'VAR {ups} ups.status "{status}"' if status is not None else "ERR VAR-NOT-SUPPORTED"
+        self._last, self._full_due = (same, reading), now + self._config.interval_s
         self.full_reads += 1
         return reading
 
@@ -328,9 +331,13 @@ class NutReader:
             found.append((ups, values))
         return found
 
-    async def _status(self, conn: NutConnection) -> str | None:
-        """The first UPS's ``ups.status``: the one power is announced from."""
-        return await self._get(conn, self._names[0], "ups.status")
+    async def _status_line(self, conn: NutConnection) -> str:
+        """upsd's answer, as sent, to ``GET VAR`` of the first UPS's ``ups.status`` (the UPS
+        power is announced from); an ``ERR`` too: the full read that follows names it."""
+        try:
+            return await conn.command(f"GET VAR {self._names[0]} ups.status")
+        except NutError as err:
+            return f"ERR {err.code}"
 
     async def _get(self, conn: NutConnection, ups: str, name: str) -> str | None:
         try:
