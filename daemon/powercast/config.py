@@ -341,6 +341,9 @@ class CommandSource(_Table, frozen=True, tag="command", tag_field="kind"):
     """Killed (with its process group) after this long: the source fails."""
 
 
+MIN_STATUS_INTERVAL_S: Final = 0.01
+"""The fastest a NUT source asks upsd for a status: 100 requests a second."""
+
 UpsName = Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
 """A NUT UPS name; short enough that "<ups>.temperature" is a sensor name."""
 Host = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
@@ -392,6 +395,11 @@ class NutSource(_Table, frozen=True, tag="nut", tag_field="kind"):
     ca_file: FilePath | None = None
     """CA certificates (PEM) that upsd's certificate must chain to; default: the system's."""
     interval_s: Interval = 1.0
+    """How often every variable of every UPS is read."""
+    status_interval_s: Interval = 0.05
+    """How often, between those, the first UPS's ups.status is asked (one short request on
+    the kept connection): a change of power is announced this long after upsd knows it.
+    At least 0.01 s; at or above interval_s only full reads are made."""
     timeout_s: Timeout = 2.0
     """For the connection and for each request."""
 
@@ -409,6 +417,11 @@ class NutSource(_Table, frozen=True, tag="nut", tag_field="kind"):
                 )
         if len(set(names)) != len(names):
             raise ValueError(f"ups: expected distinct UPS names, got {names}")
+        if self.status_interval_s < MIN_STATUS_INTERVAL_S:
+            raise ValueError(
+                f"status_interval_s: expected at least {MIN_STATUS_INTERVAL_S:g} s (each is a"
+                f" request to upsd), got {self.status_interval_s!r}"
+            )
         _check_host(self.host)
         _check_tokens(self, "username", "password")
         _one_of(self.password, self.password_file, "password", "password_file")

@@ -11,7 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 
 from powercast.config import Reading, explain
-from powercast.pacing import Backoff  # moved; still importable from here
+from powercast.pacing import Backoff  # a source's retry schedule, as the sources package names it
 
 __all__ = [
     "Backoff",
