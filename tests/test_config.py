@@ -132,6 +132,55 @@ class TestErrors:
             "f.toml: sources[0].timeline: expected steps in order of at_s, got at_s [2.0, 1.0]"
         )
 
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            (
+                '[[zones]]\nname = "a"\npolicy = {temp_high_c = "hot"}',
+                'zones[0].policy.temp_high_c: expected a number, got "hot"',
+            ),
+            (
+                '[[zones]]\nname = "a"\n[zones.policy]\nflap_max_sheds = 1.5',
+                "zones[0].policy.flap_max_sheds: expected an integer, got 1.5",
+            ),
+            (
+                '[[zones]]\nname = "a"\npolicy = "hot"',
+                'zones[0].policy: expected a table, got "hot"',
+            ),
+            (
+                '[[actuators]]\nkind = "command"\non_argv = ["a"]\noff_argv = ["b"]\n'
+                'verify_argv = "x"',
+                'actuators[0].verify_argv: expected a list, got "x"',
+            ),
+            (
+                '[[zones]]\nname = "a"\n[[zones.actuators]]\nkind = "modbus"\nhost = "h"',
+                "zones[0].actuators[0].coil: expected exactly one of coil or register,"
+                " got neither",
+            ),
+        ],
+    )
+    def test_nested_tables_speak_like_the_top_level(self, text: str, expected: str) -> None:
+        """Zones' inline policy and actuators read as top-level errors do: no schema
+        types (``float | null``), no Python reprs."""
+        assert error('role = "controller"\n' + text) == f"f.toml: {expected}"
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            (
+                '[[sources]]\nkind = "simulated"\ntimeline = [{power = {charge_pct = "x"}}]',
+                'sources[0].timeline[0].power.charge_pct: expected a number, got "x"',
+            ),
+            (
+                '[[sources]]\nkind = "nut"\nups = 3',
+                "sources[0].ups: expected a string or a list, got 3",
+            ),
+        ],
+    )
+    def test_sources_speak_like_the_top_level(self, text: str, expected: str) -> None:
+        """A source's optional or either-or keys say what they take in words."""
+        assert error('role = "publisher"\n' + text) == f"f.toml: {expected}"
+
 
 ACTION = '[[actions]]\non = "normal"\nargv = ["/bin/true"]\n'
 ACTUATOR = '[[actuators]]\nkind = "command"\non_argv = ["/bin/true"]\noff_argv = ["/bin/true"]\n'
