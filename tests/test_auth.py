@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
 
 from powercast import wire
-from powercast.auth import Keyring, KeyringError
+from powercast.auth import Keyring, KeyringError, fingerprint
 
 pytestmark = pytest.mark.unit
 
@@ -60,3 +61,20 @@ class TestKeyring:
             "/run/credentials/x: no key 3 to sign with (keys found: 1);"
             " create one with: powercast keygen 3 /etc/powercast/keys/3.key"
         )
+
+
+class TestFingerprint:
+    def test_first_hex_of_sha256_never_the_key(self) -> None:
+        """A fingerprint is the first 8 hex digits of the key's SHA-256: short, stable,
+        different for different keys, and no part of the key itself."""
+        assert fingerprint(KEY_1) == hashlib.sha256(KEY_1).hexdigest()[:8]
+        assert fingerprint(KEY_1) != fingerprint(KEY_2)
+        assert fingerprint(KEY_1) not in KEY_1.hex()
+
+    def test_keyring_names_each_key_with_its_fingerprint(self, tmp_path: Path) -> None:
+        """A keyring says each key as ``key N fp X``, and where its file is."""
+        ring = Keyring.from_keys({2: KEY_2, 1: KEY_1}, tmp_path, files={2: tmp_path / "p_2.key"})
+        assert ring.describe() == f"key 1 fp {fingerprint(KEY_1)}, key 2 fp {fingerprint(KEY_2)}"
+        assert ring.file(2) == tmp_path / "p_2.key"
+        assert ring.file(1) == tmp_path / "1.key"
+        assert Keyring.from_keys({}, tmp_path).describe() == "none"

@@ -11,6 +11,7 @@ import pytest
 
 from powercast import config as cfg
 from powercast.cli import main
+from powercast.secrets import load_keyring
 
 from harness import make_keys
 
@@ -154,8 +155,7 @@ class TestErrors:
             ),
             (
                 '[[zones]]\nname = "a"\n[[zones.actuators]]\nkind = "modbus"\nhost = "h"',
-                "zones[0].actuators[0].coil: expected exactly one of coil or register,"
-                " got neither",
+                "zones[0].actuators[0].coil: expected exactly one of coil or register, got neither",
             ),
         ],
     )
@@ -340,7 +340,8 @@ class TestCommands:
         bad.write_text('role = "publisher"\nheartbeat_s = -1\n')
         assert main(["config", "check", str(good)]) == 0
         assert capsys.readouterr().out == (
-            f"{good}: ok (publisher; keys in {tmp_path / 'keys'}: 1)\n"
+            f"{good}: ok (publisher; keys in {tmp_path / 'keys'}:"
+            f" key 1 fp {load_keyring(tmp_path / 'keys').fingerprints[1]}, signs with key 1)\n"
         )
         assert main(["config", "check", str(good), str(bad)]) == 78
         captured = capsys.readouterr()

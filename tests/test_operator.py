@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from powercast import cli, control
+from powercast.secrets import load_keyring
 
 from harness import (
     GROUP,
@@ -176,7 +177,13 @@ class TestStatus:
         assert publisher["power"]["charge_pct"] == 90.0
         assert publisher["temperatures"] == {"inlet": 24.0}
         assert status["datagrams"]["received"] > 0
-        assert status["keys"] == {"dir": str(site.keys), "ids": [1], "mode": "enforce"}
+        fp = load_keyring(site.keys).fingerprints[1]
+        assert status["keys"] == {
+            "dir": str(site.keys),
+            "ids": [1],
+            "fingerprints": {"1": fp},
+            "mode": "enforce",
+        }
         assert {"zone": "default", "from": "failsafe", "to": "normal", "count": 1} in status[
             "transitions"
         ]
@@ -217,6 +224,9 @@ class TestStatus:
         assert status["sent"] > 0
         assert status["keys"]["key_id"] == 1
         assert "announcing as ups-op: online, 90%; inlet=24" in text
+        fp = load_keyring(site.keys).fingerprints[1]
+        assert status["keys"]["fingerprints"] == {"1": fp}
+        assert f"signed with key 1 fp {fp}" in text
 
     def test_status_finds_the_socket_in_the_config(self, site: Site) -> None:
         """`status --config FILE` reads control.socket from the file."""

@@ -51,6 +51,24 @@ class TestKeygen:
             == f"powercast: {tmp_path / '7.key'}: already exists; not overwriting a key\n"
         )
 
+    def test_command_line_shows_fingerprints_to_compare(self, tmp_path: Path) -> None:
+        """keygen prints the new key's fingerprint; `keygen --show` prints the same for the
+        file and for its directory, and the keyring the daemons load agrees."""
+        run = [sys.executable, "-m", "powercast", "keygen"]
+        made = subprocess.run(
+            [*run, "4", str(tmp_path / "4.key")], capture_output=True, text=True, check=False
+        )
+        ring = load_keyring(tmp_path)
+        fp = ring.fingerprints[4]
+        assert made.stdout.startswith(f"{tmp_path / '4.key'}: new key 4 fp {fp} (mode 0600)")
+        assert "keygen --show" in made.stdout
+        for where in (tmp_path / "4.key", tmp_path):
+            shown = subprocess.run(
+                [*run, "--show", str(where)], capture_output=True, text=True, check=False
+            )
+            assert shown.stdout == f"{tmp_path / '4.key'}: key 4 fp {fp}\n"
+        assert (tmp_path / "4.key").read_text().strip() not in made.stdout
+
 
 class TestLoadKeyring:
     def test_loads_every_key_and_systemd_credential_names(self, tmp_path: Path) -> None:

@@ -7,14 +7,29 @@ nothing here reads a file or the environment. :mod:`powercast.secrets` reads key
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from powercast.errors import EX_CONFIG, PowercastError
 from powercast.wire import Envelope, Frame, Reject
+
+FINGERPRINT_HEX: Final = 8
+"""Hex digits of a key's fingerprint: enough to tell two keys apart at a glance."""
+
+
+def fingerprint(key: bytes) -> str:
+    """A short name of ``key`` to compare between nodes (the first hex digits of its
+    SHA-256), never the key: two nodes showing the same fingerprint hold the same key."""
+    return hashlib.sha256(key).hexdigest()[:FINGERPRINT_HEX]
+
+
+def describe(key_id: int, fp: str) -> str:
+    """How a key is named to operators: ``key 1 fp 3f2a9c1b``."""
+    return f"key {key_id} fp {fp}"
 
 
 class KeyringError(PowercastError):
@@ -32,18 +47,35 @@ class Keyring:
     home: Path | None = None
     """Where an operator creates keys, when not ``directory`` (systemd's credentials are a copy)."""
     _macs: dict[int, Any] = field(default_factory=dict)
+    fingerprints: dict[int, str] = field(default_factory=dict)
+    """Each key's :func:`fingerprint` by id: what status and logs show of a key."""
+    files: dict[int, Path] = field(default_factory=dict)
+    """The file each key was read from, by id (when read from a file)."""
 
     @classmethod
     def from_keys(
-        cls, keys: Mapping[int, bytes], directory: Path, home: Path | None = None
+        cls,
+        keys: Mapping[int, bytes],
+        directory: Path,
+        home: Path | None = None,
+        files: Mapping[int, Path] | None = None,
     ) -> Keyring:
-        """A keyring of ``keys`` by id, read from ``directory``."""
+        """A keyring of ``keys`` by id, read from ``directory`` (``files`` by id)."""
         macs = {key_id: hmac.new(key, digestmod="sha256") for key_id, key in keys.items()}
-        return cls(directory, home, macs)
+        prints = {key_id: fingerprint(key) for key_id, key in keys.items()}
+        return cls(directory, home, macs, prints, dict(files or {}))
 
     @property
     def ids(self) -> list[int]:
         return sorted(self._macs)
+
+    def file(self, key_id: int) -> Path:
+        """Where key ``key_id`` lives (or would: ``<id>.key`` in the directory)."""
+        return self.files.get(key_id, self.directory / f"{key_id}.key")
+
+    def describe(self) -> str:
+        """Every key as operators see it: ``key 1 fp 3f2a9c1b, key 2 fp ...``; "none"."""
+        return ", ".join(describe(i, self.fingerprints[i]) for i in self.ids) or "none"
 
     def signer(self, key_id: int) -> Callable[[bytes], bytes]:
         """A function that tags bytes with key ``key_id``."""

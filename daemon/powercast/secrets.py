@@ -26,7 +26,7 @@ import stat
 from pathlib import Path
 from typing import Final
 
-from powercast.auth import Keyring, KeyringError
+from powercast.auth import Keyring, KeyringError, fingerprint
 from powercast.config import ControllerConfig, PublisherConfig, RelayConfig
 from powercast.systemd import credentials_directory
 from powercast.wire import TAG_SIZE
@@ -58,6 +58,7 @@ def _home(directory: Path) -> Path:
 def load_keyring(directory: Path) -> Keyring:
     """Read every key file in ``directory``; any bad one fails the whole load."""
     keys: dict[int, bytes] = {}
+    files: dict[int, Path] = {}
     try:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
@@ -74,7 +75,8 @@ def load_keyring(directory: Path) -> Keyring:
         if key_id in keys:
             raise KeyringError(f"{directory / name}: a second file for key id {key_id}")
         keys[key_id] = read_key(directory / name)
-    return Keyring.from_keys(keys, directory, _home(directory))
+        files[key_id] = directory / name
+    return Keyring.from_keys(keys, directory, _home(directory), files)
 
 
 def read_key(path: Path) -> bytes:
@@ -102,8 +104,9 @@ def read_key(path: Path) -> bytes:
     return key
 
 
-def keygen(key_id: int, path: Path) -> None:
-    """Write a new random 32-byte key with mode 0600; never overwrite an existing file."""
+def keygen(key_id: int, path: Path) -> str:
+    """Write a new random 32-byte key with mode 0600; never overwrite an existing file.
+    Returns its fingerprint (:func:`powercast.auth.fingerprint`)."""
     if not 1 <= key_id <= 65535:
         raise KeyringError(f"key id must be 1..65535, got {key_id}")
     match = KEY_FILE.match(path.name)
@@ -118,8 +121,10 @@ def keygen(key_id: int, path: Path) -> None:
         raise KeyringError(f"{path}: already exists; not overwriting a key") from None
     except OSError as err:
         raise KeyringError(f"{path}: cannot create: {err.strerror}") from None
+    key = os.urandom(TAG_SIZE)
     with os.fdopen(fd, "w") as f:
-        f.write(os.urandom(TAG_SIZE).hex() + "\n")
+        f.write(key.hex() + "\n")
+    return fingerprint(key)
 
 
 def load_keys(config: PublisherConfig | ControllerConfig | RelayConfig) -> Keyring:

@@ -133,6 +133,7 @@ def controller(
         "keys": {
             "dir": str(keyring.directory),
             "ids": keyring.ids,
+            "fingerprints": _fingerprints(keyring),
             "mode": config.auth.mode,
         },
         "network": _network(config.network),
@@ -220,10 +221,22 @@ def publisher(
         "keys": {
             "dir": str(keyring.directory),
             "ids": keyring.ids,
+            "fingerprints": _fingerprints(keyring),
             "key_id": config.auth.key_id,
         },
         "network": {**_network(config.network), "ttl": config.network.ttl},
     }
+
+
+def _fingerprints(keyring: Keyring) -> dict[str, str]:
+    """Each key's fingerprint by id (as text: a JSON object's keys are strings)."""
+    return {str(key_id): keyring.fingerprints[key_id] for key_id in keyring.ids}
+
+
+def _keys_text(keys: dict[str, Any]) -> str:
+    """``key 1 fp 3f2a9c1b, key 2 fp ...``, or "none"."""
+    prints = keys.get("fingerprints", {})
+    return ", ".join(f"key {i} fp {prints.get(str(i), '?')}" for i in keys["ids"]) or "none"
 
 
 def _fans_on(state: State) -> bool:
@@ -297,11 +310,11 @@ def _render_controller(status: dict[str, Any]) -> str:
     lines = _header(status)
     network = status["network"]
     keys = status["keys"]
-    ids = ", ".join(map(str, keys["ids"])) or "none"
     lines.append(
         f"  network  {network['group']}:{network['port']} on {network['interface']};"
-        f" keys {ids} in {keys['dir']} (auth {keys['mode']})"
+        f" auth {keys['mode']}"
     )
+    lines.append(f"  keys     {_keys_text(keys)} in {keys['dir']}")
     for zone in status["zones"]:
         lines.append("")
         lines.append(
@@ -362,11 +375,17 @@ def _render_publisher(status: dict[str, Any]) -> str:
     lines = _header(status)
     network = status["network"]
     keys = status["keys"]
-    signing = f"signed with key {keys['key_id']}" if keys["key_id"] else "UNSIGNED"
+    key_id = keys["key_id"]
+    if key_id:
+        fp = keys.get("fingerprints", {}).get(str(key_id), "?")
+        signing = f"signed with key {key_id} fp {fp}"
+    else:
+        signing = "UNSIGNED"
     lines.append(
         f"  network  {network['group']}:{network['port']} on {network['interface']}"
-        f" (ttl {network['ttl']}); {signing} from {keys['dir']}"
+        f" (ttl {network['ttl']})"
     )
+    lines.append(f"  keys     {signing}; have {_keys_text(keys)} in {keys['dir']}")
     a = status["announcing"]
     lines.append("")
     lines.append(f"announcing as {a['id']}: {_reading(a['power'], a['temperatures'])}")

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 from powercast import config as cfg
-from powercast.auth import KeyringError
+from powercast.auth import KeyringError, describe, fingerprint
 from powercast.cli.arguments import Commands, command
 from powercast.errors import EX_CONFIG
-from powercast.secrets import keygen, load_keys
+from powercast.secrets import KEY_FILE, keygen, keys_dir, load_keyring, load_keys, read_key
 
 
 def add_commands(commands: Commands) -> None:
@@ -26,8 +26,19 @@ def add_commands(commands: Commands) -> None:
     new_key = command(
         commands, "keygen", _keygen, "write a new random key file (mode 0600; never overwrites)"
     )
-    new_key.add_argument("key_id", type=int, metavar="ID", help="key id, 1..65535")
-    new_key.add_argument("file", type=Path, metavar="FILE", help="e.g. /etc/powercast/keys/1.key")
+    new_key.add_argument("key_id", type=int, nargs="?", metavar="ID", help="key id, 1..65535")
+    new_key.add_argument(
+        "file", type=Path, nargs="?", metavar="FILE", help="e.g. /etc/powercast/keys/1.key"
+    )
+    new_key.add_argument(
+        "--show",
+        type=Path,
+        nargs="?",
+        const=Path(""),
+        metavar="PATH",
+        help="print the fingerprints of a key file or directory (default: as the daemons),"
+        " to compare between nodes; writes nothing",
+    )
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -60,12 +71,44 @@ def _check(args: argparse.Namespace) -> int:
         if isinstance(config, cfg.RelayConfig):
             print(f"{path}: ok (relay; carries datagrams as they are, needs no keys)")
         else:
-            keys = ", ".join(map(str, keyring.ids)) or "none"
-            print(f"{path}: ok ({config.role}; keys in {keyring.directory}: {keys})")
+            signs = ""
+            if isinstance(config, cfg.PublisherConfig):
+                signs = f", signs with key {config.auth.key_id}" if config.auth.key_id else ""
+            print(
+                f"{path}: ok ({config.role}; keys in {keyring.directory}:"
+                f" {keyring.describe()}{signs})"
+            )
     return status
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    keygen(args.key_id, args.file)
-    print(f"{args.file}: new key {args.key_id} (mode 0600)")
+    if args.show is not None:
+        if args.key_id is not None:
+            raise KeyringError("keygen --show takes a key file or directory, not an id")
+        return _show(args.show)
+    if args.key_id is None or args.file is None:
+        raise KeyringError(
+            "keygen: expected ID and FILE (powercast keygen 1 /etc/powercast/keys/1.key)"
+        )
+    fp = keygen(args.key_id, args.file)
+    print(
+        f"{args.file}: new {describe(args.key_id, fp)} (mode 0600); copy this file to every"
+        " publisher and controller, then compare fingerprints with `powercast keygen --show`"
+    )
+    return 0
+
+
+def _show(path: Path) -> int:
+    """Each key's id and fingerprint, never the key: what to compare between two nodes."""
+    if path == Path("") or path.is_dir():
+        ring = load_keyring(path if path != Path("") else keys_dir(""))
+        if not ring.ids:
+            raise KeyringError(f"{ring.directory}: no key files (*.key)")
+        for key_id in ring.ids:
+            print(f"{ring.file(key_id)}: {describe(key_id, ring.fingerprints[key_id])}")
+        return 0
+    match = KEY_FILE.match(path.name)
+    if match is None:
+        raise KeyringError(f"{path}: expected a key file named <id>.key, or a directory of them")
+    print(f"{path}: {describe(int(match[1]), fingerprint(read_key(path)))}")
     return 0
