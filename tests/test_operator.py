@@ -28,6 +28,7 @@ from powercast.secrets import load_keyring
 from harness import (
     GROUP,
     Daemon,
+    Notify,
     controller_config,
     free_port,
     make_keys,
@@ -42,7 +43,8 @@ RECORD = "import os, sys; open(sys.argv[1], 'a').write(os.environ['POWERCAST_STA
 
 STATUS_KEYS = {
     "version", "role", "host", "pid", "time", "config", "control", "metrics",
-    "zones", "publishers", "datagrams", "actions", "transitions", "keys", "network",
+    "metrics_error", "zones", "publishers", "datagrams", "actions", "transitions", "keys",
+    "network",
 }  # fmt: skip
 ZONE_KEYS = {
     "zone", "state", "fans", "reason", "since", "for_s", "situation", "override", "actuators",
@@ -53,7 +55,7 @@ PUBLISHER_KEYS = {
 }  # fmt: skip
 PUBLISHER_STATUS_KEYS = {
     "version", "role", "host", "pid", "time", "config", "control", "metrics",
-    "announcing", "sources", "sent", "send_errors", "keys", "network",
+    "metrics_error", "announcing", "sources", "sent", "send_errors", "keys", "network",
 }  # fmt: skip
 
 
@@ -101,7 +103,7 @@ def cli_as_nobody(*argv: str, env: dict[str, str] | None = None) -> tuple[int, s
 class Site:
     """Config files for one controller and one publisher on a free port, in ``root``."""
 
-    def __init__(self, root: Path, *, metrics: bool = False) -> None:
+    def __init__(self, root: Path, *, metrics: bool | str = False) -> None:
         self.root = root
         self.port = free_port()
         self.keys = make_keys(root / "keys")
@@ -116,7 +118,9 @@ class Site:
             control={"socket": str(self.controller_sock)},
             actions=[{"on": "shedding", "argv": [sys.executable, "-c", RECORD, str(root / "r")]}],
             log={"format": "json", "level": "debug"},
-            metrics={"listen": "127.0.0.1:0"} if metrics else None,
+            metrics={"listen": metrics if isinstance(metrics, str) else "127.0.0.1:0"}
+            if metrics
+            else None,
         )
         self.controller = write_toml(root / "c.toml", controller)
         self.publisher = write_toml(
@@ -544,6 +548,39 @@ class TestMetrics:
             samples['powercast_action_duration_seconds_bucket{le="+Inf",state="shedding"}'] == "1.0"
         )
         assert status["metrics"] == listening["address"]
+
+    def test_port_in_use_is_said_and_retried_while_the_fans_are_run(self, tmp_path: Path) -> None:
+        """A metrics port another process holds: the controller still decides, status and
+        systemd's STATUS= say `metrics: error "<listen>: address already in use"`, and the
+        endpoint comes up once the port is free."""
+        with socket.create_server(("127.0.0.1", 0)) as occupied:
+            listen = f"127.0.0.1:{occupied.getsockname()[1]}"
+            site = Site(tmp_path, metrics=listen)
+            notify = Notify(tmp_path)
+            env = {"NOTIFY_SOCKET": notify.path}
+            with (
+                running("control", "--config", str(site.controller), env=env) as ctl,
+                running("publish", "--config", str(site.publisher)),
+            ):
+                failed = ctl.wait_for("metrics_unavailable")
+                ready = notify.wait_for("READY=1")
+                ctl.wait_for("transition", state="normal")  # the control job runs on
+                status = site.status(site.controller_sock)
+                text = powercast("status", "--socket", str(site.controller_sock)).stdout
+                occupied.close()
+                ctl.wait_for("metrics_recovered", timeout=20)
+                with urllib.request.urlopen(f"http://{listen}/metrics", timeout=5) as response:
+                    assert response.status == 200
+                after = site.status(site.controller_sock)
+                while "metrics: error" in notify.wait_for("STATUS="):  # older lines first
+                    pass
+            notify.close()
+        error = f"{listen}: address already in use"
+        assert failed["error"] == "Address already in use"
+        assert f"metrics: error {error} (retrying)" in ready
+        assert (status["metrics"], status["metrics_error"]) == (None, error)
+        assert f'metrics error "{error}" (retrying)' in text
+        assert (after["metrics"], after["metrics_error"]) == (listen, None)
 
     def test_off_by_default(self, site: Site) -> None:
         """Without [metrics] listen, no endpoint is opened."""

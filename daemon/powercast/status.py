@@ -13,6 +13,7 @@ durations are seconds measured on the daemon's monotonic clock.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -36,7 +37,14 @@ VERSION: Final = 1
 
 
 def common(
-    role: str, *, path: Path, loaded_at: float, control: str, metrics: str | None, wall: float
+    role: str,
+    *,
+    path: Path,
+    loaded_at: float,
+    control: str,
+    metrics: str | None,
+    wall: float,
+    metrics_error: str | None = None,
 ) -> dict[str, Any]:
     """The fields every daemon's status has (a role adds its own)."""
     return {
@@ -48,6 +56,7 @@ def common(
         "config": {"path": str(path), "loaded_at": loaded_at},
         "control": control,
         "metrics": metrics,
+        "metrics_error": metrics_error,
     }
 
 
@@ -285,6 +294,8 @@ def _header(status: dict[str, Any]) -> list[str]:
     config = status["config"]
     loaded = config["loaded_at"]
     metrics = status["metrics"] or "off"
+    if status.get("metrics_error"):
+        metrics = f"error {json.dumps(status['metrics_error'])} (retrying)"
     return [
         f"{status['role']} on {status['host']} (pid {status['pid']})",
         f"  config   {config['path']}, loaded {_clock(loaded)}"

@@ -157,7 +157,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
                 case Save():
                     self._save()
                 case Notify():
-                    self.notifier.status(self.status())
+                    self.notifier.status(self.status_line())
 
     def _start_worker(self, key: str, zone: str, config: cfg.Actuator) -> None:
         assert self._tg is not None
@@ -253,7 +253,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
     def _actuator_changed(self, worker: Worker) -> None:
         """Keep the state file and systemd's status line true to the actuators."""
         self._save()
-        self.notifier.status(self.status())
+        self.notifier.status(self.status_line())
 
     def _on_datagram(self, data: bytes) -> None:
         accepted = self.core.accepted

@@ -151,7 +151,7 @@ class PublisherDaemon(Daemon[PublisherConfig]):
                         change=a.change,
                         **{f"temp_{k}": v for k, v in a.temperatures.items()},
                     )
-                    self.notifier.status(self.status())
+                    self.notifier.status(self.status_line())
                 self._wake.set()  # news, or the first attempt the first announcement waited for
                 await asyncio.sleep(backoff.delay(reading is not None))
         finally:
