@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from powercast import config as cfg
 from powercast.cli import main
 from powercast.secrets import load_keyring
 
-from harness import make_keys
+from harness import make_keys, running
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -347,28 +349,71 @@ class TestCommands:
         captured = capsys.readouterr()
         assert captured.err == f"powercast: {bad}: heartbeat_s: expected a number >= 0.05, got -1\n"
 
-    def test_init_prints_what_check_accepts(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    @pytest.mark.parametrize("role", ["publisher", "controller", "relay"])
+    def test_init_prints_what_check_accepts_and_runs(
+        self,
+        role: str,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
     ) -> None:
-        """`config init --role R` output (a real subprocess) passes `config check`, but for
-        the fan program the controller's actuator names, which a site installs."""
+        """`config init --role R` output (a real subprocess) passes `config check` as
+        printed: every program an argv names exists, the rest are commented examples,
+        which load too once uncommented; CHANGE comments say what a site sets."""
         make_keys(tmp_path / "keys")
         monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "keys"))
+        out = subprocess.run(
+            [sys.executable, "-m", "powercast", "config", "init", "--role", role],
+            capture_output=True,
+            check=True,
+            text=True,
+        ).stdout
+        path = tmp_path / f"{role}.toml"
+        path.write_text(out)
+        assert main(["config", "check", str(path)]) == 0, capsys.readouterr().err
+        assert capsys.readouterr().out.startswith(f"{path}: ok ({role}")
+        config = cfg.load(path)
+        for key, argv in cfg._argvs(msgspec.to_builtins(config)):
+            assert shutil.which(argv[0]), f"{key}: {argv[0]} is not on PATH"
+        assert "# CHANGE:" in out
+        examples = re.sub(r"^# (?=\[\[?[\w.]+\]\]?$|\w+ = )", "", out, flags=re.MULTILINE)
+        assert examples != out or role == "relay"
+        uncommented = cfg.parse(examples, "examples")
+        if isinstance(uncommented, cfg.ControllerConfig):
+            kinds = [type(a).__name__ for a in uncommented.actuators]
+            assert kinds == ["HwmonActuator", "CommandActuator", "ModbusActuator"]
+            assert [a.on for a in uncommented.actions] == ["shedding"]
+        if isinstance(uncommented, cfg.PublisherConfig):
+            kinds = [type(s).__name__ for s in uncommented.sources]
+            assert kinds == ["SimulatedSource", "NutSource", "SnmpSource", "HwmonSource"]
+
+    def test_init_configs_run_as_printed(self, tmp_path: Path) -> None:
+        """A publisher and a controller started from `config init` (logs as JSON, to read
+        them) run: the controller hears the publisher's "unknown" power and keeps the fans
+        on, and warns that it has no actuator to move them with."""
+        keys = make_keys(tmp_path / "keys")
+        (tmp_path / "run").mkdir()
+        env = {"CREDENTIALS_DIRECTORY": str(keys), "RUNTIME_DIRECTORY": str(tmp_path / "run")}
+        paths = {}
         for role in ("publisher", "controller"):
-            out = subprocess.run(
-                [sys.executable, "-m", "powercast", "config", "init", "--role", role],
-                capture_output=True,
-                check=True,
-                text=True,
-            ).stdout
-            path = tmp_path / f"{role}.toml"
-            path.write_text(out)
-            fans = Path("/usr/local/sbin/powercast-fans")
-            missing = role == "controller" and not fans.exists()
-            assert main(["config", "check", str(path)]) == (78 if missing else 0)
-            lines = capsys.readouterr().err.splitlines()
-            assert len(lines) == (2 if missing else 0)  # on_argv, off_argv
-            assert all(f'got "{fans}": no such file' in line for line in lines)
+            text = main_output(["config", "init", "--role", role])
+            paths[role] = tmp_path / f"{role}.toml"
+            paths[role].write_text(text.replace('format = "auto"', 'format = "json"'))
+        with (
+            running("control", "--config", str(paths["controller"]), env=env) as ctl,
+            running("publish", "--config", str(paths["publisher"]), env=env),
+        ):
+            ctl.wait_for("no_actuators", zone="default")
+            reconciled = ctl.wait_for("reconciled", timeout=10, zone="default")
+        assert (reconciled["state"], reconciled["reason"]) == ("failsafe", "power status unknown")
+
+
+def main_output(argv: list[str]) -> str:
+    """What `powercast ARGV` prints, run as its own process."""
+    done = subprocess.run(
+        [sys.executable, "-m", "powercast", *argv], capture_output=True, check=True, text=True
+    )
+    return done.stdout
 
 
 @pytest.mark.system

@@ -9,6 +9,7 @@ from pathlib import Path
 from powercast import config as cfg
 from powercast.auth import KeyringError, describe, fingerprint
 from powercast.cli.arguments import Commands, command
+from powercast.cli.templates import template
 from powercast.errors import EX_CONFIG
 from powercast.secrets import KEY_FILE, keygen, keys_dir, load_keyring, load_keys, read_key
 
@@ -20,7 +21,9 @@ def add_commands(commands: Commands) -> None:
     check.add_argument(
         "files", nargs="*", type=Path, metavar="FILE", help="default: both files in /etc/powercast"
     )
-    init = command(actions, "init", _init, "print a default config on stdout")
+    init = command(
+        actions, "init", _init, "print a commented config that runs as printed, on stdout"
+    )
     init.add_argument("--role", required=True, choices=["publisher", "controller", "relay"])
 
     new_key = command(
@@ -42,7 +45,7 @@ def add_commands(commands: Commands) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
-    sys.stdout.write(cfg.dumps(cfg.defaults(args.role)))
+    sys.stdout.write(template(args.role))
     return 0
 
 
