@@ -73,6 +73,13 @@ class Keyring:
         """Where key ``key_id`` lives (or would: ``<id>.key`` in the directory)."""
         return self.files.get(key_id, self.directory / f"{key_id}.key")
 
+    def home_file(self, key_id: int) -> Path:
+        """Where an operator puts key ``key_id`` for this node: in ``home`` when the keys
+        are read from a copy (systemd's credentials), else the file read."""
+        if self.home is None or self.home == self.directory:
+            return self.file(key_id)
+        return self.home / f"{key_id}.key"
+
     def describe(self) -> str:
         """Every key as operators see it: ``key 1 fp 3f2a9c1b, key 2 fp ...``; "none"."""
         return ", ".join(describe(i, self.fingerprints[i]) for i in self.ids) or "none"
@@ -106,3 +113,30 @@ class Keyring:
         h = mac.copy()
         h.update(frame.signed)
         return None if hmac.compare_digest(h.digest(), frame.tag) else Reject.bad_tag
+
+
+def key_hint(keyring: Keyring, key_id: int, problem: Reject, *, sure: bool = True) -> str:
+    """What to do about datagrams signed with ``key_id`` that fail ``problem`` here: which
+    key file to copy where, and which fingerprints to compare. ``sure``: the sender is
+    known to be ours (it sent good data before, or is a publisher the config names)."""
+    theirs = f"{key_id}.key in its auth.keys_dir, /etc/powercast/keys by default"
+    if problem == Reject.unsigned:
+        why = "the sender signs nothing (auth.key_id = 0 on it)"
+        todo = f"give it the key file this node has ({keyring.describe()}) and set auth.key_id"
+        return f"{why}: {todo}"
+    if problem == Reject.unknown_key:
+        why = f"this node has no key {key_id} (it has {keyring.describe()})"
+    else:
+        ours = describe(key_id, keyring.fingerprints.get(key_id, "?"))
+        why = (
+            f"the keys differ: the datagram is signed with key {key_id}, which does not"
+            f" verify with this node's {ours} ({keyring.file(key_id)})"
+        )
+    if not sure:
+        why = f"if the sender is one of your publishers, {why}"
+    todo = (
+        f"copy the publisher's key file ({theirs}) to this node's {keyring.home_file(key_id)}"
+        " and reload, or compare the fingerprints `powercast keygen --show` and"
+        " `powercast status` print on both nodes"
+    )
+    return f"{why}: {todo}"

@@ -13,6 +13,7 @@ publisher, or expiry. The chart itself runs only when the state changes.
 
 from __future__ import annotations
 
+import fnmatch
 import heapq
 from collections import Counter
 from collections.abc import Iterable
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from powercast import wire
-from powercast.auth import Keyring
+from powercast.auth import Keyring, describe, key_hint
 from powercast.config import ControllerConfig, Zone
 from powercast.pacing import Pacer
 from powercast.policy import Decision, Override, Policy, Reading, Situation, combine
@@ -35,6 +36,35 @@ MAX_PUBLISHERS: Final = 4096
 memory and the work of every decision without bound."""
 LOG_EVERY_S: Final = 10.0
 """At most one log line per kind of rejected datagram in this many seconds."""
+
+
+MAX_SOURCES: Final = 256
+"""Senders whose last rejection is kept for status; the oldest is forgotten first."""
+PEEK_EVERY_S: Final = 1.0
+"""At most one badly signed body a second is read for the publisher id it claims (to
+say whose key differs): a flood of forgeries still costs one HMAC each, not a decode."""
+
+
+@dataclass
+class Rejection:
+    """The last datagram rejected from one sender (an address), for status."""
+
+    reason: str
+    detail: str
+    at: float
+    count: int = 1
+    publisher: str | None = None
+    """The publisher id it claimed (read at most once a second), or sent good data as."""
+    hint: str | None = None
+    """What to do, for datagrams that failed authentication."""
+
+
+def where(source: object) -> str:
+    """A sender's address as the socket gave it, as text: ``10.0.0.5:40000``."""
+    if isinstance(source, tuple) and len(source) >= 2:
+        host, port = source[0], source[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return "unknown" if source is None else str(source)
 
 
 @dataclass
@@ -59,6 +89,13 @@ class Controller:
     _expiries: list[tuple[float, str]] = field(default_factory=list)
     _allowed: frozenset[str] = field(init=False)
     _pacer: Pacer = field(default_factory=lambda: Pacer(LOG_EVERY_S))
+    rejections: dict[object, Rejection] = field(default_factory=dict)
+    """The last rejection by sender address (at most MAX_SOURCES), for status."""
+    _good_from: dict[object, str] = field(default_factory=dict)
+    """Sender addresses that sent good news, with the publisher they sent it as."""
+    _peek: Pacer = field(default_factory=lambda: Pacer(PEEK_EVERY_S))
+    _named: frozenset[str] = field(init=False)
+    _sensor_globs: tuple[str, ...] = field(init=False)
     accepted: int = 0
     """Datagrams taken (not rejected): while it stays put, no deadline can have moved."""
     grace_until: float = float("-inf")
@@ -72,6 +109,17 @@ class Controller:
             for name, zone in self.zone_configs.items()
         }
         self._allowed = frozenset(self.config.policy.publishers)
+        self._name_publishers()
+
+    def _name_publishers(self) -> None:
+        """The publisher ids the config names (policy, zones, zones' sensor globs)."""
+        named = set(self.config.policy.publishers)
+        for zone in self.config.zones:
+            named.update(zone.publishers)
+        self._named = frozenset(named)
+        self._sensor_globs = tuple(
+            glob.split("/", 1)[0] for zone in self.config.zones for glob in zone.sensors
+        )
 
     @property
     def policy(self) -> Policy:
@@ -90,6 +138,7 @@ class Controller:
         for name, policy in self.zones.items():
             policy.settings = config.policy_for(self.zone_configs[name])
         self._allowed = frozenset(config.policy.publishers)
+        self._name_publishers()
         if self._allowed:  # publishers no longer listed stop counting now, not at their TAL
             self.sessions = {p: s for p, s in self.sessions.items() if p in self._allowed}
         for session in self.sessions.values():
@@ -119,8 +168,11 @@ class Controller:
         self.zones[zone].override = override
         return self.evaluate(now, only=[zone])
 
-    def receive(self, data: bytes, now: float, wall: float) -> list[Decision]:
-        """One datagram, at monotonic ``now`` and wall-clock ``wall``.
+    def receive(
+        self, data: bytes, now: float, wall: float, source: object = None
+    ) -> list[Decision]:
+        """One datagram, at monotonic ``now`` and wall-clock ``wall``, from ``source``
+        (the sender's address, if known: rejections are kept and diagnosed by it).
 
         Never raises for bad input: it is counted by reason and dropped, and it cannot
         touch any publisher's session, so it cannot change a decision.
@@ -133,11 +185,12 @@ class Controller:
             # forgeries costs an HMAC each, and no forged byte reaches the decoder.
             problem = self.keyring.verify(envelope) if auth.mode != "off" else None
             if problem is not None and auth.mode == "enforce":
-                self._reject(problem, f"with key id {envelope.key_id}", now)
+                self._reject(problem, f"with key id {envelope.key_id}", now, source)
+                self._diagnose(envelope, problem, source, now)
                 return NOTHING
             message = wire.decode_body(envelope)
         except wire.DecodeError as err:
-            self._reject(err.reason, err.detail, now)
+            self._reject(err.reason, err.detail, now, source)
             return NOTHING
         publisher = message.publisher
         if problem is not None:  # permissive: taken, but counted and said
@@ -151,11 +204,15 @@ class Controller:
                 f"from {publisher!r} sent {message.sent - wall:+.1f} s from our clock"
                 f" (auth.max_clock_skew_s = {skew:g})",
                 now,
+                source,
             )
             return NOTHING
         if self._allowed and publisher not in self._allowed:
             self._reject(
-                wire.Reject.unlisted, f"publisher {publisher!r} is not in policy.publishers", now
+                wire.Reject.unlisted,
+                f"publisher {publisher!r} is not in policy.publishers",
+                now,
+                source,
             )
             return NOTHING
         session = self.sessions.get(publisher)
@@ -165,6 +222,7 @@ class Controller:
                     wire.Reject.capacity,
                     f"{MAX_PUBLISHERS} publishers fresh; {publisher!r} not taken",
                     now,
+                    source,
                 )
                 return NOTHING
             session = Session.first(message, now, self.config.policy.max_tal_s)
@@ -182,6 +240,7 @@ class Controller:
                 f"from {publisher!r} epoch {message.epoch} seq {message.seq}, older than"
                 f" epoch {session.message.epoch} seq {session.message.seq}",
                 now,
+                source,
             )
             return NOTHING
         self.counters[_COUNTED[verdict]] += 1
@@ -191,6 +250,7 @@ class Controller:
         heapq.heappush(self._expiries, (session.expires_at, publisher))
         if verdict is Verdict.REPEAT and was_fresh and message.temperatures == before:
             return NOTHING  # a heartbeat with the very same readings: nothing to decide
+        self._heard_from(source, publisher)
         return self.evaluate(now)
 
     def tick(self, now: float) -> list[Decision]:
@@ -266,9 +326,77 @@ class Controller:
             del self.sessions[publisher]
         return bool(stale)
 
-    def _reject(self, reason: wire.Reject, detail: str, now: float) -> None:
+    def _heard_from(self, source: object, publisher: str) -> None:
+        """Good news came from ``source`` as ``publisher`` (taken off the path of repeats)."""
+        if source is None or self._good_from.get(source) == publisher:
+            return
+        if len(self._good_from) >= MAX_SOURCES:
+            del self._good_from[next(iter(self._good_from))]
+        self._good_from[source] = publisher
+
+    def _reject(self, reason: wire.Reject, detail: str, now: float, source: object = None) -> None:
         self.counters[f"rejected.{reason}"] += 1
         self._notice(reason, "datagram_rejected", reason, detail, now)
+        if source is None:
+            return
+        last = self.rejections.get(source)
+        if last is None:
+            if len(self.rejections) >= MAX_SOURCES:
+                del self.rejections[next(iter(self.rejections))]
+            self.rejections[source] = Rejection(reason, detail, now)
+        else:
+            last.reason, last.detail, last.at, last.count = reason, detail, now, last.count + 1
+
+    def _diagnose(
+        self, envelope: wire.Envelope, problem: wire.Reject, source: object, now: float
+    ) -> None:
+        """A datagram that failed authentication: whose is it, and is it ours? From an
+        address that sent good news before, claiming a publisher this controller heard or
+        its config names, or while nothing has verified yet, the likeliest cause is a key
+        that differs: say so, with the key files and fingerprints to compare (paced)."""
+        claimed = None
+        if self._peek.admit("peek", now) is not None:
+            try:
+                claimed = wire.decode_body(envelope).publisher
+            except wire.DecodeError:
+                claimed = None
+        known = self._good_from.get(source) if source is not None else None
+        ours = known or (claimed if claimed is not None and self._ours(claimed) else None)
+        sure = ours is not None
+        last = self.rejections.get(source) if source is not None else None
+        if last is not None:
+            last.publisher = ours or claimed or last.publisher
+            last.hint = key_hint(self.keyring, envelope.key_id, problem, sure=sure)
+        if not sure and self.accepted:
+            return  # others verify: a stranger's datagram, counted and dropped
+        held = self._pacer.fields("keys_differ", now)
+        if held is None:
+            return
+        key_id = envelope.key_id
+        fp = self.keyring.fingerprints.get(key_id)
+        self.notices.append(
+            Notice(
+                "keys_differ" if problem != wire.Reject.unsigned else "publisher_unsigned",
+                {
+                    "reason": str(problem),
+                    "publisher": ours or claimed,
+                    "source": where(source),
+                    "key_id": key_id,
+                    "this_node": describe(key_id, fp) if fp else self.keyring.describe(),
+                    "key_file": str(self.keyring.home_file(key_id)),
+                    "hint": key_hint(self.keyring, key_id, problem, sure=sure),
+                    **held,
+                },
+            )
+        )
+
+    def _ours(self, publisher: str) -> bool:
+        """A publisher this controller heard good news from, or that its config names."""
+        return (
+            publisher in self.sessions
+            or publisher in self._named
+            or any(fnmatch.fnmatchcase(publisher, glob) for glob in self._sensor_globs)
+        )
 
     def _notice(self, key: str, event: str, reason: str, detail: str, now: float) -> None:
         """Queue a log line, at most one per ``key`` every LOG_EVERY_S: floods stay quiet."""

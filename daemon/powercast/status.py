@@ -19,6 +19,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Final
 
+from powercast.controller import where
 from powercast.states import FANS_ON, State
 from powercast.wire import Power
 
@@ -139,6 +140,7 @@ def controller(
             {"zone": zone, "from": previous, "to": state, "count": n}
             for (zone, previous, state), n in sorted(tally.transitions.items())
         ],
+        "rejections": rejections(core, now),
         "keys": {
             "dir": str(keyring.directory),
             "ids": keyring.ids,
@@ -235,6 +237,26 @@ def publisher(
         },
         "network": {**_network(config.network), "ttl": config.network.ttl},
     }
+
+
+MAX_REJECTIONS_SHOWN: Final = 16
+
+
+def rejections(core: Controller, now: float) -> list[dict[str, Any]]:
+    """The last rejection of each sender, latest first (at most MAX_REJECTIONS_SHOWN)."""
+    latest = sorted(core.rejections.items(), key=lambda item: item[1].at, reverse=True)
+    return [
+        {
+            "source": where(source),
+            "publisher": r.publisher,
+            "reason": r.reason,
+            "detail": r.detail,
+            "count": r.count,
+            "age_s": round(now - r.at, 3),
+            "hint": r.hint,
+        }
+        for source, r in latest[:MAX_REJECTIONS_SHOWN]
+    ]
 
 
 def _fingerprints(keyring: Keyring) -> dict[str, str]:
@@ -370,6 +392,7 @@ def _render_controller(status: dict[str, Any]) -> str:
     if d["unverified"]:
         unverified = ", ".join(f"{k} {n}" for k, n in d["unverified"].items())
         lines.append(f"  accepted without a good tag (auth permissive): {unverified}")
+    lines += _render_rejections(status.get("rejections", []))
     actions = status["actions"]
     running = actions["running"]
     lines.append(
@@ -380,6 +403,21 @@ def _render_controller(status: dict[str, Any]) -> str:
         code = "" if o["exit_code"] is None else f" exit {o['exit_code']}"
         lines.append(f"  last on {state}: {o['result']}{code} in {o['duration_s']:.2f} s")
     return "\n".join(lines)
+
+
+def _render_rejections(rejected: list[dict[str, Any]]) -> list[str]:
+    if not rejected:
+        return []
+    lines = ["last rejected, by sender:"]
+    for r in rejected:
+        who = f" ({r['publisher']})" if r["publisher"] else ""
+        lines.append(
+            f"  {r['source']}{who}: {r['reason']} {r['detail']}"
+            f" ({r['count']} times, last {_ago(r['age_s'])} ago)"
+        )
+        if r["hint"]:
+            lines.append(f"    {r['hint']}")
+    return lines
 
 
 def _render_publisher(status: dict[str, Any]) -> str:
