@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import traceback
 import urllib.request
 from collections.abc import Iterator
@@ -43,8 +44,8 @@ RECORD = "import os, sys; open(sys.argv[1], 'a').write(os.environ['POWERCAST_STA
 
 STATUS_KEYS = {
     "version", "role", "host", "pid", "time", "config", "control", "metrics",
-    "metrics_error", "zones", "publishers", "datagrams", "actions", "transitions", "keys",
-    "network",
+    "metrics_error", "zones", "publishers", "datagrams", "rejections", "actions",
+    "transitions", "keys", "network",
 }  # fmt: skip
 ZONE_KEYS = {
     "zone", "state", "fans", "reason", "since", "for_s", "situation", "override", "actuators",
@@ -664,3 +665,57 @@ class TestPingProtocol:
         with pytest.raises(wire.DecodeError) as caught:
             wire.decode(data)
         assert caught.value.reason == "magic"
+
+
+@pytest.mark.system
+class TestKeysDiffer:
+    def test_controller_with_another_key_says_which_file_to_copy(self, tmp_path: Path) -> None:
+        """A controller and a publisher on loopback holding different keys with the same id:
+        the controller, which lists the publisher, warns keys_differ naming it, the key id,
+        its own key's fingerprint and file; its status shows the sender's last rejection
+        with the hint; the publisher's status shows its own, different fingerprint; the fans stay
+        as failing safe left them (every datagram counted and dropped)."""
+        site = Site(tmp_path)
+        controller = tomllib.loads(site.controller.read_text())
+        controller["policy"]["publishers"] = ["ups-op"]
+        write_toml(site.controller, controller)
+        other = make_keys(tmp_path / "publisher-keys")
+        write_toml(
+            site.publisher,
+            publisher_config(
+                site.port,
+                other,
+                site.reading,
+                id="ups-op",
+                control={"socket": str(site.publisher_sock)},
+            ),
+        )
+        ours = load_keyring(site.keys).fingerprints[1]
+        theirs = load_keyring(other).fingerprints[1]
+        assert ours != theirs
+        with (
+            running("control", "--config", str(site.controller)) as ctl,
+            running("publish", "--config", str(site.publisher)) as pub,
+        ):
+            warning = ctl.wait_for("keys_differ", timeout=10)
+            pub.wait_for("control_listening")
+            status = site.status(site.controller_sock)
+            text = powercast("status", "--socket", str(site.controller_sock)).stdout
+            published = powercast("status", "--socket", str(site.publisher_sock)).stdout
+        assert warning["level"] == "warning"
+        assert warning["publisher"] == "ups-op"
+        assert warning["source"].startswith("127.0.0.1:")
+        assert (warning["key_id"], warning["this_node"]) == (1, f"key 1 fp {ours}")
+        assert warning["key_file"] == str(site.keys / "1.key")
+        assert warning["hint"].startswith("the keys differ: the datagram is signed with key 1,")
+        assert f"key 1 fp {ours} ({site.keys / '1.key'})" in warning["hint"]
+        assert f"to this node's {site.keys / '1.key'}" in warning["hint"]
+        assert f"signed with key 1 fp {theirs}" in published
+        assert [e for e in ctl.seen if e.get("event") == "transition"] == []
+        assert status["publishers"] == []
+        assert status["datagrams"]["rejected"]["bad_tag"] >= 1
+        (last,) = status["rejections"]
+        assert (last["source"], last["publisher"]) == (warning["source"], "ups-op")
+        assert (last["reason"], last["hint"]) == ("bad_tag", warning["hint"])
+        assert f"{warning['source']} (ups-op): bad_tag with key id 1" in text
+        assert f"key 1 fp {ours} in {site.keys}" in text

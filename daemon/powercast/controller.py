@@ -345,6 +345,8 @@ class Controller:
                 del self.rejections[next(iter(self.rejections))]
             self.rejections[source] = Rejection(reason, detail, now)
         else:
+            if reason != last.reason:
+                last.hint = None  # a hint is for the reason it was given for
             last.reason, last.detail, last.at, last.count = reason, detail, now, last.count + 1
 
     def _diagnose(
@@ -360,10 +362,12 @@ class Controller:
                 claimed = wire.decode_body(envelope).publisher
             except wire.DecodeError:
                 claimed = None
+        last = self.rejections.get(source) if source is not None else None
+        if claimed is None and last is not None:
+            claimed = last.publisher  # as read before (one body a second is read)
         known = self._good_from.get(source) if source is not None else None
         ours = known or (claimed if claimed is not None and self._ours(claimed) else None)
         sure = ours is not None
-        last = self.rejections.get(source) if source is not None else None
         if last is not None:
             last.publisher = ours or claimed or last.publisher
             last.hint = key_hint(self.keyring, envelope.key_id, problem, sure=sure)
