@@ -57,6 +57,8 @@ class Rejection:
     """The publisher id it claimed (read at most once a second), or sent good data as."""
     hint: str | None = None
     """What to do, for datagrams that failed authentication."""
+    ours: bool | None = None
+    """Judged to be one of ours (see Controller._diagnose); None: not judged yet."""
 
 
 def where(source: object) -> str:
@@ -356,20 +358,26 @@ class Controller:
         address that sent good news before, claiming a publisher this controller heard or
         its config names, or while nothing has verified yet, the likeliest cause is a key
         that differs: say so, with the key files and fingerprints to compare (paced)."""
-        claimed = None
-        if self._peek.admit("peek", now) is not None:
-            try:
-                claimed = wire.decode_body(envelope).publisher
-            except wire.DecodeError:
-                claimed = None
         last = self.rejections.get(source) if source is not None else None
-        if claimed is None and last is not None:
-            claimed = last.publisher  # as read before (one body a second is read)
-        known = self._good_from.get(source) if source is not None else None
-        ours = known or (claimed if claimed is not None and self._ours(claimed) else None)
-        sure = ours is not None
-        if last is not None:
-            last.publisher = ours or claimed or last.publisher
+        look = self._peek.admit("peek", now) is not None  # read a body: one a second
+        if last is not None and last.ours is not None and not look:
+            claimed, sure = last.publisher, last.ours  # judged before: a flood stays cheap
+        else:
+            claimed = None
+            if look:
+                try:
+                    claimed = wire.decode_body(envelope).publisher
+                except wire.DecodeError:
+                    claimed = None
+            if claimed is None and last is not None:
+                claimed = last.publisher
+            known = self._good_from.get(source) if source is not None else None
+            ours = known or (claimed if claimed is not None and self._ours(claimed) else None)
+            sure = ours is not None
+            claimed = ours or claimed
+            if last is not None:
+                last.publisher, last.ours, last.hint = claimed, sure, None
+        if last is not None and last.hint is None:
             last.hint = key_hint(self.keyring, envelope.key_id, problem, sure=sure)
         if not sure and self.accepted:
             return  # others verify: a stranger's datagram, counted and dropped
@@ -383,7 +391,7 @@ class Controller:
                 "keys_differ" if problem != wire.Reject.unsigned else "publisher_unsigned",
                 {
                     "reason": str(problem),
-                    "publisher": ours or claimed,
+                    "publisher": claimed,
                     "source": where(source),
                     "key_id": key_id,
                     "this_node": describe(key_id, fp) if fp else self.keyring.describe(),
