@@ -154,7 +154,7 @@ def _connectable(port: int) -> bool:
 @pytest.fixture(scope="module")
 def nut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NutServer]:
     if not (UPSD.exists() and DRIVER.exists()):
-        missing = "NUT is not installed (apt-get install nut-server; .ci/run does)"
+        missing = "needs upsd: apt-get install nut-server, or run .ci/run"
         if os.environ.get("POWERCAST_NUT_TESTS") == "require":
             pytest.fail(f"{missing}, and POWERCAST_NUT_TESTS=require")
         pytest.skip(missing)
@@ -552,7 +552,7 @@ class TestNutReader:
     def test_starttls_verified(self, nut: NutServer, tmp_path: Path) -> None:
         """STARTTLS to a upsd with TLS: read over TLS; an unknown CA or another name is refused."""
         if not (shutil.which("certutil") and shutil.which("pk12util")):
-            missing = "NSS tools are not installed (apt-get install libnss3-tools; .ci/run does)"
+            missing = "needs NSS tools: apt-get install libnss3-tools, or run .ci/run"
             if os.environ.get("POWERCAST_NUT_TESTS") == "require":
                 pytest.fail(missing)
             pytest.skip(missing)

@@ -117,7 +117,7 @@ class Agent:
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
     if not RESPONDER.exists():
-        pytest.skip("snmpsim is not installed (pip install -e '.[test]'; tests/run does)")
+        pytest.skip("needs snmpsim: pip install -e '.[test]', or run tests/run")
     a = Agent(tmp_path_factory.mktemp("snmp"))
     for community in ("public", "changing", "garbage", "partial"):
         a.set(community, ONLINE)

@@ -81,8 +81,12 @@ class Network(_Table, frozen=True):
     """Where announcements travel. ``interface`` is a name (eth0) or one of its addresses."""
 
     group: str = "239.1.1.1"
+    """The multicast group, IPv4 or IPv6; 239.0.0.0/8 stays inside the organisation."""
     port: Port = 5001
+    """The UDP port of the group."""
     interface: Annotated[str, msgspec.Meta(min_length=1)] = "127.0.0.1"
+    """Send and join on this interface, by name or address: the control network (the
+    default, loopback, reaches no other host)."""
 
     def __post_init__(self) -> None:
         try:
@@ -98,7 +102,9 @@ class Network(_Table, frozen=True):
 
 class PublisherNetwork(Network, frozen=True):
     ttl: Annotated[int, msgspec.Meta(ge=1, le=255)] = 1
+    """Multicast TTL: 1 stays on the segment; more crosses that many routers."""
     loop: bool = True
+    """Deliver to listeners on this host too (a controller beside the publisher)."""
     unicast_peers: Annotated[list[str], msgspec.Meta(max_length=64)] = []
     """Also send each announcement to these "address:port" (networks that block multicast)."""
 
@@ -122,6 +128,7 @@ class RelayNetwork(Network, frozen=True):
     """The segment a relay bridges: it listens and re-sends on group, port and interface."""
 
     ttl: Annotated[int, msgspec.Meta(ge=1, le=255)] = 1
+    """Multicast TTL of what the relay re-sends on its segment."""
     loop: bool = True
     """Let controllers on the relay's own host hear what it re-sends."""
 
@@ -175,8 +182,12 @@ class ControllerAuth(_Table, frozen=True):
 
 
 class Log(_Table, frozen=True):
+    """What the daemon logs, and how."""
+
     level: LogLevel = "info"
+    """The least severe event logged."""
     format: LogFormat = "auto"
+    """auto: the journal under systemd, console on a terminal, else logfmt."""
 
 
 class ControlSettings(_Table, frozen=True):
@@ -213,11 +224,15 @@ class PowerReading(_Table, frozen=True):
     """Power as a source reports it (file, command output, simulated step)."""
 
     status: PowerStatusName = "unknown"
+    """What the UPS says of mains power; unknown fails safe."""
     charge_pct: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)] | None = None
+    """Battery charge in percent."""
     runtime_s: Annotated[float, msgspec.Meta(ge=0.0, le=1e9)] | None = None
     """Bounded as on the wire (docs/wire-format.md)."""
     load_pct: Annotated[float, msgspec.Meta(ge=0.0, le=1000.0)] | None = None
+    """Output load in percent of the UPS's rating."""
     input_v: Annotated[float, msgspec.Meta(ge=0.0, le=100_000.0)] | None = None
+    """Input (mains) voltage."""
 
 
 class Reading(_Table, frozen=True):
@@ -225,12 +240,14 @@ class Reading(_Table, frozen=True):
 
     power: PowerReading | None = None
     temperatures: Annotated[dict[SensorName, Celsius], msgspec.Meta(max_length=24)] = {}
+    """Sensor name = degrees Celsius; at most 24."""
 
 
 class Step(Reading, frozen=True):
     """One point of a simulated timeline: from ``at_s`` seconds after start, read this."""
 
     at_s: Annotated[float, msgspec.Meta(ge=0.0, le=1e9)] = 0.0
+    """Seconds after start; steps must come in order of at_s."""
 
 
 class SimulatedSource(_Table, frozen=True, tag="simulated", tag_field="kind"):
@@ -238,7 +255,9 @@ class SimulatedSource(_Table, frozen=True, tag="simulated", tag_field="kind"):
 
     timeline: Annotated[list[Step], msgspec.Meta(min_length=1)]
     repeat: bool = False
+    """Start again from the first step after the last."""
     interval_s: Interval = 0.1
+    """How often the timeline is looked at."""
 
     def __post_init__(self) -> None:
         times = [step.at_s for step in self.timeline]
@@ -250,15 +269,20 @@ class FileSource(_Table, frozen=True, tag="file", tag_field="kind"):
     """A TOML or JSON file (by its suffix) that an operator or a test edits."""
 
     path: str
+    """The file; a reading as in [[sources]] kind = "simulated"'s steps, less at_s."""
     interval_s: Interval = 1.0
+    """How often the file is read."""
 
 
 class CommandSource(_Table, frozen=True, tag="command", tag_field="kind"):
     """A program that prints one JSON reading on stdout."""
 
     argv: Argv
+    """The program and its arguments, run without a shell."""
     interval_s: Interval = 5.0
+    """How often it is run."""
     timeout_s: Timeout = 5.0
+    """Killed (with its process group) after this long: the source fails."""
 
 
 UpsName = Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
@@ -350,6 +374,7 @@ class HwmonSource(_Table, frozen=True, tag="hwmon", tag_field="kind"):
     root: FilePath = "/"
     """Where sysfs is mounted, less ``sys/``: tests point it at a tree of their own."""
     interval_s: Interval = 2.0
+    """How often the sensors are read."""
 
 
 class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
@@ -420,9 +445,14 @@ def _default_id() -> str:
 
 
 class PublisherConfig(_Table, frozen=True):
+    """A publisher: reads its sources and announces them on the group."""
+
     role: Literal["publisher"] = "publisher"
+    """Which daemon the file is for."""
     id: PublisherId = msgspec.field(default_factory=_default_id)
+    """The publisher's id on the group: letters, digits and ``._:@-``, at most 64."""
     heartbeat_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600.0)] = 1.0
+    """Announce this often when nothing changes (news goes at once)."""
     tal_factor: Annotated[float, msgspec.Meta(ge=1.5, le=100.0)] = 3.0
     """Each announcement lives this many heartbeats: two may be lost before receivers go stale."""
     temp_deadband_c: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)] = 0.5
@@ -488,8 +518,11 @@ class Action(_Table, frozen=True):
     """A command run on entering a state: argv without a shell, bounded by a timeout."""
 
     on: State
+    """The state whose entry runs the command."""
     argv: Argv
+    """The program and its arguments, run without a shell."""
     timeout_s: Timeout = 10.0
+    """Killed (with its process group) after this long; the next action runs."""
 
 
 class CommandActuator(_Table, frozen=True, tag="command", tag_field="kind"):
@@ -563,7 +596,10 @@ class Persist(_Table, frozen=True):
 
 
 class ControllerConfig(_Table, frozen=True):
+    """A controller: listens to the publishers and drives each zone's fans."""
+
     role: Literal["controller"] = "controller"
+    """Which daemon the file is for."""
     network: ControllerNetwork = msgspec.field(default_factory=ControllerNetwork)
     policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
     auth: ControllerAuth = msgspec.field(default_factory=ControllerAuth)
@@ -648,6 +684,7 @@ class RelayConfig(_Table, frozen=True):
     """A relay: the group on this segment <-> a topic on a broker, datagrams byte for byte."""
 
     role: Literal["relay"] = "relay"
+    """Which daemon the file is for."""
     network: RelayNetwork = msgspec.field(default_factory=RelayNetwork)
     broker: Broker = msgspec.field(default_factory=Broker)
     direction: Literal["both", "to_broker", "from_broker"] = "both"

@@ -4,7 +4,7 @@ Each daemon's public ``snapshot()`` builds the JSON object from its parts with t
 functions here (:func:`common`, :func:`controller`, :func:`publisher`), in its event loop,
 so it is one consistent moment; the control socket sends it, the metrics endpoint reads
 it, and the command line renders it (:func:`render`). Nothing here knows a daemon. The
-fields are documented in README.md ("Operator tools") and pinned by tests: a new field
+fields are documented in docs/operations.md and pinned by tests: a new field
 may be added, none renamed or removed without raising ``version``.
 
 Times are Unix seconds (wall clock) so they mean the same to every reader; ages and

@@ -108,7 +108,7 @@ class Reject(enum.StrEnum):
     """Every reason a receiver drops a datagram for, in the order the checks are made
     (docs/wire-format.md, "Receiver rules"). The value is the counter label
     (``rejected.<reason>``, ``powercast_datagrams_rejected_total{reason}``) and the log's
-    ``reason``; the README lists each one under ``datagram_rejected``."""
+    ``reason``; docs/deploy.md lists each one under ``datagram_rejected``."""
 
     # decode(): the header, the lengths, the body
     size = "size"  # longer than MAX_DATAGRAM

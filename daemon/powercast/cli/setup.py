@@ -1,4 +1,4 @@
-"""Setting up a node: ``powercast config check|init`` and ``powercast keygen``."""
+"""Setting up a node: ``powercast config check|init|reference`` and ``powercast keygen``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from powercast import config as cfg
+from powercast import reference
 from powercast.auth import KeyringError, describe, fingerprint
 from powercast.cli.arguments import Commands, command
 from powercast.cli.templates import template
@@ -25,6 +26,7 @@ def add_commands(commands: Commands) -> None:
         actions, "init", _init, "print a commented config that runs as printed, on stdout"
     )
     init.add_argument("--role", required=True, choices=["publisher", "controller", "relay"])
+    command(actions, "reference", _reference, "print every key of every role, in Markdown")
 
     new_key = command(
         commands, "keygen", _keygen, "write a new random key file (mode 0600; never overwrites)"
@@ -46,6 +48,11 @@ def add_commands(commands: Commands) -> None:
 
 def _init(args: argparse.Namespace) -> int:
     sys.stdout.write(template(args.role))
+    return 0
+
+
+def _reference(args: argparse.Namespace) -> int:
+    sys.stdout.write(reference.render())
     return 0
 
 
