@@ -1,7 +1,8 @@
 """What ``powercast config init --role R`` prints: a commented config per role.
 
 Each runs as printed on a node with the package installed: it names no program or file
-that a site must first provide (those are commented-out examples), and `config check`
+that a site must first provide (those are commented-out examples; what runs in their
+place, a simulated UPS and fans that are only logged, says so), and `config check`
 accepts it once the keys are there. Lines marked CHANGE are what a site sets.
 """
 
@@ -42,12 +43,12 @@ loop = true                # also deliver to a controller on this host
 keys_dir = ""
 key_id = 1                 # the key to sign with
 
-# CHANGE: where power and temperatures come from. As printed, power is "unknown", so
-# controllers keep the fans running (fail safe) and say why: replace this source with
-# one of the examples below (uncomment it and set its keys).
+# CHANGE: where power and temperatures come from. As printed, a simulated UPS that is
+# always online: controllers never shed the fans, and no outage is seen. Replace this
+# source with one of the examples below (uncomment it and set its keys).
 [[sources]]
 kind = "simulated"
-timeline = [{ power = { status = "unknown" } }]
+timeline = [{ power = { status = "online" } }]
 
 # A UPS behind NUT's upsd (`upsc -l` lists the names):
 # [[sources]]
@@ -76,8 +77,8 @@ CONTROLLER: Final = """\
 # /etc/powercast/controller.toml; check with:
 #   powercast config check /etc/powercast/controller.toml
 #
-# As printed it runs, decides and reports (`powercast status`), but MOVES NO FANS until
-# one of the actuators below is uncommented and pointed at the fans (CHANGE).
+# As printed it runs, decides and reports (`powercast status`), but MOVES NO FANS: its
+# actuator only writes "fans on"/"fans off" to the system log (CHANGE it, below).
 role = "controller"
 
 [network]
@@ -103,8 +104,13 @@ temp_high_c = 35.0         # at or above, the fans run even on battery
 shed_after_s = 5.0         # on battery this long before the fans are shed
 restore_after_s = 10.0     # power back this long before shed fans are restored
 
-# CHANGE: what moves the fans. Uncomment one and point it at your fans.
-#
+# CHANGE: what moves the fans. As printed, a stand-in that only logs (journalctl -t
+# powercast-fans): replace it with one of the examples below, pointed at your fans.
+[[actuators]]
+kind = "command"
+on_argv = ["logger", "-t", "powercast-fans", "fans on"]
+off_argv = ["logger", "-t", "powercast-fans", "fans off"]
+
 # A fan PWM in sysfs (ls /sys/class/hwmon/*/pwm*), read back to verify:
 # [[actuators]]
 # kind = "hwmon"
