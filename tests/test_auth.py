@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from powercast import wire
-from powercast.auth import Keyring, KeyringError, fingerprint
+from powercast.auth import Keyring, KeyringError, fingerprint, key_hint
 
 pytestmark = pytest.mark.unit
 
@@ -78,3 +78,22 @@ class TestFingerprint:
         assert ring.file(2) == tmp_path / "p_2.key"
         assert ring.file(1) == tmp_path / "1.key"
         assert Keyring.from_keys({}, tmp_path).describe() == "none"
+
+    def test_hint_says_what_to_copy_where(self, tmp_path: Path) -> None:
+        """Each failure has its own advice: a key that differs names this node's key,
+        fingerprint and file; a missing id names the file to add, in the operator's
+        directory (not systemd's copy); unsigned says to set auth.key_id."""
+        ring = Keyring.from_keys({1: KEY_1}, tmp_path / "creds", home=tmp_path / "etc")
+        differ = key_hint(ring, 1, wire.Reject.bad_tag)
+        assert differ.startswith(
+            f"the keys differ: the datagram is signed with key 1, which does not verify with"
+            f" this node's key 1 fp {fingerprint(KEY_1)} ({tmp_path / 'creds' / '1.key'})"
+        )
+        assert f"to this node's {tmp_path / 'etc' / '1.key'} and reload" in differ
+        missing = key_hint(ring, 2, wire.Reject.unknown_key, sure=False)
+        assert missing.startswith(
+            f"if the sender is one of your publishers, this node has no key 2"
+            f" (it has key 1 fp {fingerprint(KEY_1)})"
+        )
+        assert f"to this node's {tmp_path / 'etc' / '2.key'}" in missing
+        assert "auth.key_id" in key_hint(ring, 0, wire.Reject.unsigned)
