@@ -95,7 +95,8 @@ class Controller:
     """The last rejection by sender address (at most MAX_SOURCES), for status."""
     _good_from: dict[object, str] = field(default_factory=dict)
     """Sender addresses that sent good news, with the publisher they sent it as."""
-    _peek: Pacer = field(default_factory=lambda: Pacer(PEEK_EVERY_S))
+    _look_after: float = float("-inf")
+    """When the next badly signed body may be read (PEEK_EVERY_S)."""
     _named: frozenset[str] = field(init=False)
     _sensor_globs: tuple[str, ...] = field(init=False)
     accepted: int = 0
@@ -348,8 +349,9 @@ class Controller:
             self.rejections[source] = Rejection(reason, detail, now)
         else:
             if reason != last.reason:
-                last.hint = None  # a hint is for the reason it was given for
-            last.reason, last.detail, last.at, last.count = reason, detail, now, last.count + 1
+                last.reason, last.hint = reason, None  # a hint is for its reason
+            last.detail, last.at = detail, now
+            last.count += 1
 
     def _diagnose(
         self, envelope: wire.Envelope, problem: wire.Reject, source: object, now: float
@@ -359,7 +361,9 @@ class Controller:
         its config names, or while nothing has verified yet, the likeliest cause is a key
         that differs: say so, with the key files and fingerprints to compare (paced)."""
         last = self.rejections.get(source) if source is not None else None
-        look = self._peek.admit("peek", now) is not None  # read a body: one a second
+        look = now >= self._look_after  # read a body: one a second
+        if look:
+            self._look_after = now + PEEK_EVERY_S
         if last is not None and last.ours is not None and not look:
             claimed, sure = last.publisher, last.ours  # judged before: a flood stays cheap
         else:
@@ -379,11 +383,10 @@ class Controller:
                 last.publisher, last.ours, last.hint = claimed, sure, None
         if last is not None and last.hint is None:
             last.hint = key_hint(self.keyring, envelope.key_id, problem, sure=sure)
-        if not sure and self.accepted:
-            return  # others verify: a stranger's datagram, counted and dropped
-        held = self._pacer.fields("keys_differ", now)
-        if held is None:
-            return
+        if not look or (not sure and self.accepted):
+            return  # judged before, or others verify: a stranger's, counted and dropped
+        if self._pacer.admit("keys_differ", now) is None:
+            return  # said within LOG_EVERY_S; status counts them all
         key_id = envelope.key_id
         fp = self.keyring.fingerprints.get(key_id)
         self.notices.append(
@@ -397,7 +400,7 @@ class Controller:
                     "this_node": describe(key_id, fp) if fp else self.keyring.describe(),
                     "key_file": str(self.keyring.home_file(key_id)),
                     "hint": key_hint(self.keyring, key_id, problem, sure=sure),
-                    **held,
+                    "rejected": last.count if last is not None else 1,
                 },
             )
         )
