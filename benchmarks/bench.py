@@ -19,6 +19,8 @@ Figures (the README's "Performance" section explains each):
   idle          CPU and RSS of each daemon, 10 publishers at 1 Hz and a controller
   ready         exec -> READY=1 on NOTIFY_SOCKET, controller and publisher
   scale_1000    controller CPU with 1,000 synthetic signed publishers at 1 Hz
+  verify_cost   µs per datagram to check its tag and decode it: hmac-sha256 and ed25519
+                against a bare decode; and a forged signature dropped over budget
 
 Targets are those of issue 9. Timestamps of daemons come from their JSON log lines (ts,
 wall clock, microseconds) and from a tiny action, bash writing $EPOCHREALTIME.
@@ -50,6 +52,8 @@ from typing import Any, TypeVar
 import tomli_w
 
 from powercast import wire
+from powercast.auth import Gate, Keyring, public_key
+from powercast.budget import Budgets
 from powercast.config import ControllerConfig, load
 from powercast.controller import Controller
 from powercast.secrets import load_keyring
@@ -77,6 +81,7 @@ TARGETS: dict[str, str] = {
     "idle": "CPU <= 0.1 %, RSS <= 40 MB",
     "ready": "p99 <= 500 ms",
     "scale_1000": "CPU <= 5 %",
+    "verify_cost": "over-budget drop <= 2x decode",
 }
 
 
@@ -852,6 +857,82 @@ def bench_scale_1000(base: Path, size: str) -> dict[str, Any]:
     }
 
 
+def bench_verify_cost(base: Path, size: str) -> dict[str, Any]:
+    """What checking a tag costs per datagram, by scheme, in the receivers' own gate
+    (auth.Gate.check, then the body decoded), against the bare decode it precedes; and
+    what a forged signature costs when its publisher's verify budget is spent (the
+    target: a flood past the budget costs about what a decode does, not a signature)."""
+    del base  # in-process: no files, no sockets
+    count = sized(size, 4_000, quick=1_000, smoke=100)
+    rounds = sized(size, 5, quick=3, smoke=1)
+    seeds = {1: bytes(range(32))}
+    shared = Keyring.from_keys({1: seeds[1]}, Path("bench"))
+    signing = Keyring.from_keys({}, Path("bench"), private=seeds)
+    public = Keyring.from_keys({}, Path("bench"), public={1: public_key(seeds[1])})
+    plenty = Budgets(1e12, 1e12, 16)
+
+    def datagrams(ring: Keyring | None) -> list[bytes]:
+        return [
+            wire.encode(
+                announcement("rack-1.ups", 7, seq, "online", 1),
+                key_id=1 if ring else 0,
+                sign=ring.signer(1) if ring else None,
+            )
+            for seq in range(1, count + 1)
+        ]
+
+    def checked(gate: Gate, batch: list[bytes]) -> Callable[[], None]:
+        def run() -> None:
+            check, now = gate.check, time.monotonic()
+            for data in batch:
+                envelope = wire.open_envelope(data)
+                assert check(envelope, "10.0.0.1", now) is None
+                wire.decode_body(envelope)
+
+        return run
+
+    def bare(batch: list[bytes]) -> Callable[[], None]:
+        def run() -> None:
+            for data in batch:
+                wire.decode_body(wire.open_envelope(data))
+
+        return run
+
+    forged = [data[:-64] + bytes(64) for data in datagrams(signing)]
+    starved = Gate(public, publishers=Budgets(1.0, 1.0, 16, newcomers_share=True))
+
+    def over_budget() -> None:
+        check, now = starved.check, time.monotonic()
+        for data in forged:
+            check(wire.open_envelope(data), "10.0.0.1", now)
+
+    ways: dict[str, Callable[[], None]] = {
+        "decode": bare(datagrams(None)),
+        "hmac": checked(Gate(shared, sources=plenty, publishers=plenty), datagrams(shared)),
+        "ed25519": checked(Gate(public, sources=plenty, publishers=plenty), datagrams(signing)),
+        "over_budget": over_budget,
+    }
+    micros: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(rounds):
+        for name, way in ways.items():
+            started = time.perf_counter()
+            way()
+            micros[name].append((time.perf_counter() - started) / count * 1e6)
+    median = {name: statistics.median(m) for name, m in micros.items()}
+    return {
+        "decode_us": round(median["decode"], 3),
+        "hmac_us": round(median["hmac"], 3),
+        "ed25519_us": round(median["ed25519"], 3),
+        "over_budget_us": round(median["over_budget"], 3),
+        "hmac_ratio": round(median["hmac"] / median["decode"], 2),
+        "ed25519_ratio": round(median["ed25519"] / median["decode"], 2),
+        "over_budget_ratio": round(median["over_budget"] / median["decode"], 2),
+        "datagrams": count,
+        "rounds": rounds,
+        "met": median["over_budget"] <= 2 * median["decode"],
+    }
+
+
 BENCHMARKS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
     "ingest": bench_ingest,
     "flood": bench_flood,
@@ -862,6 +943,7 @@ BENCHMARKS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
     "idle": bench_idle,
     "ready": bench_ready,
     "scale_1000": bench_scale_1000,
+    "verify_cost": bench_verify_cost,
 }
 
 
@@ -917,6 +999,13 @@ def describe(name: str, r: dict[str, Any]) -> tuple[str, str]:
             f"{r['cpu_pct']:.2f} % of a core, {r['rss_mb']:.0f} MB",
             f"bare asyncio receiver {r['baseline_cpu_pct']:.2f} %;"
             f" {r['datagrams_per_s']:,} signed datagrams/s over {r['window_s']:g} s",
+        )
+    if name == "verify_cost":
+        return (
+            f"hmac {r['hmac_us']:.2f} µs (x{r['hmac_ratio']:.1f}), ed25519"
+            f" {r['ed25519_us']:.1f} µs (x{r['ed25519_ratio']:.0f}) per datagram",
+            f"bare decode {r['decode_us']:.2f} µs; forged signature over budget"
+            f" {r['over_budget_us']:.2f} µs (x{r['over_budget_ratio']:.1f})",
         )
     return json.dumps(r), ""
 

@@ -25,6 +25,7 @@ FIGURES = {
     "idle": {"controller_cpu_pct", "controller_rss_mb", "publisher_cpu_pct"},
     "ready": {"p50_ms", "p99_ms"},
     "scale_1000": {"cpu_pct"},
+    "verify_cost": {"decode_us", "hmac_us", "ed25519_us", "over_budget_us", "ed25519_ratio"},
 }
 """The numbers each figure gives; CPU shares may be 0 (clock ticks, when the kernel keeps no
 schedstat), every other one is above 0."""

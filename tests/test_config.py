@@ -10,10 +10,12 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import tomli_w
 
 from powercast import config as cfg
+from powercast.auth import fingerprint
 from powercast.cli import main
-from powercast.secrets import load_keyring
+from powercast.secrets import keygen, load_keyring
 
 from harness import make_keys, running
 
@@ -342,12 +344,54 @@ class TestCommands:
         bad.write_text('role = "publisher"\nheartbeat_s = -1\n')
         assert main(["config", "check", str(good)]) == 0
         assert capsys.readouterr().out == (
-            f"{good}: ok (publisher; keys in {tmp_path / 'keys'}:"
-            f" key 1 fp {load_keyring(tmp_path / 'keys').fingerprints[1]}, signs with key 1)\n"
+            f"{good}: ok (publisher; signs with key 1 (hmac-sha256); keys in {tmp_path / 'keys'}:"
+            f" key 1 fp {load_keyring(tmp_path / 'keys').fingerprints[1]} (hmac-sha256))\n"
         )
         assert main(["config", "check", str(good), str(bad)]) == 78
         captured = capsys.readouterr()
         assert captured.err == f"powercast: {bad}: heartbeat_s: expected a number >= 0.05, got -1\n"
+
+    def test_check_shows_scheme_key_ids_and_bindings(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`config check` of an ed25519 controller and relay names the schemes believed,
+        each key id with its scheme and which keys speak for which publisher."""
+        keys = tmp_path / "keys"
+        keys.mkdir(mode=0o700)
+        keygen(1, keys / "1.private", "ed25519")
+        keygen(2, keys / "2.private", "ed25519")
+        auth = {"keys_dir": str(keys), "scheme": "ed25519", "publishers": {"ups-a": [1]}}
+        controller = tmp_path / "c.toml"
+        controller.write_text(tomli_w.dumps({"role": "controller", "auth": auth}))
+        relay = tmp_path / "r.toml"
+        relay.write_text(tomli_w.dumps({"role": "relay", "auth": {**auth, "mode": "enforce"}}))
+        publisher = tmp_path / "p.toml"
+        publisher.write_text(
+            tomli_w.dumps(
+                {
+                    "role": "publisher",
+                    "auth": {"keys_dir": str(keys), "key_id": 2, "scheme": "ed25519"},
+                }
+            )
+        )
+        assert main(["config", "check", str(controller), str(relay), str(publisher)]) == 0
+        ids = ", ".join(  # a private key shows its public key's fingerprint
+            f"key {i} fp {fingerprint(bytes.fromhex((keys / f'{i}.public').read_text()))} (ed25519)"
+            for i in (1, 2)
+        )
+        assert capsys.readouterr().out.splitlines() == [
+            f"{controller}: ok (controller; auth enforce, believes ed25519; ups-a by key 1;"
+            f" keys in {keys}: {ids})",
+            f"{relay}: ok (relay; auth enforce, believes ed25519; ups-a by key 1;"
+            f" keys in {keys}: {ids})",
+            f"{publisher}: ok (publisher; signs with key 2 (ed25519); keys in {keys}: {ids})",
+        ]
+        (keys / "1.public").unlink()
+        assert main(["config", "check", str(controller)]) == 78
+        assert capsys.readouterr().err == (
+            f"powercast: {keys}: auth.publishers names key 1 for 'ups-a', but there is no such"
+            f" key of auth.scheme 'ed25519' (keys found: {ids.split(', ')[1]})\n"
+        )
 
     @pytest.mark.parametrize("role", ["publisher", "controller", "relay"])
     def test_init_prints_what_check_accepts_and_runs(

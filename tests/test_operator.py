@@ -186,8 +186,11 @@ class TestStatus:
         assert status["keys"] == {
             "dir": str(site.keys),
             "ids": [1],
+            "schemes": {"1": "hmac-sha256"},
             "fingerprints": {"1": fp},
             "mode": "enforce",
+            "scheme": "hmac-sha256",
+            "publishers": {},
         }
         assert {"zone": "default", "from": "failsafe", "to": "normal", "count": 1} in status[
             "transitions"
@@ -231,7 +234,7 @@ class TestStatus:
         assert "announcing as ups-op: online, 90%; inlet=24" in text
         fp = load_keyring(site.keys).fingerprints[1]
         assert status["keys"]["fingerprints"] == {"1": fp}
-        assert f"signed with key 1 fp {fp}" in text
+        assert f"signed with key 1 fp {fp} (hmac-sha256)" in text
 
     def test_status_finds_the_socket_in_the_config(self, site: Site) -> None:
         """`status --config FILE` reads control.socket from the file."""
@@ -666,6 +669,22 @@ class TestPingProtocol:
             wire.decode(data)
         assert caught.value.reason == "magic"
 
+    def test_ed25519_pings_verify_with_the_public_key(self) -> None:
+        """A node holding an Ed25519 private key signs its pings; a node holding only the
+        public key verifies them (good), and one without it says unknown_key."""
+        from powercast import ping
+        from powercast.auth import Keyring, public_key
+
+        seed = bytes(range(32))
+        signing = Keyring.from_keys({}, Path("a"), private={3: seed})
+        verifying = Keyring.from_keys({}, Path("b"), public={3: public_key(seed)})
+        probe = ping.Probe("ping", "node-a", 7, 1, count=10)
+        data = ping.encode(probe, signing, 3)
+        assert data[5] == 64  # the tag length: an Ed25519 signature
+        assert ping.decode(data, verifying) == (probe, "good")
+        assert ping.decode(data, Keyring.from_keys({3: seed}, Path("c"))) == (probe, "unknown_key")
+        assert ping.decode(data[:-1] + bytes([data[-1] ^ 1]), verifying) == (probe, "bad_tag")
+
 
 @pytest.mark.system
 class TestKeysDiffer:
@@ -704,7 +723,7 @@ class TestKeysDiffer:
             published = powercast("status", "--socket", str(site.publisher_sock)).stdout
         assert warning["level"] == "warning"
         assert warning["publisher"] == "ups-op"
-        assert warning["source"].startswith("127.0.0.1:")
+        assert warning["source"] == "127.0.0.1"
         assert (warning["key_id"], warning["this_node"]) == (1, f"key 1 fp {ours}")
         assert warning["key_file"] == str(site.keys / "1.key")
         assert warning["hint"].startswith("the keys differ: the datagram is signed with key 1,")
@@ -718,4 +737,4 @@ class TestKeysDiffer:
         assert (last["source"], last["publisher"]) == (warning["source"], "ups-op")
         assert (last["reason"], last["hint"]) == ("bad_tag", warning["hint"])
         assert f"{warning['source']} (ups-op): bad_tag with key id 1" in text
-        assert f"key 1 fp {ours} in {site.keys}" in text
+        assert f"keys     key 1 fp {ours} (hmac-sha256) in {site.keys}" in text

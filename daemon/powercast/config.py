@@ -162,23 +162,78 @@ def udp_address(text: str, key: str, listen_port: int | None = None) -> tuple[st
     return str(address), port
 
 
+Scheme = Literal["hmac-sha256", "ed25519"]
+
+
 class PublisherAuth(_Table, frozen=True):
     """How announcements are signed."""
 
     keys_dir: str = ""
-    """Key files ``<id>.key``; empty: $CREDENTIALS_DIRECTORY, else /etc/powercast/keys."""
+    """Key files ``<id>.key`` (or ``<id>.private``); empty: $CREDENTIALS_DIRECTORY, else
+    /etc/powercast/keys."""
     key_id: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 1
     """The key to sign with; 0 sends unsigned (only while controllers are not enforcing)."""
+    scheme: Scheme = "hmac-sha256"
+    """hmac-sha256: a tag made with the shared key ``<key_id>.key``; ed25519: a signature
+    made with the private key ``<key_id>.private`` (receivers hold only its public key)."""
 
 
-class ControllerAuth(_Table, frozen=True):
-    """Which announcements are believed."""
+class VerifyAuth(_Table, frozen=True):
+    """What a receiver (controller or relay) verifies tags with."""
 
     keys_dir: str = ""
+    """Key files: ``<id>.key`` (hmac-sha256), ``<id>.public`` (ed25519); empty:
+    $CREDENTIALS_DIRECTORY, else /etc/powercast/keys."""
+    scheme: Scheme | Annotated[list[Scheme], msgspec.Meta(min_length=1, max_length=2)] = (
+        "hmac-sha256"
+    )
+    """The tags believed: "hmac-sha256", "ed25519", or both as a list while moving from one
+    to the other (only the keys of these schemes are read)."""
+    publishers: dict[str, list[int]] = {}
+    """Which key ids may speak for which publisher, e.g. ``{ups-a = [1], ups-b = [2]}``;
+    with it, a publisher not named has no key; empty: any key for any publisher."""
+    verify_rate: Annotated[float, msgspec.Meta(ge=1.0, le=100_000.0)] = 50.0
+    """Ed25519 signatures checked per second for one publisher (two seconds' worth saved);
+    beyond, its datagrams are dropped unchecked (over_budget) and its data goes stale."""
+    source_verify_rate: Annotated[float, msgspec.Meta(ge=1.0, le=1_000_000.0)] = 1000.0
+    """The same for one source address (a relay carries many publishers)."""
+
+    @property
+    def schemes(self) -> tuple[Scheme, ...]:
+        """``scheme`` as a tuple."""
+        return (self.scheme,) if isinstance(self.scheme, str) else tuple(self.scheme)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.scheme, str) and len(set(self.scheme)) != len(self.scheme):
+            raise ValueError(f"scheme: expected distinct schemes, got {self.scheme}")
+        for publisher, ids in self.publishers.items():
+            if not _PUBLISHER_ID.match(publisher) or len(publisher) > 64:
+                raise ValueError(
+                    "publishers: expected publisher ids of letters, digits and . _ : @ - that"
+                    f" start with a letter or digit, got {json.dumps(publisher)}"
+                )
+            if not ids or not all(1 <= key_id <= 65535 for key_id in ids):
+                raise ValueError(
+                    f"publishers: expected a list of key ids from 1 to 65535 for"
+                    f" {json.dumps(publisher)}, got {ids}"
+                )
+
+
+class ControllerAuth(VerifyAuth, frozen=True):
+    """Which announcements are believed."""
+
     mode: Literal["enforce", "permissive", "off"] = "enforce"
     """enforce: drop unsigned or badly signed datagrams; permissive: accept, warn and count."""
     max_clock_skew_s: Annotated[float, msgspec.Meta(ge=0.0, le=86_400.0)] = 10.0
     """Drop datagrams sent further than this from our clock (replays of unseen epochs); 0: off."""
+
+
+class RelayAuth(VerifyAuth, frozen=True):
+    """Which datagrams a relay carries."""
+
+    mode: Literal["enforce", "off"] = "off"
+    """enforce: carry only datagrams whose tag verifies with these keys (a forgery goes
+    no further); off: carry every datagram that decodes, and let controllers verify."""
 
 
 class Log(_Table, frozen=True):
@@ -290,6 +345,7 @@ UpsName = Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
 Host = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
 FilePath = Annotated[str, msgspec.Meta(min_length=1)]
 Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+_PUBLISHER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*\Z")
 _UPS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _HOST = re.compile(r"[A-Za-z0-9._:%-]+\Z")
 _TOKEN_TEXT = re.compile(r"[!-~]+\Z")  # printable ASCII, no spaces or quotes to escape
@@ -689,6 +745,7 @@ class RelayConfig(_Table, frozen=True):
     broker: Broker = msgspec.field(default_factory=Broker)
     direction: Literal["both", "to_broker", "from_broker"] = "both"
     """to_broker: only send this segment's announcements out; from_broker: only bring others in."""
+    auth: RelayAuth = msgspec.field(default_factory=RelayAuth)
     control: ControlSettings = msgspec.field(default_factory=ControlSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     log: Log = msgspec.field(default_factory=Log)
@@ -1003,6 +1060,8 @@ def _options(cls: type, raw: Any, keys: list[str | int]) -> list[str]:
     tp = _strip(_type_at(cls, raw, keys))
     if isinstance(tp, type) and issubclass(tp, enum.StrEnum):
         return [member.value for member in tp]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):  # "a" | ["a", "b"]
+        tp = next((a for a in typing.get_args(tp) if typing.get_origin(a) is Literal), tp)
     return list(typing.get_args(tp)) if typing.get_origin(tp) is Literal else []
 
 

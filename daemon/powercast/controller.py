@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from powercast import wire
-from powercast.auth import Keyring, describe, key_hint
+from powercast.auth import ED25519, HMAC, Gate, Keyring, describe, key_hint
 from powercast.config import ControllerConfig, Zone
 from powercast.pacing import Pacer
 from powercast.policy import Decision, Override, Policy, Reading, Situation, combine
@@ -40,9 +40,9 @@ LOG_EVERY_S: Final = 10.0
 
 MAX_SOURCES: Final = 256
 """Senders whose last rejection is kept for status; the oldest is forgotten first."""
-PEEK_EVERY_S: Final = 1.0
-"""At most one badly signed body a second is read for the publisher id it claims (to
-say whose key differs): a flood of forgeries still costs one HMAC each, not a decode."""
+JUDGE_EVERY_S: Final = 1.0
+"""At most one rejected datagram a second is judged anew (whose is it, what to do): a
+flood of forgeries costs its check and a lookup each, not a hint written each."""
 
 
 @dataclass
@@ -54,19 +54,11 @@ class Rejection:
     at: float
     count: int = 1
     publisher: str | None = None
-    """The publisher id it claimed (read at most once a second), or sent good data as."""
+    """The publisher id it claimed (judged at most once a second), or sent good data as."""
     hint: str | None = None
     """What to do, for datagrams that failed authentication."""
     ours: bool | None = None
     """Judged to be one of ours (see Controller._diagnose); None: not judged yet."""
-
-
-def where(source: object) -> str:
-    """A sender's address as the socket gave it, as text: ``10.0.0.5:40000``."""
-    if isinstance(source, tuple) and len(source) >= 2:
-        host, port = source[0], source[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return "unknown" if source is None else str(source)
 
 
 @dataclass
@@ -83,6 +75,8 @@ class Controller:
 
     config: ControllerConfig
     keyring: Keyring = field(default_factory=lambda: Keyring(Path()))
+    gate: Gate = field(init=False)
+    """The tag, its budget and the key's publisher, checked before the body is read."""
     zones: dict[str, Policy] = field(init=False)
     zone_configs: dict[str, Zone] = field(init=False)
     sessions: dict[str, Session] = field(default_factory=dict)
@@ -91,12 +85,12 @@ class Controller:
     _expiries: list[tuple[float, str]] = field(default_factory=list)
     _allowed: frozenset[str] = field(init=False)
     _pacer: Pacer = field(default_factory=lambda: Pacer(LOG_EVERY_S))
-    rejections: dict[object, Rejection] = field(default_factory=dict)
+    rejections: dict[str, Rejection] = field(default_factory=dict)
     """The last rejection by sender address (at most MAX_SOURCES), for status."""
-    _good_from: dict[object, str] = field(default_factory=dict)
+    _good_from: dict[str, str] = field(default_factory=dict)
     """Sender addresses that sent good news, with the publisher they sent it as."""
     _look_after: float = float("-inf")
-    """When the next badly signed body may be read (PEEK_EVERY_S)."""
+    """When the next rejected datagram may be judged anew (JUDGE_EVERY_S)."""
     _named: frozenset[str] = field(init=False)
     _sensor_globs: tuple[str, ...] = field(init=False)
     accepted: int = 0
@@ -112,11 +106,13 @@ class Controller:
             for name, zone in self.zone_configs.items()
         }
         self._allowed = frozenset(self.config.policy.publishers)
+        self.gate = _gate(self.config, self.keyring)
         self._name_publishers()
 
     def _name_publishers(self) -> None:
-        """The publisher ids the config names (policy, zones, zones' sensor globs)."""
-        named = set(self.config.policy.publishers)
+        """The publisher ids the config names (policy, auth.publishers, zones, zones'
+        sensor globs)."""
+        named = set(self.config.policy.publishers) | set(self.config.auth.publishers)
         for zone in self.config.zones:
             named.update(zone.publishers)
         self._named = frozenset(named)
@@ -133,6 +129,7 @@ class Controller:
         """Take a new config and keys, keeping the state and what is known of publishers."""
         self.config = config
         self.keyring = keyring
+        self.gate = _gate(config, keyring)
         self.zone_configs = {z.name: z for z in config.effective_zones()}
         self.zones = {  # zones that stay keep their state; new ones start in failsafe
             name: self.zones.get(name) or Policy(config.policy_for(zone), zone=name)
@@ -172,10 +169,10 @@ class Controller:
         return self.evaluate(now, only=[zone])
 
     def receive(
-        self, data: bytes, now: float, wall: float, source: object = None
+        self, data: bytes, now: float, wall: float, source: str | None = None
     ) -> list[Decision]:
-        """One datagram, at monotonic ``now`` and wall-clock ``wall``, from ``source``
-        (the sender's address, if known: rejections are kept and diagnosed by it).
+        """One datagram, at monotonic ``now`` and wall-clock ``wall``, from address
+        ``source`` (for its verify budget; rejections are kept and diagnosed by it).
 
         Never raises for bad input: it is counted by reason and dropped, and it cannot
         touch any publisher's session, so it cannot change a decision.
@@ -185,11 +182,19 @@ class Controller:
         try:
             envelope = wire.open_envelope(data)
             # Enforcing, the tag is checked before the body is decoded: a flood of
-            # forgeries costs an HMAC each, and no forged byte reaches the decoder.
-            problem = self.keyring.verify(envelope) if auth.mode != "off" else None
+            # forgeries costs a check each (within its budget), and no forged byte
+            # reaches the decoder beyond the publisher id it claims.
+            problem = self.gate.check(envelope, source, now) if auth.mode != "off" else None
             if problem is not None and auth.mode == "enforce":
-                self._reject(problem, f"with key id {envelope.key_id}", now, source)
-                self._diagnose(envelope, problem, source, now)
+                claimed = wire.claimed_publisher(envelope)
+                self._reject(
+                    problem,
+                    f"with key id {envelope.key_id} claiming {claimed!r} from {source or '?'}",
+                    now,
+                    source,
+                )
+                if problem != wire.Reject.over_budget:  # unchecked: nothing to diagnose
+                    self._diagnose(envelope, problem, claimed, source, now)
                 return NOTHING
             message = wire.decode_body(envelope)
         except wire.DecodeError as err:
@@ -329,7 +334,7 @@ class Controller:
             del self.sessions[publisher]
         return bool(stale)
 
-    def _heard_from(self, source: object, publisher: str) -> None:
+    def _heard_from(self, source: str | None, publisher: str) -> None:
         """Good news came from ``source`` as ``publisher`` (taken off the path of repeats)."""
         if source is None or self._good_from.get(source) == publisher:
             return
@@ -337,7 +342,9 @@ class Controller:
             del self._good_from[next(iter(self._good_from))]
         self._good_from[source] = publisher
 
-    def _reject(self, reason: wire.Reject, detail: str, now: float, source: object = None) -> None:
+    def _reject(
+        self, reason: wire.Reject, detail: str, now: float, source: str | None = None
+    ) -> None:
         self.counters[f"rejected.{reason}"] += 1
         self._notice(reason, "datagram_rejected", reason, detail, now)
         if source is None:
@@ -354,55 +361,73 @@ class Controller:
             last.count += 1
 
     def _diagnose(
-        self, envelope: wire.Envelope, problem: wire.Reject, source: object, now: float
+        self,
+        envelope: wire.Envelope,
+        problem: wire.Reject,
+        claimed: str | None,
+        source: str | None,
+        now: float,
     ) -> None:
         """A datagram that failed authentication: whose is it, and is it ours? From an
         address that sent good news before, claiming a publisher this controller heard or
         its config names, or while nothing has verified yet, the likeliest cause is a key
-        that differs: say so, with the key files and fingerprints to compare (paced)."""
+        that differs: say so, with the key files and fingerprints to compare (paced). A
+        good tag by a key not allowed for the publisher it names (``wrong_key``) is always
+        said: the sender holds a key this node trusts. Nothing is verified here."""
         last = self.rejections.get(source) if source is not None else None
-        look = now >= self._look_after  # read a body: one a second
+        look = now >= self._look_after  # judge anew: once a second
         if look:
-            self._look_after = now + PEEK_EVERY_S
+            self._look_after = now + JUDGE_EVERY_S
         if last is not None and last.ours is not None and not look:
             claimed, sure = last.publisher, last.ours  # judged before: a flood stays cheap
         else:
-            claimed = None
-            if look:
-                try:
-                    claimed = wire.decode_body(envelope).publisher
-                except wire.DecodeError:
-                    claimed = None
             if claimed is None and last is not None:
                 claimed = last.publisher
             known = self._good_from.get(source) if source is not None else None
-            ours = known or (claimed if claimed is not None and self._ours(claimed) else None)
-            sure = ours is not None
+            if problem == wire.Reject.wrong_key:
+                ours, sure = claimed, True  # it holds our key: whom it claims is the point
+            else:
+                ours = known or (claimed if claimed is not None and self._ours(claimed) else None)
+                sure = ours is not None
             claimed = ours or claimed
             if last is not None:
                 last.publisher, last.ours, last.hint = claimed, sure, None
         if last is not None and last.hint is None:
-            last.hint = key_hint(self.keyring, envelope.key_id, problem, sure=sure)
+            last.hint = self._hint(envelope, problem, claimed, sure)
         if not look or (not sure and self.accepted):
             return  # judged before, or others verify: a stranger's, counted and dropped
         if self._pacer.admit("keys_differ", now) is None:
             return  # said within LOG_EVERY_S; status counts them all
         key_id = envelope.key_id
         fp = self.keyring.fingerprints.get(key_id)
-        self.notices.append(
-            Notice(
-                "keys_differ" if problem != wire.Reject.unsigned else "publisher_unsigned",
-                {
-                    "reason": str(problem),
-                    "publisher": claimed,
-                    "source": where(source),
-                    "key_id": key_id,
-                    "this_node": describe(key_id, fp) if fp else self.keyring.describe(),
-                    "key_file": str(self.keyring.home_file(key_id)),
-                    "hint": key_hint(self.keyring, key_id, problem, sure=sure),
-                    "rejected": last.count if last is not None else 1,
-                },
-            )
+        scheme = ED25519 if len(envelope.tag) == wire.SIGNATURE_SIZE else HMAC
+        fields: dict[str, Any] = {
+            "reason": str(problem),
+            "publisher": claimed,
+            "source": source or "unknown",
+            "key_id": key_id,
+            "this_node": describe(key_id, fp) if fp else self.keyring.describe(),
+            "key_file": str(self.keyring.home_file(key_id, scheme)),
+            "hint": self._hint(envelope, problem, claimed, sure),
+            "rejected": last.count if last is not None else 1,
+        }
+        if problem == wire.Reject.wrong_key:
+            fields["bound"] = sorted(self.gate.bindings.get(claimed or "", ()))
+        event = "keys_differ" if problem != wire.Reject.unsigned else "publisher_unsigned"
+        self.notices.append(Notice(event, fields))
+
+    def _hint(
+        self, envelope: wire.Envelope, problem: wire.Reject, claimed: str | None, sure: bool
+    ) -> str:
+        return key_hint(
+            self.keyring,
+            envelope.key_id,
+            problem,
+            sure=sure,
+            scheme=ED25519 if len(envelope.tag) == wire.SIGNATURE_SIZE else HMAC,
+            publisher=claimed,
+            bound=self.gate.bindings,
+            believed=self.config.auth.schemes,
         )
 
     def _ours(self, publisher: str) -> bool:
@@ -418,3 +443,14 @@ class Controller:
         held = self._pacer.fields(key, now)
         if held is not None:
             self.notices.append(Notice(event, {"reason": reason, "detail": detail, **held}))
+
+
+def _gate(config: ControllerConfig, keyring: Keyring) -> Gate:
+    auth = config.auth
+    return Gate.build(
+        keyring,
+        auth.publishers,
+        auth.verify_rate,
+        auth.source_verify_rate,
+        listed=frozenset(config.policy.publishers),
+    )

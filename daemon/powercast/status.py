@@ -19,7 +19,6 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from powercast.controller import where
 from powercast.states import FANS_ON, State
 from powercast.wire import Power
 
@@ -141,12 +140,7 @@ def controller(
             for (zone, previous, state), n in sorted(tally.transitions.items())
         ],
         "rejections": rejections(core, now),
-        "keys": {
-            "dir": str(keyring.directory),
-            "ids": keyring.ids,
-            "fingerprints": _fingerprints(keyring),
-            "mode": config.auth.mode,
-        },
+        "keys": keys(keyring, config.auth.mode, config.auth.scheme, config.auth.publishers),
         "network": _network(config.network),
     }
 
@@ -232,8 +226,10 @@ def publisher(
         "keys": {
             "dir": str(keyring.directory),
             "ids": keyring.ids,
+            "schemes": {str(i): scheme for i, scheme in keyring.schemes().items()},
             "fingerprints": _fingerprints(keyring),
             "key_id": config.auth.key_id,
+            "scheme": config.auth.scheme,
         },
         "network": {**_network(config.network), "ttl": config.network.ttl},
     }
@@ -247,7 +243,7 @@ def rejections(core: Controller, now: float) -> list[dict[str, Any]]:
     latest = sorted(core.rejections.items(), key=lambda item: item[1].at, reverse=True)
     return [
         {
-            "source": where(source),
+            "source": source,
             "publisher": r.publisher,
             "reason": r.reason,
             "detail": r.detail,
@@ -265,9 +261,16 @@ def _fingerprints(keyring: Keyring) -> dict[str, str]:
 
 
 def _keys_text(keys: dict[str, Any]) -> str:
-    """``key 1 fp 3f2a9c1b, key 2 fp ...``, or "none"."""
+    """``key 1 fp 3f2a9c1b (hmac-sha256), key 2 fp ... (ed25519)``, or "none"."""
     prints = keys.get("fingerprints", {})
-    return ", ".join(f"key {i} fp {prints.get(str(i), '?')}" for i in keys["ids"]) or "none"
+    schemes = keys.get("schemes", {})
+    return (
+        ", ".join(
+            f"key {i} fp {prints.get(str(i), '?')} ({schemes.get(str(i), 'hmac-sha256')})"
+            for i in keys["ids"]
+        )
+        or "none"
+    )
 
 
 def _fans_on(state: State) -> bool:
@@ -339,15 +342,41 @@ def _reading(power: dict[str, Any], temperatures: dict[str, float | None]) -> st
     return ", ".join(parts) + (f"; {temps}" if temps else "")
 
 
+def keys(
+    keyring: Keyring, mode: str, scheme: object, bindings: dict[str, list[int]]
+) -> dict[str, Any]:
+    """A receiver's ``keys`` entry: where its keys are, each id with its scheme and
+    fingerprint, the schemes believed, and which keys may speak for which publisher."""
+    return {
+        "dir": str(keyring.directory),
+        "ids": keyring.ids,
+        "schemes": {str(i): s for i, s in keyring.schemes().items()},
+        "fingerprints": _fingerprints(keyring),
+        "mode": mode,
+        "scheme": scheme,
+        "publishers": bindings,
+    }
+
+
+def _keys_line(keys: dict[str, Any]) -> str:
+    """``keys     key 1 fp 3f2a9c1b (hmac-sha256), key 2 fp ... (ed25519) in DIR (auth
+    enforce, hmac-sha256; ups-a=1)``."""
+    scheme = keys.get("scheme", "hmac-sha256")
+    scheme = scheme if isinstance(scheme, str) else " + ".join(scheme)
+    bound = keys.get("publishers") or {}
+    binding = (
+        "; " + " ".join(f"{p}={','.join(map(str, i))}" for p, i in sorted(bound.items()))
+        if bound
+        else ""
+    )
+    return f"keys     {_keys_text(keys)} in {keys['dir']} (auth {keys['mode']}, {scheme}{binding})"
+
+
 def _render_controller(status: dict[str, Any]) -> str:
     lines = _header(status)
     network = status["network"]
-    keys = status["keys"]
-    lines.append(
-        f"  network  {network['group']}:{network['port']} on {network['interface']};"
-        f" auth {keys['mode']}"
-    )
-    lines.append(f"  keys     {_keys_text(keys)} in {keys['dir']}")
+    lines.append(f"  network  {network['group']}:{network['port']} on {network['interface']}")
+    lines.append(f"  {_keys_line(status['keys'])}")
     for zone in status["zones"]:
         lines.append("")
         lines.append(
@@ -427,7 +456,7 @@ def _render_publisher(status: dict[str, Any]) -> str:
     key_id = keys["key_id"]
     if key_id:
         fp = keys.get("fingerprints", {}).get(str(key_id), "?")
-        signing = f"signed with key {key_id} fp {fp}"
+        signing = f"signed with key {key_id} fp {fp} ({keys.get('scheme', 'hmac-sha256')})"
     else:
         signing = "UNSIGNED"
     lines.append(
@@ -464,6 +493,8 @@ def _render_relay(status: dict[str, Any]) -> str:
             f" ({_ago(status['time'] - b['down_since'])}, {b['attempts']} attempts): {b['error']}"
         )
     lines.append(f"  broker   {where}: {state}")
+    if "keys" in status:
+        lines.append(f"  {_keys_line(status['keys'])}")
     c = status["counters"]
     for side, what in (("segment", "heard here -> broker"), ("broker", "from broker -> here")):
         counts = ", ".join(

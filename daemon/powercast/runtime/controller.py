@@ -200,7 +200,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
     async def _listen(self, network: cfg.Network) -> asyncio.DatagramTransport:
         sock = net.open_receiver(network.group, network.port, network.interface)
         transport, _ = await self.loop.create_datagram_endpoint(
-            lambda: Receiver(on_datagram_from=self._on_datagram), sock=sock
+            lambda: Receiver(self._on_datagram), sock=sock
         )
         log.info("listening", group=network.group, port=network.port, interface=network.interface)
         return transport
@@ -215,7 +215,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         where = cfg.udp_address(network.unicast_listen, "", listen_port=network.port)
         sock = net.open_unicast_receiver(*where)
         transport, _ = await self.loop.create_datagram_endpoint(
-            lambda: Receiver(on_datagram_from=self._on_datagram), sock=sock
+            lambda: Receiver(self._on_datagram), sock=sock
         )
         log.info("listening_unicast", address=where[0], port=where[1])
         return transport
@@ -264,7 +264,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._save()
         self.notifier.status(self.status_line())
 
-    def _on_datagram(self, data: bytes, source: object = None) -> None:
+    def _on_datagram(self, data: bytes, source: str) -> None:
         accepted = self.core.accepted
         decisions = self.core.receive(data, self.loop.time(), time.time(), source)
         if decisions or len(self.plan.settled) < len(self.core.zones):

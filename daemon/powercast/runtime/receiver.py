@@ -6,7 +6,6 @@ import asyncio
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 
@@ -22,43 +21,15 @@ and timers and the watchdog still run between batches."""
 
 
 class Receiver(asyncio.DatagramProtocol):
-    """Hands each datagram to ``on_datagram``; with ``on_datagram_from``, its sender's
-    address too (as the socket gives it: formatting waits until someone reads it), for a
-    receiver that diagnoses rejections by source."""
+    """Calls ``on_datagram(data, source)`` for each datagram; ``source`` is the sender's
+    address (what a verify budget is kept by)."""
 
-    def __init__(
-        self,
-        on_datagram: Callable[[bytes], None] | None = None,
-        *,
-        on_datagram_from: Callable[[bytes, Any], None] | None = None,
-    ) -> None:
+    def __init__(self, on_datagram: Callable[[bytes, str], None]) -> None:
         self._sock: socket.socket | None = None
         self._pacer = Pacer()
-        if on_datagram_from is not None:
-            self.datagram_received = self._with_sources(on_datagram_from)  # type: ignore[method-assign]
-            return
-        assert on_datagram is not None
 
-        def received(data: bytes, addr: object) -> None:
-            on_datagram(data)
-            sock = self._sock
-            if sock is None:
-                return
-            for _ in range(RECEIVE_BATCH - 1):
-                try:
-                    data = sock.recv(65536)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError as exc:
-                    self.error_received(exc)
-                    return
-                on_datagram(data)
-
-        self.datagram_received = received  # type: ignore[method-assign]
-
-    def _with_sources(self, on_datagram: Callable[[bytes, Any], None]) -> Callable[..., None]:
-        def received(data: bytes, addr: Any) -> None:
-            on_datagram(data, addr)
+        def received(data: bytes, addr: tuple[str, int]) -> None:
+            on_datagram(data, addr[0])
             sock = self._sock
             if sock is None:
                 return
@@ -70,9 +41,9 @@ class Receiver(asyncio.DatagramProtocol):
                 except OSError as exc:
                     self.error_received(exc)
                     return
-                on_datagram(data, addr)
+                on_datagram(data, addr[0])
 
-        return received
+        self.datagram_received = received  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # The transport's socket, duplicated: asyncio hands out a wrapper without recv.
