@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from powercast.auth import KeyringError, public_key
+from powercast.auth import KeyringError, fingerprint, public_key
 from powercast.config import ControllerAuth, ControllerConfig, PublisherAuth, PublisherConfig
 from powercast.secrets import SecretError, keygen, keys_dir, load_keyring, load_keys, read_secret
 
@@ -50,6 +50,26 @@ class TestKeygen:
             second.stderr
             == f"powercast: {tmp_path / '7.key'}: already exists; not overwriting a key\n"
         )
+
+    def test_command_line_shows_fingerprints_to_compare(self, tmp_path: Path) -> None:
+        """keygen prints the new key's fingerprint; `keygen --show` prints the same for the
+        file and for its directory, and the keyring the daemons load agrees."""
+        run = [sys.executable, "-m", "powercast", "keygen"]
+        made = subprocess.run(
+            [*run, "4", str(tmp_path / "4.key")], capture_output=True, text=True, check=False
+        )
+        ring = load_keyring(tmp_path)
+        fp = ring.fingerprints[4]
+        assert made.stdout.startswith(
+            f"{tmp_path / '4.key'}: new hmac-sha256 key 4 fp {fp} (mode 0600)"
+        )
+        assert "keygen --show" in made.stdout
+        for where in (tmp_path / "4.key", tmp_path):
+            shown = subprocess.run(
+                [*run, "--show", str(where)], capture_output=True, text=True, check=False
+            )
+            assert shown.stdout == f"{tmp_path / '4.key'}: key 4 fp {fp} (hmac-sha256)\n"
+        assert (tmp_path / "4.key").read_text().strip() not in made.stdout
 
 
 class TestEd25519Keys:
@@ -137,18 +157,30 @@ class TestEd25519Keys:
             load_keys(config)
         assert str(info.value) == (
             f"{tmp_path}: auth.publishers names key 2 for 'ups-b', but there is no such key"
-            " of auth.scheme 'hmac-sha256' (keys found: 1 (hmac-sha256))"
+            " of auth.scheme 'hmac-sha256' (keys found:"
+            f" key 1 fp {load_keyring(tmp_path).fingerprints[1]} (hmac-sha256))"
         )
 
     def test_command_line_ed25519(self, tmp_path: Path) -> None:
-        """`powercast keygen --scheme ed25519 ID FILE` says where each half went."""
+        """`powercast keygen --scheme ed25519 ID FILE` says where each half went, with the
+        fingerprint `keygen --show` gives both halves beside a shared key."""
         argv = [sys.executable, "-m", "powercast", "keygen", "--scheme", "ed25519", "4",
                 str(tmp_path / "4.private")]  # fmt: skip
         done = subprocess.run(argv, capture_output=True, text=True, check=True)
+        fp = fingerprint(bytes.fromhex((tmp_path / "4.public").read_text()))
         assert done.stdout == (
-            f"{tmp_path / '4.private'}: new ed25519 key 4 (mode 0600)\n"
-            f"{tmp_path / '4.public'}: its public key (mode 0644): copy it to controllers"
-            " and relays\n"
+            f"{tmp_path / '4.private'}: new ed25519 key 4 fp {fp} (mode 0600)\n"
+            f"{tmp_path / '4.public'}: its public key, key 4 fp {fp} (mode 0644): copy it to"
+            " controllers and relays, then compare fingerprints with `powercast keygen --show`\n"
+        )
+        keygen(5, tmp_path / "5.key")
+        shared = load_keyring(tmp_path).fingerprints[5]
+        show = [sys.executable, "-m", "powercast", "keygen", "--show"]
+        shown = subprocess.run([*show, str(tmp_path)], capture_output=True, text=True, check=True)
+        assert shown.stdout == (  # both halves show the public key's fingerprint
+            f"{tmp_path / '4.private'}: key 4 fp {fp} (ed25519 private key)\n"
+            f"{tmp_path / '4.public'}: key 4 fp {fp} (ed25519 public key)\n"
+            f"{tmp_path / '5.key'}: key 5 fp {shared} (hmac-sha256)\n"
         )
 
 

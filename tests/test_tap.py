@@ -78,3 +78,26 @@ class TestTap:
         assert " unknown_key " in done.stdout
         quiet = [*argv[:-4], "--timeout", "0.3"]
         assert subprocess.run(quiet, capture_output=True, timeout=15, check=False).returncode == 1
+
+    def test_nothing_heard_says_where_and_why(self, tmp_path: Path) -> None:
+        """A window that closes on silence: NOTHING HEARD with the group, port, interface
+        and window, the likely causes, and exit 1; with --json, one record saying so."""
+        port = free_port()
+        argv = [sys.executable, "-m", "powercast", "tap", "--group", GROUP, "--port", str(port),
+                "--interface", "127.0.0.1", "--keys-dir", str(make_keys(tmp_path / "keys")),
+                "--timeout", "0.3"]  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=15, check=False)
+        assert done.returncode == 1
+        lines = done.stdout.splitlines()
+        assert lines[0] == f"NOTHING HEARD on {GROUP}:{port} via 127.0.0.1 in 0.3 s"
+        assert lines[1] == "Likely causes:"
+        assert any("no publisher" in line for line in lines[2:])
+        assert any("network.interface" in line for line in lines[2:])
+        as_json = subprocess.run(
+            [*argv, "--json"], capture_output=True, text=True, timeout=15, check=False
+        )
+        assert as_json.returncode == 1
+        (record,) = [json.loads(line) for line in as_json.stdout.splitlines()]
+        assert record["result"] == "nothing_heard"
+        assert (record["group"], record["port"], record["seconds"]) == (GROUP, port, 0.3)
+        assert record["hints"]

@@ -127,6 +127,30 @@ class TestStolenKey:
         ctrl.receive(bytes(data), 0.0, WALL)
         assert (ctrl.counters["rejected.bad_tag"], ctrl.counters["rejected.wrong_key"]) == (1, 0)
 
+    def test_wrong_key_says_the_keys_bound_to_that_publisher(self) -> None:
+        """A good signature by key 1 claiming ups-b (bound to key 2): one keys_differ
+        warning of reason wrong_key names the publisher, the key that verified and the
+        keys bound to ups-b; status keeps the sender's rejection with the same hint."""
+        ctrl = Controller(hall({"ups-a": [1], "ups-b": [2]}), controllers_ring())
+        thief = publisher("ups-b", 1, publishers_ring())
+        for step in range(5):
+            ctrl.receive(thief.say(step / 10, ON_BATTERY), step / 10, WALL, "10.0.0.9")
+        (notice,) = [n.fields for n in ctrl.notices if n.event == "keys_differ"]
+        fp = ctrl.keyring.fingerprints[1]
+        assert (notice["reason"], notice["publisher"], notice["bound"]) == (
+            "wrong_key",
+            "ups-b",
+            [2],
+        )
+        assert notice["this_node"] == f"key 1 fp {fp}"
+        assert notice["hint"].startswith(
+            f"key 1 fp {fp} verifies, but auth.publishers allows only key 2 for 'ups-b'"
+        )
+        last = ctrl.rejections["10.0.0.9"]
+        assert (last.reason, last.publisher, last.count) == ("wrong_key", "ups-b", 5)
+        assert last.hint == notice["hint"]
+        assert "ups-b" not in ctrl.sessions
+
     def test_permissive_counts_wrong_key_and_takes_it(self) -> None:
         """auth.mode = permissive takes a wrong_key datagram, counted as accepted.wrong_key."""
         ctrl = Controller(hall({"ups-a": [1]}, mode="permissive"), controllers_ring())
@@ -238,6 +262,32 @@ class TestVerifyBudget:
         assert ctrl.sessions["ups-a"].message.power.status is ONLINE  # never the forgery
         assert all(FANS_ON[state] for state in states)
         assert ctrl.policy.state != "shedding"
+
+    def test_diagnosis_checks_no_signature_beyond_the_budget(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A flood of forged signatures from one address claiming ups-a: signatures are
+        checked only within the budget (diagnosis adds none), what is over budget is kept
+        in status as over_budget, and keys_differ is said at most once in LOG_EVERY_S."""
+        checks = 0
+        check = Keyring.check
+
+        def counted(ring: Keyring, *args: Any) -> bool:
+            nonlocal checks
+            checks += 1
+            return check(ring, *args)
+
+        monkeypatch.setattr(Keyring, "check", counted)
+        ctrl = Controller(self.config(source_verify_rate=20.0), controllers_ring())
+        for step in range(1000):
+            now = step / 1000
+            ctrl.receive(self.forged(), now, WALL + now, "10.9.9.9")
+        assert checks == ctrl.counters["rejected.bad_tag"] == 40 + 20 - 1  # burst, then rate
+        assert ctrl.counters["rejected.over_budget"] == 1000 - checks
+        last = ctrl.rejections["10.9.9.9"]
+        assert (last.count, last.publisher) == (1000, "ups-a")
+        said = [n.fields for n in ctrl.notices if n.event == "keys_differ"]
+        assert [n["reason"] for n in said] == ["bad_tag"]
 
     def test_a_flood_from_one_source_spends_that_sources_budget_first(self) -> None:
         """Forgeries from one address beyond its budget are dropped before they touch the

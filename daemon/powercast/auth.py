@@ -19,8 +19,9 @@ speak for the publisher the datagram names.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -42,6 +43,23 @@ TAG_SIZES: Final[dict[str, int]] = {HMAC: TAG_SIZE, ED25519: SIGNATURE_SIZE}
 """The tag length each scheme puts in the header."""
 ED25519_KEY_BYTES: Final = 32
 """An Ed25519 private key (its seed) and a public key are 32 bytes each."""
+FINGERPRINT_HEX: Final = 8
+"""Hex digits of a key's fingerprint: enough to tell two keys apart at a glance."""
+SUFFIXES: Final[dict[str, str]] = {HMAC: "key", ED25519: "public"}
+"""The key file a receiver verifies each scheme with: ``<id>.key``, ``<id>.public``."""
+
+
+def fingerprint(key: bytes) -> str:
+    """A short name of ``key`` to compare between nodes (the first hex digits of its
+    SHA-256), never the key: two nodes showing the same fingerprint hold the same key.
+    An Ed25519 key is named by its public key, so that the publisher's private key and
+    the receivers' public key show the same fingerprint."""
+    return hashlib.sha256(key).hexdigest()[:FINGERPRINT_HEX]
+
+
+def describe(key_id: int, fp: str) -> str:
+    """How a key is named to operators: ``key 1 fp 3f2a9c1b``."""
+    return f"key {key_id} fp {fp}"
 
 
 class KeyringError(PowercastError):
@@ -97,6 +115,11 @@ class Keyring:
     _macs: dict[int, Any] = field(default_factory=dict)
     _public: dict[int, Ed25519PublicKey] = field(default_factory=dict)
     _private: dict[int, Ed25519PrivateKey] = field(default_factory=dict)
+    fingerprints: dict[int, str] = field(default_factory=dict)
+    """Each key's :func:`fingerprint` by id (an Ed25519 key's of its public key): what
+    status and logs show of a key."""
+    files: dict[int, Path] = field(default_factory=dict)
+    """The file each key was read from, by id (when read from a file)."""
 
     @classmethod
     def from_keys(
@@ -107,18 +130,25 @@ class Keyring:
         *,
         public: Mapping[int, bytes] | None = None,
         private: Mapping[int, bytes] | None = None,
+        files: Mapping[int, Path] | None = None,
     ) -> Keyring:
         """A keyring of shared HMAC ``keys``, Ed25519 ``public`` keys (to verify) and
-        Ed25519 ``private`` keys (to sign), each by id, read from ``directory``."""
+        Ed25519 ``private`` keys (to sign), each by id, read from ``directory`` (``files``
+        by id)."""
         macs = {key_id: hmac.new(key, digestmod="sha256") for key_id, key in keys.items()}
-        ring = cls(directory, home, macs)
+        prints = {key_id: fingerprint(key) for key_id, key in keys.items()}
+        ring = cls(directory, home, macs, fingerprints=prints, files=dict(files or {}))
         if public or private:
             ed = _ed25519()
             for key_id, raw in (public or {}).items():
                 ring._public[key_id] = ed.Ed25519PublicKey.from_public_bytes(raw)
+                ring.fingerprints[key_id] = fingerprint(raw)
             for key_id, raw in (private or {}).items():
                 key = ring._private[key_id] = ed.Ed25519PrivateKey.from_private_bytes(raw)
-                ring._public.setdefault(key_id, key.public_key())
+                if key_id not in ring._public:
+                    ring._public[key_id] = key.public_key()
+                    ring.fingerprints[key_id] = fingerprint(public_key(raw))
+        ring.fingerprints = dict(sorted(ring.fingerprints.items()))
         return ring
 
     @property
@@ -138,8 +168,32 @@ class Keyring:
         return dict(sorted(held.items()))
 
     def describe(self) -> str:
-        """``1 (hmac-sha256), 2 (ed25519)``, or ``none``."""
-        return ", ".join(f"{i} ({s})" for i, s in self.schemes().items()) or "none"
+        """Every key as operators see it, ``key 1 fp 3f2a9c1b (hmac-sha256), key 2 fp
+        ... (ed25519)``, or ``none``."""
+        return (
+            ", ".join(
+                f"{describe(i, self.fingerprints[i])} ({s})" for i, s in self.schemes().items()
+            )
+            or "none"
+        )
+
+    def file(self, key_id: int, scheme: str | None = None) -> Path:
+        """Where key ``key_id`` lives, or would: ``<id>.key`` in the directory, or
+        ``<id>.public`` for an Ed25519 key (``scheme``, else the key held)."""
+        found = self.files.get(key_id)
+        if found is not None and scheme in (None, self.schemes().get(key_id)):
+            return found
+        return self.directory / f"{key_id}.{self._suffix(key_id, scheme)}"
+
+    def home_file(self, key_id: int, scheme: str | None = None) -> Path:
+        """Where an operator puts key ``key_id`` for this node: in ``home`` when the keys
+        are read from a copy (systemd's credentials), else :meth:`file`."""
+        if self.home is None or self.home == self.directory:
+            return self.file(key_id, scheme)
+        return self.home / f"{key_id}.{self._suffix(key_id, scheme)}"
+
+    def _suffix(self, key_id: int, scheme: str | None) -> str:
+        return SUFFIXES[scheme or self.schemes().get(key_id, HMAC)]
 
     def signer(self, key_id: int) -> Signer:
         """Something that tags bytes with key ``key_id``: an HMAC key, or an Ed25519
@@ -264,3 +318,63 @@ class Gate:
         if signature:
             self.publishers.learn(publisher)
         return None
+
+
+def key_hint(
+    keyring: Keyring,
+    key_id: int,
+    problem: Reject,
+    *,
+    sure: bool = True,
+    scheme: str = HMAC,
+    publisher: str | None = None,
+    bound: Bindings | None = None,
+    believed: Collection[str] = (HMAC, ED25519),
+) -> str:
+    """What to do about datagrams signed with ``key_id`` (of ``scheme``) that fail
+    ``problem`` here: which key file to copy where, which fingerprints to compare, or
+    (``wrong_key``) which keys ``bound`` lets speak for ``publisher``. ``sure``: the
+    sender is known to be ours (it sent good data before, or is a publisher the config
+    names). ``believed``: the schemes this node reads keys of (its ``auth.scheme``)."""
+    if problem == Reject.unsigned:
+        why = "the sender signs nothing (auth.key_id = 0 on it)"
+        todo = f"give it a key file this node has ({keyring.describe()}) and set auth.key_id"
+        return f"{why}: {todo}"
+    ours = describe(key_id, keyring.fingerprints.get(key_id, "?"))
+    if problem == Reject.wrong_key:
+        allowed = sorted((bound or {}).get(publisher or "", ()))
+        if allowed:
+            may = f"allows only key {', '.join(map(str, allowed))} for {publisher!r}"
+            then = f"set its auth.key_id to {allowed[0]}"
+        else:
+            may = f"names no key for {publisher!r}"
+            then = "name its key in auth.publishers here"
+        return (
+            f"{ours} verifies, but auth.publishers {may}: if {publisher!r} signs with key"
+            f" {key_id} by design, add {key_id} to auth.publishers.{publisher} here and"
+            f" reload; else key {key_id} is another publisher's: give {publisher!r} its own"
+            f" key and {then}"
+        )
+    if scheme == ED25519:
+        theirs = (
+            f"{key_id}.public, written beside {key_id}.private by `powercast keygen"
+            " --scheme ed25519`"
+        )
+    else:
+        theirs = f"{key_id}.key in its auth.keys_dir, /etc/powercast/keys by default"
+    if problem == Reject.unknown_key:
+        why = f"this node has no {scheme} key {key_id} (it has {keyring.describe()})"
+    else:
+        why = (
+            f"the keys differ: the datagram is signed with key {key_id}, which does not"
+            f" verify with this node's {ours} ({keyring.file(key_id)})"
+        )
+    if not sure:
+        why = f"if the sender is one of your publishers, {why}"
+    also = "" if scheme in believed else f", with {scheme!r} in auth.scheme,"
+    todo = (
+        f"copy the publisher's key file ({theirs}) to this node's"
+        f" {keyring.home_file(key_id, scheme)}{also} and reload, or compare the"
+        " fingerprints `powercast keygen --show` and `powercast status` print on both nodes"
+    )
+    return f"{why}: {todo}"

@@ -722,10 +722,8 @@ class ModbusActuator(_Table, frozen=True, tag="modbus", tag_field="kind"):
 
     def __post_init__(self) -> None:
         if (self.coil is None) == (self.register is None):
-            raise ValueError(
-                f"coil: expected exactly one of coil or register, got coil={self.coil!r}"
-                f" and register={self.register!r}"
-            )
+            got = "neither" if self.coil is None else "both"
+            raise ValueError(f"coil: expected exactly one of coil or register, got {got}")
 
 
 BacnetObjectType = Literal["binary-output", "binary-value", "analog-output", "analog-value"]
@@ -1322,8 +1320,7 @@ def explain(message: str, raw: dict[str, Any], cls: type) -> str:
         if options:
             return f"{dotted}: expected one of {', '.join(map(repr, options))}, got {_show(value)}"
     text = what[0].lower() + what[1:] if what else what
-    for word, plain in _TYPE_WORDS.items():
-        text = text.replace(word, plain)
+    text = re.sub(r"`([^`]*)`", _type_words, text)
     text = re.sub(r", got .*$", "", text)
     text = re.sub(
         r"a string matching regex '.*'",
@@ -1332,6 +1329,12 @@ def explain(message: str, raw: dict[str, Any], cls: type) -> str:
     )
     got = f", got {_show(value)}" if found else ""
     return f"{dotted or '(top level)'}: {text}{got}"
+
+
+def _type_words(match: re.Match[str]) -> str:
+    """``float | null`` -> "a number": an optional key is left out in TOML, never null."""
+    words = [_TYPE_WORDS.get(f"`{t}`", t) for t in match[1].split(" | ") if t != "null"]
+    return " or ".join(words) if words else _TYPE_WORDS["`null`"]
 
 
 def _lookup(raw: Any, keys: list[str | int]) -> tuple[Any, bool]:

@@ -38,7 +38,15 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Final
 
-from powercast.auth import ED25519, ED25519_KEY_BYTES, HMAC, Keyring, KeyringError, public_key
+from powercast.auth import (
+    ED25519,
+    ED25519_KEY_BYTES,
+    HMAC,
+    Keyring,
+    KeyringError,
+    fingerprint,
+    public_key,
+)
 from powercast.config import ControllerConfig, PublisherConfig, RelayConfig
 from powercast.systemd import credentials_directory
 from powercast.wire import TAG_SIZE
@@ -118,13 +126,34 @@ def load_keyring(directory: Path, wanted: Collection[str] = ("key",)) -> Keyring
                 f"{directory}: {where[key_id][0]} is not the public key of the private key"
                 f" {key_id} beside it"
             )
+    # Names are read sorted: of a pair, the file named is the public key (what verifies).
+    files = {key_id: directory / name for key_id, (name, _) in where.items()}
     return Keyring.from_keys(
         found["key"],
         directory,
         _home(directory),
         public=found["public"],
         private=found["private"],
+        files=files,
     )
+
+
+def file_fingerprint(path: Path) -> tuple[int, str, str]:
+    """One key file's id, kind (``key``, ``private``, ``public``) and fingerprint (an
+    Ed25519 private key's is its public key's), read as the daemons read it; never the
+    key."""
+    match = KEY_FILE.match(path.name)
+    if match is None:
+        raise KeyringError(
+            f"{path}: expected a key file named <id>.key, <id>.private or <id>.public,"
+            " or a directory of them"
+        )
+    key_id, kind = int(match[1]), match[2]
+    if kind == "public":
+        return key_id, kind, fingerprint(read_public_key(path))
+    if kind == "private":
+        return key_id, kind, fingerprint(public_key(read_key(path, exact=True)))
+    return key_id, kind, fingerprint(read_key(path))
 
 
 def read_key(path: Path, exact: bool = False) -> bytes:

@@ -13,6 +13,7 @@ durations are seconds measured on the daemon's monotonic clock.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -36,7 +37,14 @@ VERSION: Final = 1
 
 
 def common(
-    role: str, *, path: Path, loaded_at: float, control: str, metrics: str | None, wall: float
+    role: str,
+    *,
+    path: Path,
+    loaded_at: float,
+    control: str,
+    metrics: str | None,
+    wall: float,
+    metrics_error: str | None = None,
 ) -> dict[str, Any]:
     """The fields every daemon's status has (a role adds its own)."""
     return {
@@ -48,6 +56,7 @@ def common(
         "config": {"path": str(path), "loaded_at": loaded_at},
         "control": control,
         "metrics": metrics,
+        "metrics_error": metrics_error,
     }
 
 
@@ -130,6 +139,7 @@ def controller(
             {"zone": zone, "from": previous, "to": state, "count": n}
             for (zone, previous, state), n in sorted(tally.transitions.items())
         ],
+        "rejections": rejections(core, now),
         "keys": keys(keyring, config.auth.mode, config.auth.scheme, config.auth.publishers),
         "network": _network(config.network),
     }
@@ -229,11 +239,50 @@ def publisher(
             "dir": str(keyring.directory),
             "ids": keyring.ids,
             "schemes": {str(i): scheme for i, scheme in keyring.schemes().items()},
+            "fingerprints": _fingerprints(keyring),
             "key_id": config.auth.key_id,
             "scheme": config.auth.scheme,
         },
         "network": {**_network(config.network), "ttl": config.network.ttl},
     }
+
+
+MAX_REJECTIONS_SHOWN: Final = 16
+
+
+def rejections(core: Controller, now: float) -> list[dict[str, Any]]:
+    """The last rejection of each sender, latest first (at most MAX_REJECTIONS_SHOWN)."""
+    latest = sorted(core.rejections.items(), key=lambda item: item[1].at, reverse=True)
+    return [
+        {
+            "source": source,
+            "publisher": r.publisher,
+            "reason": r.reason,
+            "detail": r.detail,
+            "count": r.count,
+            "age_s": round(now - r.at, 3),
+            "hint": r.hint,
+        }
+        for source, r in latest[:MAX_REJECTIONS_SHOWN]
+    ]
+
+
+def _fingerprints(keyring: Keyring) -> dict[str, str]:
+    """Each key's fingerprint by id (as text: a JSON object's keys are strings)."""
+    return {str(key_id): keyring.fingerprints[key_id] for key_id in keyring.ids}
+
+
+def _keys_text(keys: dict[str, Any]) -> str:
+    """``key 1 fp 3f2a9c1b (hmac-sha256), key 2 fp ... (ed25519)``, or "none"."""
+    prints = keys.get("fingerprints", {})
+    schemes = keys.get("schemes", {})
+    return (
+        ", ".join(
+            f"key {i} fp {prints.get(str(i), '?')} ({schemes.get(str(i), 'hmac-sha256')})"
+            for i in keys["ids"]
+        )
+        or "none"
+    )
 
 
 def _fans_on(state: State) -> bool:
@@ -282,6 +331,8 @@ def _header(status: dict[str, Any]) -> list[str]:
     config = status["config"]
     loaded = config["loaded_at"]
     metrics = status["metrics"] or "off"
+    if status.get("metrics_error"):
+        metrics = f"error {json.dumps(status['metrics_error'])} (retrying)"
     return [
         f"{status['role']} on {status['host']} (pid {status['pid']})",
         f"  config   {config['path']}, loaded {_clock(loaded)}"
@@ -306,12 +357,13 @@ def _reading(power: dict[str, Any], temperatures: dict[str, float | None]) -> st
 def keys(
     keyring: Keyring, mode: str, scheme: object, bindings: dict[str, list[int]]
 ) -> dict[str, Any]:
-    """A receiver's ``keys`` entry: where its keys are, each id with its scheme, the
-    schemes believed, and which keys may speak for which publisher."""
+    """A receiver's ``keys`` entry: where its keys are, each id with its scheme and
+    fingerprint, the schemes believed, and which keys may speak for which publisher."""
     return {
         "dir": str(keyring.directory),
         "ids": keyring.ids,
         "schemes": {str(i): s for i, s in keyring.schemes().items()},
+        "fingerprints": _fingerprints(keyring),
         "mode": mode,
         "scheme": scheme,
         "publishers": bindings,
@@ -319,8 +371,8 @@ def keys(
 
 
 def _keys_line(keys: dict[str, Any]) -> str:
-    """``keys 1 (hmac-sha256), 2 (ed25519) in DIR (auth enforce, hmac-sha256)``."""
-    ids = ", ".join(f"{i} ({s})" for i, s in keys.get("schemes", {}).items()) or "none"
+    """``keys     key 1 fp 3f2a9c1b (hmac-sha256), key 2 fp ... (ed25519) in DIR (auth
+    enforce, hmac-sha256; ups-a=1)``."""
     scheme = keys.get("scheme", "hmac-sha256")
     scheme = scheme if isinstance(scheme, str) else " + ".join(scheme)
     bound = keys.get("publishers") or {}
@@ -329,16 +381,14 @@ def _keys_line(keys: dict[str, Any]) -> str:
         if bound
         else ""
     )
-    return f"keys {ids} in {keys['dir']} (auth {keys['mode']}, {scheme}{binding})"
+    return f"keys     {_keys_text(keys)} in {keys['dir']} (auth {keys['mode']}, {scheme}{binding})"
 
 
 def _render_controller(status: dict[str, Any]) -> str:
     lines = _header(status)
     network = status["network"]
-    lines.append(
-        f"  network  {network['group']}:{network['port']} on {network['interface']};"
-        f" {_keys_line(status['keys'])}"
-    )
+    lines.append(f"  network  {network['group']}:{network['port']} on {network['interface']}")
+    lines.append(f"  {_keys_line(status['keys'])}")
     for zone in status["zones"]:
         lines.append("")
         lines.append(
@@ -383,6 +433,7 @@ def _render_controller(status: dict[str, Any]) -> str:
     if d["unverified"]:
         unverified = ", ".join(f"{k} {n}" for k, n in d["unverified"].items())
         lines.append(f"  accepted without a good tag (auth permissive): {unverified}")
+    lines += _render_rejections(status.get("rejections", []))
     actions = status["actions"]
     running = actions["running"]
     lines.append(
@@ -395,16 +446,36 @@ def _render_controller(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _render_rejections(rejected: list[dict[str, Any]]) -> list[str]:
+    if not rejected:
+        return []
+    lines = ["last rejected, by sender:"]
+    for r in rejected:
+        who = f" ({r['publisher']})" if r["publisher"] else ""
+        lines.append(
+            f"  {r['source']}{who}: {r['reason']} {r['detail']}"
+            f" ({r['count']} times, last {_ago(r['age_s'])} ago)"
+        )
+        if r["hint"]:
+            lines.append(f"    {r['hint']}")
+    return lines
+
+
 def _render_publisher(status: dict[str, Any]) -> str:
     lines = _header(status)
     network = status["network"]
     keys = status["keys"]
-    scheme = keys.get("scheme", "hmac-sha256")
-    signing = f"signed with key {keys['key_id']} ({scheme})" if keys["key_id"] else "UNSIGNED"
+    key_id = keys["key_id"]
+    if key_id:
+        fp = keys.get("fingerprints", {}).get(str(key_id), "?")
+        signing = f"signed with key {key_id} fp {fp} ({keys.get('scheme', 'hmac-sha256')})"
+    else:
+        signing = "UNSIGNED"
     lines.append(
         f"  network  {network['group']}:{network['port']} on {network['interface']}"
-        f" (ttl {network['ttl']}); {signing} from {keys['dir']}"
+        f" (ttl {network['ttl']})"
     )
+    lines.append(f"  keys     {signing}; have {_keys_text(keys)} in {keys['dir']}")
     a = status["announcing"]
     lines.append("")
     lines.append(f"announcing as {a['id']}: {_reading(a['power'], a['temperatures'])}")

@@ -104,7 +104,16 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._arm()
 
     def loaded(self) -> None:
-        """Keep a copy of the config now running, for ``powercast failsafe`` after a crash."""
+        """Keep a copy of the config now running, for ``powercast failsafe`` after a crash;
+        say so when a zone has nothing to move its fans with."""
+        for name, zone in self.core.zone_configs.items():
+            if not zone.actuators:
+                log.warning(
+                    "no_actuators",
+                    zone=name,
+                    hint="this zone's fans are not moved: add an [[actuators]] table"
+                    " ([[zones.actuators]] in a zone)",
+                )
         if not self.dry_run:  # a dry run drives nothing the failsafe should take over
             failsafe.keep_running_config(self.config, self._state_dir)
 
@@ -157,7 +166,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
                 case Save():
                     self._save()
                 case Notify():
-                    self.notifier.status(self.status())
+                    self.notifier.status(self.status_line())
 
     def _start_worker(self, key: str, zone: str, config: cfg.Actuator) -> None:
         assert self._tg is not None
@@ -253,7 +262,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
     def _actuator_changed(self, worker: Worker) -> None:
         """Keep the state file and systemd's status line true to the actuators."""
         self._save()
-        self.notifier.status(self.status())
+        self.notifier.status(self.status_line())
 
     def _on_datagram(self, data: bytes, source: str) -> None:
         accepted = self.core.accepted

@@ -153,7 +153,7 @@ class PublisherDaemon(Daemon[PublisherConfig]):
                         change=a.change,
                         **{f"temp_{k}": v for k, v in a.temperatures.items()},
                     )
-                    self.notifier.status(self.status())
+                    self.notifier.status(self.status_line())
                 if news or (untried and self.announcer.due is not None):
                     self._wake.set()  # news, or the attempt the first announcement waited for
                 await pause(reader, backoff.delay(reading is not None))

@@ -207,7 +207,7 @@ class RelayDaemon(Daemon[cfg.RelayConfig]):
                 attempts=self.attempts,
             )
         self.down_since, self.attempts, self.last_error, self.retry_at = None, 0, "", None
-        self.notifier.status(self.status())
+        self.notifier.status(self.status_line())
 
     def _disconnected(self, error: str, where: str, delay: float) -> None:
         self._client = None
@@ -218,7 +218,7 @@ class RelayDaemon(Daemon[cfg.RelayConfig]):
         if self.down_since is None:
             self.down_since = time.time()
             log.warning("broker_unreachable", broker=where, error=error, retry_in_s=round(delay, 3))
-            self.notifier.status(self.status())
+            self.notifier.status(self.status_line())
 
     async def _pump(self) -> None:
         """Publish what the segment gave, in batches, while connected; else count it lost."""
