@@ -384,10 +384,15 @@ class NutSource(_Table, frozen=True, tag="nut", tag_field="kind"):
     """
 
     ups: UpsName | Annotated[list[UpsName], msgspec.Meta(min_length=1, max_length=8)]
+    """The UPS name upsd knows (``upsc -l``), or several (at most 8)."""
     host: Host = "127.0.0.1"
+    """upsd's host name or IP address."""
     port: Port = 3493
+    """upsd's TCP port."""
     username: Secret | None = None
+    """Sent to upsd when set (upsd checks it only at LOGIN, which powercast never sends)."""
     password: Secret | None = None
+    """The password, inline; prefer password_file."""
     password_file: FilePath | None = None
     """A file holding the password on its first line; others must not be able to read it."""
     tls: Literal["off", "try", "required"] = "off"
