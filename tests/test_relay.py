@@ -570,9 +570,13 @@ class TestRelayUnderAttack:
             assert relay["broker_wrong_key"] == 1
         assert b["broker_relayed"] >= a["segment_relayed"] - 2
         assert status["keys"]["schemes"] == {"1": "ed25519", "2": "ed25519"}
-        assert "keys 1 (ed25519), 2 (ed25519)" in report.render(status)
+        prints = status["keys"]["fingerprints"]
+        assert f"keys     key 1 fp {prints['1']} (ed25519), key 2 fp {prints['2']} (ed25519)" in (
+            report.render(status)
+        )
         relays_ring = load_keyring(public, {"key", "public"})
         assert relays_ring.signing_ids == []
+        assert prints == {str(i): fp for i, fp in relays_ring.fingerprints.items()}
 
     def test_oversize_message_is_not_taken(self, tmp_path: Path, broker: Mosquitto) -> None:
         """A message far larger than any datagram, published on the relays' topic, is
