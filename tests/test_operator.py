@@ -475,7 +475,7 @@ class TestPing:
     def ping(self, site: Site, node: str, *extra: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [sys.executable, "-m", "powercast", "ping", "--config", str(site.publisher),
-             "--id", node, "--count", "20", "--interval", "0.05", "--timeout", "0.5", *extra],
+             "--id", node, "--count", "30", "--interval", "0.1", "--timeout", "0.5", *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -502,7 +502,7 @@ class TestPing:
                 assert peer["auth"] == "good"
                 assert peer["key_id"] == 1
                 assert peer["loss_pct"] == 0.0
-                assert peer["answers"] >= 15
+                assert peer["answers"] >= 15  # of 30: the three may start 1.5 s apart
                 assert 0 < peer["rtt_ms"]["p50"] <= peer["rtt_ms"]["p99"] < 100
         assert status["datagrams"]["rejected"]["magic"] > 0
         assert status["publishers"] == []
