@@ -164,6 +164,7 @@ class Mosquitto:
         host: Host | None = None,
         pki: Pki | None = None,
         passwords: dict[str, str] | None = None,
+        extra: tuple[str, ...] = (),
     ):
         self.workdir = workdir
         self.bed, self.host = bed, host
@@ -194,7 +195,7 @@ class Mosquitto:
                 f"keyfile {pki.path('server.key')}",
                 "require_certificate true",
             ]
-        self.config.write_text("\n".join(lines) + "\n")
+        self.config.write_text("\n".join([*lines, *extra]) + "\n")
         self.config.chmod(0o644)
         self.log = workdir / f"mosquitto-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -8,6 +8,7 @@ client, reconnection and the outbox.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -36,6 +37,10 @@ from powercast.sources.base import SourceError
 from powercast.systemd import Notifier, credentials_directory
 
 log = structlog.get_logger("powercast")
+
+RELAY_RECEIVE_BUFFER = 4 * 1024 * 1024
+"""The segment socket's buffer: a relay takes every publisher's datagrams, and bursts of
+tens of thousands a second must outlast a few milliseconds without the CPU."""
 
 
 class RelayDaemon(Daemon[cfg.RelayConfig]):
@@ -83,6 +88,8 @@ class RelayDaemon(Daemon[cfg.RelayConfig]):
         )
         try:
             sock = net.open_receiver(network.group, network.port, network.interface)
+            with contextlib.suppress(OSError):  # best effort, up to net.core.rmem_max
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RELAY_RECEIVE_BUFFER)
             receiver, _ = await self.loop.create_datagram_endpoint(
                 lambda: Receiver(self._from_segment, self._flush), sock=sock
             )
