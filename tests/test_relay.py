@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -38,7 +39,9 @@ from powercast import control, wire
 from powercast import status as report
 from powercast.auth import Gate, Keyring, public_key
 from powercast.relay import BATCH_MAGIC, MAX_PACKET, TABLE_SIZE, WINDOW, Relay, pack, unpack
+from powercast.runtime.relay import credential, tls_context
 from powercast.secrets import keygen, load_keyring
+from powercast.sources.base import SourceError
 
 from harness import Daemon, free_port, make_keys, running, set_reading, write_toml
 
@@ -306,6 +309,36 @@ class TestBatches:
         assert unpack(BATCH_MAGIC) is None
         assert unpack(b"PWRB\x02" + whole[5:]) is None
         assert unpack(whole + b"\x00") is None
+
+
+@pytest.mark.unit
+class TestBrokerFiles:
+    def test_bare_names_are_systemd_credentials(self) -> None:
+        """A bare file name is looked up in $CREDENTIALS_DIRECTORY when systemd set it; a
+        path is taken as it is."""
+        env = {"CREDENTIALS_DIRECTORY": "/run/credentials/powercast-relay.service"}
+        assert credential("relay.key", env) == f"{env['CREDENTIALS_DIRECTORY']}/relay.key"
+        assert credential("/etc/powercast/relay.key", env) == "/etc/powercast/relay.key"
+        assert credential("relay.key", {}) == "relay.key"
+
+    def test_tls_context_verifies_by_default(self, tmp_path: Path) -> None:
+        """The context checks the certificate and the host name; a key others can read is
+        refused with its file, mode and the fix."""
+        pki = Pki(tmp_path / "pki")
+        broker = cfg.Broker(
+            tls=True,
+            ca_file=pki.path("ca.crt"),
+            cert_file=pki.path("client.crt"),
+            key_file=pki.path("client.key"),
+        )
+        context = tls_context(broker)
+        assert context.check_hostname is True
+        assert context.verify_mode == ssl.CERT_REQUIRED
+        Path(pki.path("client.key")).chmod(0o640)
+        tls_context(broker)  # root:powercast 0640 is how it is deployed
+        Path(pki.path("client.key")).chmod(0o604)
+        with pytest.raises(SourceError, match=r"broker.key_file: .*client.key: readable or"):
+            tls_context(broker)
 
 
 @pytest.mark.unit
