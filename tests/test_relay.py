@@ -675,6 +675,59 @@ class TestRelayOverTls:
             assert len(events(relay, "broker_unreachable")) == 1
 
 
+@pytest.mark.system
+class TestBatchesThroughTheBroker:
+    def test_a_burst_goes_in_batches_and_arrives_once_each(
+        self, tmp_path: Path, broker: Mosquitto
+    ) -> None:
+        """A burst heard on one group travels as batches and comes out on the other group
+        as the very same datagrams, each once."""
+        lo = Loopback(tmp_path, broker)
+        seen_on_topic: list[bytes] = []
+        watcher = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        watcher.on_message = lambda _c, _u, m: seen_on_topic.append(bytes(m.payload))
+        watcher.connect(broker.address, broker.port)
+        watcher.subscribe(lo.topic, qos=0)
+        watcher.loop_start()
+        far = _listener(GROUP_B, lo.port)
+        far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        burst = [datagram(seq, publisher="burst") for seq in range(1, 301)]
+        try:
+            with loopback_daemons(lo) as d, far:
+                d["ctl"].wait_for("transition", timeout=BOOT_S, state="normal")
+                with _sender() as send:
+                    for data in burst:
+                        send.sendto(data, (GROUP_A, lo.port))
+                heard = [x for x in _drain(far, 1.5) if b"burst" in x]
+                a = summary(d["relay_a"])
+        finally:
+            watcher.loop_stop()
+            watcher.disconnect()
+        assert sorted(heard) == sorted(burst)  # each once, byte for byte
+        assert a["segment_relayed"] >= len(burst)
+        batches = [p for p in seen_on_topic if p.startswith(BATCH_MAGIC)]
+        assert batches, "a burst of 300 went one datagram per message"
+        carried = [x for p in seen_on_topic for x in (unpack(p) or []) if b"burst" in x]
+        assert sorted(carried) == sorted(burst)
+
+    def test_a_broken_batch_is_dropped_and_counted(self, tmp_path: Path, broker: Mosquitto) -> None:
+        """A batch whose lengths run past its end is dropped whole as unframed, logged,
+        and the relay goes on relaying."""
+        lo = Loopback(tmp_path, broker)
+        good = datagram(1, publisher="whole")
+        broken = BATCH_MAGIC + len(good).to_bytes(2, "big") + good + b"\x04\x00" + good[:10]
+        far = _listener(GROUP_B, lo.port)
+        with loopback_daemons(lo) as d, far:
+            d["ctl"].wait_for("transition", timeout=BOOT_S, state="normal")
+            _publish(broker, lo.topic, broken)
+            d["relay_b"].wait_for("datagram_not_relayed", timeout=5, reason="unframed")
+            heard = _drain(far, 3 * HEARTBEAT_S)
+            b = summary(d["relay_b"])
+        assert b["broker_unframed"] == 1
+        assert not any(b"whole" in x for x in heard)  # not even the whole first part
+        assert any(x.startswith(wire.MAGIC) for x in heard)  # still relaying
+
+
 OVERSIZE = 64 * 1024 * 1024
 """An MQTT message no datagram could be; a relay that took it would hold it several times."""
 RSS_SLACK_KB = 16 * 1024
