@@ -78,9 +78,9 @@ TABLE_SIZE: Final = 4096
 MAX_PACKET: Final = 64 * 1024
 """The largest MQTT packet the broker may send us; a datagram is at most
 wire.MAX_DATAGRAM bytes plus the topic and a few bytes of header."""
-OUTBOX_SIZE: Final = 1024
-"""MQTT messages waiting to be written to the broker; beyond that (a broker too slow)
-what would be queued is lost."""
+OUTBOX_SIZE: Final = 256
+"""MQTT messages waiting to be written to the broker (at most BATCH_BYTES each); beyond
+that (a broker too slow) what would be queued is lost."""
 BATCH_MAGIC: Final = b"PWRB\x01"
 """The head of a batch: not wire.MAGIC, so it never decodes as a datagram."""
 BATCH_BYTES: Final = 32 * 1024

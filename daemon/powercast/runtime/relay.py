@@ -315,8 +315,7 @@ class _LastError(logging.Handler):
 
 
 _MQTT_LOG = logging.getLogger("powercast.mqtt")
-_MQTT_LOG.setLevel(logging.ERROR)
-_MQTT_LOG.propagate = False  # paho's chatter stays out of the daemon's log
+_MQTT_LOG.setLevel(logging.ERROR)  # paho's chatter stays out of the daemon's log
 _MQTT_ERRORS = _LastError()
 _MQTT_LOG.addHandler(_MQTT_ERRORS)
 
@@ -343,7 +342,7 @@ def _explain(err: BaseException, broker: cfg.Broker) -> str:
     text = str(err) or type(err).__name__
     heard, _MQTT_ERRORS.last = _MQTT_ERRORS.last, ""
     if broker.tls and "timed out" in text.lower() and heard:
-        return f"{text}: {_ssl_words(heard)}"
+        return f"{_ssl_words(heard)} ({text})"
     return text
 
 
