@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -31,14 +32,16 @@ import pytest
 import sites
 import tomli_w
 from netbed import Bed, Host, NetDaemon
-from sites import Mosquitto, Sites, relay_config
+from sites import Mosquitto, Pki, Sites, relay_config
 
 from powercast import config as cfg
 from powercast import control, wire
 from powercast import status as report
 from powercast.auth import Gate, Keyring, public_key
-from powercast.relay import MAX_PACKET, TABLE_SIZE, WINDOW, Relay
+from powercast.relay import BATCH_MAGIC, MAX_PACKET, TABLE_SIZE, WINDOW, Relay, pack, unpack
+from powercast.runtime.relay import credential, tls_context
 from powercast.secrets import keygen, load_keyring
+from powercast.sources.base import SourceError
 
 from harness import Daemon, free_port, make_keys, running, set_reading, write_toml
 
@@ -272,6 +275,73 @@ class TestRelayCore:
 
 
 @pytest.mark.unit
+class TestBatches:
+    def test_a_lone_datagram_goes_bare(self) -> None:
+        """One datagram is published as it is: no header, nothing for old relays to learn."""
+        one = datagram(1)
+        assert pack([one]) == [(one, 1)]
+        assert unpack(one) == [one]
+
+    def test_a_burst_round_trips_byte_for_byte(self) -> None:
+        """Many datagrams: batches under the limit, each datagram back exactly, in order."""
+        burst = [datagram(seq) for seq in range(1, 200)]
+        payloads = pack(burst, limit=4096)
+        assert len(payloads) > 1
+        assert all(len(p) <= 4096 for p, _ in payloads)
+        assert all(p.startswith(BATCH_MAGIC) for p, n in payloads if n > 1)
+        assert sum(n for _, n in payloads) == len(burst)
+        assert [d for p, _ in payloads for d in (unpack(p) or [])] == burst
+
+    def test_a_batch_is_undecodable_to_a_relay_that_knows_only_datagrams(self) -> None:
+        """A relay of the bare format counts a batch as undecodable (magic), never as a
+        datagram."""
+        burst = [datagram(seq) for seq in range(1, 4)]
+        (payload, _), *_ = pack(burst)
+        core = Relay()
+        assert core.admit(payload, "broker", time.time()) == "magic"
+
+    def test_what_does_not_unpack_whole_is_refused(self) -> None:
+        """A length past the end, a zero length, an empty batch, an unknown version: None."""
+        one = datagram(1)
+        whole, _ = pack([one, one])[0]
+        assert unpack(whole[:-1]) is None
+        assert unpack(BATCH_MAGIC + b"\x00\x00") is None
+        assert unpack(BATCH_MAGIC) is None
+        assert unpack(b"PWRB\x02" + whole[5:]) is None
+        assert unpack(whole + b"\x00") is None
+
+
+@pytest.mark.unit
+class TestBrokerFiles:
+    def test_bare_names_are_systemd_credentials(self) -> None:
+        """A bare file name is looked up in $CREDENTIALS_DIRECTORY when systemd set it; a
+        path is taken as it is."""
+        env = {"CREDENTIALS_DIRECTORY": "/run/credentials/powercast-relay.service"}
+        assert credential("relay.key", env) == f"{env['CREDENTIALS_DIRECTORY']}/relay.key"
+        assert credential("/etc/powercast/relay.key", env) == "/etc/powercast/relay.key"
+        assert credential("relay.key", {}) == "relay.key"
+
+    def test_tls_context_verifies_by_default(self, tmp_path: Path) -> None:
+        """The context checks the certificate and the host name; a key others can read is
+        refused with its file, mode and the fix."""
+        pki = Pki(tmp_path / "pki")
+        broker = cfg.Broker(
+            tls=True,
+            ca_file=pki.path("ca.crt"),
+            cert_file=pki.path("client.crt"),
+            key_file=pki.path("client.key"),
+        )
+        context = tls_context(broker)
+        assert context.check_hostname is True
+        assert context.verify_mode == ssl.CERT_REQUIRED
+        Path(pki.path("client.key")).chmod(0o640)
+        tls_context(broker)  # root:powercast 0640 is how it is deployed
+        Path(pki.path("client.key")).chmod(0o604)
+        with pytest.raises(SourceError, match=r"broker.key_file: .*client.key: readable or"):
+            tls_context(broker)
+
+
+@pytest.mark.unit
 class TestRelayConfig:
     def test_defaults_and_role(self) -> None:
         """`role = "relay"` alone is a whole config; `config init` writes one back."""
@@ -290,6 +360,9 @@ class TestRelayConfig:
             'direction = "sideways"': "direction: expected one of 'both', 'to_broker'",
             '[broker]\npassword_file = "/p"': "broker.username: expected a user name",
             "[broker]\nkeepalive_s = 1": "broker.keepalive_s: expected an integer >= 2",
+            '[broker]\nca_file = "/ca.crt"': "broker.tls: expected true to go with ca_file",
+            '[broker]\ntls = true\ncert_file = "/c"': "broker.key_file: expected it to go with",
+            '[broker]\ntls = true\nkey_file = "/k"': "broker.cert_file: expected it to go with",
         }
         for text, expected in cases.items():
             with pytest.raises(cfg.ConfigError) as err:
@@ -363,7 +436,9 @@ class Loopback:
     """Segment A (GROUP_A) with a publisher and relay A; segment B (GROUP_B) with relay B
     and a controller. Only the relays and the broker join them."""
 
-    def __init__(self, tmp_path: Path, broker: Mosquitto) -> None:
+    def __init__(
+        self, tmp_path: Path, broker: Mosquitto, login: dict[str, Any] | None = None
+    ) -> None:
         self.port = free_port()
         self.keys = make_keys(tmp_path / "keys")
         self.reading = tmp_path / "ups.json"
@@ -375,6 +450,7 @@ class Loopback:
         for name, net in (("ra", a), ("rb", b)):
             config = relay_config(net, *where, topic=topic, control=_socket(tmp_path, name))
             config["metrics"] = {"listen": "127.0.0.1:0"}
+            config["broker"].update(login or {})
             write_toml(tmp_path / f"{name}.toml", _looped(config))
         self.relay_a_config, self.relay_b_config = tmp_path / "ra.toml", tmp_path / "rb.toml"
         pub = publisher_config(self.keys, self.reading, a, control=_socket(tmp_path, "p"))
@@ -489,6 +565,167 @@ class TestRelayDaemon:
         assert not any(b"not a powercast" in x for x in heard_far)
         assert a["segment_undecodable"] == 3
         assert len(events(d["relay_a"], "datagram_not_relayed")) == 1
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """Mosquitto speaking TLS only, wanting a client certificate of the test CA and a login."""
+    require(sites.mosquitto_missing())
+    pki = Pki(tmp_path / "pki")
+    made = Mosquitto(tmp_path, pki=pki, passwords={sites.RELAY_USER: sites.RELAY_PASSWORD})
+    made.start()
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+def _refused_relay(tmp_path: Path, broker: Mosquitto, **broker_keys: Any) -> Path:
+    assert broker.pki is not None
+    net = {"group": GROUP_A, "port": free_port(), "interface": "127.0.0.1"}
+    config = relay_config(net, broker.address, broker.port, control=_socket(tmp_path, "r"))
+    config["broker"].update(sites.tls_login(broker.pki, tmp_path), connect_timeout_s=1.0)
+    config["broker"].update(broker_keys)
+    config["broker"] = {k: v for k, v in config["broker"].items() if v is not None}
+    return write_toml(tmp_path / "r.toml", config)
+
+
+@pytest.mark.system
+class TestRelayOverTls:
+    def test_tls_with_client_certificate_carries_datagrams(
+        self, tmp_path: Path, tls_broker: Mosquitto
+    ) -> None:
+        """Relays on a TLS broker (CA checked, client certificate, password) carry an
+        outage from a publisher on one group to a controller on another."""
+        assert tls_broker.pki is not None
+        login = sites.tls_login(tls_broker.pki, tmp_path)
+        lo = Loopback(tmp_path, tls_broker, login)
+        with loopback_daemons(lo) as d:
+            d["ctl"].wait_for("transition", timeout=BOOT_S, state="normal")
+            set_reading(lo.reading, "on_battery")
+            d["ctl"].wait_for("transition", timeout=NEWS_S, state="on_battery")
+            up = control.call(tmp_path / "ra.sock", {"request": "status"})["status"]
+            assert up["broker"]["connected"] is True
+            a, b = summary(d["relay_a"]), summary(d["relay_b"])
+        assert a["segment_relayed"] >= 2  # at least the normal and the on_battery news
+        assert b["broker_relayed"] >= a["segment_relayed"] - 2
+
+    def test_server_name_override(self, tmp_path: Path, tls_broker: Mosquitto) -> None:
+        """tls_server_name is the name checked: one the certificate has connects, one it
+        lacks is refused as a host name mismatch."""
+        good = _refused_relay(tmp_path, tls_broker, tls_server_name="broker.test")
+        with running("relay", "--config", str(good)) as relay:
+            relay.wait_for("broker_connected", timeout=BOOT_S)
+        bad = _refused_relay(tmp_path, tls_broker, tls_server_name="elsewhere.test")
+        with running("relay", "--config", str(bad)) as relay:
+            down = relay.wait_for("broker_unreachable", timeout=BOOT_S)
+        assert "certificate verify failed: Hostname mismatch" in down["error"]
+
+    @pytest.mark.parametrize(
+        ("case", "keys", "reason"),
+        [
+            # (Mosquitto sends its CA along: "self-signed certificate in certificate chain";
+            # a broker sending only its own: "unable to get local issuer certificate")
+            ("unknown CA", {"ca_file": "rogue-ca.crt"}, "certificate verify failed: "),
+            ("no client certificate", {"cert_file": None, "key_file": None},
+             "certificate required"),
+            ("client certificate of another CA",
+             {"cert_file": "rogue-client.crt", "key_file": "rogue-client.key"}, "unknown ca"),
+            ("wrong password", {"password": "not-it"},
+             "not authorised: bad user name or password"),
+            ("key readable by others", {"key_mode": 0o644},
+             "readable or writable by others (mode 0644)"),
+        ],
+    )  # fmt: skip
+    def test_refused_is_a_clear_error_and_retried(
+        self, tmp_path: Path, tls_broker: Mosquitto, case: str, keys: dict[str, Any], reason: str
+    ) -> None:
+        """Each refusal is logged once as broker_unreachable with the reason in words,
+        shown by the status, and retried with backoff; the relay keeps running."""
+        pki = tls_broker.pki
+        assert pki is not None
+        keys = dict(keys)
+        if "password" in keys:
+            keys.update(
+                password_file=sites.tls_login(pki, tmp_path, keys.pop("password"))["password_file"]
+            )
+        if "key_mode" in keys:
+            loose = tmp_path / "loose.key"
+            loose.write_bytes(Path(pki.path("client.key")).read_bytes())
+            loose.chmod(keys.pop("key_mode"))
+            keys["key_file"] = str(loose)
+        for k in ("ca_file", "cert_file", "key_file"):
+            if isinstance(keys.get(k), str) and "/" not in keys[k]:
+                keys[k] = pki.path(keys[k])
+        path = _refused_relay(tmp_path, tls_broker, **keys)
+        with running("relay", "--config", str(path)) as relay:
+            down = relay.wait_for("broker_unreachable", timeout=BOOT_S)
+            assert reason in down["error"], case
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                status = control.call(tmp_path / "r.sock", {"request": "status"})["status"]
+                if status["broker"]["attempts"] >= 2:
+                    break
+                time.sleep(0.2)
+            assert status["broker"]["attempts"] >= 2
+            assert status["broker"]["connected"] is False
+            assert reason in status["broker"]["error"]
+            assert reason in report.render(status)
+            assert relay.proc.poll() is None
+            assert len(events(relay, "broker_unreachable")) == 1
+
+
+@pytest.mark.system
+class TestBatchesThroughTheBroker:
+    def test_a_burst_goes_in_batches_and_arrives_once_each(
+        self, tmp_path: Path, broker: Mosquitto
+    ) -> None:
+        """A burst heard on one group travels as batches and comes out on the other group
+        as the very same datagrams, each once."""
+        lo = Loopback(tmp_path, broker)
+        seen_on_topic: list[bytes] = []
+        watcher = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        watcher.on_message = lambda _c, _u, m: seen_on_topic.append(bytes(m.payload))
+        watcher.connect(broker.address, broker.port)
+        watcher.subscribe(lo.topic, qos=0)
+        watcher.loop_start()
+        far = _listener(GROUP_B, lo.port)
+        far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        burst = [datagram(seq, publisher="burst") for seq in range(1, 301)]
+        try:
+            with loopback_daemons(lo) as d, far:
+                d["ctl"].wait_for("transition", timeout=BOOT_S, state="normal")
+                with _sender() as send:
+                    for data in burst:
+                        send.sendto(data, (GROUP_A, lo.port))
+                heard = [x for x in _drain(far, 1.5) if b"burst" in x]
+                a = summary(d["relay_a"])
+        finally:
+            watcher.loop_stop()
+            watcher.disconnect()
+        assert sorted(heard) == sorted(burst)  # each once, byte for byte
+        assert a["segment_relayed"] >= len(burst)
+        batches = [p for p in seen_on_topic if p.startswith(BATCH_MAGIC)]
+        assert batches, "a burst of 300 went one datagram per message"
+        carried = [x for p in seen_on_topic for x in (unpack(p) or []) if b"burst" in x]
+        assert sorted(carried) == sorted(burst)
+
+    def test_a_broken_batch_is_dropped_and_counted(self, tmp_path: Path, broker: Mosquitto) -> None:
+        """A batch whose lengths run past its end is dropped whole as unframed, logged,
+        and the relay goes on relaying."""
+        lo = Loopback(tmp_path, broker)
+        good = datagram(1, publisher="whole")
+        broken = BATCH_MAGIC + len(good).to_bytes(2, "big") + good + b"\x04\x00" + good[:10]
+        far = _listener(GROUP_B, lo.port)
+        with loopback_daemons(lo) as d, far:
+            d["ctl"].wait_for("transition", timeout=BOOT_S, state="normal")
+            _publish(broker, lo.topic, broken)
+            d["relay_b"].wait_for("datagram_not_relayed", timeout=5, reason="unframed")
+            heard = _drain(far, 3 * HEARTBEAT_S)
+            b = summary(d["relay_b"])
+        assert b["broker_unframed"] == 1
+        assert not any(b"whole" in x for x in heard)  # not even the whole first part
+        assert any(x.startswith(wire.MAGIC) for x in heard)  # still relaying
 
 
 OVERSIZE = 64 * 1024 * 1024
@@ -680,7 +917,8 @@ def netns() -> None:
 
 @pytest.fixture
 def two_sites(netns: None, tmp_path: Path) -> Iterator[Sites]:
-    with Sites(tmp_path) as made:
+    pki = Pki(tmp_path / "pki")  # the relays meet over TLS, with certificates and a login
+    with Sites(tmp_path, pki=pki, passwords={sites.RELAY_USER: sites.RELAY_PASSWORD}) as made:
         yield made
     assert made.leftovers() == []
 
@@ -726,6 +964,8 @@ class Campus:
                     sites.BROKER_PORT,
                     control=_socket(self.workdir, name),
                 )
+                if self.s.pki is not None:
+                    config["broker"].update(sites.tls_login(self.s.pki, self.workdir))
                 path = self._write(name, config)
                 self.relays.append(NetDaemon(self._bed(site), host, "relay", "--config", path))
         for relay in self.relays:

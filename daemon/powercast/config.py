@@ -990,7 +990,20 @@ class Broker(_Table, frozen=True):
     """Empty: ``powercast-relay-<host name>-<pid>``."""
     username: Secret | None = None
     password_file: FilePath | None = None
-    """A file holding the password on its first line; others must not be able to read it."""
+    """A file holding the password on its first line; others must not be able to read it.
+    A bare file name is looked up in systemd's $CREDENTIALS_DIRECTORY when that is set."""
+    tls: bool = False
+    """Speak TLS to the broker, verifying its certificate and host name."""
+    ca_file: FilePath | None = None
+    """CA certificates (PEM) the broker's certificate must chain to; default: the system's."""
+    cert_file: FilePath | None = None
+    """This relay's client certificate (PEM), for a broker that asks for one."""
+    key_file: FilePath | None = None
+    """The private key of cert_file (PEM); others must not be able to read it. A bare file
+    name is looked up in $CREDENTIALS_DIRECTORY when that is set."""
+    tls_server_name: Annotated[str, msgspec.Meta(max_length=253)] = ""
+    """The name the broker's certificate must carry; empty: host (an IP address in host is
+    then checked against the certificate's IP addresses)."""
     keepalive_s: Annotated[int, msgspec.Meta(ge=2, le=3600)] = 5
     """A silent broker is declared lost after about 1.5 times this."""
     connect_timeout_s: Annotated[float, msgspec.Meta(gt=0.0, le=300.0)] = 5.0
@@ -1005,6 +1018,14 @@ class Broker(_Table, frozen=True):
             raise ValueError(f"topic: expected a topic without + # or NUL, got {self.topic!r}")
         if self.password_file is not None and self.username is None:
             raise ValueError("username: expected a user name to go with the password, got none")
+        if (self.cert_file is None) != (self.key_file is None):
+            given, missing = ("cert_file", "key_file") if self.key_file is None else (
+                "key_file", "cert_file")  # fmt: skip
+            raise ValueError(f"{missing}: expected it to go with {given}, got none")
+        if not self.tls:
+            for key in ("ca_file", "cert_file", "key_file", "tls_server_name"):
+                if getattr(self, key):
+                    raise ValueError(f"tls: expected true to go with {key}, got false")
 
 
 class RelayConfig(_Table, frozen=True):

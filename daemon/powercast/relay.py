@@ -40,6 +40,14 @@ Theory of operation:
   keeps a datagram for later. A datagram from the broker that its own TAL says has
   already expired (``sent + tal`` before the relay's clock) is dropped as ``expired``:
   controllers judge freshness from arrival, so a stale datagram must not arrive.
+* **Several datagrams per message.** A burst heard on the segment goes to the broker as
+  few MQTT messages: a *batch* is ``BATCH_MAGIC`` (``PWRB``, then the format version 1)
+  followed by each datagram as a 2-byte big-endian length and its exact bytes. A lone
+  datagram goes as it is (a bare datagram, ``PWRC...``), so nothing waits for a batch to
+  fill, and relays that know only bare datagrams still take it; a batch they count as
+  ``undecodable`` (``magic``) and never misread. What does not unpack whole (a length
+  running past the end, an empty batch, an unknown version) is dropped as ``unframed``,
+  and each datagram in a batch goes through every check a bare one does.
 * **Broker down.** The relay reconnects with backoff (``broker.reconnect_min_s``
   doubling to ``reconnect_max_s``), logs ``broker_unreachable`` once per outage and
   ``broker_recovered`` when it is back, and shows it in its status. Announcements heard
@@ -70,9 +78,13 @@ TABLE_SIZE: Final = 4096
 MAX_PACKET: Final = 64 * 1024
 """The largest MQTT packet the broker may send us; a datagram is at most
 wire.MAX_DATAGRAM bytes plus the topic and a few bytes of header."""
-OUTBOX_SIZE: Final = 1024
-"""Datagrams waiting to be published; beyond that (a broker too slow) they are lost."""
-BATCH: Final = 64
+OUTBOX_SIZE: Final = 256
+"""MQTT messages waiting to be written to the broker (at most BATCH_BYTES each); beyond
+that (a broker too slow) what would be queued is lost."""
+BATCH_MAGIC: Final = b"PWRB\x01"
+"""The head of a batch: not wire.MAGIC, so it never decodes as a datagram."""
+BATCH_BYTES: Final = 32 * 1024
+"""The most one batch message carries, well below MAX_PACKET."""
 LOG_EVERY_S: Final = 10.0
 
 
@@ -132,6 +144,45 @@ class Relay:
         _remember(self.recent, digest, self.window)
         _remember(self.publishers, message.publisher, self.table_size)
         return None
+
+
+def pack(datagrams: list[bytes], limit: int = BATCH_BYTES) -> list[tuple[bytes, int]]:
+    """MQTT payloads carrying ``datagrams`` in order, with how many each holds: a lone
+    datagram as it is, more as batches of at most ``limit`` bytes."""
+    out: list[tuple[bytes, int]] = []
+    i = 0
+    while i < len(datagrams):
+        parts = [BATCH_MAGIC]
+        size, start = len(BATCH_MAGIC), i
+        while i < len(datagrams) and (i == start or size + 2 + len(datagrams[i]) <= limit):
+            data = datagrams[i]
+            parts += (len(data).to_bytes(2, "big"), data)
+            size += 2 + len(data)
+            i += 1
+        out.append((datagrams[start], 1) if i - start == 1 else (b"".join(parts), i - start))
+    return out
+
+
+def unpack(payload: bytes) -> list[bytes] | None:
+    """The datagrams in an MQTT payload: a bare datagram is one; a batch its parts, each
+    byte for byte; None when a batch does not unpack whole."""
+    if not payload.startswith(BATCH_MAGIC[:4]):
+        return [payload]
+    if payload[4:5] != BATCH_MAGIC[4:]:
+        return None
+    view = memoryview(payload)
+    out: list[bytes] = []
+    at, end = len(BATCH_MAGIC), len(payload)
+    while at < end:
+        if at + 2 > end:
+            return None
+        size = int.from_bytes(view[at : at + 2], "big")
+        at += 2
+        if size == 0 or at + size > end:
+            return None
+        out.append(bytes(view[at : at + size]))
+        at += size
+    return out or None
 
 
 def _remember(table: OrderedDict[Any, None], key: object, size: int) -> None:

@@ -22,13 +22,18 @@ and timers and the watchdog still run between batches."""
 
 class Receiver(asyncio.DatagramProtocol):
     """Calls ``on_datagram(data, source)`` for each datagram; ``source`` is the sender's
-    address (what a verify budget is kept by)."""
+    address (what a verify budget is kept by). ``on_drained()``, when given, after each
+    batch: the socket found empty, or RECEIVE_BATCH taken (what was taken can go on now)."""
 
-    def __init__(self, on_datagram: Callable[[bytes, str], None]) -> None:
+    def __init__(
+        self,
+        on_datagram: Callable[[bytes, str], None],
+        on_drained: Callable[[], None] | None = None,
+    ) -> None:
         self._sock: socket.socket | None = None
         self._pacer = Pacer()
 
-        def received(data: bytes, addr: tuple[str, int]) -> None:
+        def take(data: bytes, addr: tuple[str, int]) -> None:
             on_datagram(data, addr[0])
             sock = self._sock
             if sock is None:
@@ -43,7 +48,16 @@ class Receiver(asyncio.DatagramProtocol):
                     return
                 on_datagram(data, addr[0])
 
-        self.datagram_received = received  # type: ignore[method-assign]
+        def received(data: bytes, addr: tuple[str, int]) -> None:
+            try:
+                take(data, addr)
+            finally:
+                if on_drained is not None:
+                    on_drained()
+
+        self.datagram_received = (  # type: ignore[method-assign]
+            take if on_drained is None else received
+        )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # The transport's socket, duplicated: asyncio hands out a wrapper without recv.
