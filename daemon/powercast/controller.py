@@ -172,9 +172,11 @@ class Controller:
             verdict = Verdict.NEW
             was_fresh = False
             before = None
+            power = None
         else:
             was_fresh = session.fresh(now)
             before = session.message.temperatures
+            power = session.message.power
             verdict = session.offer(message, now)
         if verdict is Verdict.OLD:
             self._reject(
@@ -189,7 +191,12 @@ class Controller:
         if verdict is Verdict.DUPLICATE:
             return NOTHING
         heapq.heappush(self._expiries, (session.expires_at, publisher))
-        if verdict is Verdict.REPEAT and was_fresh and message.temperatures == before:
+        if (
+            verdict is Verdict.REPEAT
+            and was_fresh
+            and message.temperatures == before
+            and message.power == power  # runtime within its deadband may cross a stage
+        ):
             return NOTHING  # a heartbeat with the very same readings: nothing to decide
         return self.evaluate(now)
 
@@ -236,9 +243,11 @@ class Controller:
 
     def _situation(self, zone: str, fresh: dict[str, Reading], stale: tuple[str, ...]) -> Situation:
         config = self.zone_configs[zone]
+        sessions = self.sessions
         return combine(
             fresh,
             stale,
+            gauges={p: sessions[p].message.power for p in fresh},
             quorum=config.power_quorum,
             power_from=frozenset(config.publishers) if config.publishers else None,
             sensors=tuple(config.sensors),

@@ -156,8 +156,8 @@ async def _safe(name: str, actuator: cfg.Actuator) -> str | None:
         return f"{name}: no answer within {driver.timeout_s:g} s"
     except Exception as err:  # any driver's failure is this actuator's, not the others'
         return str(err) if str(err).startswith(name) else f"{name}: {type(err).__name__}: {err}"
-    if position is False:
-        return f"{name}: set on but reads back off"
+    if position is not None and position != SAFE_POSITION:
+        return f"{name}: set to full speed but reads back {position} %"
     return None
 
 

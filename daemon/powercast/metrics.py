@@ -173,6 +173,16 @@ def _zones(zones: list[dict[str, Any]]) -> Iterable[Metric]:
     override = GaugeMetricFamily(
         "powercast_override_active", "1 while an operator override holds.", labels=["zone"]
     )
+    level = GaugeMetricFamily(
+        "powercast_fan_level_percent",
+        "The fan level the zone's state and stage call for: 100 full speed, 0 off.",
+        labels=["zone"],
+    )
+    stage = GaugeMetricFamily(
+        "powercast_stage",
+        "The zone's shedding stage (1 = the first); 0 outside shedding.",
+        labels=["zone"],
+    )
     for z in zones:
         name = z["zone"]
         for s in State:
@@ -180,7 +190,9 @@ def _zones(zones: list[dict[str, Any]]) -> Iterable[Metric]:
         in_state.add_metric([name], z["for_s"])
         fans.add_metric([name], 1.0 if z["fans"] == "on" else 0.0)
         override.add_metric([name], 0.0 if z["override"] is None else 1.0)
-    yield from (state, in_state, fans, override)
+        level.add_metric([name], float(z["level"]))
+        stage.add_metric([name], float(z["stage"]))
+    yield from (state, in_state, fans, override, level, stage)
 
 
 def _actions(doc: dict[str, Any]) -> Iterable[Metric]:
@@ -220,6 +232,11 @@ def _actuators(zones: list[dict[str, Any]]) -> Iterable[Metric]:
         "1 for the actuator's known position (read back, else last applied), 0 for others.",
         labels=["zone", "actuator", "position"],
     )
+    level = GaugeMetricFamily(
+        "powercast_actuator_level_percent",
+        "The actuator's known level (read back, else last applied); absent while unknown.",
+        labels=["zone", "actuator"],
+    )
     failed = GaugeMetricFamily(
         "powercast_actuator_failed",
         "1 while the actuator's last attempt failed.",
@@ -230,7 +247,10 @@ def _actuators(zones: list[dict[str, Any]]) -> Iterable[Metric]:
             for name in POSITIONS:
                 position.add_metric([z["zone"], a["name"], name], float(name == a["position"]))
             failed.add_metric([z["zone"], a["name"]], float(a["status"] == "failed"))
+            if a.get("level") is not None:
+                level.add_metric([z["zone"], a["name"]], float(a["level"]))
     yield position
+    yield level
     yield failed
 
 

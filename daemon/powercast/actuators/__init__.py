@@ -1,11 +1,12 @@
 """What decisions move: fans switched by commands, sysfs PWM, or Modbus TCP drives.
 
-Every actuator has one interface (:class:`Driver`): ``apply(on)``, ``read()`` (the real
-position, or None when the device cannot tell) and a declared safe state, which is
-always "fans on". :class:`Worker` owns one actuator: it moves it to the desired
-position one step at a time, each bounded by a timeout, retrying with backoff, and
-records what it really knows, so a failed actuator is reported as failed with its
-position unknown rather than assumed.
+Every actuator has one interface (:class:`Driver`): ``apply(level)``, ``read()`` (the
+real level, or None when the device cannot tell), ``position(level)`` (the level the
+device can really take) and a declared safe state, which is always full speed (100 %).
+:class:`Worker` owns one actuator: it moves it to the desired level one step at a
+time, each bounded by a timeout, retrying with backoff, and records what it really
+knows, so a failed actuator is reported as failed with its position unknown rather
+than assumed.
 """
 
 from __future__ import annotations
