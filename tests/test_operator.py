@@ -44,7 +44,8 @@ STATUS_KEYS = {
     "zones", "publishers", "datagrams", "actions", "transitions", "keys", "network",
 }  # fmt: skip
 ZONE_KEYS = {
-    "zone", "state", "fans", "reason", "since", "for_s", "situation", "override", "actuators",
+    "zone", "state", "fans", "level", "stage", "reason", "since", "for_s", "situation",
+    "override", "actuators",
 }  # fmt: skip
 PUBLISHER_KEYS = {
     "id", "fresh", "age_s", "expires_in_s", "tal_s", "epoch", "seq", "change", "sent", "power",

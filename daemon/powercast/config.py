@@ -1123,6 +1123,8 @@ def _pick_struct(tp: Any, value: Any) -> Any:
             for member in structs:
                 if member.__struct_config__.tag == value["kind"]:
                     return member
+        if not structs and len(members) == 1:  # an optional list: ``list[...] | None``
+            return members[0]
         return structs[0] if len(structs) == 1 else None
     return tp
 

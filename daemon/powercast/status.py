@@ -230,8 +230,9 @@ def publisher(
 
 
 def _staged(zone: dict[str, Any]) -> str:
-    """ ", stage 2 at 50 %" for a shedding zone with stages; nothing otherwise."""
-    return f", stage {zone['stage']} at {zone['level']} %" if zone.get("stage") else ""
+    """ ", stage 2 at 50 %" for a zone shed part way or past its first stage."""
+    stage, level = zone.get("stage", 0), zone.get("level", 100)
+    return f", stage {stage} at {level} %" if stage and (0 < level < 100 or stage > 1) else ""
 
 
 def _level(level: int | None) -> str:

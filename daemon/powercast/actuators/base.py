@@ -161,7 +161,10 @@ class Worker:
     async def _step(self, level: int) -> bool:
         name = self.driver.name
         if self.dry_run:
-            log.info("actuator_dry_run", actuator=name, zone=self.zone, would_set=level)
+            would = "on" if switch(level) else "off"
+            log.info(
+                "actuator_dry_run", actuator=name, zone=self.zone, would_set=would, fan_level=level
+            )
             self.known, self.status = level, "dry_run"
             self._changed()
             return True
@@ -207,7 +210,7 @@ class Worker:
             "actuator_set",
             actuator=name,
             zone=self.zone,
-            level=level,
+            fan_level=level,
             position="on" if switch(level) else "off",
             verified=readback is not None,
             duration_s=round(self.last_duration_s, 4),

@@ -184,7 +184,10 @@ class ControllerDaemon(Daemon[ControllerConfig]):
     def _release_changed(self, worker: Worker) -> None:
         if worker.known == SAFE_POSITION:
             log.warning(
-                "actuator_released", actuator=worker.driver.name, position="on", level=SAFE_POSITION
+                "actuator_released",
+                actuator=worker.driver.name,
+                position="on",
+                fan_level=SAFE_POSITION,
             )
             _, task = self._released.pop(worker.driver.name, (None, None))
             if task is not None:
@@ -296,8 +299,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
                 reason=decision.reason,
                 fans="on" if decision.fans_on else "off",
                 stage=decision.stage,
-                level=decision.level,
-                previous_level=decision.previous_level,
+                fan_level=decision.level,
+                previous_fan_level=decision.previous_level,
                 **decision.situation.describe(),
             )
         self._carry_out(self.plan.decided(decisions))
