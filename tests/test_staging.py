@@ -413,3 +413,35 @@ class TestRecords:
         families = {m.name: m for m in metrics._zones([zone])}
         assert families["powercast_fan_level_percent"].samples[0].value == 30.0
         assert families["powercast_stage"].samples[0].value == 2.0
+
+
+class TestDiagram:
+    def test_the_chart_notes_each_zones_stages(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`powercast diagram --config FILE`: the chart, and beside shedding each zone's
+        levels (a zone without stages: fans off)."""
+        from powercast.cli import main
+
+        raw = {
+            "role": "controller",
+            "zones": [
+                {"name": "hall", "policy": {"stages": [
+                    {"level": 50, "runtime_below_s": 600},
+                    {"level": 0, "charge_below_pct": 20},
+                ], "min_return_runtime_s": 300}},
+                {"name": "lab"},
+            ],
+        }  # fmt: skip
+        path = tmp_path / "c.toml"
+        path.write_text(tomli_w.dumps(raw))
+        assert main(["diagram", "--config", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("stateDiagram-v2\n")
+        note = out.split("    note right of shedding\n", 1)[1]
+        assert note == (
+            "        hall: 100 %, then 50 % at runtime under 600 s, then 0 % at charge under"
+            " 20 %, full again once 300 s of runtime are back\n"
+            "        lab: fans off (0 %)\n"
+            "    end note\n"
+        )
