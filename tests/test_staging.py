@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from powercast import config, metrics, persist, staging
 from powercast import status as report
+from powercast.actions import environment
 from powercast.actuators.base import Scale
 from powercast.auth import Keyring
 from powercast.config import ConfigError, ControllerConfig, PolicySettings, Stage, Zone
@@ -217,6 +218,17 @@ class TestStagedPolicy:
         [decision] = p.evaluate(seen(ON_BATTERY, 3000.0), 105.0)
         assert (decision.state, decision.level, decision.stage, p.level) == ("shedding", 0, 1, 0)
         assert "stage" not in p.reason
+
+
+    def test_commands_are_told_the_stage_and_level(self) -> None:
+        """A state's commands get POWERCAST_FAN_LEVEL and POWERCAST_STAGE; POWERCAST_FANS
+        says on while the fans run at any level above 0."""
+        p = Policy(SETTINGS)
+        p.evaluate(seen(ON_BATTERY, 500.0), 100.0)
+        [decision] = p.evaluate(seen(ON_BATTERY, 500.0), 105.0)
+        env = environment(decision)
+        assert (env["POWERCAST_STATE"], env["POWERCAST_FANS"]) == ("shedding", "on")
+        assert (env["POWERCAST_FAN_LEVEL"], env["POWERCAST_STAGE"]) == ("30", "2")
 
 
 class TestCombineGauges:
