@@ -195,7 +195,9 @@ class Controller:
             verdict is Verdict.REPEAT
             and was_fresh
             and message.temperatures == before
-            and message.power == power  # runtime within its deadband may cross a stage
+            and power is not None
+            and message.power.runtime_s == power.runtime_s  # a move within the deadband
+            and message.power.charge_pct == power.charge_pct  # may still cross a stage
         ):
             return NOTHING  # a heartbeat with the very same readings: nothing to decide
         return self.evaluate(now)

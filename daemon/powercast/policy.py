@@ -212,7 +212,8 @@ class Policy:
     settled: bool = False
     """The rules have run at least once since start (data came, or the grace ended)."""
     stage: int = 0
-    """In shedding, the stage the fans are at (1 = the first); 0 in every other state."""
+    """In shedding, the stage the fans are at (1 = the zone's first stage, 0 none reached
+    yet); 0 in every other state."""
     checked: float = float("-inf")
     """When the rules last ran: a deadline not after it has been acted on already."""
 
