@@ -102,13 +102,15 @@ class TestDepth:
         st.sampled_from([0, 1, 2, 3]),
     )
     def test_monotone_in_falling_runtime(self, runtimes: list[float], start: int) -> None:
-        """As runtime falls, the stage (from where it was) never gets shallower."""
-        stage = start
-        for runtime in sorted(runtimes, reverse=True):
+        """As runtime falls (on battery for good), the stage never gets shallower and the
+        level never rises, from wherever it started."""
+        first, *rest = sorted(runtimes, reverse=True)
+        stage = staging.depth(STAGES, gauges(first, on=40.0), start)
+        for runtime in rest:
             after = staging.depth(STAGES, gauges(runtime, on=40.0), stage)
-            assert after >= stage or stage == start
-            stage = after if after >= stage else stage
-            assert staging.level(STAGES, after) <= 100
+            assert after >= stage
+            assert staging.level(STAGES, after) <= staging.level(STAGES, stage)
+            stage = after
 
     def test_next_due_is_the_next_time_stage(self) -> None:
         """Only stages keyed on time on battery have a deadline, and only deeper ones."""
@@ -218,7 +220,6 @@ class TestStagedPolicy:
         [decision] = p.evaluate(seen(ON_BATTERY, 3000.0), 105.0)
         assert (decision.state, decision.level, decision.stage, p.level) == ("shedding", 0, 1, 0)
         assert "stage" not in p.reason
-
 
     def test_commands_are_told_the_stage_and_level(self) -> None:
         """A state's commands get POWERCAST_FAN_LEVEL and POWERCAST_STAGE; POWERCAST_FANS
