@@ -14,7 +14,7 @@ import tomli_w
 from hypothesis import given
 from hypothesis import strategies as st
 
-from powercast import config, metrics, persist, staging
+from powercast import config, logs, metrics, persist, staging
 from powercast import status as report
 from powercast.actions import environment
 from powercast.actuators.base import Scale
@@ -230,6 +230,23 @@ class TestStagedPolicy:
         env = environment(decision)
         assert (env["POWERCAST_STATE"], env["POWERCAST_FANS"]) == ("shedding", "on")
         assert (env["POWERCAST_FAN_LEVEL"], env["POWERCAST_STAGE"]) == ("30", "2")
+
+
+    def test_the_journal_carries_stage_and_fan_level(self) -> None:
+        """A stage line's fields become POWERCAST_STAGE and POWERCAST_FAN_LEVEL; "level"
+        stays the log level (PRIORITY's word)."""
+        p = Policy(SETTINGS)
+        p.evaluate(seen(ON_BATTERY, 500.0), 100.0)
+        [decision] = p.evaluate(seen(ON_BATTERY, 500.0), 105.0)
+        event = {
+            "event": "transition",
+            "level": "info",
+            "stage": decision.stage,
+            "fan_level": decision.level,
+        }
+        fields = dict(logs.journal_fields(event))
+        assert (fields["POWERCAST_STAGE"], fields["POWERCAST_FAN_LEVEL"]) == ("2", "30")
+        assert fields["POWERCAST_LEVEL"] == "info"
 
 
 class TestCombineGauges:
