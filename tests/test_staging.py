@@ -231,7 +231,6 @@ class TestStagedPolicy:
         assert (env["POWERCAST_STATE"], env["POWERCAST_FANS"]) == ("shedding", "on")
         assert (env["POWERCAST_FAN_LEVEL"], env["POWERCAST_STAGE"]) == ("30", "2")
 
-
     def test_the_journal_carries_stage_and_fan_level(self) -> None:
         """A stage line's fields become POWERCAST_STAGE and POWERCAST_FAN_LEVEL; "level"
         stays the log level (PRIORITY's word)."""
