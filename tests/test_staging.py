@@ -177,6 +177,23 @@ class TestStagedPolicy:
         p.evaluate(seen(ONLINE, 0.0), 170.0)
         assert (p.state, p.level) == ("normal", 100)
 
+    def test_a_contradiction_on_mains_does_not_hold(self) -> None:
+        """One UPS says online with little runtime, another still says battery: that is
+        doubt, so the fans return after restore_after_s without waiting for runtime."""
+        p = Policy(SETTINGS)
+        p.evaluate(seen(ON_BATTERY, 100.0), 100.0)
+        p.evaluate(seen(ON_BATTERY, 100.0), 105.0)
+        split = Situation(
+            power=ONLINE,
+            temperature=25.0,
+            sources=("a", "b"),
+            votes=(("a", "online"), ("b", "on_battery")),
+            runtime_s=50.0,
+        )
+        p.evaluate(split, 110.0)
+        p.evaluate(split, 120.0)
+        assert (p.state, p.level) == ("normal", 100)
+
     def test_unknown_runtime_on_mains_does_not_hold(self) -> None:
         """Back on mains with no runtime announced: the fans return after restore_after_s."""
         p = Policy(SETTINGS)

@@ -366,10 +366,12 @@ class Policy:
                 f"power back, restoring fans in {cfg.restore_after_s - waited:.1f} s",
             )
         least, runtime = cfg.min_return_runtime_s, s.runtime_s
+        agreed = all(vote == "online" for _, vote in s.votes)
         if (
             least is not None
             and runtime is not None
             and runtime < least
+            and agreed  # a contradiction holds nothing: in doubt, the fans run
             and now < since + max(cfg.restore_after_s, cfg.max_return_wait_s)
         ):
             return State.shedding, (
