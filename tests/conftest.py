@@ -17,9 +17,16 @@ function; collection fails otherwise. ``sh tests/run -m unit`` runs the quick on
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from systemd_box import skip_or_fail
+
+ROOT = Path(__file__).resolve().parents[1]
 
 settings.register_profile("ci", max_examples=200, deadline=None, print_blob=True)
 settings.register_profile(
@@ -55,3 +62,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if slow:
             config.hook.pytest_deselected(items=slow)
             items[:] = [item for item in items if item.get_closest_marker("slow") is None]
+
+
+@pytest.fixture(scope="session")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The .deb built from this checkout by packaging/build-deb, once per session."""
+    if not shutil.which("dpkg-deb"):
+        skip_or_fail("needs dpkg-deb: apt-get install dpkg (it builds the package)")
+    out = tmp_path_factory.mktemp("deb")
+    # The same xz package, compressed at level 1 (dpkg-deb's own default is 6): 1 s, not 5.
+    env = {"DPKG_DEB_COMPRESSOR_LEVEL": "1", **os.environ}
+    built = subprocess.run(
+        ["sh", str(ROOT / "packaging" / "build-deb"), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, f"build-deb failed:\n{built.stdout}\n{built.stderr}"
+    return Path(built.stdout.strip().splitlines()[-1])

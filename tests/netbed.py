@@ -101,15 +101,15 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def unavailable() -> str | None:
     """Why namespaces cannot be made here, or None when they can."""
     if sys.platform != "linux":
-        return "network namespaces need Linux"
+        return "needs root and network namespaces: Linux only"
     if os.geteuid() != 0:
-        return "network namespaces need root (CI runs as root)"
+        return "needs root and network namespaces: run the tests as root (.ci/run does)"
     if shutil.which("ip") is None:
-        return "the ip command (iproute2) is not installed"
+        return "needs iproute2: apt-get install iproute2, or run .ci/run"
     probe = f"{PREFIX}{new_suffix()}-probe"
     made = _ip("netns", "add", probe, check=False)
     if made.returncode != 0:
-        return f"cannot create a network namespace: {made.stderr.strip()}"
+        return f"needs root and network namespaces: `ip netns add` failed: {made.stderr.strip()}"
     _ip("netns", "del", probe, check=False)
     return None
 
@@ -117,7 +117,7 @@ def unavailable() -> str | None:
 def no_iptables() -> str | None:
     """Why loss cannot be made here (iptables missing), or None."""
     if shutil.which("iptables") is None:
-        return "iptables is not installed (.ci/run installs it: apt-get install iptables)"
+        return "needs iptables: apt-get install iptables, or run .ci/run"
     return None
 
 

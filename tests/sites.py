@@ -35,7 +35,7 @@ MOSQUITTO = "/usr/sbin/mosquitto"
 def mosquitto_missing() -> str | None:
     """Why no broker can be started here, or None."""
     if shutil.which("mosquitto") is None and not os.path.exists(MOSQUITTO):
-        return "mosquitto is not installed (.ci/run installs it: apt-get install mosquitto)"
+        return "needs mosquitto: apt-get install mosquitto, or run .ci/run"
     return None
 
 

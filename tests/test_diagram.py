@@ -46,13 +46,18 @@ class TestDiagram:
         assert block[1] == diagram.mermaid()
 
     @pytest.mark.system
-    @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
+    @pytest.mark.skipif(
+        shutil.which("dot") is None,
+        reason="needs Graphviz's dot: apt-get install graphviz, or run .ci/run",
+    )
     @pytest.mark.parametrize(("suffix", "magic"), [(".png", b"\x89PNG"), (".svg", b"<?xml")])
     def test_writes_an_image_with_graphviz(
         self, tmp_path: Path, suffix: str, magic: bytes, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """--output FILE.png/.svg: an image drawn by dot, in the format the suffix names."""
-        pytest.importorskip("pydot")
+        pytest.importorskip(
+            "pydot", reason="needs pydot: pip install -e '.[test]', or run tests/run"
+        )
         out = tmp_path / f"chart{suffix}"
         assert main(["diagram", "--output", str(out)]) == 0
         assert out.read_bytes().startswith(magic)
@@ -63,7 +68,9 @@ class TestDiagram:
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """No Graphviz in PATH: exit 1 and one line saying what to install, no file."""
-        pytest.importorskip("pydot")
+        pytest.importorskip(
+            "pydot", reason="needs pydot: pip install -e '.[test]', or run tests/run"
+        )
         monkeypatch.setenv("PATH", str(tmp_path))
         out = tmp_path / "chart.png"
         assert main(["diagram", "--output", str(out)]) == 1

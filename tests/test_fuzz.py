@@ -17,7 +17,10 @@ pytestmark = pytest.mark.system
 TARGET = Path(__file__).parent / "fuzz" / "fuzz_datagram.py"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("atheris") is None,
+    reason="needs atheris: pip install -e '.[test]', or run tests/run",
+)
 class TestFuzz:
     @pytest.mark.parametrize(
         "seconds",

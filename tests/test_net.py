@@ -33,7 +33,7 @@ QUIET = 0.2
 
 LO_INDEX = socket.if_nametoindex("lo")
 IPV6_NO_ROUTE_ON_LO = (
-    "IPv6 multicast cannot be sent on 'lo' with this kernel: lo has no MULTICAST flag, so "
+    "needs IPv6 multicast on lo: with this kernel lo has no MULTICAST flag, so "
     "no ff00::/8 route is installed on it and sending gives ENETUNREACH (measured; even "
     "with that route added by hand in a scratch namespace nothing was delivered)"
 )
@@ -204,7 +204,7 @@ class TestOpenSender:
             line = str(err)
         else:
             sender.close()
-            pytest.skip("this kernel routes IPv6 multicast on lo; nothing to report")
+            pytest.skip("needs no IPv6 multicast on lo: this kernel routes it, no error to show")
         assert line.startswith("network.interface: no multicast route to ff02::4242:2")
         assert "'lo'" in line
         assert "\n" not in line

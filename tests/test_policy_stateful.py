@@ -38,6 +38,7 @@ import fnmatch
 import os
 import statistics
 from pathlib import Path
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -518,6 +519,16 @@ class ControllerRuns(RuleBasedStateMachine):
             assert policy.level == level, f"{where}: level moved on mains {level} -> {policy.level}"
 
 
+class Draws:
+    """Fixed draws for a rule that takes ``data``, by label: a saved run replayed by hand."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+
+    def draw(self, strategy: object, label: str) -> Any:
+        return self.values[label]
+
+
 def machine(keyring: Keyring) -> type[ControllerRuns]:
     return type("ControllerRuns", (ControllerRuns,), {"keyring": keyring})
 
@@ -532,6 +543,28 @@ class TestControllerStateful:
     def test_invariants_over_random_runs(self, keyring: Keyring) -> None:
         """Safety, liveness, flap and timer invariants hold over bounded random runs."""
         run_state_machine_as_test(machine(keyring), settings=BOUNDED)
+
+    def test_a_sensor_no_longer_announced_after_a_restart_fails_safe(
+        self, keyring: Keyring
+    ) -> None:
+        """A saved run: on battery, ups-c names inlet; the controller restarts at once and
+        hears ups-c's heartbeats (inlet again) in the same epoch; then ups-c announces cpu
+        alone. inlet is unknown, not absent: hall fails safe, and the model, which learns
+        the sensors of each epoch anew after a restart as the controller does, agrees."""
+        state = machine(keyring)()
+        cool = {"ups-a": {}, "ups-b": {}, "ups-c": {"inlet": 20.0}}
+        state.check()
+        state.site_wide(PowerStatus.ON_BATTERY, cast(st.DataObject, Draws(cool)))
+        state.restart(0.0)
+        state.time_passes(7.0)
+        assert state.named["ups-c"] == {"inlet"}
+        moved = {**cool, "ups-c": {"cpu": 20.0}}
+        state.site_wide(PowerStatus.ON_BATTERY, cast(st.DataObject, Draws(moved)))
+        hall = state.ctrl.zones["hall"]
+        assert (hall.state, hall.level) == ("failsafe", 100)
+        assert "no reading from ups-c/inlet" in hall.reason
+        assert state.level(ZONES["hall"]) is None
+        state.teardown()
 
     @pytest.mark.slow
     def test_invariants_over_long_random_runs(self, keyring: Keyring) -> None:

@@ -18,6 +18,7 @@ import struct
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,9 +36,9 @@ from sites import Mosquitto, Sites, relay_config
 from powercast import config as cfg
 from powercast import control, wire
 from powercast import status as report
-from powercast.auth import Keyring
+from powercast.auth import Gate, Keyring, public_key
 from powercast.relay import MAX_PACKET, TABLE_SIZE, WINDOW, Relay
-from powercast.secrets import load_keyring
+from powercast.secrets import keygen, load_keyring
 
 from harness import Daemon, free_port, make_keys, running, set_reading, write_toml
 
@@ -144,7 +145,7 @@ class TestRelayCore:
         counted under its reason, before it is remembered: the real one still goes on."""
         keyring = load_keyring(make_keys(tmp_path / "keys", 1))
         other = load_keyring(make_keys(tmp_path / "other", 1, 2))
-        relay = Relay(keyring)
+        relay = Relay(Gate(keyring))
         now = time.time()
         real = datagram(1, keyring=keyring)
         forged = {
@@ -160,6 +161,52 @@ class TestRelayCore:
         assert relay.admit(real, "segment", now) is None
         assert relay.admit(datagram(2, keyring=keyring), "broker", now) is None
         assert relay.admit(real, "broker", now) == "seen"
+
+    def test_keyed_relay_checks_the_key_speaks_for_the_publisher(self, tmp_path: Path) -> None:
+        """With [auth] publishers, a good tag by a key bound to another publisher is
+        wrong_key at the relay: it goes no further and is not remembered."""
+        keyring = load_keyring(make_keys(tmp_path / "keys", 1, 2))
+        relay = Relay(Gate.build(keyring, {"ups-1": [1], "ups-2": [2]}, 50.0, 1000.0))
+        now = time.time()
+        stolen = datagram(2**63 - 1, keyring=keyring, key_id=2)  # ups-1 in key 2's words
+        assert relay.admit(stolen, "broker", now) == "wrong_key"
+        assert relay.counters["broker_wrong_key"] == 1
+        assert len(relay.recent) == 0
+        assert relay.admit(datagram(1, keyring=keyring), "broker", now) is None
+
+    def test_forgeries_cannot_flush_a_keyed_relays_memory(self, tmp_path: Path) -> None:
+        """With keys, no number of forgeries pushes a real datagram out of the window: the
+        loop it cuts stays cut."""
+        keyring = load_keyring(make_keys(tmp_path / "keys", 1))
+        relay = Relay(Gate(keyring), window=8)
+        now = time.time()
+        real = datagram(1, keyring=keyring)
+        assert relay.admit(real, "segment", now) is None
+        stranger = load_keyring(make_keys(tmp_path / "other", 1))
+        for seq in range(100):
+            relay.admit(datagram(2**63 - 1 - seq, keyring=stranger), "broker", now)
+        assert relay.admit(real, "broker", now) == "seen"
+
+    def test_keyed_relay_budgets_signatures_from_the_broker(self) -> None:
+        """Forged Ed25519 signatures from the broker beyond the claimed publisher's budget
+        are dropped unchecked; another publisher's real ones still go on."""
+        seeds = {1: bytes(range(32)), 2: bytes(range(1, 33))}
+        signing = Keyring.from_keys({}, Path("p"), private=seeds)
+        public = {i: public_key(seed) for i, seed in seeds.items()}
+        relay = Relay(Gate.build(Keyring.from_keys({}, Path("r"), public=public), {}, 10.0, 1e6))
+        now = time.time()
+        assert (
+            relay.admit(datagram(1, keyring=signing, key_id=2, publisher="ups-2"), "broker", now)
+            is None
+        )
+        forger = Keyring.from_keys({}, Path("f"), private={1: bytes(32)})
+        for seq in range(200):
+            relay.admit(datagram(seq, keyring=forger, key_id=1), "broker", now)
+        # the newcomers' two seconds' worth, less the one ups-2 spent before it was known
+        assert relay.counters["broker_bad_tag"] == 19
+        assert relay.counters["broker_over_budget"] == 181
+        real = datagram(2, keyring=signing, key_id=2, publisher="ups-2")
+        assert relay.admit(real, "broker", now) is None
 
     def test_oversize_is_dropped_unread(self) -> None:
         """Bytes longer than any datagram are counted as oversize and go nowhere."""
@@ -472,6 +519,65 @@ class TestRelayUnderAttack:
         assert a["segment_relayed"] > (TAL_S + 2 * MARGIN_S) / HEARTBEAT_S
         assert b["broker_relayed"] >= a["segment_relayed"] - 2
 
+    def test_relays_with_keys_carry_only_what_verifies(
+        self, tmp_path: Path, broker: Mosquitto
+    ) -> None:
+        """Relays with [auth] mode = "enforce" and only Ed25519 public keys: forgeries put on
+        the broker (unsigned, a bad signature, a good signature by a key not bound to the
+        publisher), each with seq 2^63-1, never reach the far segment and stop nothing;
+        the real publisher's news still crosses, and the relays cannot sign."""
+        lo = Loopback(tmp_path, broker)
+        private, public = tmp_path / "ed-private", tmp_path / "ed-public"
+        private.mkdir(mode=0o700)
+        public.mkdir(mode=0o755)
+        for key_id in (1, 2):
+            keygen(key_id, private / f"{key_id}.private", "ed25519")
+            (public / f"{key_id}.public").write_bytes((private / f"{key_id}.public").read_bytes())
+        verify = {
+            "keys_dir": str(public),
+            "scheme": "ed25519",
+            "publishers": {"ups-far": [1], "ups-other": [2]},
+        }
+        _edit(lo.relay_a_config, auth={**verify, "mode": "enforce"})
+        _edit(lo.relay_b_config, auth={**verify, "mode": "enforce"})
+        _edit(lo.ctl_config, auth=verify)
+        _edit(lo.pub_config, auth={"keys_dir": str(private), "key_id": 1, "scheme": "ed25519"})
+        far = _listener(GROUP_B, lo.port)
+        with loopback_daemons(lo) as d, far:
+            d["ctl"].wait_for("transition", timeout=BOOT_S, state="normal")
+            with _listener(GROUP_A, lo.port) as near:
+                real = wire.decode(_drain(near, 2 * HEARTBEAT_S)[0]).message
+            lie = msgspec.structs.replace(
+                real, seq=2**63 - 1, sent=time.time(), power=wire.Power(wire.PowerStatus.ON_BATTERY)
+            )
+            thief = load_keyring(private, {"private"})  # key 2: ups-other's, not ups-far's
+            stranger = Keyring.from_keys({}, tmp_path, private={1: bytes(32)})
+            forged = [
+                wire.encode(lie),
+                wire.encode(lie, key_id=1, sign=stranger.signer(1)),
+                wire.encode(lie, key_id=2, sign=thief.signer(2)),
+            ]
+            _publish(broker, lo.topic, *forged)
+            heard = set(_drain(far, TAL_S + 2 * MARGIN_S))
+            set_reading(lo.reading, "on_battery")
+            d["ctl"].wait_for("transition", timeout=NEWS_S, state="on_battery")
+            status = control.call(tmp_path / "rb.sock", {"request": "status"})["status"]
+            a, b = summary(d["relay_a"]), summary(d["relay_b"])
+        assert not heard & set(forged)
+        assert len(heard) > 3  # the real ones kept coming
+        for relay in (a, b):
+            assert relay["broker_unsigned"] == relay["broker_bad_tag"] == 1
+            assert relay["broker_wrong_key"] == 1
+        assert b["broker_relayed"] >= a["segment_relayed"] - 2
+        assert status["keys"]["schemes"] == {"1": "ed25519", "2": "ed25519"}
+        prints = status["keys"]["fingerprints"]
+        assert f"keys     key 1 fp {prints['1']} (ed25519), key 2 fp {prints['2']} (ed25519)" in (
+            report.render(status)
+        )
+        relays_ring = load_keyring(public, {"key", "public"})
+        assert relays_ring.signing_ids == []
+        assert prints == {str(i): fp for i, fp in relays_ring.fingerprints.items()}
+
     def test_oversize_message_is_not_taken(self, tmp_path: Path, broker: Mosquitto) -> None:
         """A message far larger than any datagram, published on the relays' topic, is
         not delivered to them (their peak RSS stays put), goes nowhere, and they keep
@@ -498,6 +604,11 @@ class TestRelayUnderAttack:
         assert a["broker_oversize"] == b["broker_oversize"] == 1  # the small one only
         assert b.get("segment_relayed", 0) == 0  # so relay A hears from the broker only ours:
         assert a["broker_received"] == 1  # the big one never reached it
+
+
+def _edit(path: Path, **tables: Any) -> None:
+    """Set top-level keys of the TOML file at ``path``."""
+    write_toml(path, {**tomllib.loads(path.read_text()), **tables})
 
 
 def _publish(broker: Mosquitto, topic: str, *payloads: bytes) -> None:

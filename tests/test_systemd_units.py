@@ -1,19 +1,19 @@
 """The Debian package and its units in a real systemd + journald (a throw-away container).
 
-One container for the whole session (../shared/tools/systemd-sandbox; its root is an
-overlay of this host's, so installing there touches nothing here). The .deb is built from
+One container for the module (tests/systemd_box.py; its root is an overlay of this
+host's, so installing there touches nothing here). The .deb is built from
 this checkout by packaging/build-deb, installed with dpkg -i, and its units are started as
 an admin would: with the package's /usr/bin/powercast, User=powercast, the keys as
 credentials and the full sandbox. Each test leaves every unit stopped.
 
-Needs root, util-linux unshare and dpkg-deb; without them the tests skip, saying why. CI
-sets POWERCAST_SYSTEMD_TESTS=require so that a skip there is a failure instead.
+Needs root, util-linux unshare and dpkg-deb; without them the tests skip, saying why
+(docs/testing.md). .ci/run sets POWERCAST_SYSTEMD_TESTS=require so that a skip there is a
+failure instead.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -26,37 +26,17 @@ import pytest
 import tomli_w
 
 from harness import file_reading
+from systemd_box import SystemdBox, booted, skip_or_fail
 
 pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parents[1]
-SANDBOX = ROOT.parent / "shared" / "tools" / "systemd-sandbox"
 CONTROLLER = "powercast-controller.service"
 PUBLISHER = "powercast-publisher.service"
 RELAY = "powercast-relay.service"
 UNITS = (CONTROLLER, PUBLISHER, RELAY)
 READING = "/run/powercast/ups.toml"  # the publisher's file source, in its RuntimeDirectory
 DROP_IN_DIR = "powercast-controller.service.d"
-
-
-def _missing() -> str | None:
-    """Why these tests cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "needs root (boots a systemd container)"
-    if not SANDBOX.is_file():
-        return f"needs {SANDBOX}"
-    if os.environ.get("SBX_BACKEND", "unshare") == "unshare" and not shutil.which("unshare"):
-        return "needs util-linux unshare"
-    if not shutil.which("dpkg-deb"):
-        return "needs dpkg-deb to build the package"
-    return None
-
-
-def _skip_or_fail(reason: str) -> None:
-    """Skip, unless the environment asks these tests to run (CI)."""
-    if os.environ.get("POWERCAST_SYSTEMD_TESTS") == "require":
-        pytest.fail(f"POWERCAST_SYSTEMD_TESTS=require but: {reason}")
-    pytest.skip(reason)
 
 
 def controller_config(**policy: Any) -> dict[str, Any]:
@@ -101,29 +81,21 @@ def relay_config(host: str = UNREACHABLE, port: int = 1883) -> dict[str, Any]:
 
 @dataclass
 class Sandbox:
-    """A booted container: run commands in it, read its units and journal."""
+    """The booted container with the package: run commands in it, read its units and journal."""
 
-    run: Path
-    env: dict[str, str]
+    box: SystemdBox
     after_install: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def units(self) -> Path:
+        """/etc/systemd/system inside: drop-ins written here are seen there."""
+        return self.box.units
 
     def sh(
         self, *argv: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         """Run argv inside the container; raise with its output when check and it failed."""
-        done = subprocess.run(
-            ["bash", str(SANDBOX), "exec", *argv],
-            env=self.env,
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=90,
-            check=False,
-        )
-        if check and done.returncode != 0:
-            msg = f"{argv} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-            raise AssertionError(msg)
-        return done
+        return self.box.sh(*argv, input=input, check=check, timeout_s=90)
 
     def write(self, path: str, text: str) -> None:
         """Write a file inside the container."""
@@ -201,68 +173,21 @@ class Sandbox:
         self.write(READING, tomli_w.dumps(reading))
 
 
-@pytest.fixture(scope="session")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The .deb built from this checkout by packaging/build-deb."""
-    if not shutil.which("dpkg-deb"):
-        _skip_or_fail("needs dpkg-deb to build the package")
-    out = tmp_path_factory.mktemp("deb")
-    # The same xz package, compressed at level 1 (dpkg-deb's own default is 6): 1 s, not 5.
-    env = {"DPKG_DEB_COMPRESSOR_LEVEL": "1", **os.environ}
-    built = subprocess.run(
-        ["sh", str(ROOT / "packaging" / "build-deb"), str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert built.returncode == 0, f"build-deb failed:\n{built.stdout}\n{built.stderr}"
-    return Path(built.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def sandbox(deb: Path) -> Iterator[Sandbox]:
-    """One booted container for the session, with the package installed and a key made."""
-    reason = _missing()
-    if reason:
-        _skip_or_fail(reason)
-    env = {
-        **os.environ,
-        "SBX_BACKEND": os.environ.get("SBX_BACKEND", "unshare"),  # unshare needs no package
-        "SBX_MAX_LIFETIME": "1200",
-    }
-    up = subprocess.run(
-        ["bash", str(SANDBOX), "up"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if up.returncode != 0:
-        pytest.fail(f"systemd-sandbox up failed:\n{up.stderr}")
-    run = Path(up.stdout.strip().removeprefix("SBX_RUN="))
-    env["SBX_RUN"] = str(run)
-    box = Sandbox(run, env)
-    try:
-        # A systemd host marks / shared at boot; in this container it stays private, and
-        # then the credentials mounts systemd makes for LoadCredential= are not seen.
-        box.sh("mount", "--make-rshared", "/")
-        shutil.copy(deb, run / "opt" / "powercast.deb")
-        box.sh("dpkg", "-i", "/opt/sdtest/powercast.deb")
-        box.after_install = {
+    """One booted container for the module, with the package installed and a key made."""
+    with booted() as box:
+        shutil.copy(deb, box.opt / "powercast.deb")
+        box.sh("dpkg", "-i", "/opt/box/powercast.deb")
+        sandbox = Sandbox(box)
+        sandbox.after_install = {
             unit: box.sh("systemctl", "is-enabled", unit, check=False).stdout.strip()
             + "/"
             + box.sh("systemctl", "is-active", unit, check=False).stdout.strip()
             for unit in UNITS
         }
         box.sh("powercast", "keygen", "1", "/etc/powercast/keys/1.key")
-        yield box
-    finally:
-        subprocess.run(
-            ["bash", str(SANDBOX), "down"], env=env, capture_output=True, timeout=120, check=False
-        )
+        yield sandbox
 
 
 @pytest.fixture
@@ -295,6 +220,10 @@ class TestDebianPackage:
             "/etc/powercast/relay.toml",
             "/usr/share/doc/powercast/examples/hwmon.conf",
             "/usr/share/doc/powercast/examples/relay.toml",
+            "/usr/share/doc/powercast/docs/monitoring.md",
+            "/usr/share/powercast/grafana/powercast.json",
+            "/usr/share/powercast/prometheus/powercast.rules.yml",
+            "/usr/share/powercast/prometheus/powercast.rules.test.yml",
         ):
             assert path in paths, path
         conffiles = subprocess.run(
@@ -308,6 +237,22 @@ class TestDebianPackage:
             "/etc/powercast/publisher.toml",
             "/etc/powercast/relay.toml",
         ]
+
+    def test_monitoring_files_are_the_repository_files(self, deb: Path, tmp_path: Path) -> None:
+        """The dashboard and the rules with their tests are installed unchanged, side by
+        side, so `promtool test rules` runs where they are installed."""
+        subprocess.run(["dpkg-deb", "--extract", str(deb), str(tmp_path)], check=True)
+        share = tmp_path / "usr" / "share" / "powercast"
+        for installed, source in (
+            ("grafana/powercast.json", "monitoring/grafana/powercast.json"),
+            ("prometheus/powercast.rules.yml", "monitoring/prometheus/powercast.rules.yml"),
+            (
+                "prometheus/powercast.rules.test.yml",
+                "monitoring/prometheus/powercast.rules.test.yml",
+            ),
+        ):
+            assert (share / installed).read_bytes() == (ROOT / source).read_bytes(), installed
+            assert (share / installed).stat().st_mode & 0o777 == 0o644, installed
 
     def test_units_are_the_repository_units(self, deb: Path, tmp_path: Path) -> None:
         """The package installs systemd/*.service from this checkout unchanged."""
@@ -490,7 +435,7 @@ class TestControllerUnit:
     def test_watchdog_restarts_hung_loop(self, box: Sandbox) -> None:
         """A stopped event loop misses its watchdog pings: killed (SIGABRT) and restarted."""
         # The unit's 10 s, shortened for the test; the daemon pings at half of what it gets.
-        drop_in = box.run / "etc-system" / DROP_IN_DIR / "test-watchdog.conf"
+        drop_in = box.units / DROP_IN_DIR / "test-watchdog.conf"
         drop_in.parent.mkdir(exist_ok=True)
         drop_in.write_text("[Service]\nWatchdogSec=2s\nRestartSec=0.5s\n")
         try:
@@ -542,7 +487,7 @@ class TestControllerUnit:
 
     def test_missing_keys_directory(self, box: Sandbox) -> None:
         """Without /etc/powercast/keys systemd 252 fails the unit; the README's drop-in helps."""
-        drop_in = box.run / "etc-system" / DROP_IN_DIR / "no-credentials.conf"
+        drop_in = box.units / DROP_IN_DIR / "no-credentials.conf"
         drop_in.parent.mkdir(exist_ok=True)
         box.sh("mv", "/etc/powercast/keys", "/etc/powercast/keys.away")
         try:
@@ -623,7 +568,7 @@ class TestRelayUnit:
         its sandbox (TCP to loopback): broker_recovered, by the same process."""
         mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(mosquitto).is_file():
-            _skip_or_fail("needs mosquitto for a broker (.ci/run installs it)")
+            skip_or_fail("needs mosquitto: apt-get install mosquitto, or run .ci/run")
         box.write("/etc/powercast/relay.toml", tomli_w.dumps(relay_config()))
         box.write(
             "/run/mosquitto-test.conf",

@@ -13,10 +13,12 @@ Theory of operation:
   nothing that does not decode (counted as ``undecodable``, logged at most once per
   reason and side every 10 s).
 * **Nothing unverified steers it.** A relay never lets a datagram it has not verified
-  change what it forwards later. Given keys (a keyring that holds some), it checks the
-  tag before anything else and drops what fails, counted under the reason
-  (``unsigned``, ``unknown_key``, ``bad_tag``). Without keys it cannot tell a forgery,
-  so it carries every datagram that decodes, as before, and keeps no per-publisher
+  change what it forwards later. Given keys (``[auth] mode = "enforce"``), it checks the
+  tag before anything else, within the verify budgets of the datagram's source and of the
+  publisher it names, and whether that key may speak for that publisher (``[auth]
+  publishers``); it drops what fails, counted under the reason (``unsigned``,
+  ``unknown_key``, ``over_budget``, ``bad_tag``, ``wrong_key``). Without keys it cannot
+  tell a forgery, so it carries every datagram that decodes, and keeps no per-publisher
   state that one could poison: no "highest seq seen" that a forged seq 2^63-1 would
   raise above every real one.
 * **Each datagram once, no loops.** The relay remembers the digests of the last
@@ -56,7 +58,7 @@ from collections import Counter, OrderedDict
 from typing import Any, Final, Literal
 
 from powercast import wire
-from powercast.auth import Keyring
+from powercast.auth import Gate
 
 Side = Literal["segment", "broker"]
 """Where a datagram came from: heard on the group here, or received from the broker."""
@@ -77,17 +79,17 @@ LOG_EVERY_S: Final = 10.0
 class Relay:
     """Which datagrams go on, in each direction; pure (the wall clock comes in).
 
-    With a ``keyring`` that holds keys, only datagrams whose tag verifies go on; without,
-    every datagram that decodes does. Either way nothing that fails is remembered.
+    With a ``gate``, only datagrams it passes go on (tag, budget, key for the publisher);
+    without, every datagram that decodes does. Either way nothing that fails is remembered.
     """
 
     def __init__(
         self,
-        keyring: Keyring | None = None,
+        gate: Gate | None = None,
         window: int = WINDOW,
         table_size: int = TABLE_SIZE,
     ) -> None:
-        self.keyring = keyring
+        self.gate = gate
         self.window = window
         self.table_size = table_size
         self.recent: OrderedDict[bytes, None] = OrderedDict()
@@ -96,13 +98,15 @@ class Relay:
         """Publisher ids of datagrams passed on, for the status only: never a filter."""
         self.counters: Counter[str] = Counter()
         """``<side>_<outcome>``: received, oversize, seen, expired, undecodable and, with
-        keys, unsigned, unknown_key, bad_tag (here); relayed, lost (by the runtime, once
-        the datagram was sent on or could not be)."""
+        keys, unsigned, unknown_key, over_budget, bad_tag, wrong_key (here); relayed,
+        lost (by the runtime, once the datagram was sent on or could not be)."""
 
-    def admit(self, data: bytes, side: Side, wall: float) -> str | None:
+    def admit(self, data: bytes, side: Side, wall: float, source: str | None = None) -> str | None:
         """None when ``data`` goes on; else why not: ``oversize``, ``seen``,
         ``expired``, an authentication reason (``bad_tag``, ...) or the decode reason
-        (``magic``, ``body``, ...; counted as ``undecodable``)."""
+        (``magic``, ``body``, ...; counted as ``undecodable``). ``source``: the address it
+        was heard from, for its verify budget (None from the broker, which hides it);
+        the budgets run on ``wall``, never backwards."""
         self.counters[f"{side}_received"] += 1
         if len(data) > wire.MAX_DATAGRAM:
             self.counters[f"{side}_oversize"] += 1
@@ -110,7 +114,7 @@ class Relay:
         try:
             envelope = wire.open_envelope(data)
             # The tag before the body: a forgery is never decoded, let alone remembered.
-            problem = self.keyring.verify(envelope) if self.keyring is not None else None
+            problem = self.gate.check(envelope, source, wall) if self.gate is not None else None
             if problem is not None:
                 self.counters[f"{side}_{problem}"] += 1
                 return problem

@@ -71,6 +71,9 @@ class ModbusDriver:
             raise DriverError(f"{self.name}: {self._where} refused the read: {reply}")
         return self._scale.level(reply.registers[0])
 
+    def close(self) -> None:
+        self._drop()
+
     def _drop(self) -> None:
         if self._client is not None:
             self._client.close()

@@ -21,24 +21,27 @@ and timers and the watchdog still run between batches."""
 
 
 class Receiver(asyncio.DatagramProtocol):
-    def __init__(self, on_datagram: Callable[[bytes], None]) -> None:
+    """Calls ``on_datagram(data, source)`` for each datagram; ``source`` is the sender's
+    address (what a verify budget is kept by)."""
+
+    def __init__(self, on_datagram: Callable[[bytes, str], None]) -> None:
         self._sock: socket.socket | None = None
         self._pacer = Pacer()
 
-        def received(data: bytes, addr: object) -> None:
-            on_datagram(data)
+        def received(data: bytes, addr: tuple[str, int]) -> None:
+            on_datagram(data, addr[0])
             sock = self._sock
             if sock is None:
                 return
             for _ in range(RECEIVE_BATCH - 1):
                 try:
-                    data = sock.recv(65536)
+                    data, addr = sock.recvfrom(65536)
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError as exc:
                     self.error_received(exc)
                     return
-                on_datagram(data)
+                on_datagram(data, addr[0])
 
         self.datagram_received = received  # type: ignore[method-assign]
 

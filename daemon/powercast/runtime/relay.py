@@ -23,7 +23,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from powercast import config as cfg
 from powercast import net, wire
-from powercast.auth import Keyring
+from powercast import status as report
+from powercast.auth import Gate, Keyring
 from powercast.pacing import Backoff, Pacer
 from powercast.relay import BATCH, LOG_EVERY_S, MAX_PACKET, OUTBOX_SIZE, Relay, Side
 from powercast.runtime.lifecycle import Daemon
@@ -47,7 +48,7 @@ class RelayDaemon(Daemon[cfg.RelayConfig]):
     ) -> None:
         super().__init__(path, config, keyring, notifier)
         self.loop = asyncio.get_running_loop()
-        self.core = Relay(_verifying(keyring))
+        self.core = Relay(_gate(config, keyring))
         self._receiver: asyncio.DatagramTransport | None = None
         self._sender: socket.socket | None = None
         self._client: aiomqtt.Client | None = None
@@ -97,7 +98,7 @@ class RelayDaemon(Daemon[cfg.RelayConfig]):
         return receiver, sender
 
     async def apply(self, new: cfg.RelayConfig, keyring: Keyring) -> None:
-        self.core.keyring = _verifying(keyring)
+        self.core.gate = _gate(new, keyring)
         if new.network != self.config.network:
             receiver, sender = await self._open(new.network)  # fails before the old closes
             self.close_sockets()
@@ -120,11 +121,11 @@ class RelayDaemon(Daemon[cfg.RelayConfig]):
 
     # --- the segment side -------------------------------------------------------------------
 
-    def _from_segment(self, data: bytes) -> None:
+    def _from_segment(self, data: bytes, source: str) -> None:
         """A datagram heard on the group: to the broker, unless seen or not ours."""
         if self.config.direction == "from_broker":
             return
-        why = self.core.admit(data, "segment", time.time())
+        why = self.core.admit(data, "segment", time.time(), source)
         if why is not None:
             self._not_relayed("segment", why)
             return
@@ -206,7 +207,7 @@ class RelayDaemon(Daemon[cfg.RelayConfig]):
                 attempts=self.attempts,
             )
         self.down_since, self.attempts, self.last_error, self.retry_at = None, 0, "", None
-        self.notifier.status(self.status())
+        self.notifier.status(self.status_line())
 
     def _disconnected(self, error: str, where: str, delay: float) -> None:
         self._client = None
@@ -217,7 +218,7 @@ class RelayDaemon(Daemon[cfg.RelayConfig]):
         if self.down_since is None:
             self.down_since = time.time()
             log.warning("broker_unreachable", broker=where, error=error, retry_in_s=round(delay, 3))
-            self.notifier.status(self.status())
+            self.notifier.status(self.status_line())
 
     async def _pump(self) -> None:
         """Publish what the segment gave, in batches, while connected; else count it lost."""
@@ -273,7 +274,7 @@ class RelayDaemon(Daemon[cfg.RelayConfig]):
 
     def snapshot(self) -> dict[str, Any]:
         """The relay's status document (control socket ``status``, metrics)."""
-        n = self.config.network
+        n, a = self.config.network, self.config.auth
         return {
             **self.common(),
             "network": {"group": n.group, "port": n.port, "interface": n.interface},
@@ -281,6 +282,7 @@ class RelayDaemon(Daemon[cfg.RelayConfig]):
             "broker": self.broker_state(),
             "counters": dict(sorted(self.core.counters.items())),
             "publishers": len(self.core.publishers),
+            "keys": report.keys(self.keyring, a.mode, a.scheme, a.publishers),
         }
 
 
@@ -288,9 +290,12 @@ _MQTT_LOG = logging.getLogger("powercast.mqtt")
 _MQTT_LOG.setLevel(logging.ERROR)  # paho's chatter stays out of the daemon's log
 
 
-def _verifying(keyring: Keyring) -> Keyring | None:
-    """The keys to verify with; None when there are none (then nothing is verified)."""
-    return keyring if keyring.ids else None
+def _gate(config: cfg.RelayConfig, keyring: Keyring) -> Gate | None:
+    """What checks datagrams before they go on; None with ``auth.mode = "off"``."""
+    auth = config.auth
+    if auth.mode == "off":
+        return None
+    return Gate.build(keyring, auth.publishers, auth.verify_rate, auth.source_verify_rate)
 
 
 def _client(broker: cfg.Broker) -> aiomqtt.Client:
