@@ -568,15 +568,15 @@ class TestWriteUnderWay:
             verify_argv=["/bin/cat", str(state)],
         )
         worker = Worker(CommandDriver("hall/0(command)", config), "hall")
-        seen: list[bool | None] = []
+        seen: list[int | None] = []
 
         async def go() -> None:
             async with running(worker):
-                await until(worker, lambda w: w.known is True)
-                worker.want(False)
+                await until(worker, lambda w: w.known == 100)
+                worker.want(0)
                 await asyncio.sleep(0.1)
                 seen.append(worker.known)  # mid-write
-                await until(worker, lambda w: w.status == "ok" and w.known is False)
+                await until(worker, lambda w: w.status == "ok" and w.known == 0)
 
         run(go())
         assert seen == [None]
