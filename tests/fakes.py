@@ -41,6 +41,9 @@ class FakePublisher:
     seq: int = 0
     change: int = 0
     power: PowerStatus = PowerStatus.UNKNOWN
+    runtime_s: float | None = None
+    """Runtime left announced with the power status; None: not said (an older UPS)."""
+    charge_pct: float | None = None
     temperatures: dict[str, float | None] = field(default_factory=dict)
     last: bytes = b""
     """The latest datagram, to send again."""
@@ -69,7 +72,7 @@ class FakePublisher:
             change=self.change,
             sent=WALL + now,
             tal=self.tal,
-            power=Power(self.power),
+            power=Power(self.power, charge_pct=self.charge_pct, runtime_s=self.runtime_s),
             temperatures=dict(self.temperatures),
         )
         if self.sign is None:

@@ -241,3 +241,14 @@ pauses = st.one_of(
 
 override_lengths = st.sampled_from([0.5, 2.0, 10.0, 120.0])
 """How long an operator's override lasts, in seconds."""
+
+runtimes = st.one_of(
+    st.none(),
+    st.sampled_from([2000.0, 660.0, 600.0, 599.0, 540.0, 300.0, 299.0, 200.0, 150.0, 0.0]),
+    st.floats(min_value=0.0, max_value=3000.0, allow_nan=False),
+)
+"""Runtime left a UPS announces, or None (an older publisher): often right at the staged
+zone's thresholds (600 s and 200 s) or the ends of their hysteresis (660 s, 300 s)."""
+
+charges = st.one_of(st.none(), st.sampled_from([100.0, 25.0, 20.0, 19.9, 15.0, 5.0]))
+"""Battery charge a UPS announces, or None; at the staged zone's 20 % and its 25 %."""

@@ -32,7 +32,7 @@ from test_actuators import run, running, until
 
 from powercast import config as cfg
 from powercast.actuators import DriverError, Worker, actuator_name, make_driver
-from powercast.actuators.bacnet import BacnetDriver
+from powercast.actuators.bacnet import BacnetDriver, command_value, position
 from powercast.config import BacnetActuator
 
 from harness import write_toml
@@ -130,29 +130,29 @@ class TestBacnetDriver:
             async with bacnet_device() as (app, port):
                 config = {"object": "analog-output,1", "on_value": 100.0, "off_value": 20.0}
                 async with closing(bacnet(port, **config)) as d:
-                    for on in (False, True):
-                        await d.apply(on)
+                    for level in (0, 100):
+                        await d.apply(level)
                         seen.append((slot(app, "analog-output,1", 8), await d.read()))
                     seen.append(present(app, "analog-output,1"))
             return seen
 
-        assert run(go()) == [(20.0, False), (100.0, True), 100.0]
+        assert run(go()) == [(20.0, 0), (100.0, 100), 100.0]
 
     def test_analog_value_and_another_priority(self) -> None:
         """An AV (commandable) at priority 12: only slot 12 is written."""
 
-        async def go() -> tuple[Any, Any, bool | None]:
+        async def go() -> tuple[Any, Any, int | None]:
             async with bacnet_device() as (app, port):
                 config = {"object": "analog-value,3", "priority": 12, "on_value": 80.0}
                 async with closing(bacnet(port, **config)) as d:
-                    await d.apply(False)
+                    await d.apply(0)
                     return (
                         slot(app, "analog-value,3", 12),
                         slot(app, "analog-value,3", 8),
                         (await d.read()),
                     )
 
-        assert run(go()) == (0.0, None, False)
+        assert run(go()) == (0.0, None, 0)
 
     def test_relinquish_gives_control_back_to_the_bms(self) -> None:
         """on = "relinquish": off writes inactive at our priority, on writes NULL there and
@@ -163,15 +163,34 @@ class TestBacnetDriver:
             async with bacnet_device() as (app, port):
                 config = {"object": "binary-output,1", "priority": 10, "on": "relinquish"}
                 async with closing(bacnet(port, **config)) as d:
-                    for on in (False, True):
-                        await d.apply(on)
+                    for level in (0, 100):
+                        await d.apply(level)
                         seen.append(
                             (slot(app, "binary-output,1", 10), str(present(app, "binary-output,1")))
                         )
                         seen.append(await d.read())
             return seen
 
-        assert run(go()) == [(0, "inactive"), False, (None, "active"), True]
+        assert run(go()) == [(0, "inactive"), 0, (None, "active"), 100]
+
+    def test_a_level_between_scales_an_analog_object_and_runs_a_binary_one(self) -> None:
+        """Level 50 writes the midpoint of off_value..on_value to an analog output (read
+        back as 50) even in relinquish mode; a binary output is simply on (read as 100)."""
+
+        async def go() -> list[Any]:
+            seen: list[Any] = []
+            async with bacnet_device() as (app, port):
+                speed = {"object": "analog-output,1", "on_value": 100.0, "off_value": 20.0}
+                switch = {"object": "binary-output,1"}
+                for config in (speed, {**speed, "on": "relinquish"}, switch):
+                    async with closing(bacnet(port, **config)) as d:
+                        assert d.position(50) == (100 if config is switch else 50)
+                        await d.apply(50)
+                        obj = str(config["object"])
+                        seen.append((str(slot(app, obj, 8)), await d.read()))
+            return seen
+
+        assert run(go()) == [("60.0", 50), ("60.0", 50), ("active", 100)]
 
     def test_a_higher_priority_command_shows_as_a_disagreeing_readback(self) -> None:
         """The BMS holds "on" at priority 3: our off at 8 is stored but does not win, and
@@ -184,14 +203,14 @@ class TestBacnetDriver:
                 driver = bacnet(port, object="binary-output,1")
                 worker = Worker(driver, "hall", min_backoff_s=10.0)
                 async with running(worker):
-                    worker.want(False)
+                    worker.want(0)
                     await until(worker, lambda w: w.status == "failed")
                     assert slot(app, "binary-output,1", 8) == 0
             return worker
 
         worker = run(go())
-        assert worker.known is True
-        assert worker.error == "hall/0(bacnet): set off but reads back on"
+        assert worker.known == 100
+        assert worker.error == "hall/0(bacnet): set 0 % but reads back 100 %"
 
     def test_refused_write_names_device_object_and_reason(self) -> None:
         """A write the device refuses is a DriverError saying write-access-denied."""
@@ -202,7 +221,7 @@ class TestBacnetDriver:
                 closing(bacnet(port, object="binary-value,2")) as d,
             ):
                 with pytest.raises(DriverError) as caught:
-                    await d.apply(False)
+                    await d.apply(0)
             return str(caught.value)
 
         assert run(go()).endswith(
@@ -237,14 +256,14 @@ class TestBacnetDriver:
                     dead = Worker(
                         bacnet(hole.getsockname()[1], object="binary-output,1"),
                         "hall",
-                        known=True,
+                        known=100,
                         min_backoff_s=10.0,
                     )
-                    live = Worker(bacnet(port, object="binary-output,1"), "hall", known=True)
+                    live = Worker(bacnet(port, object="binary-output,1"), "hall", known=100)
                     started = time.monotonic()
                     async with running(dead), running(live):
-                        dead.want(False)
-                        live.want(False)
+                        dead.want(0)
+                        live.want(0)
                         await until(live, lambda w: w.status == "ok")
                         live_took = time.monotonic() - started
                         await until(dead, lambda w: w.status == "failed")
@@ -253,7 +272,7 @@ class TestBacnetDriver:
             return dead, live, live_took, dead_took
 
         dead, live, live_took, dead_took = run(go())
-        assert (live.known, dead.known) == (False, None)
+        assert (live.known, dead.known) == (0, None)
         assert "write 0 at priority 8: no answer within 0.5 s" in dead.error
         assert live_took < 0.5  # not held up by the silent device (busy machine: ~5 ms here)
         assert 0.4 <= dead_took < 3.0
@@ -266,7 +285,7 @@ class TestBacnetDriver:
             driver = bacnet(47808, object="binary-output,1", local="192.0.2.1:0")
             async with closing(driver):
                 with pytest.raises(DriverError) as caught:
-                    await driver.apply(True)
+                    await driver.apply(100)
             return str(caught.value)
 
         assert "local: cannot bind 192.0.2.1:0 within 0.5 s" in run(go())
@@ -291,7 +310,7 @@ class TestBacnetFailsafe:
                     ]
                     for table in actuators[:2]:  # shed, as a controller left them
                         async with closing(bacnet(**table)) as d:
-                            await d.apply(False)
+                            await d.apply(0)
                     config = write_toml(
                         tmp_path / "c.toml",
                         {
@@ -398,6 +417,50 @@ class TestBacnetConfig:
             "write",
             None,
         )
+
+
+@pytest.mark.unit
+class TestBacnetLevels:
+    def test_binary_is_off_only_at_level_0(self) -> None:
+        """A binary object: inactive at 0, active at any level above."""
+        config = BacnetActuator(host="10.0.0.5", object="binary-output,1")
+        assert [command_value(config, level) for level in (0, 1, 50, 100)] == [0.0, 1, 1, 1]
+
+    def test_analog_scales_towards_on(self) -> None:
+        """An analog object: off_value at 0, on_value at 100, linear between (reversed
+        ranges too), and each value read back is the level written."""
+        for off, on in ((20.0, 100.0), (100.0, 0.0)):
+            config = BacnetActuator(
+                host="10.0.0.5", object="analog-output,1", on_value=on, off_value=off
+            )
+            assert command_value(config, 0) == off
+            assert command_value(config, 100) == on
+            for level in range(101):
+                value = command_value(config, level)
+                assert value is not None
+                assert position(config, value) == level
+
+    def test_relinquish_gives_back_only_full_speed(self) -> None:
+        """on = "relinquish": NULL at 100 (and at any level above 0 for a binary object);
+        an analog level between is still written."""
+        binary = BacnetActuator(host="10.0.0.5", object="binary-output,1", on="relinquish")
+        analog = BacnetActuator(host="10.0.0.5", object="analog-value,1", on="relinquish")
+        assert [command_value(binary, level) for level in (0, 1, 100)] == [0.0, None, None]
+        assert [command_value(analog, level) for level in (0, 30, 100)] == [0.0, 30.0, None]
+
+    def test_a_value_beyond_the_range_or_between_reads_as_a_level(self) -> None:
+        """A value past on_value is full speed, one before off_value off, one just above
+        off_value still running (1 %), one just short of on_value not full speed (99 %)."""
+        config = BacnetActuator(
+            host="10.0.0.5", object="analog-output,1", on_value=100.0, off_value=20.0
+        )
+        assert [position(config, v) for v in (120.0, 10.0, 20.1, 99.9)] == [100, 0, 1, 99]
+
+    def test_a_bool_is_refused(self) -> None:
+        """True is not a level: the guard refuses it rather than write 1 %."""
+        config = BacnetActuator(host="10.0.0.5", object="binary-output,1")
+        with pytest.raises(TypeError):
+            command_value(config, True)
 
 
 @pytest.mark.unit

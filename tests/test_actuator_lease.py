@@ -217,14 +217,14 @@ class TestWorkerLease:
             await worker.probe()
             worker.on_change = lambda w: changes.append(w.status)
             async with running(worker):
-                worker.want(False)
+                worker.want(0)
                 await until(worker, lambda w: w.status == "ok")
                 await asyncio.sleep(0.55)
 
         run(go())
-        assert worker.known is False
+        assert worker.known == 0
         assert 4 <= len(spy.applied) <= 8  # at once, then ~every 0.1 s for 0.55 s
-        assert set(spy.applied) == {False}
+        assert set(spy.applied) == {0}
         assert changes == ["idle", "ok"]  # the probe, the first write; no renewal
 
     def test_without_refresh_s_nothing_is_rewritten(self, tmp_path: Path) -> None:
@@ -235,11 +235,11 @@ class TestWorkerLease:
 
         async def go() -> None:
             async with running(worker):
-                worker.want(False)
+                worker.want(0)
                 await asyncio.sleep(0.3)
 
         run(go())
-        assert (worker.known, spy.applied) == (False, [])
+        assert (worker.known, spy.applied) == (0, [])
 
     def test_a_failed_renewal_is_a_failed_actuator(self, tmp_path: Path) -> None:
         """A renewal that cannot be written marks the actuator failed, position unknown:
@@ -254,7 +254,7 @@ class TestWorkerLease:
 
         async def go() -> None:
             async with running(worker):
-                worker.want(False)
+                worker.want(0)
                 await until(worker, lambda w: w.status == "ok")
                 pwm.unlink()
                 pwm.mkdir()  # the device is gone: writes fail

@@ -26,7 +26,7 @@ from powercast.config import SnmpActuator
 
 with warnings.catch_warnings():  # pysnmp imports pysmi's old names when pysmi is there
     warnings.simplefilter("ignore", DeprecationWarning)
-    from powercast.actuators.snmp import SnmpDriver
+    from powercast.actuators.snmp import SnmpDriver, command_value
 
 pytestmark = pytest.mark.filterwarnings("ignore:.* is deprecated:DeprecationWarning")
 
@@ -74,7 +74,7 @@ async def closing(driver: SnmpDriver) -> AsyncIterator[SnmpDriver]:
         driver.close()
 
 
-async def outlet(port: int, n: int) -> bool | None:
+async def outlet(port: int, n: int) -> int | None:
     """What the agent holds for outlet n, read by a driver of its own."""
     async with closing(snmp(port, oid=f"{COMMAND}.{n}")) as reader:
         return await reader.read()
@@ -88,32 +88,43 @@ class TestSnmpDriver:
         async def go() -> list[Any]:
             seen: list[Any] = []
             async with closing(snmp(pdu.port, oid=f"{COMMAND}.1")) as d:
-                for on in (False, True):
-                    await d.apply(on)
+                for level in (0, 100):
+                    await d.apply(level)
                     seen.append((await d.read(), await outlet(pdu.port, 1)))
             seen.append(await outlet(pdu.port, 2))
             return seen
 
-        assert run(go()) == [(False, False), (True, True), True]
+        assert run(go()) == [(0, 0), (100, 100), 100]
+
+    def test_any_level_above_0_switches_the_outlet_on(self, pdu: PduAgent) -> None:
+        """An outlet is on or off: a staged level (30 %) writes on (1), read back as 100."""
+
+        async def go() -> tuple[int, int | None, int | None]:
+            async with closing(snmp(pdu.port, oid=f"{COMMAND}.1")) as d:
+                await d.apply(0)
+                await d.apply(30)
+                return d.position(30), await d.read(), await outlet(pdu.port, 1)
+
+        assert run(go()) == (100, 100, 100)
 
     def test_v3_outlet_group_in_one_set(self, pdu: PduAgent) -> None:
         """SNMPv3 authPriv (SHA/AES), context "public": outlets 3 and 4 together."""
 
-        async def go() -> tuple[bool | None, list[bool | None]]:
+        async def go() -> tuple[int | None, list[int | None]]:
             oids = [f"{COMMAND}.3", f"{COMMAND}.4"]
             driver = snmp(pdu.port, version="3", context="public", oid=oids, **V3)
             async with closing(driver) as d:
-                await d.apply(False)
+                await d.apply(0)
                 return await d.read(), [await outlet(pdu.port, n) for n in (3, 4)]
 
-        assert run(go()) == (False, [False, False])
+        assert run(go()) == (0, [0, 0])
 
     def test_outlets_that_disagree_are_an_error(self, pdu: PduAgent) -> None:
         """One outlet of the group off, the other on: neither position, an error."""
 
         async def go() -> str:
             async with closing(snmp(pdu.port, oid=f"{COMMAND}.5")) as one:
-                await one.apply(False)
+                await one.apply(0)
             async with closing(snmp(pdu.port, oid=[f"{COMMAND}.5", f"{COMMAND}.6"])) as both:
                 with pytest.raises(DriverError) as caught:
                     await both.read()
@@ -127,7 +138,7 @@ class TestSnmpDriver:
         async def go() -> str:
             async with closing(snmp(pdu.port, oid=f"{STATUS}.1")) as d:
                 with pytest.raises(DriverError) as caught:
-                    await d.apply(False)
+                    await d.apply(0)
             return str(caught.value)
 
         message = run(go())
@@ -142,7 +153,7 @@ class TestSnmpDriver:
         async def go() -> str:
             config = {"oid": f"{COMMAND}.7", "status_oid": f"{STATUS}.8"}
             async with closing(snmp(pdu.port, **config)) as d:
-                await d.apply(True)
+                await d.apply(100)
                 with pytest.raises(DriverError) as caught:
                     await d.read()
             return str(caught.value)
@@ -155,21 +166,21 @@ class TestSnmpDriver:
 
         async def go() -> tuple[Worker, Worker]:
             bad = snmp(pdu.port, oid=f"{COMMAND}.8", community="nobody", timeout_s=0.3)
-            dead = Worker(bad, "racks", known=True, min_backoff_s=10.0)
-            live = Worker(snmp(pdu.port, oid=f"{COMMAND}.2"), "racks", known=True)
+            dead = Worker(bad, "racks", known=100, min_backoff_s=10.0)
+            live = Worker(snmp(pdu.port, oid=f"{COMMAND}.2"), "racks", known=100)
             async with running(dead), running(live):
-                dead.want(False)
-                live.want(False)
+                dead.want(0)
+                live.want(0)
                 await until(live, lambda w: w.status == "ok", timeout=5.0)
                 await until(dead, lambda w: w.status == "failed", timeout=5.0)
             return dead, live
 
         dead, live = run(go())
-        assert (dead.known, live.known) == (None, False)
+        assert (dead.known, live.known) == (None, 0)
         assert "set 2: no answer within 0.3 s, 1 tries (agent down, or wrong community?)" in (
             dead.error
         )
-        assert run(outlet(pdu.port, 8)) is True  # untouched
+        assert run(outlet(pdu.port, 8)) == 100  # untouched
         asyncio.run(_restore(pdu.port, 2))
 
     def test_failsafe_drives_outlets_on(self, pdu: PduAgent) -> None:
@@ -177,7 +188,7 @@ class TestSnmpDriver:
 
         async def go() -> failsafe.Report:
             async with closing(snmp(pdu.port, oid=f"{COMMAND}.6")) as d:
-                await d.apply(False)
+                await d.apply(0)
             config = cfg.ControllerConfig(
                 actuators=[
                     SnmpActuator(host="127.0.0.1", port=pdu.port, community="public",
@@ -188,12 +199,12 @@ class TestSnmpDriver:
 
         report = run(go())
         assert (report.moved, report.failures) == (1, [])
-        assert run(outlet(pdu.port, 6)) is True
+        assert run(outlet(pdu.port, 6)) == 100
 
 
 async def _restore(port: int, n: int) -> None:
     async with closing(snmp(port, oid=f"{COMMAND}.{n}")) as d:
-        await d.apply(True)
+        await d.apply(100)
 
 
 def actuator_error(**table: Any) -> str:
@@ -271,6 +282,16 @@ class TestSnmpConfig:
             "2c",
         )
         assert config.status_oids == config.oids == ["1.3.6.1.4.1.318.1"]
+
+
+@pytest.mark.unit
+class TestSnmpLevels:
+    def test_an_outlet_is_off_only_at_level_0(self) -> None:
+        """off_value at level 0, on_value at every level above; True is no level."""
+        config = SnmpActuator(host="10.0.0.5", community="public", oid="1.3.6.1.4.1.1.1")
+        assert [command_value(config, level) for level in (0, 1, 50, 100)] == [2, 1, 1, 1]
+        with pytest.raises(TypeError):
+            command_value(config, True)
 
 
 @pytest.mark.unit

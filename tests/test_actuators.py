@@ -85,41 +85,68 @@ def hwmon(pwm: Path, enable: Path | None = None) -> HwmonDriver:
 @pytest.mark.unit
 class TestHwmonDriver:
     def test_writes_and_reads_back(self, tmp_path: Path) -> None:
-        """apply writes on_value/off_value to the file; read tells on/off from it."""
+        """apply writes off_value at 0 %, on_value at 100 %, between them in between; read
+        gives the level back."""
         pwm, _ = pwm_tree(tmp_path)
         driver = hwmon(pwm)
 
-        async def go() -> list[bool | None]:
+        async def go() -> list[tuple[str, int | None]]:
             seen = []
-            for on in (False, True):
-                await driver.apply(on)
-                seen.append(await driver.read())
+            for level in (0, 50, 1, 100):
+                await driver.apply(level)
+                seen.append((pwm.read_text(), await driver.read()))
             return seen
 
-        assert run(go()) == [False, True]
-        assert pwm.read_text() == "255\n"
+        assert run(go()) == [("0\n", 0), ("128\n", 50), ("3\n", 1), ("255\n", 100)]
+
+    def test_an_inverted_range_is_interpolated_too(self, tmp_path: Path) -> None:
+        """A PWM whose fans run faster at lower values (on_value < off_value)."""
+        pwm, _ = pwm_tree(tmp_path)
+        config = HwmonActuator(path=str(pwm), on_value=0, off_value=200)
+        driver = HwmonDriver("hall/0(hwmon)", config)
+
+        async def go() -> list[tuple[str, int | None]]:
+            seen = []
+            for level in (0, 25, 100):
+                await driver.apply(level)
+                seen.append((pwm.read_text(), await driver.read()))
+            return seen
+
+        assert run(go()) == [("200\n", 0), ("150\n", 25), ("0\n", 100)]
+
+    def test_a_level_is_not_on_or_off(self, tmp_path: Path) -> None:
+        """True or False where a level is due is refused, never taken as 1 % or 0 %."""
+        pwm, _ = pwm_tree(tmp_path)
+        worker = Worker(hwmon(pwm), "hall")
+        with pytest.raises(TypeError, match="level"):
+            worker.want(True)
+        with pytest.raises(TypeError, match="level"):
+            run(hwmon(pwm).apply(False))
+        assert worker.desired is None
 
     def test_enable_written_once_before_the_first_write(self, tmp_path: Path) -> None:
         """pwm1_enable gets enable_value (manual) before the first write, and only then."""
         pwm, enable = pwm_tree(tmp_path)
         driver = hwmon(pwm, enable)
-        run(driver.apply(False))
+        run(driver.apply(0))
         assert (enable.read_text(), pwm.read_text()) == ("1\n", "0\n")
         enable.write_text("2\n")  # someone else changes it: not ours to fight over
-        run(driver.apply(True))
+        run(driver.apply(100))
         assert (enable.read_text(), pwm.read_text()) == ("2\n", "255\n")
 
-    def test_another_speed_counts_as_on(self, tmp_path: Path) -> None:
-        """A PWM value between off and on reads as on: the fan spins."""
-        pwm, _ = pwm_tree(tmp_path, "128\n")
-        assert run(hwmon(pwm).read()) is True
+    @pytest.mark.parametrize(("value", "level"), [("128", 50), ("1", 1), ("254", 99)])
+    def test_another_speed_reads_as_its_level(self, tmp_path: Path, value: str, level: int) -> None:
+        """A PWM value between off and on reads as a level between: never 0 while the fan
+        spins, never 100 short of on_value (so full speed is written)."""
+        pwm, _ = pwm_tree(tmp_path, f"{value}\n")
+        assert run(hwmon(pwm).read()) == level
 
     def test_missing_file_names_it(self, tmp_path: Path) -> None:
         """A PWM file that is not there: DriverError naming the file, for write and read."""
         pwm = tmp_path / "hwmon9/pwm1"
         driver = hwmon(pwm)
         with pytest.raises(DriverError, match=f"cannot write {pwm}: No such file"):
-            run(driver.apply(True))
+            run(driver.apply(100))
         with pytest.raises(DriverError, match=f"cannot read {pwm}: No such file"):
             run(driver.read())
 
@@ -129,7 +156,7 @@ class TestHwmonDriver:
         enable = tmp_path / "enable-is-a-dir"
         enable.mkdir()
         with pytest.raises(DriverError, match=f"cannot write {enable}: Is a directory"):
-            run(hwmon(pwm, enable).apply(True))
+            run(hwmon(pwm, enable).apply(100))
         assert pwm.read_text() == "128\n"  # nothing written past the failed enable
 
     @pytest.mark.parametrize("garbage", ["fast\n", "", "12.5\n"])
@@ -193,40 +220,43 @@ async def closing(driver: ModbusDriver) -> AsyncIterator[ModbusDriver]:
 @pytest.mark.system
 class TestModbusDriver:
     def test_coil_is_set_and_read_back(self) -> None:
-        """A coil is written on and off; the server holds it and read() agrees."""
+        """A coil is on at every level but 0 (fail safe); the server holds it and read()
+        agrees."""
 
-        async def go() -> list[tuple[list[bool], bool | None]]:
+        async def go() -> list[tuple[list[bool], int | None]]:
             seen = []
             async with modbus_server() as (server, port), closing(modbus(port, coil=3)) as d:
-                for on in (True, False):
-                    await d.apply(on)
+                for level in (100, 0, 20):
+                    await d.apply(level)
                     seen.append((await server.async_getValues(1, COILS, 3, 1), await d.read()))
+                assert d.position(20) == 100
             return seen
 
-        assert run(go()) == [([True], True), ([False], False)]
+        assert run(go()) == [([True], 100), ([False], 0), ([True], 100)]
 
     def test_holding_register_is_set_and_read_back(self) -> None:
-        """A holding register gets on_value/off_value; another speed reads as on."""
+        """A holding register gets on_value at 100 %, off_value at 0 %, a level between
+        interpolated; another speed reads as its level."""
 
         async def go() -> list[Any]:
             seen: list[Any] = []
             config = {"register": 10, "on_value": 1500, "off_value": 0}
             async with modbus_server() as (server, port), closing(modbus(port, **config)) as d:
-                for on in (True, False):
-                    await d.apply(on)
+                for level in (100, 0, 40):
+                    await d.apply(level)
                     seen.append((await server.async_getValues(1, HOLDING, 10, 1), await d.read()))
                 await server.async_setValues(1, HOLDING, 10, [700])  # the drive runs slower
                 seen.append(await d.read())
             return seen
 
-        assert run(go()) == [([1500], True), ([0], False), True]
+        assert run(go()) == [([1500], 100), ([0], 0), ([600], 40), 47]
 
     def test_refused_write_is_an_error(self) -> None:
         """A coil outside the device's blocks: the device refuses, DriverError says so."""
 
         async def go() -> None:
             async with modbus_server() as (_, port), closing(modbus(port, coil=999)) as d:
-                await d.apply(True)
+                await d.apply(100)
 
         with pytest.raises(DriverError, match="refused the write"):
             run(go())
@@ -238,11 +268,11 @@ class TestModbusDriver:
             errors = []
             async with modbus_server() as (_, port):
                 driver = modbus(port, coil=3)
-                await driver.apply(True)
+                await driver.apply(100)
             async with closing(driver):
                 for _ in range(2):  # the old connection, then a new one that is refused
                     try:
-                        await driver.apply(False)
+                        await driver.apply(0)
                     except DriverError as err:
                         errors.append(str(err))
             return port, errors
@@ -260,7 +290,7 @@ class TestModbusDriver:
             async with modbus_server() as (_, port):
                 pass  # a port that was just free
             driver = modbus(port, coil=3)
-            worker = Worker(driver, "hall", known=False, min_backoff_s=0.05, max_backoff_s=0.2)
+            worker = Worker(driver, "hall", known=0, min_backoff_s=0.05, max_backoff_s=0.2)
             attempts: list[float] = []
 
             def note(w: Worker) -> None:
@@ -269,7 +299,7 @@ class TestModbusDriver:
 
             worker.on_change = note
             async with closing(driver), running(worker):
-                worker.want(True)
+                worker.want(100)
                 await until(worker, lambda w: w.attempts >= 4)
                 assert (worker.status, worker.known) == ("failed", None)
                 assert f"127.0.0.1:{port}" in worker.error
@@ -279,7 +309,7 @@ class TestModbusDriver:
             return [b - a for a, b in itertools.pairwise(attempts)], worker, coil
 
         gaps, worker, coil = run(go())
-        assert (worker.status, worker.known, worker.attempts, coil) == ("ok", True, 0, [True])
+        assert (worker.status, worker.known, worker.attempts, coil) == ("ok", 100, 0, [True])
         # Waits of 0.05, 0.1, 0.2 s (capped), each plus a refused connect of well under 50 ms.
         # Doubling from min_backoff_s; the upper bounds leave room for a busy machine.
         assert 0.05 <= gaps[0] < 0.05 + 0.5
@@ -308,18 +338,19 @@ def commands(tmp_path: Path, **kw: Any) -> CommandActuator:
 @pytest.mark.system
 class TestCommandDriver:
     def test_on_off_and_verify(self, tmp_path: Path) -> None:
-        """on_argv/off_argv run as real processes; verify_argv reports the position."""
+        """on_argv/off_argv run as real processes, off only at level 0 (any level above
+        runs the fans); verify_argv reports the position."""
         driver = make_driver(commands(tmp_path, timeout_s=5.0), "hall/0(command)")
 
-        async def go() -> list[bool | None]:
+        async def go() -> list[tuple[str, int | None]]:
             seen = []
-            for on in (False, True):
-                await driver.apply(on)
-                seen.append(await driver.read())
+            for level in (0, 30, 0, 100):
+                await driver.apply(level)
+                seen.append(((tmp_path / "fans").read_text(), await driver.read()))
             return seen
 
-        assert run(go()) == [False, True]
-        assert (tmp_path / "fans").read_text() == "on\n"
+        assert run(go()) == [("off\n", 0), ("on\n", 100), ("off\n", 0), ("on\n", 100)]
+        assert (driver.position(30), driver.position(0)) == (100, 0)
 
     def test_without_verify_the_position_is_not_known_by_reading(self, tmp_path: Path) -> None:
         """Without verify_argv, read() says None: the last successful command counts."""
@@ -330,9 +361,9 @@ class TestCommandDriver:
         """An exit code outside ok_exit_codes is a DriverError with the program and output."""
         config = CommandActuator(on_argv=sh("echo jammed; exit 3"), off_argv=["/bin/true"])
         with pytest.raises(DriverError, match=r"/bin/sh failed: jammed"):
-            run(CommandDriver("c", config).apply(True))
+            run(CommandDriver("c", config).apply(100))
         ok = CommandActuator(on_argv=sh("exit 3"), off_argv=["/bin/true"], ok_exit_codes=[0, 3])
-        run(CommandDriver("c", ok).apply(True))
+        run(CommandDriver("c", ok).apply(100))
 
     def test_verify_saying_something_else_fails(self, tmp_path: Path) -> None:
         """A verify program that prints neither on nor off is a DriverError quoting it."""
@@ -350,12 +381,12 @@ class TestCommandDriver:
             off_argv=["/bin/true"],
             timeout_s=0.3,
         )
-        worker = Worker(CommandDriver("hall/0(command)", config), "hall", known=False)
+        worker = Worker(CommandDriver("hall/0(command)", config), "hall", known=0)
 
         async def go() -> float:
             async with running(worker):
                 started = time.monotonic()
-                worker.want(True)
+                worker.want(100)
                 await until(worker, lambda w: w.status == "failed")
                 return time.monotonic() - started
 
@@ -376,16 +407,20 @@ class Spy:
         self.driver = driver
         self.name = driver.name
         self.timeout_s = driver.timeout_s
-        self.applied: list[bool] = []
+        self.applied: list[int] = []
         self.reads = 0
 
-    async def apply(self, on: bool) -> None:
-        self.applied.append(on)
-        await self.driver.apply(on)
+    def position(self, level: int) -> int:
+        result: int = self.driver.position(level)
+        return result
 
-    async def read(self) -> bool | None:
+    async def apply(self, level: int) -> None:
+        self.applied.append(level)
+        await self.driver.apply(level)
+
+    async def read(self) -> int | None:
         self.reads += 1
-        result: bool | None = await self.driver.read()
+        result: int | None = await self.driver.read()
         return result
 
 
@@ -395,11 +430,14 @@ class Stuck:
     name = "stuck"
     timeout_s = 1.0
 
-    async def apply(self, on: bool) -> None:
+    def position(self, level: int) -> int:
+        return level
+
+    async def apply(self, level: int) -> None:
         pass
 
-    async def read(self) -> bool | None:
-        return False
+    async def read(self) -> int | None:
+        return 0
 
 
 @pytest.mark.unit
@@ -412,17 +450,17 @@ class TestWorker:
 
         async def go() -> None:
             await worker.probe()
-            assert worker.known is True
+            assert worker.known == 100
             async with running(worker):
-                worker.want(True)
+                worker.want(100)
                 await asyncio.sleep(0.05)
                 assert (spy.applied, worker.status) == ([], "idle")
-                worker.want(False)
+                worker.want(0)
                 await until(worker, lambda w: w.status == "ok")
 
         before = pwm.stat().st_mtime_ns
         run(go())
-        assert spy.applied == [False]
+        assert spy.applied == [0]
         assert pwm.read_text() == "0\n"
         assert pwm.stat().st_mtime_ns != before
 
@@ -432,12 +470,12 @@ class TestWorker:
 
         async def go() -> None:
             async with running(worker):
-                worker.want(True)
+                worker.want(100)
                 await until(worker, lambda w: w.status == "failed")
 
         run(go())
-        assert worker.known is False
-        assert worker.error == "stuck: set on but reads back off"
+        assert worker.known == 0
+        assert worker.error == "stuck: set 100 % but reads back 0 %"
 
     def test_dry_run_touches_nothing(self, tmp_path: Path) -> None:
         """dry_run: the wish is logged and taken as known, no file written, no command run."""
@@ -451,11 +489,11 @@ class TestWorker:
         async def go() -> None:
             async with running(workers[0]), running(workers[1]):
                 for worker in workers:
-                    worker.want(False)
+                    worker.want(0)
                     await until(worker, lambda w: w.status == "dry_run")
 
         run(go())
-        assert [(w.known, w.status) for w in workers] == [(False, "dry_run")] * 2
+        assert [(w.known, w.status) for w in workers] == [(0, "dry_run")] * 2
         assert [s.applied for s in spies] == [[], []]
         assert {p: (p.read_text(), p.stat().st_mtime_ns) for p in stamps} == stamps
         assert not marker.exists()
@@ -464,17 +502,17 @@ class TestWorker:
         """Wishes made while a step runs are not queued: the worker ends at the last one."""
         pwm, _ = pwm_tree(tmp_path, "255\n")
         spy = Spy(hwmon(pwm))
-        worker = Worker(spy, "hall", known=True)
+        worker = Worker(spy, "hall", known=100)
 
         async def go() -> None:
             async with running(worker):
-                for on in (False, True, False, True, False):
-                    worker.want(on)
-                await until(worker, lambda w: w.status == "ok" and w.known is False)
+                for level in (0, 100, 50, 100, 0):
+                    worker.want(level)
+                await until(worker, lambda w: w.status == "ok" and w.known == 0)
                 await asyncio.sleep(0.02)
 
         run(go())
-        assert spy.applied == [False]
+        assert spy.applied == [0]
         assert pwm.read_text() == "0\n"
 
 
@@ -484,10 +522,13 @@ class BuggyDriver:
     name = "z/0(buggy)"
     timeout_s = 1.0
 
-    async def apply(self, on: bool) -> None:
+    def position(self, level: int) -> int:
+        return level
+
+    async def apply(self, level: int) -> None:
         raise RuntimeError("driver bug")
 
-    async def read(self) -> bool | None:
+    async def read(self) -> int | None:
         raise KeyError("also a bug")
 
 
@@ -500,7 +541,7 @@ class TestWorkerContainsDriverBugs:
             worker = Worker(BuggyDriver(), "z", min_backoff_s=0.05)
             await worker.probe()  # must not raise
             task = asyncio.create_task(worker.run())
-            worker.want(True)
+            worker.want(100)
             await until(worker, lambda w: w.status == "failed")
             assert not task.done()  # still retrying, not crashed
             task.cancel()
@@ -527,15 +568,15 @@ class TestWriteUnderWay:
             verify_argv=["/bin/cat", str(state)],
         )
         worker = Worker(CommandDriver("hall/0(command)", config), "hall")
-        seen: list[bool | None] = []
+        seen: list[int | None] = []
 
         async def go() -> None:
             async with running(worker):
-                await until(worker, lambda w: w.known is True)
-                worker.want(False)
+                await until(worker, lambda w: w.known == 100)
+                worker.want(0)
                 await asyncio.sleep(0.1)
                 seen.append(worker.known)  # mid-write
-                await until(worker, lambda w: w.status == "ok" and w.known is False)
+                await until(worker, lambda w: w.status == "ok" and w.known == 0)
 
         run(go())
         assert seen == [None]

@@ -38,23 +38,26 @@ class Fan:
     timeout_s = 1.0
 
     def __init__(self, delay: float = 0.0) -> None:
-        self.delay, self.broken, self.on = delay, False, True
+        self.delay, self.broken, self.level = delay, False, 100
 
-    async def apply(self, on: bool) -> None:
+    def position(self, level: int) -> int:
+        return level
+
+    async def apply(self, level: int) -> None:
         await asyncio.sleep(self.delay)
         if self.broken:
             raise DriverError("fan-1: refused")
-        self.on = on
+        self.level = level
 
-    async def read(self) -> bool | None:
-        return self.on
+    async def read(self) -> int | None:
+        return self.level
 
 
-async def move(worker: Worker, on: bool) -> None:
-    """Let the worker's task try to reach ``on`` once, then stop it."""
+async def move(worker: Worker, level: int) -> None:
+    """Let the worker's task try to reach ``level`` once, then stop it."""
     tried = sum(worker.durations.counts)
     task = asyncio.create_task(worker.run())
-    worker.want(on)
+    worker.want(level)
     while sum(worker.durations.counts) == tried:
         await asyncio.sleep(0.001)
     task.cancel()
@@ -105,6 +108,8 @@ class TestControllerMetrics:
         s = scrape(core, {}, keyring, 6.5)
         assert one(s, "powercast_state", zone="default", state="shedding") == 1.0
         assert one(s, "powercast_on_battery_seconds", zone="default") == 5.5
+        assert one(s, "powercast_stage", zone="default") == 1.0
+        assert one(s, "powercast_fan_level_percent", zone="default") == 0.0
         assert one(s, "powercast_sheds_total", zone="default") == 1.0
         assert one(s, "powercast_flap_guard_recent_sheds", zone="default") == 1.0
         assert one(s, "powercast_flap_guard_max_sheds", zone="default") == 1.0
@@ -141,9 +146,9 @@ class TestControllerMetrics:
         core = Controller(ControllerConfig(policy=SETTINGS), keyring=keyring)
         fan = Fan(delay=0.02)
         worker = Worker(fan, "default")
-        asyncio.run(move(worker, False))
+        asyncio.run(move(worker, 0))
         fan.broken = True
-        asyncio.run(move(worker, True))
+        asyncio.run(move(worker, 100))
         s = scrape(core, {"default": [worker]}, keyring, 1.0)
         labels = {"zone": "default", "actuator": "fan-1"}
         assert one(s, "powercast_actuator_apply_duration_seconds_count", **labels) == 2.0

@@ -48,8 +48,8 @@ STATUS_KEYS = {
     "transitions", "keys", "network",
 }  # fmt: skip
 ZONE_KEYS = {
-    "zone", "state", "fans", "reason", "since", "for_s", "situation", "override", "actuators",
-    "battery_for_s", "temp_high_c", "sheds", "flap_guard",
+    "zone", "state", "fans", "level", "stage", "reason", "since", "for_s", "situation",
+    "override", "actuators", "battery_for_s", "temp_high_c", "sheds", "flap_guard",
 }  # fmt: skip
 PUBLISHER_KEYS = {
     "id", "fresh", "age_s", "expires_in_s", "tal_s", "epoch", "seq", "change", "sent", "power",

@@ -61,7 +61,7 @@ class TestStart:
         waiting = Policy(cfg.PolicySettings(), zone="a")  # not evaluated yet: nothing
         assert plan.reconcile({"a": waiting}) == []
         effects = plan.reconcile({"a": policy("a", "shedding")})
-        assert effects[0] == SetActuator("a/0", False)
+        assert effects[0] == SetActuator("a/0", 0)
         run = effects[1]
         assert isinstance(run, RunActions)
         assert (run.replay, run.actions, run.decision.state) == (True, (PAGE,), "shedding")
@@ -71,14 +71,14 @@ class TestStart:
     def test_failsafe_after_the_grace_sets_fans_on(self) -> None:
         plan = Plan(zones(zone("a", FANS)))
         effects = plan.reconcile({"a": policy("a")})  # the chart starts in failsafe
-        assert effects[0] == SetActuator("a/0", True)
+        assert effects[0] == SetActuator("a/0", 100)
 
 
 class TestDecisions:
     def test_a_change_moves_the_zone_and_runs_its_actions(self) -> None:
         plan = Plan(zones(zone("a", PWM_A, actions=(PAGE,)), zone("b", PWM_B)))
         effects = plan.decided([decision("a", "shedding")])
-        assert effects[0] == SetActuator("a/0", False)
+        assert effects[0] == SetActuator("a/0", 0)
         assert isinstance(effects[1], RunActions)
         assert not effects[1].replay
         assert effects[2:] == [Save(), Notify()]
@@ -89,6 +89,45 @@ class TestDecisions:
         effects = plan.decided([decision("a", "shedding")])
         assert isinstance(effects[1], LogDryRun)
         assert not any(isinstance(e, RunActions) for e in effects)
+
+
+class TestStages:
+    def test_a_new_stage_sets_the_level_and_runs_no_commands(self) -> None:
+        """Shedding to a deeper stage moves the actuators to its level; the state's
+        commands ran on entering shedding and do not run again."""
+        plan = Plan(zones(zone("a", PWM_A, FANS, actions=(PAGE,))))
+        entered = Decision(1.0, "on_battery", "shedding", "why", NO_DATA, "a", 1, 50, 100)
+        effects = plan.decided([entered])
+        assert effects[:2] == [SetActuator("a/0", 50), SetActuator("a/1", 50)]
+        assert isinstance(effects[2], RunActions)
+        deeper = Decision(2.0, "shedding", "shedding", "why", NO_DATA, "a", 2, 0, 50)
+        assert plan.decided([deeper]) == [
+            SetActuator("a/0", 0),
+            SetActuator("a/1", 0),
+            Save(),
+            Notify(),
+        ]
+
+    def test_a_restored_stage_settles_at_its_level(self) -> None:
+        """A zone restored shedding at stage 2 settles with its actuators at that level."""
+        settings = cfg.PolicySettings(
+            stages=[cfg.Stage(level=60), cfg.Stage(level=20, runtime_below_s=300.0)]
+        )
+        p = Policy(settings, zone="a")
+        p.chart, p.stage, p.settled = FanChart(start_value="shedding"), 2, True
+        effects = Plan(zones(zone("a", PWM_A))).reconcile({"a": p})
+        assert effects[0] == SetActuator("a/0", 20)
+
+    def test_stop_and_reload_use_the_level(self) -> None:
+        """A new actuator in a zone shed to 60 % is set to 60 %; a stop sets 100 %."""
+        settings = cfg.PolicySettings(stages=[cfg.Stage(level=60)])
+        p = Policy(settings, zone="a")
+        p.chart, p.stage, p.settled = FanChart(start_value="shedding"), 1, True
+        plan = Plan(zones(zone("a", PWM_A)))
+        plan.reconcile({"a": p})
+        effects = plan.reload(zones(zone("a", PWM_A, PWM_B)), {"a": p})
+        assert effects == [StartActuator("a/1", "a", PWM_B), SetActuator("a/1", 60)]
+        assert plan.stop(leave_fans=False) == [SetActuator("a/0", 100), SetActuator("a/1", 100)]
 
 
 class TestReload:
@@ -103,7 +142,7 @@ class TestReload:
         assert effects == [
             ReleaseActuator("a/0", PWM_A),
             StartActuator("a/0", "a", PWM_B),
-            SetActuator("a/0", False),  # the zone is settled: the new one is set at once
+            SetActuator("a/0", 0),  # the zone is settled: the new one is set at once
         ]
 
     def test_a_new_zone_starts_its_workers_and_waits_to_settle(self) -> None:
@@ -121,8 +160,8 @@ class TestStop:
     def test_every_actuator_on_unless_left(self) -> None:
         plan = Plan(zones(zone("a", PWM_A, PWM_B), zone("b", FANS)))
         assert plan.stop(leave_fans=False) == [
-            SetActuator("a/0", True),
-            SetActuator("a/1", True),
-            SetActuator("b/0", True),
+            SetActuator("a/0", 100),
+            SetActuator("a/1", 100),
+            SetActuator("b/0", 100),
         ]
         assert plan.stop(leave_fans=True) == []

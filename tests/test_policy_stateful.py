@@ -15,10 +15,15 @@ fresh and what they said:
 3. Flap guard: at most flap_max_sheds sheds within any flap_window_s.
 4. Timers: the controller's deadline is never in the past after a tick (the runtime's
    timer would spin), and after the startup grace every zone has been decided.
-5. Actuators (the plan's effects, carried out at once): an actuator is off only while its
-   zone's state is a fans-off one that 1 allows; once a zone is decided, every actuator
-   is where its state says; while no controller runs (a restart's down time), every
-   actuator is on.
+5. Actuators (the plan's effects, carried out at once): an actuator is below full speed
+   only while its zone's level is, which 1 allows; once a zone is decided, every
+   actuator is at its zone's level; while no controller runs (a restart's down time),
+   every actuator is at full speed.
+6. Stages (the "staged" zone: time on battery, runtime, charge): while on battery and
+   shedding, the level never rises while the stage's trigger still holds within its
+   hysteresis, never falls unless the deeper stage's trigger holds, never rises while
+   runtime and charge only fell (monotone), and a stage is never entered on a value not
+   announced; on mains, a shed zone holds its level until it returns to full speed.
 
 The one allowed exception to 1 is the startup grace: a zone restored from the state file
 keeps its saved state until its own data comes or the grace ends.
@@ -33,6 +38,7 @@ import fnmatch
 import os
 import statistics
 from pathlib import Path
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -42,14 +48,14 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from powercast import persist
 from powercast.auth import Keyring
-from powercast.config import ControllerConfig, HwmonActuator, PolicySettings, Zone
+from powercast.config import ControllerConfig, HwmonActuator, PolicySettings, Stage, Zone
 from powercast.controller import Controller
 from powercast.plan import Effect, Plan, SetActuator
-from powercast.policy import FANS_ON, Decision, Override
+from powercast.policy import Decision, Override
 from powercast.wire import PowerStatus
 
 from fakes import WALL, FakePublisher, make_keyring
-from strategies import override_lengths, pauses, sensor_readings
+from strategies import charges, override_lengths, pauses, runtimes, sensor_readings
 
 pytestmark = pytest.mark.unit
 
@@ -104,6 +110,27 @@ CONFIG = ControllerConfig(
                 flap_max_sheds=1,
             ),
         ),
+        # Staged: 60 % after 4 s on battery, 30 % under 600 s of runtime, 10 % under 20 %
+        # of charge, off under 200 s; back on mains, full speed once 300 s are left.
+        Zone(
+            name="staged",
+            publishers=["ups-b"],
+            actuators=[HwmonActuator(path="staged1")],
+            policy=PolicySettings(
+                shed_after_s=2.0,
+                restore_after_s=1.0,
+                flap_window_s=30.0,
+                flap_max_sheds=2,
+                stages=[
+                    Stage(level=60, on_battery_for_s=4.0),
+                    Stage(level=30, runtime_below_s=600.0),
+                    Stage(level=10, charge_below_pct=20.0),
+                    Stage(level=0, runtime_below_s=200.0, hysteresis=100.0),
+                ],
+                min_return_runtime_s=300.0,
+                max_return_wait_s=20.0,
+            ),
+        ),
     ],
 )
 ZONES = {zone.name: zone for zone in CONFIG.zones}
@@ -147,8 +174,14 @@ class ControllerRuns(RuleBasedStateMachine):
         self.ctrl = Controller(CONFIG, self.keyring)
         self.ctrl.start(self.now)
         self.plan = Plan(dict(ZONES))
-        self.positions: dict[str, bool | None] = dict.fromkeys(self.plan.actuators)
-        """Each actuator's real position; None: unknown (as found at the first start)."""
+        self.positions: dict[str, int | None] = dict.fromkeys(self.plan.actuators)
+        """Each actuator's real level; None: unknown (as found at the first start)."""
+        self.seen: dict[str, tuple[object, ...]] = {}
+        """Each zone as the previous check found it: state, stage, level, runtime, charge,
+        its battery spell."""
+        self.carried: dict[str, float] = {}
+        """A battery spell the state file carried over a restart, for each zone whose
+        controller has not seen its end: time on battery counts from there."""
         self.carry_out(self.plan.start())
 
     # -- the model -----------------------------------------------------------------------
@@ -183,6 +216,22 @@ class ControllerRuns(RuleBasedStateMachine):
                     values[key] = now.get(sensor)
         return values
 
+    def gauges(self, zone: Zone) -> tuple[float | None, float | None]:
+        """Runtime and charge of the fresh voters on battery: the most, or None when
+        one of them does not say."""
+        voters = zone.publishers or PUBLISHERS
+        said = [
+            self.publishers[n]
+            for n in PUBLISHERS
+            if n in voters and self.fresh(n) and self.publishers[n].power in BATTERY
+        ]
+        runtime = [p.runtime_s for p in said]
+        charge = [p.charge_pct for p in said]
+        return (
+            None if not said or None in runtime else max(r for r in runtime if r is not None),
+            None if not said or None in charge else max(c for c in charge if c is not None),
+        )
+
     def level(self, zone: Zone) -> float | None:
         """The zone temperature; None without any, while a listed sensor is quiet, or
         while a sensor it counts is unknown."""
@@ -201,18 +250,19 @@ class ControllerRuns(RuleBasedStateMachine):
         """One datagram; the model follows it at once, as the controller does."""
         self.record(self.ctrl.receive(data, self.now, WALL + self.now))
         self.heard[name] = self.now
+        self.named[name] |= set(self.publishers[name].temperatures)
         self.observe()
 
     def carry_out(self, effects: list[Effect]) -> None:
         """The plan's effects, as the runtime would carry them out (every write works)."""
         for effect in effects:
             if isinstance(effect, SetActuator):
-                self.positions[effect.key] = effect.on
+                self.positions[effect.key] = effect.level
 
     def record(self, decisions: list[Decision]) -> None:
         self.carry_out(self.plan.decided(decisions))
         for d in decisions:
-            if d.state != "shedding":
+            if d.state != "shedding" or d.previous == "shedding":  # a new stage is no shed
                 continue
             sheds = self.sheds[d.zone]
             sheds.append(d.at)
@@ -254,10 +304,21 @@ class ControllerRuns(RuleBasedStateMachine):
         name=st.sampled_from(PUBLISHERS),
         power=st.sampled_from(ANNOUNCED),
         readings=sensor_readings,
+        runtime=runtimes,
+        charge=charges,
     )
-    def announce(self, name: str, power: PowerStatus, readings: dict[str, float]) -> None:
+    def announce(
+        self,
+        name: str,
+        power: PowerStatus,
+        readings: dict[str, float],
+        runtime: float | None,
+        charge: float | None,
+    ) -> None:
         """A publisher announces news, then keeps sending heartbeats."""
-        self.deliver(name, self.publishers[name].say(self.now, power, **readings))
+        publisher = self.publishers[name]
+        publisher.runtime_s, publisher.charge_pct = runtime, charge
+        self.deliver(name, publisher.say(self.now, power, **readings))
         self.named[name] |= set(readings)
         self.silent.discard(name)
         self.next_beat[name] = self.now + HEARTBEAT_S
@@ -272,6 +333,30 @@ class ControllerRuns(RuleBasedStateMachine):
             self.named[name] |= set(readings)
             self.silent.discard(name)
             self.next_beat[name] = self.now + HEARTBEAT_S
+        self.after()
+
+    @rule(runtime=runtimes, charge=charges, inlet=st.sampled_from([20.0, 30.0, 36.0]))
+    def staged_outage(self, runtime: float | None, charge: float | None, inlet: float) -> None:
+        """The staged zone's UPS announces battery, mostly cool, with a runtime and charge."""
+        publisher = self.publishers["ups-b"]
+        publisher.runtime_s, publisher.charge_pct = runtime, charge
+        self.deliver(
+            "ups-b", publisher.say(self.now, PowerStatus.ON_BATTERY, inlet=inlet, cpu=25.0)
+        )
+        self.named["ups-b"] |= {"inlet", "cpu"}
+        self.silent.discard("ups-b")
+        self.next_beat["ups-b"] = self.now + HEARTBEAT_S
+        self.after()
+
+    @rule(name=st.sampled_from(PUBLISHERS), runtime=runtimes, charge=charges)
+    def battery_drains(self, name: str, runtime: float | None, charge: float | None) -> None:
+        """A heartbeat brings another runtime and charge, without news (a move within
+        the publisher's deadband)."""
+        publisher = self.publishers[name]
+        publisher.runtime_s, publisher.charge_pct = runtime, charge
+        self.deliver(name, publisher.heartbeat(self.now))
+        self.silent.discard(name)
+        self.next_beat[name] = self.now + HEARTBEAT_S
         self.after()
 
     @rule(name=st.sampled_from(PUBLISHERS))
@@ -305,7 +390,10 @@ class ControllerRuns(RuleBasedStateMachine):
         saved = persist.snapshot(self.ctrl.zones, {}, self.now, WALL + self.now)
         record = msgspec.json.decode(msgspec.json.encode(saved), type=persist.StateRecord)
         self.carry_out(self.plan.stop(leave_fans=False))
-        assert all(self.positions.values()), f"no controller runs, fans: {self.positions}"
+        for name, since in self.spells.items():
+            if since is not None:
+                self.carried[name] = min(self.carried.get(name, since), since)
+        assert all(p == 100 for p in self.positions.values()), f"no controller: {self.positions}"
         self.now += down_s
         ctrl = Controller(CONFIG, self.keyring)
         persist.restore(record, ctrl.zones, self.now, WALL + self.now)
@@ -344,7 +432,7 @@ class ControllerRuns(RuleBasedStateMachine):
             if self.now >= self.ctrl.grace_until:
                 assert policy.settled, f"{where}: not decided after the grace"
             level = self.level(zone)
-            if not FANS_ON[policy.state] and not waiting:
+            if policy.level < 100 and not waiting:
                 assert level is not None, f"{where}: fans off without a fresh temperature"
                 assert level < cfg.temp_high_c, f"{where}: fans off at {level} °C"
                 if policy.state == "shedding":
@@ -357,21 +445,88 @@ class ControllerRuns(RuleBasedStateMachine):
             for key, (zone_name, _) in self.plan.actuators.items():
                 if zone_name != name:
                     continue
-                if self.positions[key] is False:
-                    assert not FANS_ON[policy.state], f"{where}: {key} off"
-                    assert not waiting, f"{where}: {key} off before the zone is decided"
+                position = self.positions[key]
+                if position is not None and position < 100:
+                    assert policy.level < 100, f"{where}: {key} at {position} %"
+                    assert not waiting, f"{where}: {key} slowed before the zone is decided"
                 if name in self.plan.settled:
-                    assert self.positions[key] is FANS_ON[policy.state], f"{where}: {key}"
+                    assert position == policy.level, f"{where}: {key} at {position} %"
             if policy.settled:
                 assert name in self.plan.settled, f"{where}: decided but not carried out"
             if "flapping" in policy.reason:
                 assert len(policy.sheds) >= cfg.flap_max_sheds, where
+            self.check_stages(name, zone)
             since = self.spells[name]
             due = since is not None and self.now >= since + cfg.shed_after_s + EPS
             cool = level is not None and level <= cfg.temp_high_c - cfg.temp_hysteresis_c
             if due and cool and level < cfg.temp_high_c and policy.override is None:
                 held = policy.state == "on_battery" and "flapping" in policy.reason
                 assert policy.state == "shedding" or held, f"{where}: should have shed"
+
+    def check_stages(self, name: str, zone: Zone) -> None:
+        """Invariant 6, against the previous check of the same zone."""
+        policy = self.ctrl.zones[name]
+        if not policy.settings.stages or not policy.settled:
+            return  # no stages; or restored, waiting out the grace (the exception to 1)
+        if policy.battery_since is None:
+            self.carried.pop(name, None)
+        stages = policy.settings.stages
+        runtime, charge = self.gauges(zone)
+        spell = self.spells[name]
+        now = (policy.state, policy.stage, policy.level, runtime, charge, spell)
+        before, self.seen[name] = self.seen.get(name), now
+        where = f"{name} at {self.now:g} in {policy.state} stage {policy.stage} ({policy.reason})"
+        battery = self.on_battery(zone)
+        shed = policy.state == "shedding"
+        values = {"runtime_below_s": runtime, "charge_below_pct": charge}
+        start = spell if name not in self.carried or spell is None else self.carried[name]
+        onbatt = None if start is None else self.now - start
+
+        def holds(stage: Stage, margin: float) -> bool:
+            if stage.on_battery_for_s is not None:
+                return onbatt is not None and onbatt + EPS >= stage.on_battery_for_s - margin
+            key = "runtime_below_s" if stage.runtime_below_s is not None else "charge_below_pct"
+            value = values[key]
+            return value is not None and value < getattr(stage, key) + margin
+
+        if shed and battery and policy.stage:
+            assert holds(stages[policy.stage - 1], stages[policy.stage - 1].margin), (
+                f"{where}: at a stage whose trigger does not hold (runtime {runtime}, charge"
+                f" {charge}, {onbatt} s on battery)"
+            )
+        if before is None or not shed or before[0] != "shedding":
+            return
+        _, stage, level, runtime0, charge0, spell0 = before
+        assert isinstance(stage, int)
+        assert isinstance(level, int)
+        if battery and spell == spell0 and stage:
+            kept = stages[stage - 1]
+            if holds(kept, kept.margin):
+                assert policy.stage >= stage, f"{where}: left stage {stage} within hysteresis"
+            if policy.level < level:
+                entered = stages[policy.stage - 1]
+                assert holds(entered, 0.0), f"{where}: went down without its trigger"
+            fell = all(
+                b == a or (a is not None and b is not None and b <= a)
+                for a, b in ((runtime0, runtime), (charge0, charge))
+            )
+            if fell:
+                assert policy.level <= level, (
+                    f"{where}: level rose {level} -> {policy.level} while runtime"
+                    f" {runtime0} -> {runtime} and charge {charge0} -> {charge} fell"
+                )
+        if not battery and PowerStatus.ONLINE in self.votes(zone):
+            assert policy.level == level, f"{where}: level moved on mains {level} -> {policy.level}"
+
+
+class Draws:
+    """Fixed draws for a rule that takes ``data``, by label: a saved run replayed by hand."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+
+    def draw(self, strategy: object, label: str) -> Any:
+        return self.values[label]
 
 
 def machine(keyring: Keyring) -> type[ControllerRuns]:
@@ -388,6 +543,28 @@ class TestControllerStateful:
     def test_invariants_over_random_runs(self, keyring: Keyring) -> None:
         """Safety, liveness, flap and timer invariants hold over bounded random runs."""
         run_state_machine_as_test(machine(keyring), settings=BOUNDED)
+
+    def test_a_sensor_no_longer_announced_after_a_restart_fails_safe(
+        self, keyring: Keyring
+    ) -> None:
+        """A saved run: on battery, ups-c names inlet; the controller restarts at once and
+        hears ups-c's heartbeats (inlet again) in the same epoch; then ups-c announces cpu
+        alone. inlet is unknown, not absent: hall fails safe, and the model, which learns
+        the sensors of each epoch anew after a restart as the controller does, agrees."""
+        state = machine(keyring)()
+        cool = {"ups-a": {}, "ups-b": {}, "ups-c": {"inlet": 20.0}}
+        state.check()
+        state.site_wide(PowerStatus.ON_BATTERY, cast(st.DataObject, Draws(cool)))
+        state.restart(0.0)
+        state.time_passes(7.0)
+        assert state.named["ups-c"] == {"inlet"}
+        moved = {**cool, "ups-c": {"cpu": 20.0}}
+        state.site_wide(PowerStatus.ON_BATTERY, cast(st.DataObject, Draws(moved)))
+        hall = state.ctrl.zones["hall"]
+        assert (hall.state, hall.level) == ("failsafe", 100)
+        assert "no reading from ups-c/inlet" in hall.reason
+        assert state.level(ZONES["hall"]) is None
+        state.teardown()
 
     @pytest.mark.slow
     def test_invariants_over_long_random_runs(self, keyring: Keyring) -> None:

@@ -39,6 +39,8 @@ def environment(decision: Decision) -> dict[str, str]:
         "POWERCAST_PREVIOUS_STATE": decision.previous,
         "POWERCAST_REASON": decision.reason,
         "POWERCAST_FANS": "on" if decision.fans_on else "off",
+        "POWERCAST_FAN_LEVEL": str(decision.level),
+        "POWERCAST_STAGE": str(decision.stage),
     }
 
 

@@ -636,6 +636,101 @@ def _check_trap_ports(sources: list[Source]) -> None:
         seen[port] = (index, source.traps.listen)
 
 
+Level = Annotated[int, msgspec.Meta(ge=0, le=100)]
+"""A fan level in percent: 100 full speed (the safe one), 0 off."""
+MAX_STAGES: Final = 8
+
+
+class Stage(_Table, frozen=True):
+    """One step of staged shedding: the fans' level once the UPS is this far gone. A stage
+    names at most one of the three triggers; one without any is entered at once (after
+    shed_after_s), so only the first may lack one."""
+
+    level: Level
+    """Fan level in this stage, in percent: 100 full speed, 0 off."""
+    runtime_below_s: Annotated[float, msgspec.Meta(gt=0.0, le=1e9)] | None = None
+    """Entered while the UPS announces less runtime left than this (seconds)."""
+    charge_below_pct: Annotated[float, msgspec.Meta(gt=0.0, le=100.0)] | None = None
+    """Entered while the UPS announces less battery charge than this (percent)."""
+    on_battery_for_s: Annotated[float, msgspec.Meta(ge=0.0, le=86_400.0)] | None = None
+    """Entered once the zone has been on battery this long (seconds, by our clock)."""
+    hysteresis: Annotated[float, msgspec.Meta(ge=0.0, le=1e9)] | None = None
+    """Left only once the value is this far back past the threshold, in its unit; default:
+    60 s of runtime, 5 % of charge, 0 s on battery."""
+
+    def __post_init__(self) -> None:
+        named = [k for k in TRIGGERS if getattr(self, k) is not None]
+        if len(named) > 1:
+            raise ValueError(
+                f"{named[1]}: expected one trigger per stage, got {' and '.join(named)}"
+            )
+        if self.hysteresis is not None and not named:
+            raise ValueError(
+                f"hysteresis: expected it only with runtime_below_s, charge_below_pct or"
+                f" on_battery_for_s, got {self.hysteresis:g} without any"
+            )
+
+    @property
+    def trigger(self) -> str | None:
+        """The key this stage is entered on; None: at once."""
+        return next((k for k in TRIGGERS if getattr(self, k) is not None), None)
+
+    @property
+    def threshold(self) -> float:
+        key = self.trigger
+        return 0.0 if key is None else float(getattr(self, key))
+
+    @property
+    def margin(self) -> float:
+        """The hysteresis, with the trigger's default."""
+        if self.hysteresis is not None:
+            return self.hysteresis
+        return TRIGGERS[self.trigger] if self.trigger else 0.0
+
+
+TRIGGERS: Final[dict[str, float]] = {
+    "runtime_below_s": 60.0,
+    "charge_below_pct": 5.0,
+    "on_battery_for_s": 0.0,
+}
+"""What a stage may be entered on, with each one's default hysteresis."""
+
+Stages = Annotated[list[Stage], msgspec.Meta(max_length=MAX_STAGES)]
+
+
+def check_stages(stages: list[Stage]) -> None:
+    """Stages go deeper in order: levels fall, each trigger's thresholds go deeper, and a
+    deeper stage's way back (its threshold and hysteresis) stays short of the shallower
+    stage's way in; only the first stage may be entered at once."""
+    for i, stage in enumerate(stages):
+        where = f"stages[{i}]"
+        if i and stage.trigger is None:
+            raise ValueError(
+                f"{where}.level: expected a trigger (runtime_below_s, charge_below_pct or"
+                f" on_battery_for_s) on every stage but the first, got none"
+            )
+        if i and stage.level >= stages[i - 1].level:
+            raise ValueError(
+                f"{where}.level: expected less than stages[{i - 1}]'s {stages[i - 1].level}"
+                f" (stages go deeper in order), got {stage.level}"
+            )
+        for j, before in enumerate(stages[:i]):
+            key = stage.trigger
+            if key is None or before.trigger != key:
+                continue
+            if key == "on_battery_for_s":
+                ok = stage.threshold - stage.margin > before.threshold
+                bound = f"more than stages[{j}]'s {before.threshold:g} plus its hysteresis"
+            else:
+                ok = stage.threshold + stage.margin < before.threshold
+                bound = f"less than stages[{j}]'s {before.threshold:g} less its hysteresis"
+            if not ok:
+                raise ValueError(
+                    f"{where}.{key}: expected {bound} {stage.margin:g} (thresholds must not"
+                    f" overlap), got {stage.threshold:g}"
+                )
+
+
 class PolicySettings(_Table, frozen=True):
     """When to shed the fans and when to bring them back."""
 
@@ -657,6 +752,16 @@ class PolicySettings(_Table, frozen=True):
     startup_grace_s: Annotated[float, msgspec.Meta(ge=0.0, le=600.0)] = 3.0
     """At start, wait this long for data before failing safe, so a restart does not
     toggle fans that are already right."""
+    stages: Stages = []
+    """Staged shedding, shallowest first; empty: one stage, fans off (level 0)."""
+    min_return_runtime_s: Annotated[float, msgspec.Meta(gt=0.0, le=1e9)] | None = None
+    """After power returns, shed fans wait until the UPS announces this much runtime left
+    (besides restore_after_s); unknown runtime does not hold them."""
+    max_return_wait_s: Annotated[float, msgspec.Meta(ge=0.0, le=86_400.0)] = 1800.0
+    """The longest min_return_runtime_s holds shed fans after power returns."""
+
+    def __post_init__(self) -> None:
+        check_stages(self.stages)
 
 
 class ZonePolicy(_Table, frozen=True):
@@ -668,6 +773,16 @@ class ZonePolicy(_Table, frozen=True):
     restore_after_s: Annotated[float, msgspec.Meta(ge=0.0, le=86_400.0)] | None = None
     flap_window_s: Annotated[float, msgspec.Meta(gt=0.0, le=86_400.0)] | None = None
     flap_max_sheds: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
+    stages: Stages | None = None
+    """The zone's own staged shedding (replaces the top-level stages; [] for fans off)."""
+    min_return_runtime_s: Annotated[float, msgspec.Meta(gt=0.0, le=1e9)] | None = None
+    """The zone's own runtime shed fans wait for after power returns."""
+    max_return_wait_s: Annotated[float, msgspec.Meta(ge=0.0, le=86_400.0)] | None = None
+    """The zone's own bound on that wait."""
+
+    def __post_init__(self) -> None:
+        if self.stages is not None:
+            check_stages(self.stages)
 
 
 class Action(_Table, frozen=True):
@@ -682,7 +797,8 @@ class Action(_Table, frozen=True):
 
 
 class CommandActuator(_Table, frozen=True, tag="command", tag_field="kind"):
-    """Fans switched by programs: one to turn them on, one to turn them off."""
+    """Fans switched by programs: one to turn them on, one to turn them off (off only at
+    level 0: any level above runs them)."""
 
     on_argv: Argv
     off_argv: Argv
@@ -697,7 +813,9 @@ class HwmonActuator(_Table, frozen=True, tag="hwmon", tag_field="kind"):
 
     path: str
     on_value: Annotated[int, msgspec.Meta(ge=0, le=255)] = 255
+    """The PWM value at full speed (level 100 %); a level between is interpolated."""
     off_value: Annotated[int, msgspec.Meta(ge=0, le=255)] = 0
+    """The PWM value with the fans off (level 0 %)."""
     enable_path: str | None = None
     """pwmN_enable: written with enable_value (1 = manual) before the first write."""
     enable_value: int = 1
@@ -720,7 +838,10 @@ class ModbusActuator(_Table, frozen=True, tag="modbus", tag_field="kind"):
     coil: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
     register: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
     on_value: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 1
+    """The register's value at full speed (level 100 %); a level between is interpolated.
+    A coil is on at every level but 0."""
     off_value: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    """The register's value with the fans off (level 0 %)."""
     timeout_s: Timeout = 3.0
     refresh_s: Refresh | None = None
     """Re-write the position this often, for a device with its own timeout (see Refresh)."""
@@ -754,10 +875,12 @@ class BacnetActuator(_Table, frozen=True, tag="bacnet", tag_field="kind"):
     """Fans on: "write" writes on_value at our priority; "relinquish" writes NULL there, so
     the BMS's own schedule (lower-priority slots, relinquish-default) decides again."""
     on_value: float | None = None
-    """Present value for fans on: 1 (active, the default) for binary objects; for analog
-    ones it must be given (e.g. 100.0 for a speed in percent) unless on = "relinquish"."""
+    """Present value for fans on (level 100 %): 1 (active, the default) for binary objects;
+    for analog ones it must be given (e.g. 100.0 for a speed in percent) unless on =
+    "relinquish". An analog object takes a level between scaled linearly."""
     off_value: float = 0.0
-    """Present value for fans off (shedding): 0 (inactive) for binary objects."""
+    """Present value for fans off (level 0 %): 0 (inactive) for binary objects, which are
+    on at every level but 0."""
     local: str = "0.0.0.0:0"
     """IPv4 address and UDP port to send from; port 0 takes a free one (answers come back
     to it). Use :47808 only when the device answers to that port alone."""
@@ -860,9 +983,9 @@ class SnmpActuator(SnmpAccess, frozen=True, kw_only=True, tag="snmp", tag_field=
     status_oid: Oid | Annotated[list[Oid], msgspec.Meta(min_length=1, max_length=32)] | None = None
     """Read back here instead (one per oid), e.g. rPDUOutletStatusOutletState."""
     on_value: Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)] = 1
-    """Written for fans on, and read back as on (APC: 1, immediateOn)."""
+    """Written for fans on (every level but 0), and read back as on (APC: 1, immediateOn)."""
     off_value: Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)] = 2
-    """Written for fans off (shedding), and read back as off (APC: 2, immediateOff)."""
+    """Written for fans off (level 0), and read back as off (APC: 2, immediateOff)."""
     refresh_s: Refresh | None = None
     """Re-write the position this often, for a device with its own timeout (see Refresh)."""
 
@@ -1338,7 +1461,7 @@ def explain(message: str, raw: dict[str, Any], cls: type) -> str:
     if missing:
         where = f"{dotted}.{missing[1]}" if dotted else missing[1]
         return f"{where}: missing (this key is required)"
-    own = re.match(r"^(\w+): (expected .*, got .*)$", what)
+    own = re.match(r"^([\w.\[\]]+): (expected .*, got .*)$", what)
     if own:  # raised by a __post_init__ check, which already says what it got
         return f"{dotted}.{own[1]}: {own[2]}" if dotted else f"{own[1]}: {own[2]}"
     if re.match(r"Invalid (enum )?value", what):
@@ -1435,6 +1558,8 @@ def _pick_struct(tp: Any, value: Any) -> Any:
             for member in structs:
                 if member.__struct_config__.tag == value["kind"]:
                     return member
+        if not structs and len(members) == 1:  # an optional list: ``list[...] | None``
+            return members[0]
         return structs[0] if len(structs) == 1 else None
     return tp
 

@@ -238,9 +238,11 @@ class Controller:
             verdict = Verdict.NEW
             was_fresh = False
             before = None
+            power = None
         else:
             was_fresh = session.fresh(now)
             before = session.message.temperatures
+            power = session.message.power
             verdict = session.offer(message, now)
         if verdict is Verdict.OLD:
             self._reject(
@@ -256,7 +258,14 @@ class Controller:
         if verdict is Verdict.DUPLICATE:
             return NOTHING
         heapq.heappush(self._expiries, (session.expires_at, publisher))
-        if verdict is Verdict.REPEAT and was_fresh and message.temperatures == before:
+        if (
+            verdict is Verdict.REPEAT
+            and was_fresh
+            and message.temperatures == before
+            and power is not None
+            and message.power.runtime_s == power.runtime_s  # a move within the deadband
+            and message.power.charge_pct == power.charge_pct  # may still cross a stage
+        ):
             return NOTHING  # a heartbeat with the very same readings: nothing to decide
         self._heard_from(source, publisher)
         return self.evaluate(now)
@@ -304,9 +313,11 @@ class Controller:
 
     def _situation(self, zone: str, fresh: dict[str, Reading], stale: tuple[str, ...]) -> Situation:
         config = self.zone_configs[zone]
+        sessions = self.sessions
         return combine(
             fresh,
             stale,
+            gauges={p: sessions[p].message.power for p in fresh},
             quorum=config.power_quorum,
             power_from=frozenset(config.publishers) if config.publishers else None,
             sensors=tuple(config.sensors),

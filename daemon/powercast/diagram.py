@@ -1,5 +1,8 @@
 """``powercast diagram``: the fan policy's state chart, drawn from the real class.
 
+With a controller's config, the Mermaid text also notes each zone's stages beside
+``shedding``: the levels its fans go through as the battery drains.
+
 The Mermaid text needs nothing beyond python-statemachine; an image (PNG or SVG) needs
 pydot (``pip install 'powercast[diagram]'``) and Graphviz's ``dot`` program. Whatever is
 missing is one :class:`DiagramError` naming it.
@@ -13,6 +16,8 @@ from typing import Final
 from statemachine.contrib.diagram import GraphvizError, GraphvizNotFoundError, formatter
 from statemachine.contrib.diagram.graphviz import run_graphviz
 
+from powercast import staging
+from powercast.config import ControllerConfig
 from powercast.errors import PowercastError
 from powercast.policy import FanChart
 
@@ -23,9 +28,37 @@ class DiagramError(PowercastError):
     """The diagram cannot be made here; ``str()`` says what is missing."""
 
 
-def mermaid() -> str:
-    """The chart as Mermaid ``stateDiagram-v2`` text."""
-    return formatter.render(FanChart, "mermaid")
+def mermaid(config: ControllerConfig | None = None) -> str:
+    """The chart as Mermaid ``stateDiagram-v2`` text; with ``config``, a note of each
+    zone's stages on ``shedding``."""
+    text: str = formatter.render(FanChart, "mermaid")
+    if config is None:
+        return text
+    lines = [f"        {line}" for line in stage_lines(config)]
+    return text + "\n".join(["    note right of shedding", *lines, "    end note", ""])
+
+
+def stage_lines(config: ControllerConfig) -> list[str]:
+    """Each zone's levels in shedding, in words: "hall: 100 % > 50 % runtime < 600 s ..."."""
+    out = []
+    for zone in config.effective_zones():
+        settings = config.policy_for(zone)
+        if not settings.stages:
+            out.append(f"{zone.name}: fans off (0 %)")
+            continue
+        steps = [f"{s.level} % at {_plain(staging.describe(s))}" for s in settings.stages]
+        back = (
+            f", full again once {settings.min_return_runtime_s:g} s of runtime are back"
+            if settings.min_return_runtime_s is not None
+            else ""
+        )
+        out.append(f"{zone.name}: 100 %, then {', then '.join(steps)}{back}")
+    return out
+
+
+def _plain(words: str) -> str:
+    """Comparisons in words: Mermaid takes ``<`` as markup."""
+    return words.replace(" < ", " under ").replace(" >= ", " from ")
 
 
 def image(fmt: str) -> bytes:

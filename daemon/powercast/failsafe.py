@@ -159,8 +159,8 @@ async def _safe(name: str, actuator: cfg.Actuator) -> str | None:
     finally:
         if isinstance(driver, Closing):
             driver.close()
-    if position is False:
-        return f"{name}: set on but reads back off"
+    if position is not None and position != SAFE_POSITION:
+        return f"{name}: set to full speed but reads back {position} %"
     return None
 
 

@@ -193,6 +193,16 @@ def _zones(zones: list[dict[str, Any]]) -> Iterable[Metric]:
     override = GaugeMetricFamily(
         "powercast_override_active", "1 while an operator override holds.", labels=["zone"]
     )
+    level = GaugeMetricFamily(
+        "powercast_fan_level_percent",
+        "The fan level the zone's state and stage call for: 100 full speed, 0 off.",
+        labels=["zone"],
+    )
+    stage = GaugeMetricFamily(
+        "powercast_stage",
+        "The zone's shedding stage (1 = the first); 0 outside shedding.",
+        labels=["zone"],
+    )
     battery = GaugeMetricFamily(
         "powercast_on_battery_seconds",
         "Seconds the zone's fresh data has said 'on battery' without a break (0 when not).",
@@ -238,6 +248,8 @@ def _zones(zones: list[dict[str, Any]]) -> Iterable[Metric]:
         in_state.add_metric([name], z["for_s"])
         fans.add_metric([name], 1.0 if z["fans"] == "on" else 0.0)
         override.add_metric([name], 0.0 if z["override"] is None else 1.0)
+        level.add_metric([name], float(z["level"]))
+        stage.add_metric([name], float(z["stage"]))
         battery.add_metric([name], z["battery_for_s"])
         if (celsius := z["situation"]["temperature_c"]) is not None:
             temperature.add_metric([name], celsius)
@@ -248,7 +260,7 @@ def _zones(zones: list[dict[str, Any]]) -> Iterable[Metric]:
         holds.add_metric([name], guard["holds"])
         recent.add_metric([name], guard["recent_sheds"])
         allowed.add_metric([name], guard["max_sheds"])
-    yield from (state, in_state, fans, override, battery, temperature, limit)
+    yield from (state, in_state, fans, override, level, stage, battery, temperature, limit)
     yield from (sheds, holding, holds, recent, allowed)
 
 
@@ -289,6 +301,11 @@ def _actuators(zones: list[dict[str, Any]]) -> Iterable[Metric]:
         "1 for the actuator's known position (read back, else last applied), 0 for others.",
         labels=["zone", "actuator", "position"],
     )
+    level = GaugeMetricFamily(
+        "powercast_actuator_level_percent",
+        "The actuator's known level (read back, else last applied); absent while unknown.",
+        labels=["zone", "actuator"],
+    )
     failed = GaugeMetricFamily(
         "powercast_actuator_failed",
         "1 while the actuator's last attempt failed.",
@@ -304,9 +321,11 @@ def _actuators(zones: list[dict[str, Any]]) -> Iterable[Metric]:
             for name in POSITIONS:
                 position.add_metric([z["zone"], a["name"], name], float(name == a["position"]))
             failed.add_metric([z["zone"], a["name"]], float(a["status"] == "failed"))
+            if a.get("level") is not None:
+                level.add_metric([z["zone"], a["name"]], float(a["level"]))
             hist = a["apply_durations"]
             durations.add_metric([z["zone"], a["name"]], hist["buckets"], sum_value=hist["sum"])
-    yield from (position, failed, durations)
+    yield from (position, level, failed, durations)
 
 
 class PublisherCollector(_SnapshotCollector):

@@ -36,6 +36,10 @@ class ZoneRecord(msgspec.Struct, forbid_unknown_fields=False):
     state: str
     entered_at: float
     reason: str = ""
+    stage: int = 0
+    """In shedding, the stage (1 = the first, 0 none reached yet); without stages, 1."""
+    level: int = 100
+    """The fan level the state and stage called for (for people reading the file)."""
     battery_since: float | None = None
     online_since: float | None = None
     sheds: list[float] = []
@@ -46,12 +50,13 @@ class StateRecord(msgspec.Struct, forbid_unknown_fields=False):
     version: int
     saved_at: float
     zones: dict[str, ZoneRecord] = {}
-    actuators: dict[str, bool | None] = {}
-    """``zone/index`` -> fans on (True), off (False), or unknown (None)."""
+    actuators: dict[str, int | bool | None] = {}
+    """``zone/index`` -> the level last known (0..100), or unknown (None); older files
+    hold true (on) or false (off). Never believed at start: read back or written."""
 
 
 def snapshot(
-    zones: dict[str, Policy], actuators: dict[str, bool | None], now: float, wall: float
+    zones: dict[str, Policy], actuators: dict[str, int | None], now: float, wall: float
 ) -> StateRecord:
     """What to save, with monotonic times turned into wall-clock ones."""
 
@@ -65,6 +70,8 @@ def snapshot(
             state=policy.state,
             entered_at=wall - (now - policy.since),
             reason=policy.reason,
+            stage=policy.stage,
+            level=policy.level,
             battery_since=to_wall(policy.battery_since),
             online_since=to_wall(policy.online_since),
             sheds=[wall - (now - t) for t in policy.sheds],
@@ -92,6 +99,9 @@ def restore(record: StateRecord, zones: dict[str, Policy], now: float, wall: flo
         policy.chart = FanChart(start_value=State(saved.state))
         policy.since = min(now, now - (wall - saved.entered_at))
         policy.reason = f"restored after restart: {saved.reason}"
+        staged = len(policy.settings.stages)  # a stage beyond the config's: its deepest
+        shed = saved.state == State.shedding
+        policy.stage = (min(max(saved.stage, 0), staged) if staged else 1) if shed else 0
         policy.battery_since = to_mono(saved.battery_since)
         policy.online_since = to_mono(saved.online_since)
         policy.sheds.extend(sorted(min(now, now - (wall - t)) for t in saved.sheds))

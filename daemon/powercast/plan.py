@@ -10,7 +10,8 @@ is answered here, without sockets, processes or clocks, and tested as such.
 
 The rules it keeps:
 
-- Fans are moved by actuators, reconciled: each has a desired position, and its worker
+- Fans are moved by actuators, reconciled: each has a desired level (100 % full speed,
+  0 off; shedding's stage sets it), and its worker
   writes whenever the real position is unknown or differs. Nothing about a position is
   believed across a restart or a device change: it is read back or written.
 - A zone's first evaluation after start (restored state confirmed, or failsafe after
@@ -33,7 +34,7 @@ from typing import Final
 
 from powercast.config import Action, Actuator, Zone
 from powercast.policy import Decision, Policy
-from powercast.states import FANS_ON
+from powercast.staging import FULL
 
 LEAVE_FANS: Final = "controller.leave-fans"
 """A file of this name in the runtime directory (``/run/powercast``) asks the next stop
@@ -42,10 +43,10 @@ and ``powercast failsafe`` to leave the fans where they are, once: for maintenan
 
 @dataclass(frozen=True)
 class SetActuator:
-    """Drive actuator ``key`` to fans on (True) or off (False)."""
+    """Drive actuator ``key`` to a fan level: 100 (full speed, safe) .. 0 (off)."""
 
     key: str
-    on: bool
+    level: int
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ class Plan:
                 continue
             effects.append(StartActuator(key, zone, config))
             if zone in self.settled:
-                effects.append(SetActuator(key, FANS_ON[policies[zone].state]))
+                effects.append(SetActuator(key, policies[zone].level))
         return effects
 
     def decided(self, decisions: list[Decision]) -> list[Effect]:
@@ -160,8 +161,18 @@ class Plan:
             if name in self.settled or not policy.settled or name not in self.zones:
                 continue
             self.settled.add(name)
-            situation = policy.situation
-            replay = Decision(0.0, policy.state, policy.state, policy.reason, situation, name)
+            situation, level = policy.situation, policy.level
+            replay = Decision(
+                0.0,
+                policy.state,
+                policy.state,
+                policy.reason,
+                situation,
+                name,
+                policy.stage,
+                level,
+                level,
+            )
             effects += self._carry_out(replay, replay=True)
         if effects:
             effects += [Save(), Notify()]
@@ -171,17 +182,18 @@ class Plan:
         """At a stop no controller will react to heat: every actuator to fans on."""
         if leave_fans:
             return []
-        return [SetActuator(key, True) for key in self.actuators]
+        return [SetActuator(key, FULL) for key in self.actuators]
 
     def _carry_out(self, decision: Decision, *, replay: bool) -> list[Effect]:
-        on = FANS_ON[decision.state]
         effects: list[Effect] = [
-            SetActuator(key, on)
+            SetActuator(key, decision.level)
             for key, (zone, _) in self.actuators.items()
             if zone == decision.zone
         ]
         zone = self.zones.get(decision.zone)
-        actions = tuple(a for a in zone.actions if a.on == decision.state) if zone else ()
+        if zone is None or not (decision.moved or replay):  # a new stage: only the level
+            return effects
+        actions = tuple(a for a in zone.actions if a.on == decision.state)
         if actions:
             if self.dry_run:
                 effects.append(LogDryRun(decision, actions))

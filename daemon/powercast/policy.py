@@ -15,6 +15,8 @@ The one principle: **when in doubt, the fans run**. The fans go off in ``sheddin
 reached only from ``on_battery`` after the debounce, with fresh data of every kind the
 decision needs (a power vote that says battery, a fresh temperature below the limit),
 and in ``manual_off``, an operator's override, which never beats stale data or heat.
+How far ``shedding`` slows them is its *stage* (:mod:`powercast.staging`), chosen from
+the announced runtime, charge and time on battery: every other state runs them at 100 %.
 
 No clocks and no I/O: ``now`` comes in as an argument (monotonic seconds).
 """
@@ -24,15 +26,17 @@ from __future__ import annotations
 import fnmatch
 import statistics
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from statemachine import StateMachine
 from statemachine.states import States
 
-from powercast.config import PolicySettings
+from powercast import staging
+from powercast.config import PolicySettings, Stage
 from powercast.states import FANS_ON, INITIAL, State
-from powercast.wire import PowerStatus
+from powercast.wire import Power, PowerStatus
 
 
 class FanChart(StateMachine):
@@ -110,6 +114,11 @@ class Situation:
     missing: tuple[str, ...] = ()
     """Sensors counted but failed, and configured sensors with no fresh reading: the zone
     temperature is then unknown."""
+    runtime_s: float | None = None
+    """Runtime left as the voters that decided the power announce it (the most of them);
+    None when any of them does not say."""
+    charge_pct: float | None = None
+    """Battery charge, likewise."""
 
     def describe(self) -> dict[str, object]:
         """The readings as log fields."""
@@ -123,6 +132,10 @@ class Situation:
         }
         if self.missing:
             fields["missing_sensors"] = list(self.missing)
+        if self.runtime_s is not None:
+            fields["runtime_s"] = self.runtime_s
+        if self.charge_pct is not None:
+            fields["charge_pct"] = self.charge_pct
         return fields
 
 
@@ -153,10 +166,29 @@ class Decision:
     reason: str
     situation: Situation
     zone: str = "default"
+    stage: int = 0
+    """The shedding stage entered (1 = the zone's first); 0 outside shedding."""
+    shed_level: int | None = None
+    """In shedding, the level its stage calls for; None: the state's own (100 or 0)."""
+    previous_level: int | None = None
+    """The level before, when it was known."""
+
+    @property
+    def level(self) -> int:
+        """The fan level the state and stage call for, in percent."""
+        if self.shed_level is not None and self.state == State.shedding:
+            return self.shed_level
+        return staging.FULL if FANS_ON[self.state] else staging.OFF
 
     @property
     def fans_on(self) -> bool:
-        return FANS_ON[self.state]
+        """Whether the fans run at all (a level above 0)."""
+        return self.level > 0
+
+    @property
+    def moved(self) -> bool:
+        """A change of state, not only of stage: the state's commands run."""
+        return self.state != self.previous
 
 
 @dataclass
@@ -179,6 +211,11 @@ class Policy:
     """When shedding was entered, within the flap window."""
     settled: bool = False
     """The rules have run at least once since start (data came, or the grace ended)."""
+    stage: int = 0
+    """In shedding, the stage the fans are at (1 = the zone's first stage, 0 none reached
+    yet); 0 in every other state."""
+    checked: float = float("-inf")
+    """When the rules last ran: a deadline not after it has been acted on already."""
     sheds_total: int = 0
     """Times the zone entered shedding since the daemon started (a counter for metrics)."""
     flap_holding: bool = False
@@ -190,23 +227,45 @@ class Policy:
     def state(self) -> State:
         return State(self.chart.current_state_value)
 
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        return staging.stages_of(self.settings)
+
+    @property
+    def level(self) -> int:
+        """The fan level now, in percent: 100 but in shedding and manual_off. Shedding
+        without stages is fans off; with stages, its stage's level (stage 0: none
+        reached yet, full speed)."""
+        if self.state is State.shedding and self.settings.stages:
+            return staging.level(self.stages, min(self.stage, len(self.stages)))
+        return staging.FULL if FANS_ON[self.state] else staging.OFF
+
     def evaluate(self, situation: Situation, now: float) -> list[Decision]:
         """Apply the rules until the state is stable; return the moves made (often none)."""
         self._track(situation, now)
         self.situation = situation
         self.settled = True
+        self.checked = now
         decisions = []
         for _ in range(len(State)):  # each rule pass moves at most once; never loops forever
             target, reason = self._rule(situation, now)
-            if target == self.state:
+            stage = self._stage_for(target, situation, now)
+            if target == self.state and stage == self.stage:
                 self.reason = reason  # the why may change without a move (status shows it)
                 break
-            decisions.append(Decision(now, self.state, target, reason, situation, self.zone))
-            self.chart.send(f"to_{target}")
-            self.since, self.reason = now, reason
-            if target is State.shedding:
-                self.sheds.append(now)
-                self.sheds_total += 1
+            before, previous = self.level, self.state
+            if target != previous:
+                self.chart.send(f"to_{target}")
+                self.since = now
+                if target is State.shedding:
+                    self.sheds.append(now)
+                    self.sheds_total += 1
+            self.stage, self.reason = stage, reason
+            decisions.append(
+                Decision(
+                    now, previous, target, reason, situation, self.zone, stage, self.level, before
+                )
+            )
         holding = self.state is State.on_battery and self._flap_held(now)
         if holding and not self.flap_holding:
             self.flap_holds += 1
@@ -223,11 +282,19 @@ class Policy:
         times = []
         if self.override is not None:
             times.append(self.override.until)
+        cfg = self.settings
         if self.state is State.on_battery and self.battery_since is not None:
-            times.append(max(self.battery_since + self.settings.shed_after_s, self._flap_free()))
+            times.append(max(self.battery_since + cfg.shed_after_s, self._flap_free()))
         if self.state is State.shedding and self.online_since is not None:
-            times.append(self.online_since + self.settings.restore_after_s)
-        return min(times) if times else None
+            times.append(self.online_since + cfg.restore_after_s)
+            if cfg.min_return_runtime_s is not None:
+                times.append(self.online_since + max(cfg.restore_after_s, cfg.max_return_wait_s))
+        if self.state is State.shedding and self.online_since is None:
+            timed = staging.next_due(self.stages, self.battery_since, self.stage)
+            if timed is not None:
+                times.append(timed)
+        later = [t for t in times if t > self.checked]
+        return min(later) if later else None
 
     def _track(self, situation: Situation, now: float) -> None:
         on_battery = situation.power in (PowerStatus.ON_BATTERY, PowerStatus.LOW_BATTERY)
@@ -245,6 +312,20 @@ class Policy:
         window = self.settings.flap_window_s
         while self.sheds and self.sheds[0] <= now - window:
             self.sheds.popleft()
+
+    def _gauges(self, s: Situation, now: float) -> staging.Gauges:
+        since = self.battery_since
+        return staging.Gauges(s.runtime_s, s.charge_pct, None if since is None else now - since)
+
+    def _stage_for(self, target: State, s: Situation, now: float) -> int:
+        """The stage that goes with ``target``: 0 outside shedding; on mains, the one the
+        fans were shed to (held until they return to full speed)."""
+        if target is not State.shedding:
+            return 0
+        current = self.stage if self.state is State.shedding else 0
+        if s.power is PowerStatus.ONLINE and self.state is State.shedding:
+            return current
+        return staging.depth(self.stages, self._gauges(s, now), current)
 
     def battery_for(self, now: float) -> float:
         """Seconds fresh data has said 'on battery' without a break (0 when it does not)."""
@@ -306,6 +387,19 @@ class Policy:
                 State.shedding,
                 f"power back, restoring fans in {cfg.restore_after_s - waited:.1f} s",
             )
+        least, runtime = cfg.min_return_runtime_s, s.runtime_s
+        agreed = all(vote == "online" for _, vote in s.votes)
+        if (
+            least is not None
+            and runtime is not None
+            and runtime < least
+            and agreed  # a contradiction holds nothing: in doubt, the fans run
+            and now < since + max(cfg.restore_after_s, cfg.max_return_wait_s)
+        ):
+            return State.shedding, (
+                f"power back for {waited:.1f} s, runtime {runtime:g} s < {least:g} s:"
+                f" fans stay at {self.level} % until the battery recovers"
+            )
         return State.normal, f"power back for {waited:.1f} s"
 
     def _battery_rule(self, s: Situation, now: float) -> tuple[State, str]:
@@ -326,7 +420,7 @@ class Policy:
         elapsed = now - since
         status = s.power.value.replace("_", " ")
         if state is State.shedding:
-            return State.shedding, f"{status}, {_where(s)} {temp:g} °C"
+            return State.shedding, f"{status}, {_where(s)} {temp:g} °C{self._staged(s, now)}"
         if self._flap_held(now):  # held past the debounce: say so now
             free = self._flap_free()
             return State.on_battery, (
@@ -336,9 +430,23 @@ class Policy:
         if state in (State.on_battery, State.thermal_override) and now >= since + cfg.shed_after_s:
             return State.shedding, (
                 f"{status} for {elapsed:.1f} s, {_where(s)} {temp:g} °C < {cfg.temp_high_c:g}"
+                f"{self._staged(s, now)}"
             )
         left = max(0.0, cfg.shed_after_s - elapsed)
         return State.on_battery, f"{status}, shedding in {left:.1f} s unless power returns"
+
+    def _staged(self, s: Situation, now: float) -> str:
+        """The stage the rules lead to, in words for the reason (nothing without stages)."""
+        if not self.settings.stages:
+            return ""
+        current = self.stage if self.state is State.shedding else 0
+        depth = staging.depth(self.stages, self._gauges(s, now), current)
+        if depth == 0:
+            runtime = "unknown" if s.runtime_s is None else f"{s.runtime_s:g} s"
+            charge = "unknown" if s.charge_pct is None else f"{s.charge_pct:g} %"
+            return f"; runtime {runtime}, charge {charge}: no stage reached, fans at 100 %"
+        stage = self.stages[depth - 1]
+        return f"; stage {depth} ({staging.describe(stage)}): fans at {stage.level} %"
 
 
 def _where(s: Situation) -> str:
@@ -357,6 +465,7 @@ def combine(
     power_from: frozenset[str] | None = None,
     sensors: tuple[str, ...] = (),
     temperature: Literal["max", "mean"] = "max",
+    gauges: Mapping[str, Power] | None = None,
 ) -> Situation:
     """Fold fresh publishers' readings into one zone situation, leaning to the safe side.
 
@@ -369,6 +478,11 @@ def combine(
     is not read at all, since the sensor that cannot be read may be the hot one. Sources
     and stale publishers are the zone's own: those that vote or whose sensors it reads
     (or could read), so another zone's publisher cannot stand in for them.
+
+    Runtime and charge (from ``gauges``, each publisher's announced power): from the
+    voters whose status decided the power, the most any of them announces, since a
+    stage is entered on a low value and in doubt the fans run faster; unknown (None)
+    when one of them does not say.
     """
     votes = tuple(
         (publisher, status.value)
@@ -400,6 +514,12 @@ def combine(
     else:
         zone_temp = values[hottest] if hottest else None
     used = {publisher for publisher, _ in votes} | {name.split("/", 1)[0] for name in named}
+    runtime = charge = None
+    if gauges is not None and power is not PowerStatus.UNKNOWN:
+        side = ("online",) if power is PowerStatus.ONLINE else ("on_battery", "low_battery")
+        deciders = [gauges.get(p) for p, status in votes if status in side]
+        runtime = _most([g.runtime_s if g else None for g in deciders])
+        charge = _most([g.charge_pct if g else None for g in deciders])
     return Situation(
         power=power,
         temperature=zone_temp,
@@ -408,7 +528,15 @@ def combine(
         stale=tuple(p for p in stale if _serves(p, power_from, sensors)),
         votes=votes,
         missing=missing,
+        runtime_s=runtime,
+        charge_pct=charge,
     )
+
+
+def _most(values: list[float | None]) -> float | None:
+    """The largest value, or None when any is unknown (or there are none)."""
+    known = [v for v in values if v is not None]
+    return max(known) if known and len(known) == len(values) else None
 
 
 def _counted(

@@ -19,7 +19,6 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from powercast.states import FANS_ON, State
 from powercast.wire import Power
 
 if TYPE_CHECKING:
@@ -159,7 +158,9 @@ def zone(
     return {
         "zone": name,
         "state": policy.state,
-        "fans": "on" if _fans_on(policy.state) else "off",
+        "fans": "on" if policy.level > 0 else "off",
+        "level": policy.level,
+        "stage": policy.stage,
         "reason": policy.reason,
         "since": wall_of(policy.since),
         "for_s": round(now - policy.since, 3),
@@ -194,6 +195,8 @@ def zone(
                 "name": w.driver.name,
                 "position": _position(w.known),
                 "desired": _position(w.desired),
+                "level": w.known,
+                "desired_level": w.desired,
                 "status": w.status,
                 "error": w.error or None,
                 "attempts": w.attempts,
@@ -247,6 +250,12 @@ def publisher(
     }
 
 
+def _staged(zone: dict[str, Any]) -> str:
+    """ ", stage 2 at 50 %" for a zone shed part way or past its first stage."""
+    stage, level = zone.get("stage", 0), zone.get("level", 100)
+    return f", stage {stage} at {level} %" if stage and (0 < level < 100 or stage > 1) else ""
+
+
 MAX_REJECTIONS_SHOWN: Final = 16
 
 
@@ -285,12 +294,12 @@ def _keys_text(keys: dict[str, Any]) -> str:
     )
 
 
-def _fans_on(state: State) -> bool:
-    return FANS_ON[state]
+def _level(level: int | None) -> str:
+    return "unknown" if level is None else f"{_position(level)} {level} %"
 
 
-def _position(value: bool | None) -> str:
-    return "unknown" if value is None else ("on" if value else "off")
+def _position(level: int | None) -> str:
+    return "unknown" if level is None else ("on" if level > 0 else "off")
 
 
 def _prefixed(counters: Any, prefix: str) -> dict[str, int]:
@@ -392,7 +401,7 @@ def _render_controller(status: dict[str, Any]) -> str:
     for zone in status["zones"]:
         lines.append("")
         lines.append(
-            f"zone {zone['zone']}: {zone['state'].upper()} (fans {zone['fans']})"
+            f"zone {zone['zone']}: {zone['state'].upper()} (fans {zone['fans']}{_staged(zone)})"
             f" for {_ago(zone['for_s'])}"
         )
         lines.append(f"  why      {zone['reason']}")
@@ -411,7 +420,8 @@ def _render_controller(status: dict[str, Any]) -> str:
         for a in zone["actuators"]:
             error = f": {a['error']}" if a["error"] else ""
             lines.append(
-                f"  actuator {a['name']}: {a['position']} (wants {a['desired']}),"
+                f"  actuator {a['name']}: {_level(a['level'])}"
+                f" (wants {_level(a['desired_level'])}),"
                 f" {a['status']}{error}"
             )
     lines.append("")

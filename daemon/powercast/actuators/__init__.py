@@ -1,14 +1,15 @@
 """What decisions move: fans switched by commands, sysfs PWM, Modbus TCP drives, BACnet/IP
 objects (CRAC units, air handlers) or SNMP SET (switched PDU outlets).
 
-Every actuator has one interface (:class:`Driver`): ``apply(on)``, ``read()`` (the real
-position, or None when the device cannot tell) and a declared safe state, which is
-always "fans on". :class:`Worker` owns one actuator: it moves it to the desired
-position one step at a time, each bounded by a timeout, retrying with backoff, and
-records what it really knows, so a failed actuator is reported as failed with its
-position unknown rather than assumed. A device with a watchdog of its own gets its
-position written again every ``refresh_s`` (a lease), so it falls back to fans on by
-itself when the controller's host dies.
+Every actuator has one interface (:class:`Driver`): ``apply(level)``, ``read()`` (the
+real level, or None when the device cannot tell), ``position(level)`` (the level the
+device can really take) and a declared safe state, which is always full speed (100 %).
+:class:`Worker` owns one actuator: it moves it to the desired level one step at a
+time, each bounded by a timeout, retrying with backoff, and records what it really
+knows, so a failed actuator is reported as failed with its position unknown rather
+than assumed. A device with a watchdog of its own gets its level written again every
+``refresh_s`` (a lease), so it falls back to fans on by itself when the controller's
+host dies.
 
 The BACnet and SNMP drivers are imported only when such an actuator is configured
 (bacpypes3 and pysnmp take a few hundred milliseconds to import).

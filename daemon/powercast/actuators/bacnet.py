@@ -26,29 +26,43 @@ from bacpypes3.local.networkport import NetworkPortObject
 from bacpypes3.pdu import Address
 from bacpypes3.primitivedata import Null, Real
 
-from powercast.actuators.base import DriverError
+from powercast.actuators.base import DriverError, checked, switch
 from powercast.config import BacnetActuator, bacnet_object
 
 VENDOR_ID: Final = 999
 """The vendor identifier our local device object presents (999: none assigned)."""
+FULL: Final = 100
+"""Full speed, the safe level."""
 
 
-def command_value(config: BacnetActuator, on: bool) -> float | None:
-    """What is written at our priority for a position: a present value, or None for
-    NULL (our command given back)."""
-    if on:
+def command_value(config: BacnetActuator, level: int) -> float | None:
+    """What is written at our priority for a level: a present value, or None for NULL
+    (our command given back). A binary object is off only at level 0; an analog one takes
+    the level scaled linearly from off_value (0) to on_value (100)."""
+    if checked(level) <= 0:
+        return config.off_value
+    if level >= FULL or _binary(config):
         return None if config.on == "relinquish" else config.fans_on_value
-    return config.off_value
+    return config.off_value + (config.fans_on_value - config.off_value) * level / FULL
 
 
-def position(config: BacnetActuator, value: float) -> bool:
-    """A present value as a position: on_value and off_value as such, another analog
-    value by the side of off_value it lies on (a fan running slower still runs)."""
+def position(config: BacnetActuator, value: float) -> int:
+    """A present value as a level: on_value and off_value as 100 and 0, another analog
+    value by where it lies between them (a fan running slower still runs: 1 at least)."""
     if value == config.fans_on_value:
-        return True
+        return FULL
     if value == config.off_value:
-        return False
-    return (value > config.off_value) == (config.fans_on_value > config.off_value)
+        return 0
+    share = (value - config.off_value) / (config.fans_on_value - config.off_value)
+    if share <= 0:
+        return 0
+    if share >= 1:
+        return FULL
+    return max(1, min(FULL - 1, round(share * FULL)))
+
+
+def _binary(config: BacnetActuator) -> bool:
+    return config.object.startswith("binary")
 
 
 class BacnetDriver:
@@ -64,8 +78,15 @@ class BacnetDriver:
         self._where = f"bacnet {config.host}:{config.port} {self._object}"
         self._app: Application | None = None
 
-    async def apply(self, on: bool) -> None:
-        value = command_value(self._config, on)
+    def position(self, level: int) -> int:
+        """A binary object is on or off; an analog one takes the levels of its range."""
+        if self._binary:
+            return FULL if switch(level) else 0
+        value = command_value(self._config, level)
+        return FULL if value is None else position(self._config, value)
+
+    async def apply(self, level: int) -> None:
+        value = command_value(self._config, level)
         shown = "NULL (relinquish)" if value is None else f"{value:g}"
         what = f"write {shown} at priority {self._config.priority}"
         await self._ask(
@@ -79,7 +100,7 @@ class BacnetDriver:
             ),
         )
 
-    async def read(self) -> bool | None:
+    async def read(self) -> int | None:
         if self._config.on == "relinquish":
             slot = await self._ask(
                 f"read priority-array[{self._config.priority}]",
@@ -88,7 +109,7 @@ class BacnetDriver:
                 ),
             )
             if getattr(slot, "null", None) is not None:
-                return True  # our command is given back: the BMS decides
+                return FULL  # our command is given back: the BMS decides
         value = await self._ask(
             "read present-value",
             lambda app: app.read_property(self._device, self._object, "present-value"),

@@ -1,9 +1,16 @@
-"""The actuator interface and the worker that drives one actuator."""
+"""The actuator interface and the worker that drives one actuator.
+
+Positions are fan levels in percent: 100 full speed (every actuator's safe state), 0 off.
+A device takes the levels it can: a PWM or a register its range (:class:`Scale`), a
+switch only on and off (:func:`switch`), off at level 0 alone, so that any level above 0
+runs the fans.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,8 +23,8 @@ from powercast.tally import Durations
 
 log = structlog.get_logger("powercast.actuators")
 
-SAFE_POSITION: Final = True
-"""Every actuator's safe state: fans on."""
+SAFE_POSITION: Final = 100
+"""Every actuator's safe state: fans at full speed."""
 
 
 class DriverError(Exception):
@@ -28,9 +35,63 @@ class Driver(Protocol):
     name: str
     timeout_s: float
 
-    async def apply(self, on: bool) -> None: ...
+    def position(self, level: int) -> int:
+        """The level this device really takes when asked for ``level`` (what a read back
+        says after it): a switch takes 0 or 100."""
+        ...
 
-    async def read(self) -> bool | None: ...
+    async def apply(self, level: int) -> None: ...
+
+    async def read(self) -> int | None:
+        """The level now, or None when the device cannot tell."""
+        ...
+
+
+def checked(level: int) -> int:
+    """``level`` itself; a bool is refused, since True would be 1 %, not "on"."""
+    if isinstance(level, bool) or not isinstance(level, int):
+        raise TypeError(f"expected a level in percent (an int 0..100), got {level!r}")
+    return level
+
+
+def switch(level: int) -> bool:
+    """For a device that is on or off: off only at level 0."""
+    return checked(level) > 0
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Levels onto a device's range, linearly: 0 is ``off``, 100 is ``on`` (either may be
+    the larger). A level between rounds towards ``on``, so only level 0 writes ``off``;
+    a value read back between them is a level between 1 and 99."""
+
+    off: int
+    on: int
+
+    def value(self, level: int) -> int:
+        checked(level)
+        span = self.on - self.off
+        if level <= 0 or span == 0:
+            return self.off if level <= 0 else self.on
+        if level >= 100:
+            return self.on
+        step = math.ceil(abs(span) * level / 100)
+        return self.off + (step if span > 0 else -step)
+
+    def level(self, value: int) -> int:
+        if value == self.on:
+            return 100
+        if value == self.off:
+            return 0
+        share = (value - self.off) / (self.on - self.off)
+        if share <= 0:
+            return 0
+        if share >= 1:
+            return 100
+        return max(1, min(99, round(share * 100)))
+
+    def position(self, level: int) -> int:
+        return self.level(self.value(level))
 
 
 @runtime_checkable
@@ -51,8 +112,10 @@ class Worker:
 
     driver: Driver
     zone: str
-    known: bool | None = None
-    desired: bool | None = None
+    known: int | None = None
+    """The level last read back (or applied, for a device that cannot be read)."""
+    desired: int | None = None
+    """The level asked for, as the device can take it (:meth:`Driver.position`)."""
     status: str = "idle"
     """idle, applying, ok, failed, dry_run."""
     error: str = ""
@@ -76,9 +139,9 @@ class Worker:
     _written_at: float | None = None
     """When (monotonic) the last successful write began: the lease runs from there."""
 
-    def want(self, on: bool) -> None:
-        """Ask for a position; the worker gets there when it can (latest wish wins)."""
-        self.desired = on
+    def want(self, level: int) -> None:
+        """Ask for a level; the worker gets there when it can (latest wish wins)."""
+        self.desired = self.driver.position(max(0, min(100, checked(level))))
         self._wake.set()
 
     async def probe(self) -> None:
@@ -145,12 +208,14 @@ class Worker:
     def _lease_due(self) -> bool:
         return self.desired == self.known and self._lease_left() == 0.0
 
-    async def _step(self, on: bool, renewal: bool = False) -> bool:
+    async def _step(self, level: int, renewal: bool = False) -> bool:
         name = self.driver.name
-        position = "on" if on else "off"
         if self.dry_run:
-            log.info("actuator_dry_run", actuator=name, zone=self.zone, would_set=position)
-            self.known, self.status = on, "dry_run"
+            would = "on" if switch(level) else "off"
+            log.info(
+                "actuator_dry_run", actuator=name, zone=self.zone, would_set=would, fan_level=level
+            )
+            self.known, self.status = level, "dry_run"
             self._changed()
             return True
         quiet = renewal and self.status == "ok"  # a renewed lease is news to no one
@@ -160,7 +225,7 @@ class Worker:
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.driver.timeout_s):
-                await self.driver.apply(on)
+                await self.driver.apply(level)
                 readback = await self.driver.read()
         except Exception as err:  # a driver's bug is a failed actuator, not a dead daemon
             self.durations.observe(time.monotonic() - started)
@@ -176,7 +241,7 @@ class Worker:
                 "actuator_failed",
                 actuator=name,
                 zone=self.zone,
-                wanted=position,
+                wanted=level,
                 attempt=self.attempts,
                 error=self.error,
                 position="unknown",
@@ -187,23 +252,24 @@ class Worker:
         self.durations.observe(self.last_duration_s)
         self._written_at = started
         self.last_applied_at = time.time()
-        if readback is not None and readback != on:
+        if readback is not None and readback != level:
             self.known, self.status = readback, "failed"
-            self.error = f"{name}: set {position} but reads back {'on' if readback else 'off'}"
+            self.error = f"{name}: set {level} % but reads back {readback} %"
             log.error("actuator_failed", actuator=name, zone=self.zone, error=self.error)
             self._changed()
             return False
         if readback is not None:
             self.last_verified_at = self.last_applied_at
-        self.known, self.status, self.error, self.attempts = on, "ok", "", 0
+        self.known, self.status, self.error, self.attempts = level, "ok", "", 0
         if quiet:
-            log.debug("actuator_renewed", actuator=name, position=position)
+            log.debug("actuator_renewed", actuator=name, fan_level=level)
             return True
         log.info(
             "actuator_set",
             actuator=name,
             zone=self.zone,
-            position=position,
+            fan_level=level,
+            position="on" if switch(level) else "off",
             verified=readback is not None,
             duration_s=round(self.last_duration_s, 4),
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from powercast import programs
-from powercast.actuators.base import DriverError
+from powercast.actuators.base import DriverError, switch
 from powercast.config import CommandActuator
 
 MESSAGE_LIMIT: Final = 200
@@ -20,14 +20,18 @@ class CommandDriver:
         self.timeout_s = config.timeout_s * (2 if config.verify_argv else 1)
         self._config = config
 
-    async def apply(self, on: bool) -> None:
-        argv = self._config.on_argv if on else self._config.off_argv
+    def position(self, level: int) -> int:
+        """On or off: off only at level 0."""
+        return 100 if switch(level) else 0
+
+    async def apply(self, level: int) -> None:
+        argv = self._config.on_argv if switch(level) else self._config.off_argv
         outcome = await programs.run(argv, self._config.timeout_s)
         if outcome.exit_code not in self._config.ok_exit_codes:
             said = outcome.output.strip()[-MESSAGE_LIMIT:]
             raise DriverError(f"{self.name}: {argv[0]} {outcome.result}: {said}")
 
-    async def read(self) -> bool | None:
+    async def read(self) -> int | None:
         if self._config.verify_argv is None:
             return None
         outcome = await programs.run(self._config.verify_argv, self._config.timeout_s)
@@ -37,4 +41,4 @@ class CommandDriver:
                 f"{self.name}: {self._config.verify_argv[0]} should print on or off,"
                 f" got {answer[:ANSWER_LIMIT]!r} ({outcome.result})"
             )
-        return answer == "on"
+        return 100 if answer == "on" else 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from powercast.actuators.base import DriverError
+from powercast.actuators.base import DriverError, Scale
 from powercast.config import HwmonActuator
 from powercast.offload import Lane, LaneBusy
 
@@ -16,12 +16,16 @@ class HwmonDriver:
         self.name = name
         self._config = config
         self._path = Path(config.path)
+        self._scale = Scale(config.off_value, config.on_value)
         self._enabled = False
         self._lane = Lane(name)
         """Its own thread: a hung file (a FIFO, a stuck bus) delays this fan only."""
 
-    async def apply(self, on: bool) -> None:
-        value = self._config.on_value if on else self._config.off_value
+    def position(self, level: int) -> int:
+        return self._scale.position(level)
+
+    async def apply(self, level: int) -> None:
+        value = self._scale.value(level)  # between off_value and on_value
         try:
             await self._lane.call(lambda: self._write(value), self.timeout_s)
         except LaneBusy as err:
@@ -36,7 +40,7 @@ class HwmonDriver:
         except OSError as err:
             raise DriverError(f"{self.name}: cannot write {err.filename}: {err.strerror}") from None
 
-    async def read(self) -> bool | None:
+    async def read(self) -> int | None:
         try:
             text = await self._lane.call(
                 lambda: self._path.read_text(errors="replace"), self.timeout_s
@@ -50,8 +54,4 @@ class HwmonDriver:
             raise DriverError(
                 f"{self.name}: {self._path} holds {text.strip()[:20]!r}, not a number"
             ) from None
-        if value == self._config.on_value:
-            return True
-        if value == self._config.off_value:
-            return False
-        return value > self._config.off_value  # another speed: spinning counts as on
+        return self._scale.level(value)

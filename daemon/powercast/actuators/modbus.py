@@ -5,7 +5,7 @@ from __future__ import annotations
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from powercast.actuators.base import DriverError
+from powercast.actuators.base import DriverError, Scale, switch
 from powercast.config import ModbusActuator
 
 
@@ -16,6 +16,7 @@ class ModbusDriver:
         self._config = config
         self._client: AsyncModbusTcpClient | None = None
         self._where = f"{config.host}:{config.port} unit {config.unit}"
+        self._scale = Scale(config.off_value, config.on_value)
 
     async def _connected(self) -> AsyncModbusTcpClient:
         if self._client is None or not self._client.connected:
@@ -30,15 +31,21 @@ class ModbusDriver:
             self._client = client
         return self._client
 
-    async def apply(self, on: bool) -> None:
+    def position(self, level: int) -> int:
+        """A coil is on or off; a register takes the levels of its range."""
+        if self._config.coil is not None:
+            return 100 if switch(level) else 0
+        return self._scale.position(level)
+
+    async def apply(self, level: int) -> None:
         c = self._config
         try:
             client = await self._connected()
             if c.coil is not None:
-                reply = await client.write_coil(c.coil, on, device_id=c.unit)
+                reply = await client.write_coil(c.coil, switch(level), device_id=c.unit)
             else:
                 assert c.register is not None
-                value = c.on_value if on else c.off_value
+                value = self._scale.value(level)
                 reply = await client.write_register(c.register, value, device_id=c.unit)
         except ModbusException as err:
             self._drop()
@@ -46,7 +53,7 @@ class ModbusDriver:
         if reply.isError():
             raise DriverError(f"{self.name}: {self._where} refused the write: {reply}")
 
-    async def read(self) -> bool | None:
+    async def read(self) -> int | None:
         c = self._config
         try:
             client = await self._connected()
@@ -54,7 +61,7 @@ class ModbusDriver:
                 reply = await client.read_coils(c.coil, count=1, device_id=c.unit)
                 if reply.isError():
                     raise DriverError(f"{self.name}: {self._where} refused the read: {reply}")
-                return bool(reply.bits[0])
+                return 100 if reply.bits[0] else 0
             assert c.register is not None
             reply = await client.read_holding_registers(c.register, count=1, device_id=c.unit)
         except ModbusException as err:
@@ -62,12 +69,7 @@ class ModbusDriver:
             raise DriverError(f"{self.name}: {self._where}: {err}") from None
         if reply.isError():
             raise DriverError(f"{self.name}: {self._where} refused the read: {reply}")
-        value = reply.registers[0]
-        if value == c.on_value:
-            return True
-        if value == c.off_value:
-            return False
-        return value > c.off_value
+        return self._scale.level(reply.registers[0])
 
     def close(self) -> None:
         self._drop()

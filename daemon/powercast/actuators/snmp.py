@@ -18,13 +18,13 @@ from pysnmp.hlapi.v3arch import asyncio as hlapi
 from pysnmp.proto import rfc1902, rfc1905
 
 from powercast import snmpaccess
-from powercast.actuators.base import DriverError
+from powercast.actuators.base import DriverError, switch
 from powercast.config import SnmpActuator
 
 
-def command_value(config: SnmpActuator, on: bool) -> int:
-    """The integer written for a position."""
-    return config.on_value if on else config.off_value
+def command_value(config: SnmpActuator, level: int) -> int:
+    """The integer written for a level: an outlet is off only at level 0."""
+    return config.on_value if switch(level) else config.off_value
 
 
 class SnmpDriver:
@@ -41,24 +41,28 @@ class SnmpDriver:
         self._target: Any = None
         self._auth: Any = None
 
-    async def apply(self, on: bool) -> None:
-        value = command_value(self._config, on)
+    def position(self, level: int) -> int:
+        """An outlet is on (100) or off (0)."""
+        return 100 if switch(level) else 0
+
+    async def apply(self, level: int) -> None:
+        value = command_value(self._config, level)
         binds = [
             hlapi.ObjectType(hlapi.ObjectIdentity(oid), rfc1902.Integer32(value))
             for oid in self._config.oids
         ]
         await self._request(hlapi.set_cmd, binds, f"set {value}")
 
-    async def read(self) -> bool | None:
+    async def read(self) -> int | None:
         c = self._config
         binds = [hlapi.ObjectType(hlapi.ObjectIdentity(oid)) for oid in c.status_oids]
         values = await self._request(hlapi.get_cmd, binds, "get")
         positions = set()
         for oid, value in zip(c.status_oids, values, strict=True):
             if value == c.on_value:
-                positions.add(True)
+                positions.add(100)
             elif value == c.off_value:
-                positions.add(False)
+                positions.add(0)
             else:
                 raise DriverError(
                     f"{self.name}: {self._origin}: {oid} reads {value},"

@@ -76,6 +76,9 @@ def add_commands(commands: Commands) -> None:
     diagram.add_argument(
         "--output", type=Path, metavar="FILE", help="write a .png or .svg image (needs Graphviz)"
     )
+    diagram.add_argument(
+        "--config", type=Path, help="a controller's config: note each zone's stages (text only)"
+    )
 
 
 def _tap(args: argparse.Namespace) -> int:
@@ -125,7 +128,15 @@ def _diagram(args: argparse.Namespace) -> int:
     from powercast import diagram  # noqa: PLC0415  # only this command draws
 
     if args.output is None:
-        sys.stdout.write(diagram.mermaid())
+        config = None
+        if args.config is not None:
+            loaded = cfg.load(args.config)
+            if not isinstance(loaded, cfg.ControllerConfig):
+                raise UsageError(
+                    f"{args.config}: role: expected a controller's config, got {loaded.role!r}"
+                )
+            config = loaded
+        sys.stdout.write(diagram.mermaid(config))
         return 0
     try:
         diagram.write_image(args.output)

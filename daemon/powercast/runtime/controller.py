@@ -134,11 +134,11 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         workers = [w for w, _ in (*self._workers.values(), *self._released.values())]
         try:
             async with asyncio.timeout(SHUTDOWN_GRACE_S):
-                while any(w.known is not True for w in workers):
+                while any(w.known != SAFE_POSITION for w in workers):
                     await asyncio.sleep(0.05)
         except TimeoutError:
             pass
-        left = [w.driver.name for w in workers if w.known is not True]
+        left = [w.driver.name for w in workers if w.known != SAFE_POSITION]
         if left:
             log.error("stopping_fans_unknown", actuators=left, grace_s=SHUTDOWN_GRACE_S)
         else:
@@ -148,10 +148,10 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         """The plan's effects, in order; the only place the controller touches the world."""
         for effect in effects:
             match effect:
-                case SetActuator(key, on):
+                case SetActuator(key, level):
                     entry = self._workers.get(key)
                     if entry is not None:
-                        entry[0].want(on)
+                        entry[0].want(level)
                 case RunActions(decision, actions, replay):
                     if replay:
                         log.info("actions_replayed", zone=decision.zone, state=decision.state)
@@ -191,8 +191,13 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._released[driver.name] = (worker, self._tg.create_task(worker.run(), name=driver.name))
 
     def _release_changed(self, worker: Worker) -> None:
-        if worker.known is SAFE_POSITION:
-            log.warning("actuator_released", actuator=worker.driver.name, position="on")
+        if worker.known == SAFE_POSITION:
+            log.warning(
+                "actuator_released",
+                actuator=worker.driver.name,
+                position="on",
+                fan_level=SAFE_POSITION,
+            )
             _, task = self._released.pop(worker.driver.name, (None, None))
             if task is not None:
                 task.cancel()
@@ -252,9 +257,9 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         zones = self.core.zones
         if len(zones) == 1:
             policy = self.core.policy
-            text = f"{policy.state}: {policy.reason}"
+            text = f"{policy.state}{_at(policy.level)}: {policy.reason}"
         else:
-            text = "; ".join(f"{name} {p.state}" for name, p in zones.items())
+            text = "; ".join(f"{name} {p.state}{_at(p.level)}" for name, p in zones.items())
         failed = [w.driver.name for w, _ in self._workers.values() if w.status == "failed"]
         alarm = f"; ACTUATOR FAILED, position unknown: {', '.join(failed)}" if failed else ""
         return f"{text} ({fresh}/{heard} publishers fresh){alarm}"
@@ -293,14 +298,18 @@ class ControllerDaemon(Daemon[ControllerConfig]):
 
     def _decided(self, decisions: list[Decision]) -> None:
         for decision in decisions:
-            self.tally.transition(decision.zone, decision.previous, decision.state)
+            if decision.moved:
+                self.tally.transition(decision.zone, decision.previous, decision.state)
             log.info(
-                "transition",
+                "transition" if decision.moved else "stage",
                 zone=decision.zone,
                 previous=decision.previous,
                 state=decision.state,
                 reason=decision.reason,
                 fans="on" if decision.fans_on else "off",
+                stage=decision.stage,
+                fan_level=decision.level,
+                previous_fan_level=decision.previous_level,
                 **decision.situation.describe(),
             )
         self._carry_out(self.plan.decided(decisions))
@@ -412,6 +421,11 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self.set_override(order.zone, override)
         now, wall = self.loop.time(), time.time()
         return {"zone": report.zone(self.core, self.workers, order.zone, now, wall)}
+
+
+def _at(level: int) -> str:
+    """A level for the status line, said only when the fans run between off and full."""
+    return "" if level in (0, SAFE_POSITION) else f" at {level} %"
 
 
 SAVE_TIMEOUT_S: Final = 5.0
