@@ -35,6 +35,11 @@ MAX_PUBLISHERS: Final = 4096
 memory and the work of every decision without bound."""
 LOG_EVERY_S: Final = 10.0
 """At most one log line per kind of rejected datagram in this many seconds."""
+BLOCKED_TAGS: Final = 64
+"""Forged tags dropped by the kernel's filter at most, the oldest leaving first. A flood
+repeating a forgery costs nothing once its tag is here; one varying its tags, an HMAC each."""
+FORGED_KEPT: Final = 1024
+"""Tags rejected as ``bad_tag`` remembered, to tell a repeated forgery when it comes again."""
 
 
 @dataclass
@@ -59,6 +64,13 @@ class Controller:
     _expiries: list[tuple[float, str]] = field(default_factory=list)
     _allowed: frozenset[str] = field(init=False)
     _pacer: Pacer = field(default_factory=lambda: Pacer(LOG_EVERY_S))
+    blocked: dict[bytes, None] = field(default_factory=dict)
+    """Tags of forgeries seen twice, oldest first: the runtime has the kernel drop
+    datagrams ending in one (:mod:`powercast.sockfilter`). Only tags that failed their
+    HMAC under a key we hold, so no datagram we would take can end in one."""
+    blocked_changed: bool = False
+    """Set when :attr:`blocked` changed (or the keys did); the runtime clears it."""
+    _forged: dict[bytes, None] = field(default_factory=dict)
     accepted: int = 0
     """Datagrams taken (not rejected): while it stays put, no deadline can have moved."""
     grace_until: float = float("-inf")
@@ -94,6 +106,9 @@ class Controller:
             self.sessions = {p: s for p, s in self.sessions.items() if p in self._allowed}
         for session in self.sessions.values():
             session.max_tal = config.policy.max_tal_s
+        self._forged.clear()  # a tag bad under the old keys may be good under the new ones
+        self.blocked.clear()
+        self.blocked_changed = True
         return self.evaluate(now)
 
     def evaluate(self, now: float, only: Iterable[str] | None = None) -> list[Decision]:
@@ -133,6 +148,8 @@ class Controller:
             # forgeries costs an HMAC each, and no forged byte reaches the decoder.
             problem = self.keyring.verify(envelope) if auth.mode != "off" else None
             if problem is not None and auth.mode == "enforce":
+                if problem is wire.Reject.bad_tag:
+                    self._forged_again(bytes(envelope.tag), envelope.key_id, now)
                 self._reject(problem, f"with key id {envelope.key_id}", now)
                 return NOTHING
             message = wire.decode_body(envelope)
@@ -265,6 +282,26 @@ class Controller:
         for publisher in stale:
             del self.sessions[publisher]
         return bool(stale)
+
+    def _forged_again(self, tag: bytes, key_id: int, now: float) -> None:
+        """A bad tag seen a second time is a forgery repeated: block it."""
+        if tag in self.blocked:  # taken off the socket before the filter was on it
+            return
+        if tag not in self._forged:
+            self._forged[tag] = None
+            if len(self._forged) > FORGED_KEPT:
+                del self._forged[next(iter(self._forged))]
+            return
+        del self._forged[tag]
+        self.blocked[tag] = None
+        if len(self.blocked) > BLOCKED_TAGS:
+            del self.blocked[next(iter(self.blocked))]
+        self.blocked_changed = True
+        detail = (
+            f"tag {tag[:8].hex()}... with key id {key_id} seen again: the kernel drops it"
+            f" from now on ({len(self.blocked)} tags blocked)"
+        )
+        self._notice("blocked", "forgery_blocked", wire.Reject.bad_tag, detail, now)
 
     def _reject(self, reason: wire.Reject, detail: str, now: float) -> None:
         self.counters[f"rejected.{reason}"] += 1

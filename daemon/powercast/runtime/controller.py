@@ -10,7 +10,7 @@ from typing import Any, Final
 import structlog
 
 from powercast import config as cfg
-from powercast import control, failsafe, net, persist
+from powercast import control, failsafe, net, persist, sockfilter, wire
 from powercast import status as report
 from powercast.actions import ActionQueue
 from powercast.actuators import Worker, actuator_name, make_driver
@@ -98,8 +98,9 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         tg.create_task(self.actions.run(), name="actions")
         tg.create_task(self._writer(), name="state writer")
         self._carry_out(self.plan.start())  # workers probe on their own: none waits for another
-        self._transport = await self._listen(self.config.network)
-        self._unicast = await self._listen_unicast(self.config.network)
+        program = self._program(self.config, self.keyring)
+        self._transport = await self._listen(self.config.network, program)
+        self._unicast = await self._listen_unicast(self.config.network, program)
         self._reconcile()
         self._arm()
 
@@ -188,8 +189,11 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             if task is not None:
                 task.cancel()
 
-    async def _listen(self, network: cfg.Network) -> asyncio.DatagramTransport:
+    async def _listen(
+        self, network: cfg.ControllerNetwork, program: list[sockfilter.Insn]
+    ) -> asyncio.DatagramTransport:
         sock = net.open_receiver(network.group, network.port, network.interface)
+        self._filter(sock, program)
         transport, _ = await self.loop.create_datagram_endpoint(
             lambda: Receiver(self._on_datagram), sock=sock
         )
@@ -197,7 +201,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         return transport
 
     async def _listen_unicast(
-        self, network: cfg.ControllerNetwork
+        self, network: cfg.ControllerNetwork, program: list[sockfilter.Insn]
     ) -> asyncio.DatagramTransport | None:
         """network.unicast_listen (off when empty): datagrams sent to this host directly,
         taken by the very same path as the group's."""
@@ -205,17 +209,43 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             return None
         where = cfg.udp_address(network.unicast_listen, "", listen_port=network.port)
         sock = net.open_unicast_receiver(*where)
+        self._filter(sock, program)
         transport, _ = await self.loop.create_datagram_endpoint(
             lambda: Receiver(self._on_datagram), sock=sock
         )
         log.info("listening_unicast", address=where[0], port=where[1])
         return transport
 
+    def _program(self, config: ControllerConfig, keyring: Keyring) -> list[sockfilter.Insn]:
+        """The kernel filter for ``config`` and ``keyring``, with the tags blocked now."""
+        shape = config.network.kernel_filter
+        enforce = config.auth.mode == "enforce"
+        return sockfilter.program(
+            versions=wire.VERSIONS if shape else None,
+            key_ids=keyring.ids if shape and enforce else None,
+            blocked=self.core.blocked,
+        )
+
+    def _filter(self, sock: Any, program: list[sockfilter.Insn]) -> None:
+        """Put the filter on a socket; without one, the controller rejects it all itself."""
+        try:
+            sockfilter.attach(sock, program)
+        except OSError as err:
+            log.warning("kernel_filter_failed", error=str(err), hint="datagrams are all read")
+
+    def _refilter(self, config: ControllerConfig, keyring: Keyring) -> None:
+        self.core.blocked_changed = False
+        program = self._program(config, keyring)
+        for transport in (self._transport, self._unicast):
+            if transport is not None:
+                self._filter(transport.get_extra_info("socket"), program)
+
     async def apply(self, new: ControllerConfig, keyring: Keyring) -> None:
         if new.network != self.config.network:
-            transport = await self._listen(new.network)  # fails before the old one is closed
+            program = self._program(new, keyring)
+            transport = await self._listen(new.network, program)  # fails before the old closes
             try:
-                unicast = await self._listen_unicast(new.network)
+                unicast = await self._listen_unicast(new.network, program)
             except net.NetworkError:
                 transport.close()
                 raise
@@ -224,6 +254,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
                     old.close()
             self._transport, self._unicast = transport, unicast
         decisions = self.core.reconfigure(new, keyring, self.loop.time())
+        self._refilter(new, keyring)
         self._carry_out(self.plan.reload(dict(self.core.zone_configs), self.core.zones))
         self._decided(decisions)
         self._arm()
@@ -260,6 +291,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         decisions = self.core.receive(data, self.loop.time(), time.time())
         if decisions or len(self.plan.settled) < len(self.core.zones):
             self._decided(decisions)  # also reconciles zones the data just confirmed
+        if self.core.blocked_changed:  # before the log line: the filter is on when it says so
+            self._refilter(self.config, self.keyring)
         if self.core.notices:
             for notice in self.core.notices:
                 log.warning(notice.event, **notice.fields)
