@@ -71,6 +71,8 @@ class Controller:
     blocked_changed: bool = False
     """Set when :attr:`blocked` changed (or the keys did); the runtime clears it."""
     _forged: dict[bytes, None] = field(default_factory=dict)
+    unsettled: bool = False
+    """A datagram taken with ``evaluate=False`` changed what the rules see."""
     accepted: int = 0
     """Datagrams taken (not rejected): while it stays put, no deadline can have moved."""
     grace_until: float = float("-inf")
@@ -134,11 +136,16 @@ class Controller:
         self.zones[zone].override = override
         return self.evaluate(now, only=[zone])
 
-    def receive(self, data: bytes, now: float, wall: float) -> list[Decision]:
+    def receive(
+        self, data: bytes, now: float, wall: float, *, evaluate: bool = True
+    ) -> list[Decision]:
         """One datagram, at monotonic ``now`` and wall-clock ``wall``.
 
         Never raises for bad input: it is counted by reason and dropped, and it cannot
-        touch any publisher's session, so it cannot change a decision.
+        touch any publisher's session, so it cannot change a decision. With ``evaluate``
+        false, the rules are not run now but noted for :meth:`settle`: a batch of
+        datagrams read together is then judged once, on all of them (with a thousand
+        publishers a run of the rules costs a millisecond; one per datagram fell behind).
         """
         self.counters["received"] += 1
         auth = self.config.auth
@@ -208,6 +215,14 @@ class Controller:
         heapq.heappush(self._expiries, (session.expires_at, publisher))
         if verdict is Verdict.REPEAT and was_fresh and message.temperatures == before:
             return NOTHING  # a heartbeat with the very same readings: nothing to decide
+        self.unsettled = not evaluate  # evaluating now covers any datagram taken before
+        return self.evaluate(now) if evaluate else NOTHING
+
+    def settle(self, now: float) -> list[Decision]:
+        """The rules run on what :meth:`receive` took without running them, if anything."""
+        if not self.unsettled:
+            return NOTHING
+        self.unsettled = False
         return self.evaluate(now)
 
     def tick(self, now: float) -> list[Decision]:

@@ -68,6 +68,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._unicast: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
+        self._accepted = 0
+        """The core's count of datagrams taken when the timer was last armed for them."""
         configured = config.persist.state_dir
         self._state_dir = Path(configured) if configured else state_directory()
 
@@ -98,8 +100,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         tg.create_task(self.actions.run(), name="actions")
         tg.create_task(self._writer(), name="state writer")
         self._carry_out(self.plan.start())  # workers probe on their own: none waits for another
+        self._transport = await self._listen(self.config.network)
         program = self._program(self.config, self.keyring)
-        self._transport = await self._listen(self.config.network, program)
         self._unicast = await self._listen_unicast(self.config.network, program)
         self._reconcile()
         self._arm()
@@ -190,12 +192,12 @@ class ControllerDaemon(Daemon[ControllerConfig]):
                 task.cancel()
 
     async def _listen(
-        self, network: cfg.ControllerNetwork, program: list[sockfilter.Insn]
+        self, network: cfg.ControllerNetwork, program: list[sockfilter.Insn] | None = None
     ) -> asyncio.DatagramTransport:
         sock = net.open_receiver(network.group, network.port, network.interface)
-        self._filter(sock, program)
+        self._filter(sock, program or self._program(self.config, self.keyring))
         transport, _ = await self.loop.create_datagram_endpoint(
-            lambda: Receiver(self._on_datagram), sock=sock
+            lambda: Receiver(self._take, self._on_batch), sock=sock
         )
         log.info("listening", group=network.group, port=network.port, interface=network.interface)
         return transport
@@ -211,7 +213,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         sock = net.open_unicast_receiver(*where)
         self._filter(sock, program)
         transport, _ = await self.loop.create_datagram_endpoint(
-            lambda: Receiver(self._on_datagram), sock=sock
+            lambda: Receiver(self._take, self._on_batch), sock=sock
         )
         log.info("listening_unicast", address=where[0], port=where[1])
         return transport
@@ -287,17 +289,29 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self.notifier.status(self.status())
 
     def _on_datagram(self, data: bytes) -> None:
-        accepted = self.core.accepted
-        decisions = self.core.receive(data, self.loop.time(), time.time())
-        if decisions or len(self.plan.settled) < len(self.core.zones):
+        """One datagram on its own: taken, and acted on at once."""
+        self._take(data)
+        self._on_batch()
+
+    def _take(self, data: bytes) -> None:
+        """One datagram of a batch: the rules wait for the batch's end."""
+        self.core.receive(data, self.loop.time(), time.time(), evaluate=False)
+
+    def _on_batch(self) -> None:
+        """After each batch of datagrams read together: the rules run once on all of them,
+        and what they decided is carried out."""
+        core = self.core
+        decisions = core.settle(self.loop.time())
+        if decisions or len(self.plan.settled) < len(core.zones):
             self._decided(decisions)  # also reconciles zones the data just confirmed
-        if self.core.blocked_changed:  # before the log line: the filter is on when it says so
+        if core.blocked_changed:  # before the log line: the filter is on when it says so
             self._refilter(self.config, self.keyring)
-        if self.core.notices:
-            for notice in self.core.notices:
+        if core.notices:
+            for notice in core.notices:
                 log.warning(notice.event, **notice.fields)
-            self.core.notices.clear()
-        if decisions or self.core.accepted != accepted:  # a rejected datagram moves nothing
+            core.notices.clear()
+        if decisions or core.accepted != self._accepted:  # a rejected datagram moves nothing
+            self._accepted = core.accepted
             self._arm()
 
     def _on_timer(self) -> None:

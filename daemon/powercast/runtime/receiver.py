@@ -29,11 +29,15 @@ class Receiver(asyncio.DatagramProtocol):
     made, the socket is watched by this receiver, which reads up to RECEIVE_BATCH
     datagrams per readiness and hands each to ``on_datagram``."""
 
-    def __init__(self, on_datagram: Callable[[bytes], None]) -> None:
+    def __init__(
+        self, on_datagram: Callable[[bytes], None], on_batch: Callable[[], None] | None = None
+    ) -> None:
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pacer = Pacer()
         self._on_datagram = on_datagram
+        self._on_batch = on_batch
+        """Called after each batch: what the batch changed is acted on once."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # The transport's socket, duplicated: asyncio hands out a wrapper without recv.
@@ -56,6 +60,13 @@ class Receiver(asyncio.DatagramProtocol):
         self._drain(RECEIVE_BATCH - 1)
 
     def _drain(self, batch: int = RECEIVE_BATCH) -> None:
+        try:
+            self._read(batch)
+        finally:
+            if self._on_batch is not None:
+                self._on_batch()
+
+    def _read(self, batch: int) -> None:
         sock = self._sock
         if sock is None:
             return
