@@ -13,7 +13,6 @@ from __future__ import annotations
 from powercast.actuators.base import Driver, DriverError, Worker
 from powercast.actuators.command import CommandDriver
 from powercast.actuators.hwmon import HwmonDriver
-from powercast.actuators.modbus import ModbusDriver
 from powercast.config import Actuator, CommandActuator, HwmonActuator, ModbusActuator
 
 __all__ = ["Driver", "DriverError", "Worker", "actuator_name", "make_driver"]
@@ -30,5 +29,8 @@ def make_driver(config: Actuator, name: str) -> Driver:
     if isinstance(config, HwmonActuator):
         return HwmonDriver(name, config)
     if isinstance(config, ModbusActuator):
+        # pymodbus loads only where a Modbus drive is configured: the others start sooner.
+        from powercast.actuators.modbus import ModbusDriver  # noqa: PLC0415
+
         return ModbusDriver(name, config)
     raise TypeError(f"unknown actuator {config!r}")
