@@ -33,6 +33,7 @@ _COUNTED: Final = {verdict: verdict.value for verdict in Verdict}
 MAX_PUBLISHERS: Final = 4096
 """Sessions kept at most: with authentication off, made-up publisher ids must not grow
 memory and the work of every decision without bound."""
+_push: Final = heapq.heappush
 LOG_EVERY_S: Final = 10.0
 """At most one log line per kind of rejected datagram in this many seconds."""
 BLOCKED_TAGS: Final = 64
@@ -197,7 +198,7 @@ class Controller:
             was_fresh = False
             before = None
         else:
-            was_fresh = session.fresh(now)
+            was_fresh = now < session.expires_at  # session.fresh(now), without the call
             before = session.message.temperatures
             verdict = session.offer(message, now)
         if verdict is Verdict.OLD:
@@ -212,7 +213,7 @@ class Controller:
         self.accepted += 1
         if verdict is Verdict.DUPLICATE:
             return NOTHING
-        heapq.heappush(self._expiries, (session.expires_at, publisher))
+        _push(self._expiries, (session.expires_at, publisher))
         if verdict is Verdict.REPEAT and was_fresh and message.temperatures == before:
             return NOTHING  # a heartbeat with the very same readings: nothing to decide
         self.unsettled = not evaluate  # evaluating now covers any datagram taken before
