@@ -72,6 +72,9 @@ class Controller:
     blocked_changed: bool = False
     """Set when :attr:`blocked` changed (or the keys did); the runtime clears it."""
     _forged: dict[bytes, None] = field(default_factory=dict)
+    evaluations: int = 0
+    """Runs of the rules: only they (and new data's expiry) can bring :meth:`deadline`
+    earlier; a heartbeat that repeats its readings only moves its publisher's expiry later."""
     unsettled: bool = False
     """A datagram taken with ``evaluate=False`` changed what the rules see."""
     accepted: int = 0
@@ -116,6 +119,7 @@ class Controller:
 
     def evaluate(self, now: float, only: Iterable[str] | None = None) -> list[Decision]:
         """Run every zone's rules (or those named) on the current data."""
+        self.evaluations += 1
         fresh, stale = self._fresh(now)
         decisions: list[Decision] = []
         for name in self.zones if only is None else only:

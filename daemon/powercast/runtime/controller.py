@@ -68,8 +68,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._unicast: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
-        self._accepted = 0
-        """The core's count of datagrams taken when the timer was last armed for them."""
+        self._evaluations = 0
+        """The core's count of rule runs when the timer was last armed after a batch."""
         configured = config.persist.state_dir
         self._state_dir = Path(configured) if configured else state_directory()
 
@@ -310,8 +310,11 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             for notice in core.notices:
                 log.warning(notice.event, **notice.fields)
             core.notices.clear()
-        if decisions or core.accepted != self._accepted:  # a rejected datagram moves nothing
-            self._accepted = core.accepted
+        # Only a run of the rules can bring the next deadline earlier (a heartbeat that
+        # repeats its readings moves its expiry later, a rejected datagram nothing): a
+        # quiet heartbeat then touches no zone, no chart, no timer.
+        if core.evaluations != self._evaluations or self._timer is None:
+            self._evaluations = core.evaluations
             self._arm()
 
     def _on_timer(self) -> None:
