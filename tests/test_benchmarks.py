@@ -1,6 +1,6 @@
 """benchmarks/run still runs: one --smoke --json pass (the fewest samples), every figure
 present and a positive finite number (no timing checks: figures depend on the machine;
-README's "Performance" has the numbers and their targets)."""
+benchmarks/README.md has the numbers and their targets)."""
 
 from __future__ import annotations
 
