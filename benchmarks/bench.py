@@ -1151,8 +1151,9 @@ def run_one(name: str, base: Path, size: str) -> dict[str, Any]:
     return result
 
 
-LOWER_IS_WORSE = ("ratio", "per_s")
-"""Fields (by name or suffix) where less is worse; in every other number, more is worse."""
+LOWER_IS_WORSE = ("per_s",)
+"""Suffixes of fields where less is worse (rates), besides ``ratio`` (ingest's share of
+the bare rate); in every other number (times, CPU, its ratio to bare), more is worse."""
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
