@@ -4,6 +4,7 @@ a datagram of a configured key; and the controller blocks a forgery it sees twic
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -11,13 +12,15 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
 from powercast import sockfilter, wire
-from powercast.config import ControllerConfig
+from powercast.config import ControllerConfig, load
 from powercast.controller import BLOCKED_TAGS, Controller
+from powercast.runtime.controller import REFILTER_EVERY_S, ControllerDaemon
 from powercast.secrets import keygen, load_keyring
 
 from harness import (
@@ -147,8 +150,6 @@ class TestFilterOnARealSocket:
 
 def enforcing(tmp_path: Path, keys: Path) -> Controller:
     path = write_toml(tmp_path / "c.toml", controller_config(5001, keys))
-    from powercast.config import load
-
     config = load(path, "controller")
     assert isinstance(config, ControllerConfig)
     return Controller(config, load_keyring(keys))
@@ -258,3 +259,47 @@ class TestDaemon:
             assert done.returncode == 0, done.stderr
             rejected = json.loads(done.stdout)["datagrams"]["rejected"]
         assert rejected == {"bad_tag": 2}
+
+
+@pytest.mark.system
+class TestRefilterBound:
+    def test_a_cycling_flood_rebuilds_the_filter_at_most_every_quarter_second(
+        self, tmp_path: Path, keys: Path, stranger: Path
+    ) -> None:
+        """Forgeries that each come twice block a tag each; the filter is rebuilt once at
+        the first, then once more after REFILTER_EVERY_S with all of them, not per tag."""
+        path = write_toml(tmp_path / "c.toml", controller_config(free_port(), keys))
+        ctl_config = load(path, "controller")
+        assert isinstance(ctl_config, ControllerConfig)
+        theirs = load_keyring(stranger)
+        forged = [
+            wire.encode(message("on_battery", seq=10 + i), key_id=1, sign=theirs.signer(1))
+            for i in range(30)
+        ]
+        built: list[int] = []
+
+        class Counting(ControllerDaemon):
+            def _refilter(self, *args: Any) -> None:
+                built.append(len(self.core.blocked))
+                super()._refilter(*args)
+
+        class Done(Exception):
+            pass
+
+        async def go() -> None:
+            daemon = Counting(path, ctl_config, load_keyring(keys))
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    await daemon.start(tg)
+                    for data in forged:
+                        daemon._on_datagram(data)
+                        daemon._on_datagram(data)
+                    await asyncio.sleep(REFILTER_EVERY_S + 0.2)
+                    raise Done
+            except* Done:
+                pass
+            finally:
+                daemon.close()
+
+        asyncio.run(go())
+        assert built == [1, 30]

@@ -126,7 +126,8 @@ def _blocked(tags: list[bytes]) -> list[Insn]:
 
 def attach(sock: socket.socket, insns: list[Insn]) -> None:
     """Put ``insns`` on ``sock`` (replacing any filter it had); raises OSError."""
-    raw = array.array("B", b"".join(struct.pack("HBBI", *i) for i in insns))
+    fields = [field for insn in insns for field in insn]
+    raw = array.array("B", struct.pack("HBBI" * len(insns), *fields))
     address, _ = raw.buffer_info()
     # struct sock_fprog: unsigned short len; struct sock_filter *filter (native padding)
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("HP", len(insns), address))

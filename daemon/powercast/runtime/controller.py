@@ -69,6 +69,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._evaluations = 0
+        self._refiltered = float("-inf")
+        self._refilter_later: asyncio.TimerHandle | None = None
         """The core's count of rule runs when the timer was last armed after a batch."""
         configured = config.persist.state_dir
         self._state_dir = Path(configured) if configured else state_directory()
@@ -237,6 +239,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
 
     def _refilter(self, config: ControllerConfig, keyring: Keyring) -> None:
         self.core.blocked_changed = False
+        self._refiltered = self.loop.time()
         program = self._program(config, keyring)
         for transport in (self._transport, self._unicast):
             if transport is not None:
@@ -268,6 +271,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             self._unicast.close()
         if self._timer is not None:
             self._timer.cancel()
+        if self._refilter_later is not None:
+            self._refilter_later.cancel()
 
     def status(self) -> str:
         now = self.loop.time()
@@ -304,8 +309,15 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         decisions = core.settle(self.loop.time())
         if decisions or len(self.plan.settled) < len(core.zones):
             self._decided(decisions)  # also reconciles zones the data just confirmed
-        if core.blocked_changed:  # before the log line: the filter is on when it says so
-            self._refilter(self.config, self.keyring)
+        if core.blocked_changed and self._refilter_later is None:
+            # Before the log line, so the filter is on when it says so; but at most every
+            # REFILTER_EVERY_S, or a flood cycling through many forgeries would have a
+            # filter built (about a millisecond) for every batch.
+            wait = self._refiltered + REFILTER_EVERY_S - self.loop.time()
+            if wait <= 0:
+                self._refilter(self.config, self.keyring)
+            else:
+                self._refilter_later = self.loop.call_later(wait, self._refilter_due)
         if core.notices:
             for notice in core.notices:
                 log.warning(notice.event, **notice.fields)
@@ -316,6 +328,11 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         if core.evaluations != self._evaluations or self._timer is None:
             self._evaluations = core.evaluations
             self._arm()
+
+    def _refilter_due(self) -> None:
+        self._refilter_later = None
+        if self.core.blocked_changed:
+            self._refilter(self.config, self.keyring)
 
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, float("inf")
@@ -455,6 +472,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         return {"zone": report.zone(self.core, self.workers, order.zone, now, wall)}
 
 
+REFILTER_EVERY_S: Final = 0.25
+"""The kernel filter is rebuilt at most this often for newly blocked forgeries."""
 SAVE_TIMEOUT_S: Final = 5.0
 """A state file write that takes longer (a hung disk) has failed; the next waits for it."""
 SHUTDOWN_GRACE_S: Final = 10.0
