@@ -19,6 +19,11 @@ Figures:
   rate      steps of rising offered rate (datagrams/s) for a few seconds each: the share
             that reached site 2, and the highest step with >= 99 % delivered, which is
             the rate one relay (each side of the broker) sustains; the CPU of each relay
+  relay_throughput
+            on loopback, one relay (to_broker) and a local Mosquitto: datagrams/s that
+            reach a plain MQTT subscriber through the relay, in steps of offered rate, against
+            the broker's own limit in the same run: a plain paho publisher sending the same
+            datagrams one per MQTT message as fast as it can, to the same subscriber
 
 Datagrams are unsigned (a relay never verifies; controllers do) and carry one publisher
 id with rising seq, as a publisher's would. Also run as ``relay.py send|receive ...``
@@ -53,17 +58,23 @@ except ImportError:
 sys.path.insert(0, str(ROOT / "tests"))
 
 import netbed  # noqa: E402
+import paho.mqtt.client as mqtt  # noqa: E402
 import sites  # noqa: E402
 import tomli_w  # noqa: E402
+from paho.mqtt.subscribeoptions import SubscribeOptions  # noqa: E402
 
 from powercast import net, wire  # noqa: E402
+from powercast.relay import unpack  # noqa: E402
 
 from harness import Daemon, free_port  # noqa: E402
 
 PORT = 5001
+LOGINS = {sites.RELAY_USER: sites.RELAY_PASSWORD}
 LOOP_NEAR, LOOP_FAR = "239.255.92.1", "239.255.92.2"
 LATENCY_RATE = 200
 RATE_STEPS = (1_000, 2_000, 5_000, 10_000, 15_000, 20_000, 30_000)
+THROUGHPUT_STEPS = (25_000, 50_000, 75_000, 100_000, 150_000)
+THROUGHPUT_TOPIC = "bench/throughput"
 
 
 # --- inside a host: the sender and a receiver -------------------------------------------
@@ -130,6 +141,75 @@ def run_receive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_datagrams(count: int) -> list[bytes]:
+    epoch = int.from_bytes(os.urandom(7), "big")
+    return [
+        wire.encode(
+            wire.Announcement(
+                publisher="bench", epoch=epoch, seq=1 + i, change=1, sent=time.time(),
+                tal=600.0, power=wire.Power(wire.PowerStatus.ONLINE), temperatures={},
+            )
+        )
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def _paho(client_id: str) -> Any:
+    return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+
+
+def run_count(args: argparse.Namespace) -> int:
+    """Subscribe to the topic and count datagrams (bare or batched) until ``idle`` s pass
+    with none after the first, or ``expect`` arrive; print count, first, last (monotonic)."""
+    state = {"count": 0, "messages": 0, "first": 0.0, "last": 0.0}
+
+    def on_message(_c: Any, _u: Any, message: Any) -> None:
+        now = time.monotonic()
+        got = unpack(message.payload) or []
+        state["count"] += len(got)
+        state["messages"] += 1
+        state["first"] = state["first"] or now
+        state["last"] = now
+
+    subscribed = []
+    client = _paho(f"bench-count-{os.getpid()}")
+    client.on_message = on_message
+    client.on_subscribe = lambda *_: subscribed.append(True)
+    client.connect(args.host, args.port)
+    client.subscribe(args.topic, options=SubscribeOptions(qos=0))
+    deadline = time.monotonic() + args.timeout
+    while not subscribed and time.monotonic() < deadline:
+        client.loop(0.1)
+    print("ready", flush=True)
+    while time.monotonic() < deadline and state["count"] < args.expect:
+        client.loop(0.05)
+        if state["last"] and time.monotonic() - state["last"] > args.idle:
+            break
+    client.disconnect()
+    json.dump(state, sys.stdout)
+    return 0
+
+
+def run_blast(args: argparse.Namespace) -> int:
+    """The broker's own limit: publish ``count`` datagrams, one per MQTT message, QoS 0,
+    with a plain paho client (no thread: each publish is written at once)."""
+    datagrams = _bench_datagrams(args.count)
+    client = _paho(f"bench-blast-{os.getpid()}")
+    client.connect(args.host, args.port)
+    client.loop(0.1)
+    start = time.monotonic()
+    for i, data in enumerate(datagrams):
+        client.publish(args.topic, data, qos=0)
+        if i % 500 == 499:
+            client.loop(0)
+    while client.want_write():
+        client.loop(0.01)
+    took = time.monotonic() - start
+    client.disconnect()
+    json.dump({"took": took}, sys.stdout)
+    return 0
+
+
 # --- the two topologies -----------------------------------------------------------------
 
 
@@ -187,6 +267,8 @@ class Netns(Topology):
                 net_, sites.BROKER_ADDRESS, sites.BROKER_PORT,
                 control={"socket": str(workdir / f"relay{site}.sock")},
             )  # fmt: skip
+            if s.pki is not None:
+                config["broker"].update(sites.tls_login(s.pki, workdir))
             path = workdir / f"relay{site}.toml"
             path.write_text(tomli_w.dumps(config))
             self.relays.append(
@@ -356,6 +438,111 @@ def measure_rate(topology: Topology, seconds: float) -> dict[str, Any]:
     return {"seconds_per_step": seconds, "steps": steps, "sustained_per_s": sustained}
 
 
+def _counter(broker: sites.Mosquitto, expect: int, timeout: float) -> subprocess.Popen[str]:
+    argv = [sys.executable, __file__, "count", "--host", broker.address, "--port",
+            str(broker.port), "--topic", THROUGHPUT_TOPIC, "--expect", str(expect),
+            "--timeout", str(timeout)]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError("counter did not subscribe")
+    return proc
+
+
+def _counted(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=120)
+    got: dict[str, Any] = json.loads(out)
+    span = got["last"] - got["first"]
+    got["per_s"] = round(got["count"] / span) if span > 0 else None
+    return got
+
+
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def measure_throughput(workdir: Path, seconds: float) -> dict[str, Any]:
+    """Broker baseline (plain publisher), then datagrams offered to one relay at rising
+    rates; both counted by the same kind of plain subscriber."""
+    broker = sites.Mosquitto(workdir, extra=("max_queued_messages 0",))
+    broker.start()
+    try:
+        count = int(100_000 * seconds / 2)
+        counter = _counter(broker, count, 60)
+        blast = subprocess.run(
+            [sys.executable, __file__, "blast", "--host", broker.address, "--port",
+             str(broker.port), "--topic", THROUGHPUT_TOPIC, "--count", str(count)],
+            capture_output=True, text=True, check=True, timeout=120,
+        )  # fmt: skip
+        got = _counted(counter)
+        baseline = {
+            "messages": count,
+            "publisher_per_s": round(count / json.loads(blast.stdout)["took"]),
+            "received_share": round(got["count"] / count, 4),
+            "received_per_s": got["per_s"],
+        }
+        port = free_port()
+        net_ = {"group": LOOP_NEAR, "port": port, "interface": "127.0.0.1"}
+        config = sites.relay_config(
+            net_, broker.address, broker.port, topic=THROUGHPUT_TOPIC,
+            control={"socket": str(workdir / "relay-throughput.sock")},
+        )  # fmt: skip
+        config["direction"] = "to_broker"
+        path = workdir / "relay-throughput.toml"
+        path.write_text(tomli_w.dumps(config))
+        relay = Daemon("relay", "--config", str(path))
+        steps = []
+        try:
+            relay.wait_for("broker_connected", timeout=10)
+            first = 1
+            for rate in THROUGHPUT_STEPS:
+                n = int(rate * seconds)
+                counter = _counter(broker, n, 60)
+                cpu0 = cpu_seconds(relay.proc.pid)
+                t0 = time.monotonic()
+                done = subprocess.run(
+                    [sys.executable, __file__, "send", "--group", LOOP_NEAR, "--port",
+                     str(port), "--interface", "127.0.0.1", "--count", str(n), "--rate",
+                     str(rate), "--first", str(first)],
+                    capture_output=True, text=True, check=True, timeout=600,
+                )  # fmt: skip
+                sent = json.loads(done.stdout)["sent"]
+                got = _counted(counter)
+                elapsed = time.monotonic() - t0
+                took = sent[-1] - sent[0]
+                steps.append(
+                    {
+                        "offered_per_s": rate,
+                        "achieved_send_per_s": round(n / took) if took else None,
+                        "delivered_share": round(got["count"] / n, 4),
+                        "received_per_s": got["per_s"],
+                        "mqtt_messages": got["messages"],
+                        "relay_cpu_pct": round(
+                            (cpu_seconds(relay.proc.pid) - cpu0) / elapsed * 100, 1
+                        ),
+                        "loadavg": _loadavg(),
+                    }
+                )
+                first += n
+                if steps[-1]["delivered_share"] < 0.5:
+                    break
+        finally:
+            relay.stop()
+        summary = relay.wait_for("relay_summary", timeout=3)
+    finally:
+        broker.stop()
+    sustained = max((s["offered_per_s"] for s in steps if s["delivered_share"] >= 0.99), default=0)
+    best = max((s["received_per_s"] or 0 for s in steps), default=0)
+    return {
+        "seconds_per_step": seconds,
+        "baseline_broker": baseline,
+        "steps": steps,
+        "sustained_per_s": sustained,
+        "best_received_per_s": best,
+        "relay_counters": {k: v for k, v in summary.items() if k.startswith("segment_")},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -363,6 +550,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     send = sub.add_parser("send")
     receive = sub.add_parser("receive")
+    count = sub.add_parser("count")
+    blast = sub.add_parser("blast")
+    for p in (count, blast):
+        p.add_argument("--host", required=True)
+        p.add_argument("--port", type=int, required=True)
+        p.add_argument("--topic", required=True)
+    count.add_argument("--expect", type=int, required=True)
+    count.add_argument("--idle", type=float, default=1.0)
+    count.add_argument("--timeout", type=float, default=60.0)
+    blast.add_argument("--count", type=int, required=True)
     for p in (send, receive):
         p.add_argument("--group", required=True)
         p.add_argument("--port", type=int, required=True)
@@ -374,11 +571,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--loopback", action="store_true", help="no namespaces (no root needed)")
+    parser.add_argument(
+        "--only", choices=("all", "throughput"), default="all", help="throughput: that alone"
+    )
     args = parser.parse_args(argv)
+    if args.command == "count":
+        return run_count(args)
+    if args.command == "blast":
+        return run_blast(args)
     if args.command == "send":
         return run_send(args)
     if args.command == "receive":
         return run_receive(args)
+    return measure(args)
+
+
+def measure(args: argparse.Namespace) -> int:
     if (reason := sites.mosquitto_missing()) is not None:
         print(f"relay benchmark: {reason}", file=sys.stderr)
         return 1
@@ -387,7 +595,10 @@ def main(argv: list[str] | None = None) -> int:
     seconds = 1.0 if args.quick else 3.0
     with tempfile.TemporaryDirectory(prefix="pc-relay-bench-") as tmp:
         workdir = Path(tmp)
-        if loopback:
+        throughput = {"relay_throughput": measure_throughput(workdir, 1.0 if args.quick else 2.0)}
+        if args.only == "throughput":
+            result: dict[str, Any] = {"where": "loopback", "cpus": os.cpu_count()}
+        elif loopback:
             broker = sites.Mosquitto(workdir)
             broker.start()
             try:
@@ -397,9 +608,10 @@ def main(argv: list[str] | None = None) -> int:
                 broker.stop()
         else:
             netbed.sweep()
-            with sites.Sites(workdir) as s:
+            with sites.Sites(workdir, pki=sites.Pki(workdir / "pki"), passwords=LOGINS) as s:
                 topology = Netns(workdir, s)
-                result = run(topology, count, seconds, "netns")
+                result = run(topology, count, seconds, "netns, TLS with client certificates")
+        result.update(throughput)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -424,9 +636,35 @@ def run(topology: Topology, count: int, seconds: float, where: str) -> dict[str,
 
 
 def report(r: dict[str, Any]) -> str:
+    lines = [f"relay benchmark ({r['where']}, {r['cpus']} CPUs)"]
+    if "latency" in r:
+        lines += report_paths(r)
+    t = r["relay_throughput"]
+    b = t["baseline_broker"]
+    lines += [
+        f"relay_throughput, {t['seconds_per_step']} s per step (loopback, local Mosquitto):",
+        "  baseline: plain paho publisher, one datagram per message:"
+        f" sent {b['publisher_per_s']}/s,"
+        f" subscriber got {b['received_per_s']}/s ({b['received_share']:.2%} of {b['messages']})",
+    ]
+    for s in t["steps"]:
+        lines.append(
+            f"  offered {s['offered_per_s']:>6}/s (sent {s['achieved_send_per_s']}/s):"
+            f" delivered {s['delivered_share']:.2%} at {s['received_per_s']}/s in"
+            f" {s['mqtt_messages']} MQTT messages, relay CPU {s['relay_cpu_pct']} %,"
+            f" load {s['loadavg']}"
+        )
+    lines.append(
+        f"  sustained (>= 99 % delivered): {t['sustained_per_s']} datagrams/s;"
+        f" best received {t['best_received_per_s']}/s"
+        f" = {t['best_received_per_s'] / (b['received_per_s'] or 1):.2f} x the broker baseline"
+    )
+    return "\n".join(lines)
+
+
+def report_paths(r: dict[str, Any]) -> list[str]:
     lat, rate = r["latency"], r["rate"]
     lines = [
-        f"relay benchmark ({r['where']}, {r['cpus']} CPUs)",
         f"latency, {lat['datagrams']} datagrams at {lat['rate_per_s']}/s:",
         f"  direct multicast   p50 {lat['direct']['p50_ms']} ms  p99 {lat['direct']['p99_ms']} ms"
         f"  ({lat['direct']['received']} received)",
@@ -444,7 +682,7 @@ def report(r: dict[str, Any]) -> str:
         )
     lines.append(f"  sustained (>= 99 % delivered): {rate['sustained_per_s']} datagrams/s")
     lines.append(f"relay counters: {r['relays']}")
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":

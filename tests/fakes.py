@@ -44,6 +44,8 @@ class FakePublisher:
     temperatures: dict[str, float | None] = field(default_factory=dict)
     last: bytes = b""
     """The latest datagram, to send again."""
+    key_id: int = KEY_ID
+    """The key id put in the header (``sign`` makes the tag: HMAC or Ed25519)."""
 
     @classmethod
     def signed(cls, name: str, keyring: Keyring, tal: float = 3.0) -> FakePublisher:
@@ -73,5 +75,5 @@ class FakePublisher:
         if self.sign is None:
             self.last = wire.encode(message)
         else:
-            self.last = wire.encode(message, key_id=KEY_ID, sign=self.sign)
+            self.last = wire.encode(message, key_id=self.key_id, sign=self.sign)
         return self.last

@@ -29,6 +29,18 @@ def sign(data: bytes, key: bytes = KEY) -> bytes:
     return hmac.new(key, data, hashlib.sha256).digest()
 
 
+def sign_ed25519(data: bytes) -> bytes:
+    """Ed25519 signature of ``data`` by the private key of vector V8 (0x00..0x1f)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    signature: bytes = Ed25519PrivateKey.from_private_bytes(KEY).sign(data)
+    return signature
+
+
+SIGNERS = {wire.TAG_SIZE: sign, wire.SIGNATURE_SIZE: sign_ed25519}
+"""The signer for each tag length."""
+
+
 def frame(body: bytes, *, tag_len: int = 0, key_id: int = 0, version: int = wire.VERSION) -> bytes:
     """``body`` behind a header that says exactly that: for bodies encode would refuse."""
     head = wire.HEADER.pack(wire.MAGIC, version, tag_len, key_id, len(body))
@@ -81,11 +93,12 @@ key_ids = st.integers(min_value=1, max_value=0xFFFF)
 
 @st.composite
 def datagrams(draw: st.DrawFn) -> bytes:
-    """Valid datagrams, unsigned or signed with a random key id."""
+    """Valid datagrams: unsigned, or tagged (HMAC) or signed (Ed25519) with a random key id."""
     message = draw(announcements())
-    if draw(st.booleans()):
+    tag_size = draw(st.sampled_from([0, *SIGNERS]))
+    if not tag_size:
         return wire.encode(message)
-    return wire.encode(message, key_id=draw(key_ids), sign=sign)
+    return wire.encode(message, key_id=draw(key_ids), sign=SIGNERS[tag_size], tag_size=tag_size)
 
 
 # -- bytes that are mostly not valid -------------------------------------------------

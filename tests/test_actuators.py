@@ -511,3 +511,31 @@ class TestWorkerContainsDriverBugs:
         worker = run(go())
         assert worker.known is None
         assert worker.error == "z/0(buggy): RuntimeError: driver bug"
+
+
+@pytest.mark.system
+class TestWriteUnderWay:
+    def test_position_is_unknown_while_a_write_is_under_way(self, tmp_path: Path) -> None:
+        """While "off" is being written the fans are not known to be on: a stop that waits
+        for every actuator to be known on must not take the old position for the new
+        (it did, and the process exited with the fans just turned off)."""
+        state = tmp_path / "fans"
+        state.write_text("on\n")
+        config = CommandActuator(
+            on_argv=["/bin/sh", "-c", f"echo on > {state}"],
+            off_argv=["/bin/sh", "-c", f"sleep 0.3; echo off > {state}"],
+            verify_argv=["/bin/cat", str(state)],
+        )
+        worker = Worker(CommandDriver("hall/0(command)", config), "hall")
+        seen: list[bool | None] = []
+
+        async def go() -> None:
+            async with running(worker):
+                await until(worker, lambda w: w.known is True)
+                worker.want(False)
+                await asyncio.sleep(0.1)
+                seen.append(worker.known)  # mid-write
+                await until(worker, lambda w: w.status == "ok" and w.known is False)
+
+        run(go())
+        assert seen == [None]

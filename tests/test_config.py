@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
+import tomli_w
 
 from powercast import config as cfg
+from powercast.auth import fingerprint
 from powercast.cli import main
+from powercast.secrets import keygen, load_keyring
 
-from harness import make_keys
+from harness import make_keys, running
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,6 +136,54 @@ class TestErrors:
         assert error(text) == (
             "f.toml: sources[0].timeline: expected steps in order of at_s, got at_s [2.0, 1.0]"
         )
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            (
+                '[[zones]]\nname = "a"\npolicy = {temp_high_c = "hot"}',
+                'zones[0].policy.temp_high_c: expected a number, got "hot"',
+            ),
+            (
+                '[[zones]]\nname = "a"\n[zones.policy]\nflap_max_sheds = 1.5',
+                "zones[0].policy.flap_max_sheds: expected an integer, got 1.5",
+            ),
+            (
+                '[[zones]]\nname = "a"\npolicy = "hot"',
+                'zones[0].policy: expected a table, got "hot"',
+            ),
+            (
+                '[[actuators]]\nkind = "command"\non_argv = ["a"]\noff_argv = ["b"]\n'
+                'verify_argv = "x"',
+                'actuators[0].verify_argv: expected a list, got "x"',
+            ),
+            (
+                '[[zones]]\nname = "a"\n[[zones.actuators]]\nkind = "modbus"\nhost = "h"',
+                "zones[0].actuators[0].coil: expected exactly one of coil or register, got neither",
+            ),
+        ],
+    )
+    def test_nested_tables_speak_like_the_top_level(self, text: str, expected: str) -> None:
+        """Zones' inline policy and actuators read as top-level errors do: no schema
+        types (``float | null``), no Python reprs."""
+        assert error('role = "controller"\n' + text) == f"f.toml: {expected}"
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            (
+                '[[sources]]\nkind = "simulated"\ntimeline = [{power = {charge_pct = "x"}}]',
+                'sources[0].timeline[0].power.charge_pct: expected a number, got "x"',
+            ),
+            (
+                '[[sources]]\nkind = "nut"\nups = 3',
+                "sources[0].ups: expected a string or a list, got 3",
+            ),
+        ],
+    )
+    def test_sources_speak_like_the_top_level(self, text: str, expected: str) -> None:
+        """A source's optional or either-or keys say what they take in words."""
+        assert error('role = "publisher"\n' + text) == f"f.toml: {expected}"
 
 
 ACTION = '[[actions]]\non = "normal"\nargv = ["/bin/true"]\n'
@@ -291,34 +344,125 @@ class TestCommands:
         bad.write_text('role = "publisher"\nheartbeat_s = -1\n')
         assert main(["config", "check", str(good)]) == 0
         assert capsys.readouterr().out == (
-            f"{good}: ok (publisher; keys in {tmp_path / 'keys'}: 1)\n"
+            f"{good}: ok (publisher; signs with key 1 (hmac-sha256); keys in {tmp_path / 'keys'}:"
+            f" key 1 fp {load_keyring(tmp_path / 'keys').fingerprints[1]} (hmac-sha256))\n"
         )
         assert main(["config", "check", str(good), str(bad)]) == 78
         captured = capsys.readouterr()
         assert captured.err == f"powercast: {bad}: heartbeat_s: expected a number >= 0.05, got -1\n"
 
-    def test_init_prints_what_check_accepts(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    def test_check_shows_scheme_key_ids_and_bindings(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """`config init --role R` output (a real subprocess) passes `config check`, but for
-        the fan program the controller's actuator names, which a site installs."""
+        """`config check` of an ed25519 controller and relay names the schemes believed,
+        each key id with its scheme and which keys speak for which publisher."""
+        keys = tmp_path / "keys"
+        keys.mkdir(mode=0o700)
+        keygen(1, keys / "1.private", "ed25519")
+        keygen(2, keys / "2.private", "ed25519")
+        auth = {"keys_dir": str(keys), "scheme": "ed25519", "publishers": {"ups-a": [1]}}
+        controller = tmp_path / "c.toml"
+        controller.write_text(tomli_w.dumps({"role": "controller", "auth": auth}))
+        relay = tmp_path / "r.toml"
+        relay.write_text(tomli_w.dumps({"role": "relay", "auth": {**auth, "mode": "enforce"}}))
+        publisher = tmp_path / "p.toml"
+        publisher.write_text(
+            tomli_w.dumps(
+                {
+                    "role": "publisher",
+                    "auth": {"keys_dir": str(keys), "key_id": 2, "scheme": "ed25519"},
+                }
+            )
+        )
+        assert main(["config", "check", str(controller), str(relay), str(publisher)]) == 0
+        ids = ", ".join(  # a private key shows its public key's fingerprint
+            f"key {i} fp {fingerprint(bytes.fromhex((keys / f'{i}.public').read_text()))} (ed25519)"
+            for i in (1, 2)
+        )
+        assert capsys.readouterr().out.splitlines() == [
+            f"{controller}: ok (controller; auth enforce, believes ed25519; ups-a by key 1;"
+            f" keys in {keys}: {ids})",
+            f"{relay}: ok (relay; auth enforce, believes ed25519; ups-a by key 1;"
+            f" keys in {keys}: {ids})",
+            f"{publisher}: ok (publisher; signs with key 2 (ed25519); keys in {keys}: {ids})",
+        ]
+        (keys / "1.public").unlink()
+        assert main(["config", "check", str(controller)]) == 78
+        assert capsys.readouterr().err == (
+            f"powercast: {keys}: auth.publishers names key 1 for 'ups-a', but there is no such"
+            f" key of auth.scheme 'ed25519' (keys found: {ids.split(', ')[1]})\n"
+        )
+
+    @pytest.mark.parametrize("role", ["publisher", "controller", "relay"])
+    def test_init_prints_what_check_accepts_and_runs(
+        self,
+        role: str,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """`config init --role R` output (a real subprocess) passes `config check` as
+        printed: every program an argv names exists, the rest are commented examples,
+        which load too once uncommented; CHANGE comments say what a site sets."""
         make_keys(tmp_path / "keys")
         monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "keys"))
+        out = subprocess.run(
+            [sys.executable, "-m", "powercast", "config", "init", "--role", role],
+            capture_output=True,
+            check=True,
+            text=True,
+        ).stdout
+        path = tmp_path / f"{role}.toml"
+        path.write_text(out)
+        assert main(["config", "check", str(path)]) == 0, capsys.readouterr().err
+        assert capsys.readouterr().out.startswith(f"{path}: ok ({role}")
+        config = cfg.load(path)
+        for key, argv in cfg._argvs(msgspec.to_builtins(config)):
+            assert shutil.which(argv[0]), f"{key}: {argv[0]} is not on PATH"
+        assert "# CHANGE:" in out
+        examples = re.sub(r"^# (?=\[\[?[\w.]+\]\]?$|\w+ = )", "", out, flags=re.MULTILINE)
+        assert examples != out or role == "relay"
+        uncommented = cfg.parse(examples, "examples")
+        if isinstance(uncommented, cfg.ControllerConfig):
+            kinds = [type(a).__name__ for a in uncommented.actuators]
+            assert kinds == [
+                "CommandActuator",
+                "HwmonActuator",
+                "CommandActuator",
+                "ModbusActuator",
+            ]
+            assert [a.on for a in uncommented.actions] == ["shedding"]
+        if isinstance(uncommented, cfg.PublisherConfig):
+            kinds = [type(s).__name__ for s in uncommented.sources]
+            assert kinds == ["SimulatedSource", "NutSource", "SnmpSource", "HwmonSource"]
+
+    def test_init_configs_run_as_printed(self, tmp_path: Path) -> None:
+        """A publisher and a controller started from `config init` (logs as JSON, to read
+        them) run: the controller hears the publisher's simulated "online" and its
+        stand-in actuator (a program that exists) confirms fans on."""
+        keys = make_keys(tmp_path / "keys")
+        (tmp_path / "run").mkdir()
+        env = {"CREDENTIALS_DIRECTORY": str(keys), "RUNTIME_DIRECTORY": str(tmp_path / "run")}
+        paths = {}
         for role in ("publisher", "controller"):
-            out = subprocess.run(
-                [sys.executable, "-m", "powercast", "config", "init", "--role", role],
-                capture_output=True,
-                check=True,
-                text=True,
-            ).stdout
-            path = tmp_path / f"{role}.toml"
-            path.write_text(out)
-            fans = Path("/usr/local/sbin/powercast-fans")
-            missing = role == "controller" and not fans.exists()
-            assert main(["config", "check", str(path)]) == (78 if missing else 0)
-            lines = capsys.readouterr().err.splitlines()
-            assert len(lines) == (2 if missing else 0)  # on_argv, off_argv
-            assert all(f'got "{fans}": no such file' in line for line in lines)
+            text = main_output(["config", "init", "--role", role])
+            paths[role] = tmp_path / f"{role}.toml"
+            paths[role].write_text(text.replace('format = "auto"', 'format = "json"'))
+        with (
+            running("control", "--config", str(paths["controller"]), env=env) as ctl,
+            running("publish", "--config", str(paths["publisher"]), env=env),
+        ):
+            ctl.wait_for("transition", timeout=10, state="normal")
+            ctl.wait_for("actuator_set", timeout=10, position="on")
+        assert not [e for e in ctl.seen if e.get("event") == "no_actuators"]
+
+
+def main_output(argv: list[str]) -> str:
+    """What `powercast ARGV` prints, run as its own process."""
+    done = subprocess.run(
+        [sys.executable, "-m", "powercast", *argv], capture_output=True, check=True, text=True
+    )
+    return done.stdout
 
 
 @pytest.mark.system

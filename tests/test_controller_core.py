@@ -24,7 +24,7 @@ from powercast.policy import Decision
 from powercast.secrets import keygen, load_keyring
 from powercast.wire import PowerStatus
 
-from fakes import KEY_ID, WALL, FakePublisher
+from fakes import KEY_ID, WALL, FakePublisher, make_keyring
 
 pytestmark = pytest.mark.unit
 
@@ -405,3 +405,130 @@ class TestCapacity:
         assert sorted(bench.ctrl.sessions) == ["p0", "p1", "p2"]
         bench.say(FakePublisher("p4", None), 10.0, ONLINE, cpu=25.0)  # the others are stale
         assert sorted(bench.ctrl.sessions) == ["p4"]
+
+
+class TestKeysDiffer:
+    """A datagram whose tag fails, diagnosed: whose it is, and what to copy where."""
+
+    A = "10.0.0.5"
+    B = "10.0.0.6"
+
+    @pytest.fixture
+    def stranger(self, tmp_path: Path) -> FakePublisher:
+        """ups-a holding another key with the same id (a key made on another node)."""
+        other = make_keyring(tmp_path / "other")
+        return FakePublisher("ups-a", other.signer(KEY_ID))
+
+    def notices(self, ctrl: Controller, event: str) -> list[dict[str, Any]]:
+        found = [n.fields for n in ctrl.notices if n.event == event]
+        ctrl.notices.clear()
+        return found
+
+    def test_address_that_sent_good_data_is_told_the_keys_differ(
+        self, make: Callable[..., Bench], keyring: Keyring, stranger: FakePublisher
+    ) -> None:
+        """ups-a sent good news from A, then its key changed: one keys_differ notice names
+        the key id claimed, this node's key and fingerprint, the file to copy to, and
+        status keeps the last rejection from A with the same hint; nothing is decided."""
+        bench = make()
+        good = bench.publisher()
+        bench.ctrl.receive(good.say(0.0, ONLINE), 0.0, WALL, self.A)
+        state = bench.ctrl.policy.state
+        stranger.epoch = 2
+        assert bench.ctrl.receive(stranger.say(1.0, ON_BATTERY), 1.0, WALL + 1, self.A) == []
+        (notice,) = self.notices(bench.ctrl, "keys_differ")
+        fp = keyring.fingerprints[KEY_ID]
+        assert notice["publisher"] == "ups-a"
+        assert notice["source"] == "10.0.0.5"
+        assert (notice["key_id"], notice["this_node"]) == (1, f"key 1 fp {fp}")
+        assert notice["key_file"] == str(keyring.file(KEY_ID))
+        assert f"this node's key 1 fp {fp} ({keyring.file(KEY_ID)})" in notice["hint"]
+        assert "copy the publisher's key file (1.key" in notice["hint"]
+        assert "powercast keygen --show" in notice["hint"]
+        assert bench.ctrl.counters["rejected.bad_tag"] == 1
+        assert bench.ctrl.policy.state == state
+        last = bench.ctrl.rejections[self.A]
+        assert (last.reason, last.publisher, last.count) == ("bad_tag", "ups-a", 1)
+        assert last.hint == notice["hint"]
+
+    def test_paced_one_line_per_interval(
+        self, make: Callable[..., Bench], stranger: FakePublisher
+    ) -> None:
+        """A stream of badly signed datagrams says keys_differ once per LOG_EVERY_S, with
+        the number rejected from that sender; every one is counted."""
+        bench = make()
+        bench.ctrl.receive(bench.publisher().say(0.0, ONLINE), 0.0, WALL, self.A)
+        for i in range(20):
+            now = 1.0 + i * 0.1
+            bench.ctrl.receive(stranger.heartbeat(now), now, WALL + now, self.A)
+        assert len(self.notices(bench.ctrl, "keys_differ")) == 1
+        later = 1.0 + LOG_EVERY_S + 1
+        bench.ctrl.receive(stranger.heartbeat(later), later, WALL + later, self.A)
+        (again,) = self.notices(bench.ctrl, "keys_differ")
+        assert again["rejected"] == 21
+        assert bench.ctrl.counters["rejected.bad_tag"] == 21
+        assert bench.ctrl.rejections[self.A].count == 21
+
+    def test_listed_publisher_from_a_new_address(
+        self, make: Callable[..., Bench], stranger: FakePublisher
+    ) -> None:
+        """A publisher the config names, never heard good, from an unknown address: the
+        keys differ is said, though other publishers verify."""
+        bench = make(publishers=["ups-a", "ups-b"])
+        bench.ctrl.receive(bench.publisher("ups-b").say(0.0, ONLINE), 0.0, WALL, self.B)
+        bench.ctrl.receive(stranger.say(1.0, ONLINE), 1.0, WALL + 1, self.A)
+        (notice,) = self.notices(bench.ctrl, "keys_differ")
+        assert notice["publisher"] == "ups-a"
+        assert notice["hint"].startswith("the keys differ: ")
+
+    def test_stranger_while_others_verify_is_only_counted(
+        self, make: Callable[..., Bench], tmp_path: Path
+    ) -> None:
+        """A sender nobody knows, claiming an id the config does not name, while good
+        publishers verify: counted and dropped, no keys_differ line; status still has
+        its rejection, with a hint that says "if"."""
+        bench = make()
+        bench.ctrl.receive(bench.publisher("ups-b").say(0.0, ONLINE), 0.0, WALL, self.B)
+        forger = FakePublisher("mallory", make_keyring(tmp_path / "m").signer(KEY_ID))
+        bench.ctrl.receive(forger.say(1.0, ON_BATTERY), 1.0, WALL + 1, self.A)
+        assert self.notices(bench.ctrl, "keys_differ") == []
+        last = bench.ctrl.rejections[self.A]
+        assert last.publisher == "mallory"
+        assert last.hint is not None
+        assert last.hint.startswith("if the sender is one of your")
+
+    def test_nothing_verified_yet_is_said_with_an_if(
+        self, make: Callable[..., Bench], stranger: FakePublisher
+    ) -> None:
+        """A new controller whose every datagram fails (its key is not the publishers'):
+        keys_differ is said, hedged, since no publisher is known yet."""
+        bench = make()
+        bench.ctrl.receive(stranger.say(0.0, ONLINE), 0.0, WALL, self.A)
+        (notice,) = self.notices(bench.ctrl, "keys_differ")
+        assert notice["hint"].startswith("if the sender is one of your publishers, the keys")
+
+    def test_unknown_key_names_the_file_to_add(
+        self, make: Callable[..., Bench], keyring: Keyring, tmp_path: Path
+    ) -> None:
+        """A publisher signing with a key id this node lacks: the file to copy is <id>.key
+        here, and this node's keys are listed."""
+        bench = make()
+        bench.ctrl.receive(bench.publisher().say(0.0, ONLINE), 0.0, WALL, self.A)
+        keygen(7, tmp_path / "7.key")
+        seven = load_keyring(tmp_path).signer(7)
+        message = wire.decode(bench.publisher().say(1.0, ONLINE)).message
+        bench.ctrl.receive(wire.encode(message, key_id=7, sign=seven), 1.0, WALL + 1, self.A)
+        (notice,) = self.notices(bench.ctrl, "keys_differ")
+        assert notice["reason"] == "unknown_key"
+        assert notice["key_file"] == str(keyring.directory / "7.key")
+        assert f"this node has no hmac-sha256 key 7 (it has {keyring.describe()})" in notice["hint"]
+
+    def test_senders_kept_are_bounded(self, make: Callable[..., Bench]) -> None:
+        """Rejections from ever new addresses keep at most MAX_SOURCES, the latest."""
+        bench = make()
+        n = controller_module.MAX_SOURCES + 10
+        for i in range(n):
+            bench.ctrl.receive(b"not ours", 0.0, WALL, f"10.1.{i // 256}.{i % 256}")
+        assert len(bench.ctrl.rejections) == controller_module.MAX_SOURCES
+        assert f"10.1.{(n - 1) // 256}.{(n - 1) % 256}" in bench.ctrl.rejections
+        assert "10.1.0.0" not in bench.ctrl.rejections

@@ -62,3 +62,46 @@ class TestFlapGuard:
         moved = p.evaluate(BATTERY, 101.0)
         assert moved[0].reason == "on battery, shedding in 5.0 s unless power returns"
         assert p.deadline() == 106.0
+
+
+class TestCounts:
+    def test_sheds_and_holds_are_counted_once_each(self) -> None:
+        """Two sheds count two; a held outage counts one hold however often the rules run,
+        and the holding flag falls when power returns."""
+        p = Policy(SETTINGS)
+        outages(p, [0.0, 20.0])
+        assert (p.sheds_total, p.flap_holds, p.flap_holding) == (2, 0, False)
+        p.evaluate(BATTERY, 40.0)
+        p.evaluate(BATTERY, 45.0)
+        p.evaluate(BATTERY, 50.0)
+        assert (p.flap_holds, p.flap_holding) == (1, True)
+        p.evaluate(ONLINE, 55.0)
+        assert (p.flap_holds, p.flap_holding) == (1, False)
+        p.evaluate(BATTERY, 60.0)
+        assert (p.flap_holds, p.flap_holding) == (2, True)
+        assert p.sheds_total == 2
+
+    def test_hold_ends_when_the_window_frees_a_shed(self) -> None:
+        """At the moment the guard lets the zone shed, it no longer holds; the shed counts."""
+        p = Policy(SETTINGS)
+        outages(p, [0.0, 20.0])
+        p.evaluate(BATTERY, 40.0)
+        p.evaluate(BATTERY, 105.0)
+        assert (p.state, p.flap_holding, p.flap_holds, p.sheds_total) == ("shedding", False, 1, 3)
+
+    def test_battery_time_runs_while_data_says_battery(self) -> None:
+        """battery_for counts from the first battery reading and is 0 once power returns."""
+        p = Policy(SETTINGS)
+        assert p.battery_for(3.0) == 0.0
+        p.evaluate(BATTERY, 10.0)
+        p.evaluate(BATTERY, 12.0)
+        assert p.battery_for(17.5) == 7.5
+        p.evaluate(ONLINE, 18.0)
+        assert p.battery_for(19.0) == 0.0
+
+    def test_a_debounce_the_guard_does_not_pass_is_no_hold(self) -> None:
+        """An outage whose debounce ends after the window frees a shed is not a hold."""
+        p = Policy(SETTINGS)
+        outages(p, [0.0, 20.0])
+        p.evaluate(BATTERY, 101.0)
+        assert (p.flap_holding, p.flap_holds) == (False, 0)

@@ -110,10 +110,14 @@ class TestReceiver:
             rx.bind(("127.0.0.1", 0))
             rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             got: list[bytes] = []
+            sources: set[str] = set()
             turns: list[int] = []
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: Receiver(got.append), sock=rx
-            )
+
+            def take(data: bytes, source: str) -> None:
+                got.append(data)
+                sources.add(source)
+
+            transport, _ = await loop.create_datagram_endpoint(lambda: Receiver(take), sock=rx)
 
             def count_turn() -> None:
                 turns.append(len(got))
@@ -130,6 +134,7 @@ class TestReceiver:
                 await asyncio.sleep(0.001)
             transport.close()
             await asyncio.sleep(0)
+            assert sources == {"127.0.0.1"}  # each with the address it came from
             return got, turns
 
         got, turns = asyncio.run(scenario())
@@ -143,7 +148,7 @@ class TestReceiver:
 class TestReceiverErrors:
     def test_socket_errors_are_logged_paced(self) -> None:
         """ICMP errors a peer can cause as fast as it likes cost one log line per interval."""
-        receiver = Receiver(lambda data: None)
+        receiver = Receiver(lambda data, source: None)
         with structlog.testing.capture_logs() as logged:
             for _ in range(500):
                 receiver.error_received(ConnectionRefusedError(111, "Connection refused"))

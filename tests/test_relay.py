@@ -14,10 +14,12 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,14 +32,16 @@ import pytest
 import sites
 import tomli_w
 from netbed import Bed, Host, NetDaemon
-from sites import Mosquitto, Sites, relay_config
+from sites import Mosquitto, Pki, Sites, relay_config
 
 from powercast import config as cfg
 from powercast import control, wire
 from powercast import status as report
-from powercast.auth import Keyring
-from powercast.relay import MAX_PACKET, TABLE_SIZE, WINDOW, Relay
-from powercast.secrets import load_keyring
+from powercast.auth import Gate, Keyring, public_key
+from powercast.relay import BATCH_MAGIC, MAX_PACKET, TABLE_SIZE, WINDOW, Relay, pack, unpack
+from powercast.runtime.relay import credential, tls_context
+from powercast.secrets import keygen, load_keyring
+from powercast.sources.base import SourceError
 
 from harness import Daemon, free_port, make_keys, running, set_reading, write_toml
 
@@ -144,7 +148,7 @@ class TestRelayCore:
         counted under its reason, before it is remembered: the real one still goes on."""
         keyring = load_keyring(make_keys(tmp_path / "keys", 1))
         other = load_keyring(make_keys(tmp_path / "other", 1, 2))
-        relay = Relay(keyring)
+        relay = Relay(Gate(keyring))
         now = time.time()
         real = datagram(1, keyring=keyring)
         forged = {
@@ -160,6 +164,52 @@ class TestRelayCore:
         assert relay.admit(real, "segment", now) is None
         assert relay.admit(datagram(2, keyring=keyring), "broker", now) is None
         assert relay.admit(real, "broker", now) == "seen"
+
+    def test_keyed_relay_checks_the_key_speaks_for_the_publisher(self, tmp_path: Path) -> None:
+        """With [auth] publishers, a good tag by a key bound to another publisher is
+        wrong_key at the relay: it goes no further and is not remembered."""
+        keyring = load_keyring(make_keys(tmp_path / "keys", 1, 2))
+        relay = Relay(Gate.build(keyring, {"ups-1": [1], "ups-2": [2]}, 50.0, 1000.0))
+        now = time.time()
+        stolen = datagram(2**63 - 1, keyring=keyring, key_id=2)  # ups-1 in key 2's words
+        assert relay.admit(stolen, "broker", now) == "wrong_key"
+        assert relay.counters["broker_wrong_key"] == 1
+        assert len(relay.recent) == 0
+        assert relay.admit(datagram(1, keyring=keyring), "broker", now) is None
+
+    def test_forgeries_cannot_flush_a_keyed_relays_memory(self, tmp_path: Path) -> None:
+        """With keys, no number of forgeries pushes a real datagram out of the window: the
+        loop it cuts stays cut."""
+        keyring = load_keyring(make_keys(tmp_path / "keys", 1))
+        relay = Relay(Gate(keyring), window=8)
+        now = time.time()
+        real = datagram(1, keyring=keyring)
+        assert relay.admit(real, "segment", now) is None
+        stranger = load_keyring(make_keys(tmp_path / "other", 1))
+        for seq in range(100):
+            relay.admit(datagram(2**63 - 1 - seq, keyring=stranger), "broker", now)
+        assert relay.admit(real, "broker", now) == "seen"
+
+    def test_keyed_relay_budgets_signatures_from_the_broker(self) -> None:
+        """Forged Ed25519 signatures from the broker beyond the claimed publisher's budget
+        are dropped unchecked; another publisher's real ones still go on."""
+        seeds = {1: bytes(range(32)), 2: bytes(range(1, 33))}
+        signing = Keyring.from_keys({}, Path("p"), private=seeds)
+        public = {i: public_key(seed) for i, seed in seeds.items()}
+        relay = Relay(Gate.build(Keyring.from_keys({}, Path("r"), public=public), {}, 10.0, 1e6))
+        now = time.time()
+        assert (
+            relay.admit(datagram(1, keyring=signing, key_id=2, publisher="ups-2"), "broker", now)
+            is None
+        )
+        forger = Keyring.from_keys({}, Path("f"), private={1: bytes(32)})
+        for seq in range(200):
+            relay.admit(datagram(seq, keyring=forger, key_id=1), "broker", now)
+        # the newcomers' two seconds' worth, less the one ups-2 spent before it was known
+        assert relay.counters["broker_bad_tag"] == 19
+        assert relay.counters["broker_over_budget"] == 181
+        real = datagram(2, keyring=signing, key_id=2, publisher="ups-2")
+        assert relay.admit(real, "broker", now) is None
 
     def test_oversize_is_dropped_unread(self) -> None:
         """Bytes longer than any datagram are counted as oversize and go nowhere."""
@@ -225,6 +275,73 @@ class TestRelayCore:
 
 
 @pytest.mark.unit
+class TestBatches:
+    def test_a_lone_datagram_goes_bare(self) -> None:
+        """One datagram is published as it is: no header, nothing for old relays to learn."""
+        one = datagram(1)
+        assert pack([one]) == [(one, 1)]
+        assert unpack(one) == [one]
+
+    def test_a_burst_round_trips_byte_for_byte(self) -> None:
+        """Many datagrams: batches under the limit, each datagram back exactly, in order."""
+        burst = [datagram(seq) for seq in range(1, 200)]
+        payloads = pack(burst, limit=4096)
+        assert len(payloads) > 1
+        assert all(len(p) <= 4096 for p, _ in payloads)
+        assert all(p.startswith(BATCH_MAGIC) for p, n in payloads if n > 1)
+        assert sum(n for _, n in payloads) == len(burst)
+        assert [d for p, _ in payloads for d in (unpack(p) or [])] == burst
+
+    def test_a_batch_is_undecodable_to_a_relay_that_knows_only_datagrams(self) -> None:
+        """A relay of the bare format counts a batch as undecodable (magic), never as a
+        datagram."""
+        burst = [datagram(seq) for seq in range(1, 4)]
+        (payload, _), *_ = pack(burst)
+        core = Relay()
+        assert core.admit(payload, "broker", time.time()) == "magic"
+
+    def test_what_does_not_unpack_whole_is_refused(self) -> None:
+        """A length past the end, a zero length, an empty batch, an unknown version: None."""
+        one = datagram(1)
+        whole, _ = pack([one, one])[0]
+        assert unpack(whole[:-1]) is None
+        assert unpack(BATCH_MAGIC + b"\x00\x00") is None
+        assert unpack(BATCH_MAGIC) is None
+        assert unpack(b"PWRB\x02" + whole[5:]) is None
+        assert unpack(whole + b"\x00") is None
+
+
+@pytest.mark.unit
+class TestBrokerFiles:
+    def test_bare_names_are_systemd_credentials(self) -> None:
+        """A bare file name is looked up in $CREDENTIALS_DIRECTORY when systemd set it; a
+        path is taken as it is."""
+        env = {"CREDENTIALS_DIRECTORY": "/run/credentials/powercast-relay.service"}
+        assert credential("relay.key", env) == f"{env['CREDENTIALS_DIRECTORY']}/relay.key"
+        assert credential("/etc/powercast/relay.key", env) == "/etc/powercast/relay.key"
+        assert credential("relay.key", {}) == "relay.key"
+
+    def test_tls_context_verifies_by_default(self, tmp_path: Path) -> None:
+        """The context checks the certificate and the host name; a key others can read is
+        refused with its file, mode and the fix."""
+        pki = Pki(tmp_path / "pki")
+        broker = cfg.Broker(
+            tls=True,
+            ca_file=pki.path("ca.crt"),
+            cert_file=pki.path("client.crt"),
+            key_file=pki.path("client.key"),
+        )
+        context = tls_context(broker)
+        assert context.check_hostname is True
+        assert context.verify_mode == ssl.CERT_REQUIRED
+        Path(pki.path("client.key")).chmod(0o640)
+        tls_context(broker)  # root:powercast 0640 is how it is deployed
+        Path(pki.path("client.key")).chmod(0o604)
+        with pytest.raises(SourceError, match=r"broker.key_file: .*client.key: readable or"):
+            tls_context(broker)
+
+
+@pytest.mark.unit
 class TestRelayConfig:
     def test_defaults_and_role(self) -> None:
         """`role = "relay"` alone is a whole config; `config init` writes one back."""
@@ -243,6 +360,9 @@ class TestRelayConfig:
             'direction = "sideways"': "direction: expected one of 'both', 'to_broker'",
             '[broker]\npassword_file = "/p"': "broker.username: expected a user name",
             "[broker]\nkeepalive_s = 1": "broker.keepalive_s: expected an integer >= 2",
+            '[broker]\nca_file = "/ca.crt"': "broker.tls: expected true to go with ca_file",
+            '[broker]\ntls = true\ncert_file = "/c"': "broker.key_file: expected it to go with",
+            '[broker]\ntls = true\nkey_file = "/k"': "broker.cert_file: expected it to go with",
         }
         for text, expected in cases.items():
             with pytest.raises(cfg.ConfigError) as err:
@@ -316,7 +436,9 @@ class Loopback:
     """Segment A (GROUP_A) with a publisher and relay A; segment B (GROUP_B) with relay B
     and a controller. Only the relays and the broker join them."""
 
-    def __init__(self, tmp_path: Path, broker: Mosquitto) -> None:
+    def __init__(
+        self, tmp_path: Path, broker: Mosquitto, login: dict[str, Any] | None = None
+    ) -> None:
         self.port = free_port()
         self.keys = make_keys(tmp_path / "keys")
         self.reading = tmp_path / "ups.json"
@@ -328,6 +450,7 @@ class Loopback:
         for name, net in (("ra", a), ("rb", b)):
             config = relay_config(net, *where, topic=topic, control=_socket(tmp_path, name))
             config["metrics"] = {"listen": "127.0.0.1:0"}
+            config["broker"].update(login or {})
             write_toml(tmp_path / f"{name}.toml", _looped(config))
         self.relay_a_config, self.relay_b_config = tmp_path / "ra.toml", tmp_path / "rb.toml"
         pub = publisher_config(self.keys, self.reading, a, control=_socket(tmp_path, "p"))
@@ -444,6 +567,167 @@ class TestRelayDaemon:
         assert len(events(d["relay_a"], "datagram_not_relayed")) == 1
 
 
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """Mosquitto speaking TLS only, wanting a client certificate of the test CA and a login."""
+    require(sites.mosquitto_missing())
+    pki = Pki(tmp_path / "pki")
+    made = Mosquitto(tmp_path, pki=pki, passwords={sites.RELAY_USER: sites.RELAY_PASSWORD})
+    made.start()
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+def _refused_relay(tmp_path: Path, broker: Mosquitto, **broker_keys: Any) -> Path:
+    assert broker.pki is not None
+    net = {"group": GROUP_A, "port": free_port(), "interface": "127.0.0.1"}
+    config = relay_config(net, broker.address, broker.port, control=_socket(tmp_path, "r"))
+    config["broker"].update(sites.tls_login(broker.pki, tmp_path), connect_timeout_s=1.0)
+    config["broker"].update(broker_keys)
+    config["broker"] = {k: v for k, v in config["broker"].items() if v is not None}
+    return write_toml(tmp_path / "r.toml", config)
+
+
+@pytest.mark.system
+class TestRelayOverTls:
+    def test_tls_with_client_certificate_carries_datagrams(
+        self, tmp_path: Path, tls_broker: Mosquitto
+    ) -> None:
+        """Relays on a TLS broker (CA checked, client certificate, password) carry an
+        outage from a publisher on one group to a controller on another."""
+        assert tls_broker.pki is not None
+        login = sites.tls_login(tls_broker.pki, tmp_path)
+        lo = Loopback(tmp_path, tls_broker, login)
+        with loopback_daemons(lo) as d:
+            d["ctl"].wait_for("transition", timeout=BOOT_S, state="normal")
+            set_reading(lo.reading, "on_battery")
+            d["ctl"].wait_for("transition", timeout=NEWS_S, state="on_battery")
+            up = control.call(tmp_path / "ra.sock", {"request": "status"})["status"]
+            assert up["broker"]["connected"] is True
+            a, b = summary(d["relay_a"]), summary(d["relay_b"])
+        assert a["segment_relayed"] >= 2  # at least the normal and the on_battery news
+        assert b["broker_relayed"] >= a["segment_relayed"] - 2
+
+    def test_server_name_override(self, tmp_path: Path, tls_broker: Mosquitto) -> None:
+        """tls_server_name is the name checked: one the certificate has connects, one it
+        lacks is refused as a host name mismatch."""
+        good = _refused_relay(tmp_path, tls_broker, tls_server_name="broker.test")
+        with running("relay", "--config", str(good)) as relay:
+            relay.wait_for("broker_connected", timeout=BOOT_S)
+        bad = _refused_relay(tmp_path, tls_broker, tls_server_name="elsewhere.test")
+        with running("relay", "--config", str(bad)) as relay:
+            down = relay.wait_for("broker_unreachable", timeout=BOOT_S)
+        assert "certificate verify failed: Hostname mismatch" in down["error"]
+
+    @pytest.mark.parametrize(
+        ("case", "keys", "reason"),
+        [
+            # (Mosquitto sends its CA along: "self-signed certificate in certificate chain";
+            # a broker sending only its own: "unable to get local issuer certificate")
+            ("unknown CA", {"ca_file": "rogue-ca.crt"}, "certificate verify failed: "),
+            ("no client certificate", {"cert_file": None, "key_file": None},
+             "certificate required"),
+            ("client certificate of another CA",
+             {"cert_file": "rogue-client.crt", "key_file": "rogue-client.key"}, "unknown ca"),
+            ("wrong password", {"password": "not-it"},
+             "not authorised: bad user name or password"),
+            ("key readable by others", {"key_mode": 0o644},
+             "readable or writable by others (mode 0644)"),
+        ],
+    )  # fmt: skip
+    def test_refused_is_a_clear_error_and_retried(
+        self, tmp_path: Path, tls_broker: Mosquitto, case: str, keys: dict[str, Any], reason: str
+    ) -> None:
+        """Each refusal is logged once as broker_unreachable with the reason in words,
+        shown by the status, and retried with backoff; the relay keeps running."""
+        pki = tls_broker.pki
+        assert pki is not None
+        keys = dict(keys)
+        if "password" in keys:
+            keys.update(
+                password_file=sites.tls_login(pki, tmp_path, keys.pop("password"))["password_file"]
+            )
+        if "key_mode" in keys:
+            loose = tmp_path / "loose.key"
+            loose.write_bytes(Path(pki.path("client.key")).read_bytes())
+            loose.chmod(keys.pop("key_mode"))
+            keys["key_file"] = str(loose)
+        for k in ("ca_file", "cert_file", "key_file"):
+            if isinstance(keys.get(k), str) and "/" not in keys[k]:
+                keys[k] = pki.path(keys[k])
+        path = _refused_relay(tmp_path, tls_broker, **keys)
+        with running("relay", "--config", str(path)) as relay:
+            down = relay.wait_for("broker_unreachable", timeout=BOOT_S)
+            assert reason in down["error"], case
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                status = control.call(tmp_path / "r.sock", {"request": "status"})["status"]
+                if status["broker"]["attempts"] >= 2:
+                    break
+                time.sleep(0.2)
+            assert status["broker"]["attempts"] >= 2
+            assert status["broker"]["connected"] is False
+            assert reason in status["broker"]["error"]
+            assert reason in report.render(status)
+            assert relay.proc.poll() is None
+            assert len(events(relay, "broker_unreachable")) == 1
+
+
+@pytest.mark.system
+class TestBatchesThroughTheBroker:
+    def test_a_burst_goes_in_batches_and_arrives_once_each(
+        self, tmp_path: Path, broker: Mosquitto
+    ) -> None:
+        """A burst heard on one group travels as batches and comes out on the other group
+        as the very same datagrams, each once."""
+        lo = Loopback(tmp_path, broker)
+        seen_on_topic: list[bytes] = []
+        watcher = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        watcher.on_message = lambda _c, _u, m: seen_on_topic.append(bytes(m.payload))
+        watcher.connect(broker.address, broker.port)
+        watcher.subscribe(lo.topic, qos=0)
+        watcher.loop_start()
+        far = _listener(GROUP_B, lo.port)
+        far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        burst = [datagram(seq, publisher="burst") for seq in range(1, 301)]
+        try:
+            with loopback_daemons(lo) as d, far:
+                d["ctl"].wait_for("transition", timeout=BOOT_S, state="normal")
+                with _sender() as send:
+                    for data in burst:
+                        send.sendto(data, (GROUP_A, lo.port))
+                heard = [x for x in _drain(far, 1.5) if b"burst" in x]
+                a = summary(d["relay_a"])
+        finally:
+            watcher.loop_stop()
+            watcher.disconnect()
+        assert sorted(heard) == sorted(burst)  # each once, byte for byte
+        assert a["segment_relayed"] >= len(burst)
+        batches = [p for p in seen_on_topic if p.startswith(BATCH_MAGIC)]
+        assert batches, "a burst of 300 went one datagram per message"
+        carried = [x for p in seen_on_topic for x in (unpack(p) or []) if b"burst" in x]
+        assert sorted(carried) == sorted(burst)
+
+    def test_a_broken_batch_is_dropped_and_counted(self, tmp_path: Path, broker: Mosquitto) -> None:
+        """A batch whose lengths run past its end is dropped whole as unframed, logged,
+        and the relay goes on relaying."""
+        lo = Loopback(tmp_path, broker)
+        good = datagram(1, publisher="whole")
+        broken = BATCH_MAGIC + len(good).to_bytes(2, "big") + good + b"\x04\x00" + good[:10]
+        far = _listener(GROUP_B, lo.port)
+        with loopback_daemons(lo) as d, far:
+            d["ctl"].wait_for("transition", timeout=BOOT_S, state="normal")
+            _publish(broker, lo.topic, broken)
+            d["relay_b"].wait_for("datagram_not_relayed", timeout=5, reason="unframed")
+            heard = _drain(far, 3 * HEARTBEAT_S)
+            b = summary(d["relay_b"])
+        assert b["broker_unframed"] == 1
+        assert not any(b"whole" in x for x in heard)  # not even the whole first part
+        assert any(x.startswith(wire.MAGIC) for x in heard)  # still relaying
+
+
 OVERSIZE = 64 * 1024 * 1024
 """An MQTT message no datagram could be; a relay that took it would hold it several times."""
 RSS_SLACK_KB = 16 * 1024
@@ -472,6 +756,65 @@ class TestRelayUnderAttack:
         assert a["segment_relayed"] > (TAL_S + 2 * MARGIN_S) / HEARTBEAT_S
         assert b["broker_relayed"] >= a["segment_relayed"] - 2
 
+    def test_relays_with_keys_carry_only_what_verifies(
+        self, tmp_path: Path, broker: Mosquitto
+    ) -> None:
+        """Relays with [auth] mode = "enforce" and only Ed25519 public keys: forgeries put on
+        the broker (unsigned, a bad signature, a good signature by a key not bound to the
+        publisher), each with seq 2^63-1, never reach the far segment and stop nothing;
+        the real publisher's news still crosses, and the relays cannot sign."""
+        lo = Loopback(tmp_path, broker)
+        private, public = tmp_path / "ed-private", tmp_path / "ed-public"
+        private.mkdir(mode=0o700)
+        public.mkdir(mode=0o755)
+        for key_id in (1, 2):
+            keygen(key_id, private / f"{key_id}.private", "ed25519")
+            (public / f"{key_id}.public").write_bytes((private / f"{key_id}.public").read_bytes())
+        verify = {
+            "keys_dir": str(public),
+            "scheme": "ed25519",
+            "publishers": {"ups-far": [1], "ups-other": [2]},
+        }
+        _edit(lo.relay_a_config, auth={**verify, "mode": "enforce"})
+        _edit(lo.relay_b_config, auth={**verify, "mode": "enforce"})
+        _edit(lo.ctl_config, auth=verify)
+        _edit(lo.pub_config, auth={"keys_dir": str(private), "key_id": 1, "scheme": "ed25519"})
+        far = _listener(GROUP_B, lo.port)
+        with loopback_daemons(lo) as d, far:
+            d["ctl"].wait_for("transition", timeout=BOOT_S, state="normal")
+            with _listener(GROUP_A, lo.port) as near:
+                real = wire.decode(_drain(near, 2 * HEARTBEAT_S)[0]).message
+            lie = msgspec.structs.replace(
+                real, seq=2**63 - 1, sent=time.time(), power=wire.Power(wire.PowerStatus.ON_BATTERY)
+            )
+            thief = load_keyring(private, {"private"})  # key 2: ups-other's, not ups-far's
+            stranger = Keyring.from_keys({}, tmp_path, private={1: bytes(32)})
+            forged = [
+                wire.encode(lie),
+                wire.encode(lie, key_id=1, sign=stranger.signer(1)),
+                wire.encode(lie, key_id=2, sign=thief.signer(2)),
+            ]
+            _publish(broker, lo.topic, *forged)
+            heard = set(_drain(far, TAL_S + 2 * MARGIN_S))
+            set_reading(lo.reading, "on_battery")
+            d["ctl"].wait_for("transition", timeout=NEWS_S, state="on_battery")
+            status = control.call(tmp_path / "rb.sock", {"request": "status"})["status"]
+            a, b = summary(d["relay_a"]), summary(d["relay_b"])
+        assert not heard & set(forged)
+        assert len(heard) > 3  # the real ones kept coming
+        for relay in (a, b):
+            assert relay["broker_unsigned"] == relay["broker_bad_tag"] == 1
+            assert relay["broker_wrong_key"] == 1
+        assert b["broker_relayed"] >= a["segment_relayed"] - 2
+        assert status["keys"]["schemes"] == {"1": "ed25519", "2": "ed25519"}
+        prints = status["keys"]["fingerprints"]
+        assert f"keys     key 1 fp {prints['1']} (ed25519), key 2 fp {prints['2']} (ed25519)" in (
+            report.render(status)
+        )
+        relays_ring = load_keyring(public, {"key", "public"})
+        assert relays_ring.signing_ids == []
+        assert prints == {str(i): fp for i, fp in relays_ring.fingerprints.items()}
+
     def test_oversize_message_is_not_taken(self, tmp_path: Path, broker: Mosquitto) -> None:
         """A message far larger than any datagram, published on the relays' topic, is
         not delivered to them (their peak RSS stays put), goes nowhere, and they keep
@@ -498,6 +841,11 @@ class TestRelayUnderAttack:
         assert a["broker_oversize"] == b["broker_oversize"] == 1  # the small one only
         assert b.get("segment_relayed", 0) == 0  # so relay A hears from the broker only ours:
         assert a["broker_received"] == 1  # the big one never reached it
+
+
+def _edit(path: Path, **tables: Any) -> None:
+    """Set top-level keys of the TOML file at ``path``."""
+    write_toml(path, {**tomllib.loads(path.read_text()), **tables})
 
 
 def _publish(broker: Mosquitto, topic: str, *payloads: bytes) -> None:
@@ -569,7 +917,8 @@ def netns() -> None:
 
 @pytest.fixture
 def two_sites(netns: None, tmp_path: Path) -> Iterator[Sites]:
-    with Sites(tmp_path) as made:
+    pki = Pki(tmp_path / "pki")  # the relays meet over TLS, with certificates and a login
+    with Sites(tmp_path, pki=pki, passwords={sites.RELAY_USER: sites.RELAY_PASSWORD}) as made:
         yield made
     assert made.leftovers() == []
 
@@ -615,6 +964,8 @@ class Campus:
                     sites.BROKER_PORT,
                     control=_socket(self.workdir, name),
                 )
+                if self.s.pki is not None:
+                    config["broker"].update(sites.tls_login(self.s.pki, self.workdir))
                 path = self._write(name, config)
                 self.relays.append(NetDaemon(self._bed(site), host, "relay", "--config", path))
         for relay in self.relays:

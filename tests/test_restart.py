@@ -337,7 +337,9 @@ class TestStartOrder:
         class Early(ControllerDaemon):
             async def _listen(self, network: config.Network) -> Any:
                 transport = await super()._listen(network)
-                self._on_datagram(datagram)  # came in while start() was still opening sockets
+                self._on_datagram(
+                    datagram, "127.0.0.1"
+                )  # came in while start() was still opening sockets
                 return transport
 
         async def go() -> dict[str, tuple[str, bool]]:
@@ -380,7 +382,7 @@ class TestStartOrder:
                     started = time.monotonic()
                     await daemon.start(tg)
                     took = time.monotonic() - started
-                    daemon._on_datagram(hot)  # while the probe still runs
+                    daemon._on_datagram(hot, "127.0.0.1")  # while the probe still runs
                     worker = daemon.workers["default"][0]
                     wish = worker.desired
                     for _ in range(300):

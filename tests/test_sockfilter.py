@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import pytest
 
 from powercast import sockfilter, wire
-from powercast.config import ControllerConfig, load
+from powercast.auth import Keyring, public_key
+from powercast.config import ControllerAuth, ControllerConfig, load
 from powercast.controller import BLOCKED_TAGS, Controller
 from powercast.runtime.controller import REFILTER_EVERY_S, ControllerDaemon
 from powercast.secrets import keygen, load_keyring
@@ -33,6 +35,11 @@ from harness import (
     set_reading,
     write_toml,
 )
+
+SEED: Final = bytes(range(32))
+"""Our publisher's Ed25519 private key."""
+FORGER_SEED: Final = bytes(range(100, 132))
+"""Another Ed25519 key, claiming the same key id."""
 
 
 def message(status: str = "online", seq: int = 1) -> wire.Announcement:
@@ -140,6 +147,46 @@ class TestFilterOnARealSocket:
         got = through(pair, [forged[0], *good, forged[-2], forged[-1], short])
         assert got == [*good, forged[-1], short]
 
+    def test_blocked_ed25519_signatures_drop_that_forgery_only(
+        self, pair: tuple[socket.socket, socket.socket], keys: Path, stranger: Path
+    ) -> None:
+        """Blocked 64-byte signatures and 32-byte HMAC tags side by side: each drops its
+        own forgery; good datagrams of either scheme and other forgeries pass."""
+        ours = Keyring.from_keys({}, Path("ours"), private={3: SEED})
+        forger = Keyring.from_keys({}, Path("forger"), private={3: FORGER_SEED})
+        hmac_ours, hmac_theirs = load_keyring(keys), load_keyring(stranger)
+        forged = [
+            wire.encode(message("on_battery", seq=100 + i), key_id=3, sign=forger.signer(3))
+            for i in range(3)
+        ]
+        forged_hmac = wire.encode(message("on_battery"), key_id=1, sign=hmac_theirs.signer(1))
+        good = [wire.encode(message(seq=i), key_id=3, sign=ours.signer(3)) for i in range(10)]
+        good_hmac = wire.encode(message(seq=11), key_id=1, sign=hmac_ours.signer(1))
+        blocked = [
+            forged[0][-wire.SIGNATURE_SIZE :],
+            forged_hmac[-wire.TAG_SIZE :],
+            forged[1][-wire.SIGNATURE_SIZE :],
+        ]
+        sockfilter.attach(pair[0], sockfilter.program(blocked=blocked))
+        short = b"PWRC\x01" + bytes(40)  # long enough for an HMAC tag, not a signature
+        sent = [forged[0], *good, forged_hmac, good_hmac, forged[1], forged[2], short]
+        assert through(pair, sent) == [*good, good_hmac, forged[2], short]
+
+    def test_shape_passes_ed25519_public_key_ids(
+        self, pair: tuple[socket.socket, socket.socket], keys: Path, stranger: Path
+    ) -> None:
+        """A controller holding HMAC keys 1, 2 and Ed25519 public key 3 (key files, as
+        deployed): datagrams signed by either scheme pass the shape filter; key 9 is dropped."""
+        keygen(3, keys / "3.private", scheme="ed25519")
+        ours = load_keyring(keys, ("key", "public"))
+        assert ours.ids == [1, 2, 3]
+        publisher = load_keyring(keys, ("private",))
+        signed = wire.encode(message(), key_id=3, sign=publisher.signer(3))
+        tagged = wire.encode(message(seq=2), key_id=1, sign=load_keyring(keys).signer(1))
+        unknown = wire.encode(message(seq=3), key_id=9, sign=load_keyring(stranger).signer(9))
+        sockfilter.attach(pair[0], sockfilter.program(versions=wire.VERSIONS, key_ids=ours.ids))
+        assert through(pair, [signed, unknown, tagged]) == [signed, tagged]
+
     def test_no_filter_part_passes_everything(
         self, pair: tuple[socket.socket, socket.socket]
     ) -> None:
@@ -207,6 +254,49 @@ class TestBlocking:
         ctrl.reconfigure(ctrl.config, load_keyring(keys), 2.0)
         assert ctrl.blocked == {}
         assert ctrl.blocked_changed
+
+
+def forged_signature(seq: int = 50) -> bytes:
+    """ups-a on battery under key id 3, with 64 random bytes for a signature."""
+    body = wire.encode(message("on_battery", seq))[wire.HEADER.size :]
+    header = wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.SIGNATURE_SIZE, 3, len(body))
+    return header + body + os.urandom(wire.SIGNATURE_SIZE)
+
+
+def signing(**auth: Any) -> Controller:
+    """A controller verifying Ed25519 key 3 (our publisher's public key)."""
+    ring = Keyring.from_keys({}, Path("ctl"), public={3: public_key(SEED)})
+    return Controller(ControllerConfig(auth=ControllerAuth(scheme="ed25519", **auth)), ring)
+
+
+@pytest.mark.unit
+class TestBlockingSignatures:
+    def test_a_forged_signature_seen_twice_is_blocked(self) -> None:
+        """An Ed25519 signature that failed under our public key, seen again, is blocked
+        whole (64 bytes); our publisher's datagrams are taken throughout."""
+        ctrl = signing()
+        good = Keyring.from_keys({}, Path("pub"), private={3: SEED}).signer(3)
+        forged = forged_signature()
+        for _ in range(2):
+            ctrl.receive(forged, 1.0, time.time(), "10.9.9.9")
+        assert list(ctrl.blocked) == [forged[-wire.SIGNATURE_SIZE :]]
+        ctrl.receive(wire.encode(message(seq=1), key_id=3, sign=good), 1.0, time.time())
+        assert ctrl.accepted == 1
+
+    def test_a_forgery_over_budget_is_never_blocked(self) -> None:
+        """With the source's verify budget spent, a forgery repeated a hundred times is
+        dropped unchecked (over_budget) and its tag is not blocked: only a tag checked
+        and found bad is."""
+        ctrl = signing(source_verify_rate=20.0)
+        for seq in range(40):  # the source's burst, each forgery checked once
+            ctrl.receive(forged_signature(100 + seq), 1.0, time.time(), "10.9.9.9")
+        assert ctrl.counters["rejected.bad_tag"] == 40
+        repeated = forged_signature()
+        for _ in range(100):
+            ctrl.receive(repeated, 1.0, time.time(), "10.9.9.9")
+        assert ctrl.counters["rejected.over_budget"] == 100
+        assert ctrl.blocked == {}
+        assert not ctrl.blocked_changed
 
 
 @pytest.mark.system
@@ -292,8 +382,8 @@ class TestRefilterBound:
                 async with asyncio.TaskGroup() as tg:
                     await daemon.start(tg)
                     for data in forged:
-                        daemon._on_datagram(data)
-                        daemon._on_datagram(data)
+                        daemon._on_datagram(data, "127.0.0.1")
+                        daemon._on_datagram(data, "127.0.0.1")
                     await asyncio.sleep(REFILTER_EVERY_S + 0.2)
                     raise Done
             except* Done:

@@ -1,8 +1,8 @@
 """The NUT source against a real upsd with dummy-ups drivers, and end to end with the daemons.
 
-One upsd per module serves a UPS per test that changes one (each driver's state is a
-``.dev`` file the test rewrites), so the ~3 s until the drivers' first data is paid once.
-Recipe and traps: shared notes/nut.md (``-u root``, whole-second mtimes, MAXAGE).
+One upsd per module (tests/nutbed.py) serves a UPS per test that changes one (each
+driver's state is a ``.dev`` file the test rewrites), so the ~3 s until the drivers' first
+data is paid once.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nutbed import DRIVER, ONLINE, UPSD, NutServer, connectable, wait_until
 
 from powercast.config import ConfigError, NutSource, PublisherConfig, Reading, parse
 from powercast.sources import SourceError, make_reader
@@ -29,126 +30,7 @@ from powercast.sources.nut import NutReader, ProtocolError, _parse_var, power_st
 
 from harness import controller_config, free_port, make_keys, network, running, write_toml
 
-NUT = Path("/lib/nut")
-UPSD = NUT / "upsd"
-DRIVER = NUT / "dummy-ups"
-
-ONLINE = {
-    "ups.status": "OL",
-    "battery.charge": "100",
-    "battery.runtime": "1800",
-    "ups.load": "30",
-    "input.voltage": "230",
-    "ups.temperature": "25",
-}
-UPSES = ("main", "second", "killed", "frozen", "e2e")
-
-
-class NutServer:
-    """upsd and one dummy-ups driver per UPS, all in one directory, run by the test."""
-
-    def __init__(self, directory: Path, upses: tuple[str, ...]) -> None:
-        self.dir = directory
-        self.upses = upses
-        self.port = 0
-        self.upsd: subprocess.Popen[bytes] | None = None
-        self.drivers: dict[str, subprocess.Popen[bytes]] = {}
-        self._mtime = 0
-        self.env = {
-            **os.environ,
-            "NUT_CONFPATH": str(directory),
-            "NUT_STATEPATH": str(directory),
-            "NUT_ALTPIDPATH": str(directory),
-        }
-        for ups in upses:
-            self.set(ups, ONLINE)
-        (directory / "ups.conf").write_text(
-            "".join(
-                f"[{ups}]\n\tdriver = dummy-ups\n\tport = {ups}.dev\n\tpollinterval = 1\n"
-                f'\tdesc = "test UPS {ups}"\n'
-                for ups in upses
-            )
-        )
-        (directory / "upsd.users").write_text("[tester]\n\tpassword = secret\n")
-        for path in directory.iterdir():
-            path.chmod(0o600)
-
-    def set(self, ups: str, values: dict[str, str]) -> None:
-        """Replace the UPS's state; each write gets a newer whole-second mtime (dummy-once)."""
-        path = self.dir / f"{ups}.dev"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(f"{k}: {v}\n" for k, v in values.items()))
-        self._mtime = max(int(time.time()), self._mtime + 1)
-        os.utime(tmp, (self._mtime, self._mtime))
-        tmp.replace(path)
-
-    def start(self) -> None:
-        for ups in self.upses:
-            self.start_driver(ups)
-        for _ in range(5):  # a port taken meanwhile makes upsd exit 1 at once: pick another
-            self.port = free_port()
-            (self.dir / "upsd.conf").write_text(f"LISTEN 127.0.0.1 {self.port}\nMAXAGE 3\n")
-            (self.dir / "upsd.conf").chmod(0o600)
-            self.upsd = self._spawn([str(UPSD), "-u", "root", "-F"], "upsd.log")
-            if _wait(lambda: _connectable(self.port), 3.0):
-                return
-            self.upsd.kill()
-            self.upsd.wait()
-        raise RuntimeError(f"upsd did not start: {(self.dir / 'upsd.log').read_text()}")
-
-    def start_driver(self, ups: str) -> None:
-        argv = [str(DRIVER), "-a", ups, "-u", "root", "-F"]
-        self.drivers[ups] = self._spawn(argv, f"driver-{ups}.log")
-
-    def kill_driver(self, ups: str) -> None:
-        proc = self.drivers[ups]
-        proc.send_signal(signal.SIGCONT)
-        proc.kill()
-        proc.wait()
-        (self.dir / f"dummy-ups-{ups}").unlink(missing_ok=True)  # left behind when killed
-
-    def _spawn(self, argv: list[str], log: str) -> subprocess.Popen[bytes]:
-        with (self.dir / log).open("ab") as out:
-            return subprocess.Popen(argv, env=self.env, stdout=out, stderr=out)
-
-    def status(self, ups: str) -> str:
-        """ups.status as upsd serves it now, or upsd's ERR line (a raw client of our own)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-            s.sendall(f"GET VAR {ups} ups.status\n".encode())
-            answer = s.makefile("rb").readline().decode().strip()
-        return answer.rsplit(" ", 1)[-1].strip('"')
-
-    def wait_status(self, ups: str, status: str, timeout: float = 8.0) -> None:
-        if not _wait(lambda: self.status(ups) == status, timeout):
-            raise AssertionError(f"{ups}: ups.status still {self.status(ups)!r}, not {status!r}")
-
-    def stop(self) -> None:
-        for proc in [*self.drivers.values(), *([self.upsd] if self.upsd else [])]:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-
-
-def _wait(check: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return True
-        except OSError:
-            pass
-        time.sleep(0.05)
-    return False
-
-
-def _connectable(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
+UPSES = ("main", "second", "killed", "frozen", "e2e", "fast", "flip")
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +51,7 @@ def nut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NutServer]:
 
 
 def reader(port: int, ups: str | list[str] = "main", **options: Any) -> NutReader:
-    source = NutSource(ups=ups, port=port, interval_s=0.1, **{"timeout_s": 1.0, **options})
+    source = NutSource(ups=ups, port=port, **{"interval_s": 0.1, "timeout_s": 1.0, **options})
     made = make_reader(source, 0, 0.0)
     assert isinstance(made, NutReader)
     return made
@@ -251,6 +133,10 @@ class TestNutConfig:
         )
         assert config_error('ups = "a"\ntls = "yes"') == (
             "p.toml: sources[0].tls: expected one of 'off', 'try', 'required', got \"yes\""
+        )
+        assert config_error('ups = "a"\nstatus_interval_s = 0.001') == (
+            "p.toml: sources[0].status_interval_s: expected at least 0.01 s (each is a request"
+            " to upsd), got 0.001"
         )
         assert config_error('ups = "a"\nusername = "u"\npassword = "two words"') == (
             "p.toml: sources[0].password: expected printable ASCII without spaces or quotes,"
@@ -431,6 +317,31 @@ class TestNutReader:
         assert low.power is not None
         assert low.power.charge_pct == 9.0
 
+    def test_status_between_full_reads(self, nut: NutServer) -> None:
+        """Between full reads only the status is asked; a new status brings a full read at
+        once, so the reading that tells it has the values of the same moment."""
+
+        async def main() -> tuple[int, int, Reading | str, int]:
+            r = reader(nut.port, "fast", interval_s=30.0, status_interval_s=0.05)
+            try:
+                for _ in range(10):
+                    await r.read()
+                quiet = r.full_reads
+                nut.set("fast", {**ONLINE, "ups.status": "OB DISCHRG", "battery.charge": "80"})
+                changed = await read_until(r, lambda x: status_of(x) == "on_battery")
+                return quiet, r.full_reads, changed, r.connections
+            finally:
+                r.close()
+                nut.set("fast", ONLINE)
+
+        quiet, after, changed, connections = asyncio.run(main())
+        assert quiet == 1
+        assert after == 2
+        assert isinstance(changed, Reading)
+        assert changed.power is not None
+        assert changed.power.charge_pct == 80.0
+        assert connections == 1
+
     def test_several_upses(self, nut: NutServer) -> None:
         """With several UPS names, power is the first's and each one gives a temperature."""
         nut.set("second", {"ups.status": "OB", "ups.temperature": "31"})
@@ -575,7 +486,7 @@ class TestNutReader:
                 [str(UPSD), "-u", "root", "-F"], env=env, stdout=out, stderr=out
             )
         try:
-            assert _wait(lambda: _connectable(port), 3.0), (conf / "upsd.log").read_text()
+            assert wait_until(lambda: connectable(port), 3.0), (conf / "upsd.log").read_text()
 
             async def main() -> tuple[Reading | str, bool]:
                 r = reader(port, tls="required", ca_file=str(tmp_path / "ca.pem"))
@@ -720,3 +631,35 @@ class TestEndToEnd:
             assert all(("WAIT" in r) != ("DRIVER-NOT-CONNECTED" in r) for r in reasons)
             assert len(reasons) <= 2
             assert pub.proc.poll() is None
+
+    def test_flip_announced_before_the_interval(self, nut: NutServer, tmp_path: Path) -> None:
+        """With full reads and heartbeats 5 s apart, each flip of the .dev file reaches the
+        controller's transition within 2 s (the driver's own 1 s loop included)."""
+        port = free_port()
+        keys = str(make_keys(tmp_path / "keys"))
+        source = {"kind": "nut", "ups": "flip", "port": nut.port, "interval_s": 5.0}
+        publisher = write_toml(
+            tmp_path / "p.toml",
+            {
+                "role": "publisher",
+                "id": "ups-flip",
+                "heartbeat_s": 5.0,
+                "network": network(port),
+                "auth": {"keys_dir": keys, "key_id": 1},
+                "sources": [source],
+                "log": {"format": "json"},
+            },
+        )
+        policy = {"shed_after_s": 3600.0, "restore_after_s": 0.0}
+        controller = write_toml(tmp_path / "c.toml", controller_config(port, keys, policy=policy))
+        with (
+            running("control", "--config", str(controller)) as ctl,
+            running("publish", "--config", str(publisher)),
+        ):
+            ctl.wait_for("transition", timeout=10.0, state="normal")
+            for status, state in (("OB DISCHRG", "on_battery"), ("OL", "normal")):
+                nut.set("flip", {**ONLINE, "ups.status": status})
+                started = time.monotonic()
+                seen = ctl.wait_for("transition", timeout=2.0, state=state)
+                assert time.monotonic() - started < 2.0
+                assert seen["power"] == ("on_battery" if state == "on_battery" else "online")

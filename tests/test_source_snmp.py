@@ -59,6 +59,8 @@ class Agent:
         self.port = 0
         self.proc: subprocess.Popen[str] | None = None
         self._mtime = 0
+        self.engine_id = "auto"
+        """Its snmpEngineID in hex (SNMPv3 traps are keyed to it), or auto."""
 
     def set(
         self, community: str, values: dict[str, Any], tags: dict[str, int] | None = None
@@ -81,7 +83,7 @@ class Agent:
         self.proc = subprocess.Popen(
             [
                 str(RESPONDER),
-                "--v3-engine-id=auto",
+                f"--v3-engine-id={self.engine_id}",
                 f"--v3-user={V3['user']}",
                 f"--v3-auth-key={V3['auth_key']}",
                 "--v3-auth-proto=SHA",

@@ -220,6 +220,10 @@ class TestDebianPackage:
             "/etc/powercast/relay.toml",
             "/usr/share/doc/powercast/examples/hwmon.conf",
             "/usr/share/doc/powercast/examples/relay.toml",
+            "/usr/share/doc/powercast/docs/monitoring.md",
+            "/usr/share/powercast/grafana/powercast.json",
+            "/usr/share/powercast/prometheus/powercast.rules.yml",
+            "/usr/share/powercast/prometheus/powercast.rules.test.yml",
         ):
             assert path in paths, path
         conffiles = subprocess.run(
@@ -233,6 +237,22 @@ class TestDebianPackage:
             "/etc/powercast/publisher.toml",
             "/etc/powercast/relay.toml",
         ]
+
+    def test_monitoring_files_are_the_repository_files(self, deb: Path, tmp_path: Path) -> None:
+        """The dashboard and the rules with their tests are installed unchanged, side by
+        side, so `promtool test rules` runs where they are installed."""
+        subprocess.run(["dpkg-deb", "--extract", str(deb), str(tmp_path)], check=True)
+        share = tmp_path / "usr" / "share" / "powercast"
+        for installed, source in (
+            ("grafana/powercast.json", "monitoring/grafana/powercast.json"),
+            ("prometheus/powercast.rules.yml", "monitoring/prometheus/powercast.rules.yml"),
+            (
+                "prometheus/powercast.rules.test.yml",
+                "monitoring/prometheus/powercast.rules.test.yml",
+            ),
+        ):
+            assert (share / installed).read_bytes() == (ROOT / source).read_bytes(), installed
+            assert (share / installed).stat().st_mode & 0o777 == 0o644, installed
 
     def test_units_are_the_repository_units(self, deb: Path, tmp_path: Path) -> None:
         """The package installs systemd/*.service from this checkout unchanged."""

@@ -15,8 +15,10 @@ import msgspec
 import pytest
 
 from powercast import wire
+from powercast.auth import Keyring, public_key
 from powercast.wire import (
     MAX_DATAGRAM,
+    SIGNATURE_SIZE,
     TAG_SIZE,
     Announcement,
     DecodeError,
@@ -31,7 +33,7 @@ from strategies import KEY, frame, sign
 pytestmark = pytest.mark.unit
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "wire-format.md"
-README = DOC.parent.parent / "README.md"
+LOGS = DOC.parent / "deploy.md"
 REASONS = {"size", "truncated", "magic", "version", "tag", "length", "body"}
 
 
@@ -57,6 +59,9 @@ def _vectors() -> list[Vector]:
 
 
 VECTORS = _vectors()
+DOC_TEXT = DOC.read_text(encoding="utf-8")
+ED25519_VECTOR_RING = Keyring.from_keys({}, Path("."), private={2: bytes(range(32))})
+"""Ed25519 key id 2, the private key 0x00..0x1f, as vector V8 is signed."""
 VALID = [v for v in VECTORS if "error" not in v.meaning]
 INVALID = [v for v in VECTORS if "error" in v.meaning]
 
@@ -135,8 +140,12 @@ class TestVectors:
     def test_valid_vector_reencodes_to_its_bytes(self, vector: Vector) -> None:
         """Encoding the message the json describes gives the vector's bytes exactly."""
         key_id = vector.meaning["key_id"]
-        signer = sign if key_id else None
-        assert wire.encode(_announcement(vector.meaning), key_id=key_id, sign=signer) == vector.data
+        tag_size = len(vector.meaning["tag"]) // 2
+        signer = {0: None, TAG_SIZE: sign, SIGNATURE_SIZE: ED25519_VECTOR_RING.signer(2)}
+        data = wire.encode(
+            _announcement(vector.meaning), key_id=key_id, sign=signer[tag_size], tag_size=tag_size
+        )
+        assert data == vector.data
 
     @pytest.mark.parametrize("vector", INVALID, ids=_ids(INVALID))
     def test_invalid_vector_is_rejected_with_its_reason(self, vector: Vector) -> None:
@@ -144,6 +153,24 @@ class TestVectors:
         with pytest.raises(DecodeError) as caught:
             wire.decode(vector.data)
         assert caught.value.reason == vector.meaning["error"]
+
+    def test_ed25519_vector_is_signed_by_the_documented_key(self) -> None:
+        """V8's tag is the Ed25519 signature over all but the tag by the private key
+        0x00..0x1f, checked with the public key the doc gives (cryptography, not our code)."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        (vector,) = [v for v in VALID if len(v.meaning["tag"]) == 2 * SIGNATURE_SIZE]
+        public = re.search(r"its public key, all a receiver holds, is `([0-9a-f]{64})`", DOC_TEXT)
+        assert public is not None
+        decoded = wire.decode(vector.data)
+        assert decoded.signed == vector.data[:-SIGNATURE_SIZE]
+        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public[1]))
+        key.verify(decoded.tag, decoded.signed)  # raises InvalidSignature if not
+        assert public[1] == public_key(bytes(range(32))).hex()
+        assert ED25519_VECTOR_RING.verify(decoded) is None
+        tampered = bytearray(vector.data)
+        tampered[20] ^= 1
+        assert ED25519_VECTOR_RING.verify(wire.decode(bytes(tampered))) == "bad_tag"
 
     def test_signed_vector_tag_is_hmac_sha256_over_header_and_body(self) -> None:
         """The signed vector's tag is HMAC-SHA256 with key 0x00..0x1f over all but the tag."""
@@ -461,11 +488,11 @@ class TestRejectReasons:
         documented = re.findall(r"^\| `(\w+)` +\|", section, re.MULTILINE)
         assert documented == list(wire.Reject)
 
-    def test_readme_lists_every_reason_in_order(self) -> None:
-        """README's datagram_rejected log event names each reason, in the order of the checks."""
+    def test_log_events_list_every_reason_in_order(self) -> None:
+        """The datagram_rejected log event (docs/deploy.md) names each reason, in check order."""
         row = next(
             line
-            for line in README.read_text().splitlines()
+            for line in LOGS.read_text().splitlines()
             if line.startswith("| `datagram_rejected` |")
         )
         listed = re.findall(r"`(\w+)`", row.split("(", 1)[1].split(")", 1)[0])

@@ -15,6 +15,7 @@ asks this host for what a config names (interfaces, addresses, programs), for
 from __future__ import annotations
 
 import enum
+import importlib.util
 import ipaddress
 import json
 import os
@@ -81,8 +82,12 @@ class Network(_Table, frozen=True):
     """Where announcements travel. ``interface`` is a name (eth0) or one of its addresses."""
 
     group: str = "239.1.1.1"
+    """The multicast group, IPv4 or IPv6; 239.0.0.0/8 stays inside the organisation."""
     port: Port = 5001
+    """The UDP port of the group."""
     interface: Annotated[str, msgspec.Meta(min_length=1)] = "127.0.0.1"
+    """Send and join on this interface, by name or address: the control network (the
+    default, loopback, reaches no other host)."""
 
     def __post_init__(self) -> None:
         try:
@@ -98,7 +103,9 @@ class Network(_Table, frozen=True):
 
 class PublisherNetwork(Network, frozen=True):
     ttl: Annotated[int, msgspec.Meta(ge=1, le=255)] = 1
+    """Multicast TTL: 1 stays on the segment; more crosses that many routers."""
     loop: bool = True
+    """Deliver to listeners on this host too (a controller beside the publisher)."""
     unicast_peers: Annotated[list[str], msgspec.Meta(max_length=64)] = []
     """Also send each announcement to these "address:port" (networks that block multicast)."""
 
@@ -125,6 +132,7 @@ class RelayNetwork(Network, frozen=True):
     """The segment a relay bridges: it listens and re-sends on group, port and interface."""
 
     ttl: Annotated[int, msgspec.Meta(ge=1, le=255)] = 1
+    """Multicast TTL of what the relay re-sends on its segment."""
     loop: bool = True
     """Let controllers on the relay's own host hear what it re-sends."""
 
@@ -158,28 +166,87 @@ def udp_address(text: str, key: str, listen_port: int | None = None) -> tuple[st
     return str(address), port
 
 
+Scheme = Literal["hmac-sha256", "ed25519"]
+
+
 class PublisherAuth(_Table, frozen=True):
     """How announcements are signed."""
 
     keys_dir: str = ""
-    """Key files ``<id>.key``; empty: $CREDENTIALS_DIRECTORY, else /etc/powercast/keys."""
+    """Key files ``<id>.key`` (or ``<id>.private``); empty: $CREDENTIALS_DIRECTORY, else
+    /etc/powercast/keys."""
     key_id: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 1
     """The key to sign with; 0 sends unsigned (only while controllers are not enforcing)."""
+    scheme: Scheme = "hmac-sha256"
+    """hmac-sha256: a tag made with the shared key ``<key_id>.key``; ed25519: a signature
+    made with the private key ``<key_id>.private`` (receivers hold only its public key)."""
 
 
-class ControllerAuth(_Table, frozen=True):
-    """Which announcements are believed."""
+class VerifyAuth(_Table, frozen=True):
+    """What a receiver (controller or relay) verifies tags with."""
 
     keys_dir: str = ""
+    """Key files: ``<id>.key`` (hmac-sha256), ``<id>.public`` (ed25519); empty:
+    $CREDENTIALS_DIRECTORY, else /etc/powercast/keys."""
+    scheme: Scheme | Annotated[list[Scheme], msgspec.Meta(min_length=1, max_length=2)] = (
+        "hmac-sha256"
+    )
+    """The tags believed: "hmac-sha256", "ed25519", or both as a list while moving from one
+    to the other (only the keys of these schemes are read)."""
+    publishers: dict[str, list[int]] = {}
+    """Which key ids may speak for which publisher, e.g. ``{ups-a = [1], ups-b = [2]}``;
+    with it, a publisher not named has no key; empty: any key for any publisher."""
+    verify_rate: Annotated[float, msgspec.Meta(ge=1.0, le=100_000.0)] = 50.0
+    """Ed25519 signatures checked per second for one publisher (two seconds' worth saved);
+    beyond, its datagrams are dropped unchecked (over_budget) and its data goes stale."""
+    source_verify_rate: Annotated[float, msgspec.Meta(ge=1.0, le=1_000_000.0)] = 1000.0
+    """The same for one source address (a relay carries many publishers)."""
+
+    @property
+    def schemes(self) -> tuple[Scheme, ...]:
+        """``scheme`` as a tuple."""
+        return (self.scheme,) if isinstance(self.scheme, str) else tuple(self.scheme)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.scheme, str) and len(set(self.scheme)) != len(self.scheme):
+            raise ValueError(f"scheme: expected distinct schemes, got {self.scheme}")
+        for publisher, ids in self.publishers.items():
+            if not _PUBLISHER_ID.match(publisher) or len(publisher) > 64:
+                raise ValueError(
+                    "publishers: expected publisher ids of letters, digits and . _ : @ - that"
+                    f" start with a letter or digit, got {json.dumps(publisher)}"
+                )
+            if not ids or not all(1 <= key_id <= 65535 for key_id in ids):
+                raise ValueError(
+                    f"publishers: expected a list of key ids from 1 to 65535 for"
+                    f" {json.dumps(publisher)}, got {ids}"
+                )
+
+
+class ControllerAuth(VerifyAuth, frozen=True):
+    """Which announcements are believed."""
+
     mode: Literal["enforce", "permissive", "off"] = "enforce"
     """enforce: drop unsigned or badly signed datagrams; permissive: accept, warn and count."""
     max_clock_skew_s: Annotated[float, msgspec.Meta(ge=0.0, le=86_400.0)] = 10.0
     """Drop datagrams sent further than this from our clock (replays of unseen epochs); 0: off."""
 
 
+class RelayAuth(VerifyAuth, frozen=True):
+    """Which datagrams a relay carries."""
+
+    mode: Literal["enforce", "off"] = "off"
+    """enforce: carry only datagrams whose tag verifies with these keys (a forgery goes
+    no further); off: carry every datagram that decodes, and let controllers verify."""
+
+
 class Log(_Table, frozen=True):
+    """What the daemon logs, and how."""
+
     level: LogLevel = "info"
+    """The least severe event logged."""
     format: LogFormat = "auto"
+    """auto: the journal under systemd, console on a terminal, else logfmt."""
 
 
 class ControlSettings(_Table, frozen=True):
@@ -216,11 +283,15 @@ class PowerReading(_Table, frozen=True):
     """Power as a source reports it (file, command output, simulated step)."""
 
     status: PowerStatusName = "unknown"
+    """What the UPS says of mains power; unknown fails safe."""
     charge_pct: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)] | None = None
+    """Battery charge in percent."""
     runtime_s: Annotated[float, msgspec.Meta(ge=0.0, le=1e9)] | None = None
     """Bounded as on the wire (docs/wire-format.md)."""
     load_pct: Annotated[float, msgspec.Meta(ge=0.0, le=1000.0)] | None = None
+    """Output load in percent of the UPS's rating."""
     input_v: Annotated[float, msgspec.Meta(ge=0.0, le=100_000.0)] | None = None
+    """Input (mains) voltage."""
 
 
 class Reading(_Table, frozen=True):
@@ -228,12 +299,14 @@ class Reading(_Table, frozen=True):
 
     power: PowerReading | None = None
     temperatures: Annotated[dict[SensorName, Celsius], msgspec.Meta(max_length=24)] = {}
+    """Sensor name = degrees Celsius; at most 24."""
 
 
 class Step(Reading, frozen=True):
     """One point of a simulated timeline: from ``at_s`` seconds after start, read this."""
 
     at_s: Annotated[float, msgspec.Meta(ge=0.0, le=1e9)] = 0.0
+    """Seconds after start; steps must come in order of at_s."""
 
 
 class SimulatedSource(_Table, frozen=True, tag="simulated", tag_field="kind"):
@@ -241,7 +314,9 @@ class SimulatedSource(_Table, frozen=True, tag="simulated", tag_field="kind"):
 
     timeline: Annotated[list[Step], msgspec.Meta(min_length=1)]
     repeat: bool = False
+    """Start again from the first step after the last."""
     interval_s: Interval = 0.1
+    """How often the timeline is looked at."""
 
     def __post_init__(self) -> None:
         times = [step.at_s for step in self.timeline]
@@ -253,24 +328,34 @@ class FileSource(_Table, frozen=True, tag="file", tag_field="kind"):
     """A TOML or JSON file (by its suffix) that an operator or a test edits."""
 
     path: str
+    """The file; a reading as in [[sources]] kind = "simulated"'s steps, less at_s."""
     interval_s: Interval = 1.0
+    """How often the file is read."""
 
 
 class CommandSource(_Table, frozen=True, tag="command", tag_field="kind"):
     """A program that prints one JSON reading on stdout."""
 
     argv: Argv
+    """The program and its arguments, run without a shell."""
     interval_s: Interval = 5.0
+    """How often it is run."""
     timeout_s: Timeout = 5.0
+    """Killed (with its process group) after this long: the source fails."""
 
+
+MIN_STATUS_INTERVAL_S: Final = 0.01
+"""The fastest a NUT source asks upsd for a status: 100 requests a second."""
 
 UpsName = Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
 """A NUT UPS name; short enough that "<ups>.temperature" is a sensor name."""
 Host = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
 FilePath = Annotated[str, msgspec.Meta(min_length=1)]
 Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+_PUBLISHER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*\Z")
 _UPS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _HOST = re.compile(r"[A-Za-z0-9._:%-]+\Z")
+_ENGINE_ID = re.compile(r"(0x)?([0-9A-Fa-f]{2}){5,32}\Z")
 _TOKEN_TEXT = re.compile(r"[!-~]+\Z")  # printable ASCII, no spaces or quotes to escape
 
 
@@ -302,10 +387,15 @@ class NutSource(_Table, frozen=True, tag="nut", tag_field="kind"):
     """
 
     ups: UpsName | Annotated[list[UpsName], msgspec.Meta(min_length=1, max_length=8)]
+    """The UPS name upsd knows (``upsc -l``), or several (at most 8)."""
     host: Host = "127.0.0.1"
+    """upsd's host name or IP address."""
     port: Port = 3493
+    """upsd's TCP port."""
     username: Secret | None = None
+    """Sent to upsd when set (upsd checks it only at LOGIN, which powercast never sends)."""
     password: Secret | None = None
+    """The password, inline; prefer password_file."""
     password_file: FilePath | None = None
     """A file holding the password on its first line; others must not be able to read it."""
     tls: Literal["off", "try", "required"] = "off"
@@ -313,6 +403,11 @@ class NutSource(_Table, frozen=True, tag="nut", tag_field="kind"):
     ca_file: FilePath | None = None
     """CA certificates (PEM) that upsd's certificate must chain to; default: the system's."""
     interval_s: Interval = 1.0
+    """How often every variable of every UPS is read."""
+    status_interval_s: Interval = 0.05
+    """How often, between those, the first UPS's ups.status is asked (one short request on
+    the kept connection): a change of power is announced this long after upsd knows it.
+    At least 0.01 s; at or above interval_s only full reads are made."""
     timeout_s: Timeout = 2.0
     """For the connection and for each request."""
 
@@ -330,6 +425,11 @@ class NutSource(_Table, frozen=True, tag="nut", tag_field="kind"):
                 )
         if len(set(names)) != len(names):
             raise ValueError(f"ups: expected distinct UPS names, got {names}")
+        if self.status_interval_s < MIN_STATUS_INTERVAL_S:
+            raise ValueError(
+                f"status_interval_s: expected at least {MIN_STATUS_INTERVAL_S:g} s (each is a"
+                f" request to upsd), got {self.status_interval_s!r}"
+            )
         _check_host(self.host)
         _check_tokens(self, "username", "password")
         _one_of(self.password, self.password_file, "password", "password_file")
@@ -353,32 +453,71 @@ class HwmonSource(_Table, frozen=True, tag="hwmon", tag_field="kind"):
     root: FilePath = "/"
     """Where sysfs is mounted, less ``sys/``: tests point it at a tree of their own."""
     interval_s: Interval = 2.0
+    """How often the sensors are read."""
 
 
-class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
-    """A UPS's SNMP agent, read with the standard UPS-MIB (RFC 1628), v2c or v3."""
+class SnmpTraps(_Table, frozen=True):
+    """Notifications (traps, informs) from the UPS's agent. Each one recognised wakes the
+    source's poll at once: the GET that follows decides, never the trap itself."""
+
+    listen: str = "0.0.0.0:162"
+    """IP address and UDP port to receive on (a bare address: port 162, which needs root
+    or CAP_NET_BIND_SERVICE)."""
+    community: Secret | None = None
+    """v1/v2c notifications: their community; default: the source's (v2c only)."""
+    community_file: FilePath | None = None
+    """The same, from a file's first line; others must not be able to read it."""
+    engine_id: str | None = None
+    """SNMPv3 traps: the agent's snmpEngineID in hex; without it, only v3 informs are heard."""
+    confirm_gap_s: Annotated[float, msgspec.Meta(ge=0.0, le=60.0)] = 0.1
+    """Trap-triggered GETs are at least this far apart; the traps in between share one."""
+    max_per_s: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 50
+    """Datagrams from the agent decoded per second; beyond, dropped and counted."""
+
+    def __post_init__(self) -> None:
+        udp_address(self.listen, "listen", 162)
+        if self.engine_id is not None and not _ENGINE_ID.match(self.engine_id):
+            raise ValueError(
+                "engine_id: expected the agent's snmpEngineID, 5 to 32 bytes in hex such as"
+                f" 8000000001020304, got {self.engine_id!r}"
+            )
+        _check_tokens(self, "community")
+        _one_of(self.community, self.community_file, "community", "community_file")
+
+
+class SnmpAccess(_Table, frozen=True):
+    """How to reach an SNMP agent, v2c or v3: shared by the snmp source and actuator."""
 
     host: Host
+    """The agent's host name or IP address."""
     port: Port = 161
+    """The agent's UDP port."""
     version: Literal["2c", "3"] = "2c"
+    """SNMP v2c (a community) or v3 (a user, with authentication and privacy)."""
     community: Secret | None = None
+    """The v2c community, inline; prefer community_file."""
     community_file: FilePath | None = None
+    """A file holding the v2c community on its first line; others must not be able to read it."""
     user: Secret | None = None
     """SNMPv3 user name."""
     auth_protocol: Literal["none", "md5", "sha", "sha224", "sha256", "sha384", "sha512"] = "sha"
+    """SNMPv3 authentication."""
     auth_key: Secret | None = None
+    """SNMPv3 authentication key (at least 8 characters), inline; prefer auth_key_file."""
     auth_key_file: FilePath | None = None
+    """A file holding the authentication key on its first line, not readable by others."""
     priv_protocol: Literal["none", "des", "aes", "aes192", "aes256"] = "aes"
+    """SNMPv3 privacy (encryption); needs the cryptography package."""
     priv_key: Secret | None = None
+    """SNMPv3 privacy key (at least 8 characters), inline; prefer priv_key_file."""
     priv_key_file: FilePath | None = None
+    """A file holding the privacy key on its first line, not readable by others."""
     context: Annotated[str, msgspec.Meta(max_length=32)] = ""
-    """SNMPv3 context name; most agents serve the UPS-MIB in the default, empty one."""
-    sensor: SensorName = "ups.battery"
-    """The name under which upsBatteryTemperature is announced."""
-    interval_s: Interval = 1.0
+    """SNMPv3 context name; most agents serve their MIBs in the default, empty one."""
     timeout_s: Timeout = 1.0
     """For each try of a request."""
     retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 1
+    """Tries after the first, each within timeout_s."""
 
     def __post_init__(self) -> None:
         _check_host(self.host)
@@ -408,6 +547,30 @@ class SnmpSource(_Table, frozen=True, tag="snmp", tag_field="kind"):
             if key is not None and len(key) < 8:
                 raise ValueError(f"{name}: expected at least 8 characters, got {len(key)}")
 
+    def secret_files(self) -> list[tuple[str, str]]:
+        """(key, path) of each secret kept in a file."""
+        keys = ("community_file", "auth_key_file", "priv_key_file")
+        return [(key, path) for key in keys if (path := getattr(self, key)) is not None]
+
+
+class SnmpSource(SnmpAccess, frozen=True, tag="snmp", tag_field="kind"):
+    """A UPS's SNMP agent, read with the standard UPS-MIB (RFC 1628), v2c or v3."""
+
+    sensor: SensorName = "ups.battery"
+    """The name under which upsBatteryTemperature is announced."""
+    interval_s: Interval = 1.0
+    """How often the agent is read (a trap brings the next read forward)."""
+    traps: SnmpTraps | None = None
+    """Listen for the agent's traps and informs (absent: poll only)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.version == "2c" and self.traps is not None and self.traps.engine_id is not None:
+            raise ValueError(
+                'traps: expected engine_id only with version = "3" (SNMPv3 traps), got'
+                f' engine_id = "{self.traps.engine_id}" with version = "2c"'
+            )
+
 
 Source = SimulatedSource | FileSource | CommandSource | NutSource | HwmonSource | SnmpSource
 
@@ -423,9 +586,14 @@ def _default_id() -> str:
 
 
 class PublisherConfig(_Table, frozen=True):
+    """A publisher: reads its sources and announces them on the group."""
+
     role: Literal["publisher"] = "publisher"
+    """Which daemon the file is for."""
     id: PublisherId = msgspec.field(default_factory=_default_id)
+    """The publisher's id on the group: letters, digits and ``._:@-``, at most 64."""
     heartbeat_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600.0)] = 1.0
+    """Announce this often when nothing changes (news goes at once)."""
     tal_factor: Annotated[float, msgspec.Meta(ge=1.5, le=100.0)] = 3.0
     """Each announcement lives this many heartbeats: two may be lost before receivers go stale."""
     temp_deadband_c: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)] = 0.5
@@ -451,6 +619,24 @@ class PublisherConfig(_Table, frozen=True):
                 f" most {MAX_TAL_S:g} s, the most the wire carries, got {self.heartbeat_s:g}"
                 f" * {self.tal_factor:g} = {tal:g} s"
             )
+        _check_trap_ports(self.sources)
+
+
+def _check_trap_ports(sources: list[Source]) -> None:
+    """One trap listener hears one agent: two on one port would fight over it."""
+    seen: dict[int, tuple[int, str]] = {}
+    for index, source in enumerate(sources):
+        if not isinstance(source, SnmpSource) or source.traps is None:
+            continue
+        _, port = udp_address(source.traps.listen, "listen", 162)
+        if port in seen:
+            first, listen = seen[port]
+            raise ValueError(
+                f"sources: expected each snmp source's traps on a port of its own, got"
+                f" port {port} in sources[{first}] ({listen}) and sources[{index}]"
+                f" ({source.traps.listen})"
+            )
+        seen[port] = (index, source.traps.listen)
 
 
 class PolicySettings(_Table, frozen=True):
@@ -491,8 +677,11 @@ class Action(_Table, frozen=True):
     """A command run on entering a state: argv without a shell, bounded by a timeout."""
 
     on: State
+    """The state whose entry runs the command."""
     argv: Argv
+    """The program and its arguments, run without a shell."""
     timeout_s: Timeout = 10.0
+    """Killed (with its process group) after this long; the next action runs."""
 
 
 class CommandActuator(_Table, frozen=True, tag="command", tag_field="kind"):
@@ -517,6 +706,14 @@ class HwmonActuator(_Table, frozen=True, tag="hwmon", tag_field="kind"):
     enable_value: int = 1
 
 
+Refresh = Annotated[float, msgspec.Meta(ge=0.1, le=3600.0)]
+"""A device-side lease: the position is written again this often even when it is known to
+be right, so a device with its own watchdog (a BMS timeout that returns it to fans on when
+no write comes) stays where the controller put it only while the controller runs. Must be
+well below the device's timeout (a third of it leaves room for a failed write and a retry);
+a dead controller host then ends the shedding by the device's own timeout."""
+
+
 class ModbusActuator(_Table, frozen=True, tag="modbus", tag_field="kind"):
     """A coil or holding register on a Modbus TCP device (a fan drive); verified by reading back."""
 
@@ -528,16 +725,177 @@ class ModbusActuator(_Table, frozen=True, tag="modbus", tag_field="kind"):
     on_value: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 1
     off_value: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     timeout_s: Timeout = 3.0
+    refresh_s: Refresh | None = None
+    """Re-write the position this often, for a device with its own timeout (see Refresh)."""
 
     def __post_init__(self) -> None:
         if (self.coil is None) == (self.register is None):
+            got = "neither" if self.coil is None else "both"
+            raise ValueError(f"coil: expected exactly one of coil or register, got {got}")
+
+
+BacnetObjectType = Literal["binary-output", "binary-value", "analog-output", "analog-value"]
+BACNET_MAX_INSTANCE: Final = 4_194_302
+"""The highest object instance number (4194303 means "none" in BACnet)."""
+
+
+class BacnetActuator(_Table, frozen=True, tag="bacnet", tag_field="kind"):
+    """A binary or analog output or value on a BACnet/IP device (a CRAC unit, an air
+    handler), commanded at one slot of its priority array; verified by reading back."""
+
+    host: Host
+    """The device's IPv4 address (BACnet/IP)."""
+    object: Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
+    """Object type and instance: "binary-output,3", "binary-value,1", "analog-output,2",
+    "analog-value,7"."""
+    port: Port = 47808
+    """The device's BACnet/IP UDP port (0xBAC0)."""
+    priority: Annotated[int, msgspec.Meta(ge=1, le=16)] = 8
+    """The priority array slot written (1 highest .. 16 lowest; 6 is reserved for minimum
+    on/off time). The BMS's own commands at lower numbers win over ours."""
+    on: Literal["write", "relinquish"] = "write"
+    """Fans on: "write" writes on_value at our priority; "relinquish" writes NULL there, so
+    the BMS's own schedule (lower-priority slots, relinquish-default) decides again."""
+    on_value: float | None = None
+    """Present value for fans on: 1 (active, the default) for binary objects; for analog
+    ones it must be given (e.g. 100.0 for a speed in percent) unless on = "relinquish"."""
+    off_value: float = 0.0
+    """Present value for fans off (shedding): 0 (inactive) for binary objects."""
+    local: str = "0.0.0.0:0"
+    """IPv4 address and UDP port to send from; port 0 takes a free one (answers come back
+    to it). Use :47808 only when the device answers to that port alone."""
+    local_device: Annotated[int, msgspec.Meta(ge=0, le=BACNET_MAX_INSTANCE)] = 4_194_302
+    """The device instance this controller presents itself as."""
+    timeout_s: Timeout = 3.0
+    """For each request (write, read back): no retries, the worker retries with backoff."""
+    refresh_s: Refresh | None = None
+    """Re-write the position this often, for a device with its own timeout (see Refresh)."""
+
+    def __post_init__(self) -> None:
+        bacnet_object(self.object)
+        try:
+            address = ipaddress.ip_address(self.host)
+        except ValueError:
+            address = None
+        if not isinstance(address, ipaddress.IPv4Address) or address.is_unspecified:
             raise ValueError(
-                f"coil: expected exactly one of coil or register, got coil={self.coil!r}"
-                f" and register={self.register!r}"
+                f"host: expected the device's IPv4 address (BACnet/IP), got {self.host!r}"
+            )
+        if self.priority == 6:
+            raise ValueError(
+                "priority: expected 1..5 or 7..16 (6 is reserved for minimum on/off time), got 6"
+            )
+        binary = self.object.startswith("binary")
+        if binary:
+            for key in ("on_value", "off_value"):
+                if getattr(self, key) not in (None, 0.0, 1.0):
+                    raise ValueError(
+                        f"{key}: expected 0 (inactive) or 1 (active) for a binary object,"
+                        f" got {getattr(self, key)!r}"
+                    )
+        elif self.on_value is None and self.on == "write":
+            raise ValueError(
+                f"on_value: expected the present value for fans on (e.g. 100.0) for"
+                f" {self.object}, got none"
+            )
+        if self.fans_on_value == self.off_value:
+            raise ValueError(
+                f"off_value: expected a value other than on_value, got {self.off_value!r} for both"
+            )
+        host, sep, port = self.local.rpartition(":")
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            sep = ""
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise ValueError(
+                f"local: expected an IPv4 address and port such as 0.0.0.0:0 or"
+                f" 10.0.0.5:47808, got {self.local!r}"
+            )
+
+    @property
+    def fans_on_value(self) -> float:
+        """on_value, or its default: 1 (active) for binary objects, 100 for analog ones
+        (then only read back, in relinquish mode)."""
+        if self.on_value is not None:
+            return self.on_value
+        return 1.0 if self.object.startswith("binary") else 100.0
+
+
+def bacnet_object(text: str) -> tuple[str, int]:
+    """``"binary-output,3"`` -> ("binary-output", 3)."""
+    kind, sep, number = text.partition(",")
+    kind, number = kind.strip(), number.strip()
+    if (
+        not sep
+        or kind not in typing.get_args(BacnetObjectType)
+        or not number.isdigit()
+        or int(number) > BACNET_MAX_INSTANCE
+    ):
+        raise ValueError(
+            f"object: expected type,instance with type one of"
+            f" {', '.join(typing.get_args(BacnetObjectType))}"
+            f" and instance 0..{BACNET_MAX_INSTANCE},"
+            f' such as "binary-output,3", got {text!r}'
+        )
+    return kind, int(number)
+
+
+Oid = Annotated[str, msgspec.Meta(min_length=1, max_length=400)]
+_OID = re.compile(r"\.?[0-2](\.(0|[1-9][0-9]{0,9}))+\Z")
+
+
+def _check_oids(key: str, value: str | list[str]) -> None:
+    for oid in [value] if isinstance(value, str) else value:
+        if not _OID.match(oid) or any(int(arc) > 2**32 - 1 for arc in oid.strip(".").split(".")):
+            raise ValueError(
+                f"{key}: expected numeric OIDs such as 1.3.6.1.4.1.318.1.1.12.3.3.1.1.4.3"
+                f" (no MIB names), got {oid!r}"
             )
 
 
-Actuator = CommandActuator | HwmonActuator | ModbusActuator
+class SnmpActuator(SnmpAccess, frozen=True, kw_only=True, tag="snmp", tag_field="kind"):
+    """Outlets of a switched PDU (or any integer an agent takes), switched by SNMP SET and
+    read back; defaults as APC's rPDUOutletControlOutletCommand (1 on, 2 off)."""
+
+    oid: Oid | Annotated[list[Oid], msgspec.Meta(min_length=1, max_length=32)]
+    """The OID written, or several (an outlet group): all in one SET request."""
+    status_oid: Oid | Annotated[list[Oid], msgspec.Meta(min_length=1, max_length=32)] | None = None
+    """Read back here instead (one per oid), e.g. rPDUOutletStatusOutletState."""
+    on_value: Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)] = 1
+    """Written for fans on, and read back as on (APC: 1, immediateOn)."""
+    off_value: Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)] = 2
+    """Written for fans off (shedding), and read back as off (APC: 2, immediateOff)."""
+    refresh_s: Refresh | None = None
+    """Re-write the position this often, for a device with its own timeout (see Refresh)."""
+
+    @property
+    def oids(self) -> list[str]:
+        return [self.oid] if isinstance(self.oid, str) else list(self.oid)
+
+    @property
+    def status_oids(self) -> list[str]:
+        if self.status_oid is None:
+            return self.oids
+        return [self.status_oid] if isinstance(self.status_oid, str) else list(self.status_oid)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_oids("oid", self.oid)
+        if self.status_oid is not None:
+            _check_oids("status_oid", self.status_oid)
+            if len(self.status_oids) != len(self.oids):
+                raise ValueError(
+                    f"status_oid: expected one per oid ({len(self.oids)}),"
+                    f" got {len(self.status_oids)}"
+                )
+        if self.on_value == self.off_value:
+            raise ValueError(
+                f"off_value: expected a value other than on_value, got {self.off_value} for both"
+            )
+
+
+Actuator = CommandActuator | HwmonActuator | ModbusActuator | BacnetActuator | SnmpActuator
 ZoneName = Annotated[
     str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 ]
@@ -568,7 +926,10 @@ class Persist(_Table, frozen=True):
 
 
 class ControllerConfig(_Table, frozen=True):
+    """A controller: listens to the publishers and drives each zone's fans."""
+
     role: Literal["controller"] = "controller"
+    """Which daemon the file is for."""
     network: ControllerNetwork = msgspec.field(default_factory=ControllerNetwork)
     policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
     auth: ControllerAuth = msgspec.field(default_factory=ControllerAuth)
@@ -632,7 +993,20 @@ class Broker(_Table, frozen=True):
     """Empty: ``powercast-relay-<host name>-<pid>``."""
     username: Secret | None = None
     password_file: FilePath | None = None
-    """A file holding the password on its first line; others must not be able to read it."""
+    """A file holding the password on its first line; others must not be able to read it.
+    A bare file name is looked up in systemd's $CREDENTIALS_DIRECTORY when that is set."""
+    tls: bool = False
+    """Speak TLS to the broker, verifying its certificate and host name."""
+    ca_file: FilePath | None = None
+    """CA certificates (PEM) the broker's certificate must chain to; default: the system's."""
+    cert_file: FilePath | None = None
+    """This relay's client certificate (PEM), for a broker that asks for one."""
+    key_file: FilePath | None = None
+    """The private key of cert_file (PEM); others must not be able to read it. A bare file
+    name is looked up in $CREDENTIALS_DIRECTORY when that is set."""
+    tls_server_name: Annotated[str, msgspec.Meta(max_length=253)] = ""
+    """The name the broker's certificate must carry; empty: host (an IP address in host is
+    then checked against the certificate's IP addresses)."""
     keepalive_s: Annotated[int, msgspec.Meta(ge=2, le=3600)] = 5
     """A silent broker is declared lost after about 1.5 times this."""
     connect_timeout_s: Annotated[float, msgspec.Meta(gt=0.0, le=300.0)] = 5.0
@@ -647,16 +1021,26 @@ class Broker(_Table, frozen=True):
             raise ValueError(f"topic: expected a topic without + # or NUL, got {self.topic!r}")
         if self.password_file is not None and self.username is None:
             raise ValueError("username: expected a user name to go with the password, got none")
+        if (self.cert_file is None) != (self.key_file is None):
+            given, missing = ("cert_file", "key_file") if self.key_file is None else (
+                "key_file", "cert_file")  # fmt: skip
+            raise ValueError(f"{missing}: expected it to go with {given}, got none")
+        if not self.tls:
+            for key in ("ca_file", "cert_file", "key_file", "tls_server_name"):
+                if getattr(self, key):
+                    raise ValueError(f"tls: expected true to go with {key}, got false")
 
 
 class RelayConfig(_Table, frozen=True):
     """A relay: the group on this segment <-> a topic on a broker, datagrams byte for byte."""
 
     role: Literal["relay"] = "relay"
+    """Which daemon the file is for."""
     network: RelayNetwork = msgspec.field(default_factory=RelayNetwork)
     broker: Broker = msgspec.field(default_factory=Broker)
     direction: Literal["both", "to_broker", "from_broker"] = "both"
     """to_broker: only send this segment's announcements out; from_broker: only bring others in."""
+    auth: RelayAuth = msgspec.field(default_factory=RelayAuth)
     control: ControlSettings = msgspec.field(default_factory=ControlSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     log: Log = msgspec.field(default_factory=Log)
@@ -834,6 +1218,45 @@ def host_problems(config: Config) -> list[str]:
                 f"{key}[0]: expected a program that exists and is executable (an absolute"
                 f" path, or a name on PATH), got {_show(argv[0])}: {why}"
             )
+    for key, table in _device_tables(config):
+        problems.extend(_device_problems(key, table))
+    return problems
+
+
+def _device_tables(config: Config) -> list[tuple[str, Any]]:
+    """Sources and actuators with their key paths."""
+    if isinstance(config, PublisherConfig):
+        return [(f"sources[{i}]", source) for i, source in enumerate(config.sources)]
+    if isinstance(config, ControllerConfig):
+        found = [(f"actuators[{i}]", a) for i, a in enumerate(config.actuators)]
+        for z, zone in enumerate(config.zones):
+            found += [(f"zones[{z}].actuators[{i}]", a) for i, a in enumerate(zone.actuators)]
+        return found
+    return []
+
+
+def _device_problems(key: str, table: Any) -> list[str]:
+    """What this host lacks for one source or actuator: a BACnet actuator's local
+    address and its library, an SNMP table's secret files."""
+    problems = []
+    if isinstance(table, BacnetActuator):
+        address = table.local.rpartition(":")[0]
+        try:
+            net.check_local_address(address, f"{key}.local")
+        except net.NetworkError as err:
+            problems.append(str(err))
+        if importlib.util.find_spec("bacpypes3") is None:
+            problems.append(
+                f"{key}.kind: the bacnet actuator needs the bacpypes3 package, not installed"
+                " here (pip install bacpypes3)"
+            )
+    if isinstance(table, SnmpAccess):
+        for name, path in table.secret_files():
+            if not os.access(path, os.R_OK):
+                why = "no such file" if not os.path.exists(path) else "not readable"
+                problems.append(
+                    f"{key}.{name}: expected a file this user can read, got {_show(path)}: {why}"
+                )
     return problems
 
 
@@ -926,8 +1349,7 @@ def explain(message: str, raw: dict[str, Any], cls: type) -> str:
         if options:
             return f"{dotted}: expected one of {', '.join(map(repr, options))}, got {_show(value)}"
     text = what[0].lower() + what[1:] if what else what
-    for word, plain in _TYPE_WORDS.items():
-        text = text.replace(word, plain)
+    text = re.sub(r"`([^`]*)`", _type_words, text)
     text = re.sub(r", got .*$", "", text)
     text = re.sub(
         r"a string matching regex '.*'",
@@ -936,6 +1358,12 @@ def explain(message: str, raw: dict[str, Any], cls: type) -> str:
     )
     got = f", got {_show(value)}" if found else ""
     return f"{dotted or '(top level)'}: {text}{got}"
+
+
+def _type_words(match: re.Match[str]) -> str:
+    """``float | null`` -> "a number": an optional key is left out in TOML, never null."""
+    words = [_TYPE_WORDS.get(f"`{t}`", t) for t in match[1].split(" | ") if t != "null"]
+    return " or ".join(words) if words else _TYPE_WORDS["`null`"]
 
 
 def _lookup(raw: Any, keys: list[str | int]) -> tuple[Any, bool]:
@@ -966,6 +1394,8 @@ def _options(cls: type, raw: Any, keys: list[str | int]) -> list[str]:
     tp = _strip(_type_at(cls, raw, keys))
     if isinstance(tp, type) and issubclass(tp, enum.StrEnum):
         return [member.value for member in tp]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):  # "a" | ["a", "b"]
+        tp = next((a for a in typing.get_args(tp) if typing.get_origin(a) is Literal), tp)
     return list(typing.get_args(tp)) if typing.get_origin(tp) is Literal else []
 
 

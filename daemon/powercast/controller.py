@@ -13,6 +13,7 @@ publisher, or expiry. The chart itself runs only when the state changes.
 
 from __future__ import annotations
 
+import fnmatch
 import heapq
 from collections import Counter
 from collections.abc import Iterable
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from powercast import wire
-from powercast.auth import Keyring
+from powercast.auth import ED25519, HMAC, Gate, Keyring, describe, key_hint
 from powercast.config import ControllerConfig, Zone
 from powercast.pacing import Pacer
 from powercast.policy import Decision, Override, Policy, Reading, Situation, combine
@@ -38,9 +39,32 @@ LOG_EVERY_S: Final = 10.0
 """At most one log line per kind of rejected datagram in this many seconds."""
 BLOCKED_TAGS: Final = 64
 """Forged tags dropped by the kernel's filter at most, the oldest leaving first. A flood
-repeating a forgery costs nothing once its tag is here; one varying its tags, an HMAC each."""
+repeating a forgery costs nothing once its tag is here; one varying its tags, a check each."""
 FORGED_KEPT: Final = 1024
 """Tags rejected as ``bad_tag`` remembered, to tell a repeated forgery when it comes again."""
+
+
+MAX_SOURCES: Final = 256
+"""Senders whose last rejection is kept for status; the oldest is forgotten first."""
+JUDGE_EVERY_S: Final = 1.0
+"""At most one rejected datagram a second is judged anew (whose is it, what to do): a
+flood of forgeries costs its check and a lookup each, not a hint written each."""
+
+
+@dataclass
+class Rejection:
+    """The last datagram rejected from one sender (an address), for status."""
+
+    reason: str
+    detail: str
+    at: float
+    count: int = 1
+    publisher: str | None = None
+    """The publisher id it claimed (judged at most once a second), or sent good data as."""
+    hint: str | None = None
+    """What to do, for datagrams that failed authentication."""
+    ours: bool | None = None
+    """Judged to be one of ours (see Controller._diagnose); None: not judged yet."""
 
 
 @dataclass
@@ -57,6 +81,8 @@ class Controller:
 
     config: ControllerConfig
     keyring: Keyring = field(default_factory=lambda: Keyring(Path()))
+    gate: Gate = field(init=False)
+    """The tag, its budget and the key's publisher, checked before the body is read."""
     zones: dict[str, Policy] = field(init=False)
     zone_configs: dict[str, Zone] = field(init=False)
     sessions: dict[str, Session] = field(default_factory=dict)
@@ -67,8 +93,9 @@ class Controller:
     _pacer: Pacer = field(default_factory=lambda: Pacer(LOG_EVERY_S))
     blocked: dict[bytes, None] = field(default_factory=dict)
     """Tags of forgeries seen twice, oldest first: the runtime has the kernel drop
-    datagrams ending in one (:mod:`powercast.sockfilter`). Only tags that failed their
-    HMAC under a key we hold, so no datagram we would take can end in one."""
+    datagrams ending in one (:mod:`powercast.sockfilter`). Only tags checked and found
+    bad (an HMAC or an Ed25519 signature under a key we hold), so no datagram we would
+    take can end in one; a datagram dropped over its verify budget was never checked."""
     blocked_changed: bool = False
     """Set when :attr:`blocked` changed (or the keys did); the runtime clears it."""
     _forged: dict[bytes, None] = field(default_factory=dict)
@@ -77,6 +104,14 @@ class Controller:
     earlier; a heartbeat that repeats its readings only moves its publisher's expiry later."""
     unsettled: bool = False
     """A datagram taken with ``evaluate=False`` changed what the rules see."""
+    rejections: dict[str, Rejection] = field(default_factory=dict)
+    """The last rejection by sender address (at most MAX_SOURCES), for status."""
+    _good_from: dict[str, str] = field(default_factory=dict)
+    """Sender addresses that sent good news, with the publisher they sent it as."""
+    _look_after: float = float("-inf")
+    """When the next rejected datagram may be judged anew (JUDGE_EVERY_S)."""
+    _named: frozenset[str] = field(init=False)
+    _sensor_globs: tuple[str, ...] = field(init=False)
     accepted: int = 0
     """Datagrams taken (not rejected): while it stays put, no deadline can have moved."""
     grace_until: float = float("-inf")
@@ -90,6 +125,19 @@ class Controller:
             for name, zone in self.zone_configs.items()
         }
         self._allowed = frozenset(self.config.policy.publishers)
+        self.gate = _gate(self.config, self.keyring)
+        self._name_publishers()
+
+    def _name_publishers(self) -> None:
+        """The publisher ids the config names (policy, auth.publishers, zones, zones'
+        sensor globs)."""
+        named = set(self.config.policy.publishers) | set(self.config.auth.publishers)
+        for zone in self.config.zones:
+            named.update(zone.publishers)
+        self._named = frozenset(named)
+        self._sensor_globs = tuple(
+            glob.split("/", 1)[0] for zone in self.config.zones for glob in zone.sensors
+        )
 
     @property
     def policy(self) -> Policy:
@@ -100,6 +148,7 @@ class Controller:
         """Take a new config and keys, keeping the state and what is known of publishers."""
         self.config = config
         self.keyring = keyring
+        self.gate = _gate(config, keyring)
         self.zone_configs = {z.name: z for z in config.effective_zones()}
         self.zones = {  # zones that stay keep their state; new ones start in failsafe
             name: self.zones.get(name) or Policy(config.policy_for(zone), zone=name)
@@ -108,6 +157,7 @@ class Controller:
         for name, policy in self.zones.items():
             policy.settings = config.policy_for(self.zone_configs[name])
         self._allowed = frozenset(config.policy.publishers)
+        self._name_publishers()
         if self._allowed:  # publishers no longer listed stop counting now, not at their TAL
             self.sessions = {p: s for p, s in self.sessions.items() if p in self._allowed}
         for session in self.sessions.values():
@@ -142,9 +192,16 @@ class Controller:
         return self.evaluate(now, only=[zone])
 
     def receive(
-        self, data: bytes, now: float, wall: float, *, evaluate: bool = True
+        self,
+        data: bytes,
+        now: float,
+        wall: float,
+        source: str | None = None,
+        *,
+        evaluate: bool = True,
     ) -> list[Decision]:
-        """One datagram, at monotonic ``now`` and wall-clock ``wall``.
+        """One datagram, at monotonic ``now`` and wall-clock ``wall``, from address
+        ``source`` (for its verify budget; rejections are kept and diagnosed by it).
 
         Never raises for bad input: it is counted by reason and dropped, and it cannot
         touch any publisher's session, so it cannot change a decision. With ``evaluate``
@@ -157,16 +214,15 @@ class Controller:
         try:
             envelope = wire.open_envelope(data)
             # Enforcing, the tag is checked before the body is decoded: a flood of
-            # forgeries costs an HMAC each, and no forged byte reaches the decoder.
-            problem = self.keyring.verify(envelope) if auth.mode != "off" else None
+            # forgeries costs a check each (within its budget), and no forged byte
+            # reaches the decoder beyond the publisher id it claims.
+            problem = self.gate.check(envelope, source, now) if auth.mode != "off" else None
             if problem is not None and auth.mode == "enforce":
-                if problem is wire.Reject.bad_tag:
-                    self._forged_again(bytes(envelope.tag), envelope.key_id, now)
-                self._reject(problem, f"with key id {envelope.key_id}", now)
+                self._refuse(envelope, problem, source, now)
                 return NOTHING
             message = wire.decode_body(envelope)
         except wire.DecodeError as err:
-            self._reject(err.reason, err.detail, now)
+            self._reject(err.reason, err.detail, now, source)
             return NOTHING
         publisher = message.publisher
         if problem is not None:  # permissive: taken, but counted and said
@@ -180,11 +236,15 @@ class Controller:
                 f"from {publisher!r} sent {message.sent - wall:+.1f} s from our clock"
                 f" (auth.max_clock_skew_s = {skew:g})",
                 now,
+                source,
             )
             return NOTHING
         if self._allowed and publisher not in self._allowed:
             self._reject(
-                wire.Reject.unlisted, f"publisher {publisher!r} is not in policy.publishers", now
+                wire.Reject.unlisted,
+                f"publisher {publisher!r} is not in policy.publishers",
+                now,
+                source,
             )
             return NOTHING
         session = self.sessions.get(publisher)
@@ -194,6 +254,7 @@ class Controller:
                     wire.Reject.capacity,
                     f"{MAX_PUBLISHERS} publishers fresh; {publisher!r} not taken",
                     now,
+                    source,
                 )
                 return NOTHING
             session = Session.first(message, now, self.config.policy.max_tal_s)
@@ -211,6 +272,7 @@ class Controller:
                 f"from {publisher!r} epoch {message.epoch} seq {message.seq}, older than"
                 f" epoch {session.message.epoch} seq {session.message.seq}",
                 now,
+                source,
             )
             return NOTHING
         self.counters[_COUNTED[verdict]] += 1
@@ -220,6 +282,7 @@ class Controller:
         _push(self._expiries, (session.expires_at, publisher))
         if verdict is Verdict.REPEAT and was_fresh and message.temperatures == before:
             return NOTHING  # a heartbeat with the very same readings: nothing to decide
+        self._heard_from(source, publisher)
         self.unsettled = not evaluate  # evaluating now covers any datagram taken before
         return self.evaluate(now) if evaluate else NOTHING
 
@@ -303,6 +366,23 @@ class Controller:
             del self.sessions[publisher]
         return bool(stale)
 
+    def _refuse(
+        self, envelope: wire.Envelope, problem: wire.Reject, source: str | None, now: float
+    ) -> None:
+        """A datagram that failed the gate, enforcing: counted, kept for status, diagnosed;
+        a forgery (its tag checked and found bad) seen twice is blocked."""
+        if problem is wire.Reject.bad_tag:  # checked, and found forged
+            self._forged_again(bytes(envelope.tag), envelope.key_id, now)
+        claimed = wire.claimed_publisher(envelope)
+        self._reject(
+            problem,
+            f"with key id {envelope.key_id} claiming {claimed!r} from {source or '?'}",
+            now,
+            source,
+        )
+        if problem != wire.Reject.over_budget:  # unchecked: nothing to diagnose
+            self._diagnose(envelope, problem, claimed, source, now)
+
     def _forged_again(self, tag: bytes, key_id: int, now: float) -> None:
         """A bad tag seen a second time is a forgery repeated: block it."""
         if tag in self.blocked:  # taken off the socket before the filter was on it
@@ -323,12 +403,123 @@ class Controller:
         )
         self._notice("blocked", "forgery_blocked", wire.Reject.bad_tag, detail, now)
 
-    def _reject(self, reason: wire.Reject, detail: str, now: float) -> None:
+    def _heard_from(self, source: str | None, publisher: str) -> None:
+        """Good news came from ``source`` as ``publisher`` (taken off the path of repeats)."""
+        if source is None or self._good_from.get(source) == publisher:
+            return
+        if len(self._good_from) >= MAX_SOURCES:
+            del self._good_from[next(iter(self._good_from))]
+        self._good_from[source] = publisher
+
+    def _reject(
+        self, reason: wire.Reject, detail: str, now: float, source: str | None = None
+    ) -> None:
         self.counters[f"rejected.{reason}"] += 1
         self._notice(reason, "datagram_rejected", reason, detail, now)
+        if source is None:
+            return
+        last = self.rejections.get(source)
+        if last is None:
+            if len(self.rejections) >= MAX_SOURCES:
+                del self.rejections[next(iter(self.rejections))]
+            self.rejections[source] = Rejection(reason, detail, now)
+        else:
+            if reason != last.reason:
+                last.reason, last.hint = reason, None  # a hint is for its reason
+            last.detail, last.at = detail, now
+            last.count += 1
+
+    def _diagnose(
+        self,
+        envelope: wire.Envelope,
+        problem: wire.Reject,
+        claimed: str | None,
+        source: str | None,
+        now: float,
+    ) -> None:
+        """A datagram that failed authentication: whose is it, and is it ours? From an
+        address that sent good news before, claiming a publisher this controller heard or
+        its config names, or while nothing has verified yet, the likeliest cause is a key
+        that differs: say so, with the key files and fingerprints to compare (paced). A
+        good tag by a key not allowed for the publisher it names (``wrong_key``) is always
+        said: the sender holds a key this node trusts. Nothing is verified here."""
+        last = self.rejections.get(source) if source is not None else None
+        look = now >= self._look_after  # judge anew: once a second
+        if look:
+            self._look_after = now + JUDGE_EVERY_S
+        if last is not None and last.ours is not None and not look:
+            claimed, sure = last.publisher, last.ours  # judged before: a flood stays cheap
+        else:
+            if claimed is None and last is not None:
+                claimed = last.publisher
+            known = self._good_from.get(source) if source is not None else None
+            if problem == wire.Reject.wrong_key:
+                ours, sure = claimed, True  # it holds our key: whom it claims is the point
+            else:
+                ours = known or (claimed if claimed is not None and self._ours(claimed) else None)
+                sure = ours is not None
+            claimed = ours or claimed
+            if last is not None:
+                last.publisher, last.ours, last.hint = claimed, sure, None
+        if last is not None and last.hint is None:
+            last.hint = self._hint(envelope, problem, claimed, sure)
+        if not look or (not sure and self.accepted):
+            return  # judged before, or others verify: a stranger's, counted and dropped
+        if self._pacer.admit("keys_differ", now) is None:
+            return  # said within LOG_EVERY_S; status counts them all
+        key_id = envelope.key_id
+        fp = self.keyring.fingerprints.get(key_id)
+        scheme = ED25519 if len(envelope.tag) == wire.SIGNATURE_SIZE else HMAC
+        fields: dict[str, Any] = {
+            "reason": str(problem),
+            "publisher": claimed,
+            "source": source or "unknown",
+            "key_id": key_id,
+            "this_node": describe(key_id, fp) if fp else self.keyring.describe(),
+            "key_file": str(self.keyring.home_file(key_id, scheme)),
+            "hint": self._hint(envelope, problem, claimed, sure),
+            "rejected": last.count if last is not None else 1,
+        }
+        if problem == wire.Reject.wrong_key:
+            fields["bound"] = sorted(self.gate.bindings.get(claimed or "", ()))
+        event = "keys_differ" if problem != wire.Reject.unsigned else "publisher_unsigned"
+        self.notices.append(Notice(event, fields))
+
+    def _hint(
+        self, envelope: wire.Envelope, problem: wire.Reject, claimed: str | None, sure: bool
+    ) -> str:
+        return key_hint(
+            self.keyring,
+            envelope.key_id,
+            problem,
+            sure=sure,
+            scheme=ED25519 if len(envelope.tag) == wire.SIGNATURE_SIZE else HMAC,
+            publisher=claimed,
+            bound=self.gate.bindings,
+            believed=self.config.auth.schemes,
+        )
+
+    def _ours(self, publisher: str) -> bool:
+        """A publisher this controller heard good news from, or that its config names."""
+        return (
+            publisher in self.sessions
+            or publisher in self._named
+            or any(fnmatch.fnmatchcase(publisher, glob) for glob in self._sensor_globs)
+        )
 
     def _notice(self, key: str, event: str, reason: str, detail: str, now: float) -> None:
         """Queue a log line, at most one per ``key`` every LOG_EVERY_S: floods stay quiet."""
         held = self._pacer.fields(key, now)
         if held is not None:
             self.notices.append(Notice(event, {"reason": reason, "detail": detail, **held}))
+
+
+def _gate(config: ControllerConfig, keyring: Keyring) -> Gate:
+    auth = config.auth
+    return Gate.build(
+        keyring,
+        auth.publishers,
+        auth.verify_rate,
+        auth.source_verify_rate,
+        listed=frozenset(config.policy.publishers),
+    )

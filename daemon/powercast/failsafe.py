@@ -24,7 +24,7 @@ from typing import Final
 from powercast import config as cfg
 from powercast.actions import environment, run_command
 from powercast.actuators import actuator_name, make_driver
-from powercast.actuators.base import SAFE_POSITION
+from powercast.actuators.base import SAFE_POSITION, Closing
 from powercast.plan import LEAVE_FANS
 from powercast.policy import NO_DATA, Decision
 from powercast.states import State
@@ -156,6 +156,9 @@ async def _safe(name: str, actuator: cfg.Actuator) -> str | None:
         return f"{name}: no answer within {driver.timeout_s:g} s"
     except Exception as err:  # any driver's failure is this actuator's, not the others'
         return str(err) if str(err).startswith(name) else f"{name}: {type(err).__name__}: {err}"
+    finally:
+        if isinstance(driver, Closing):
+            driver.close()
     if position is False:
         return f"{name}: set on but reads back off"
     return None

@@ -151,11 +151,31 @@ def _publishers(publishers: list[dict[str, Any]]) -> Iterable[Metric]:
         "1 while the publisher's data is within its time-allowed-to-live, else 0.",
         labels=["publisher"],
     )
+    expires = GaugeMetricFamily(
+        "powercast_publisher_expires_in_seconds",
+        "Seconds until the publisher's data runs out (its TAL after the last accepted"
+        " datagram); negative once stale.",
+        labels=["publisher"],
+    )
+    tal = GaugeMetricFamily(
+        "powercast_publisher_tal_seconds",
+        "The time-allowed-to-live the publisher announces (capped by policy.max_tal_s).",
+        labels=["publisher"],
+    )
+    temps = GaugeMetricFamily(
+        "powercast_publisher_temperature_celsius",
+        "Temperatures in the publisher's last accepted datagram (a failed sensor: none).",
+        labels=["publisher", "sensor"],
+    )
     for p in publishers:
         age.add_metric([p["id"]], p["age_s"])
         fresh.add_metric([p["id"]], 1.0 if p["fresh"] else 0.0)
-    yield age
-    yield fresh
+        expires.add_metric([p["id"]], p["expires_in_s"])
+        tal.add_metric([p["id"]], p["tal_s"])
+        for sensor, value in sorted(p["temperatures"].items()):
+            if value is not None:
+                temps.add_metric([p["id"], sensor], value)
+    yield from (age, fresh, expires, tal, temps)
 
 
 def _zones(zones: list[dict[str, Any]]) -> Iterable[Metric]:
@@ -173,6 +193,44 @@ def _zones(zones: list[dict[str, Any]]) -> Iterable[Metric]:
     override = GaugeMetricFamily(
         "powercast_override_active", "1 while an operator override holds.", labels=["zone"]
     )
+    battery = GaugeMetricFamily(
+        "powercast_on_battery_seconds",
+        "Seconds the zone's fresh data has said 'on battery' without a break (0 when not).",
+        labels=["zone"],
+    )
+    temperature = GaugeMetricFamily(
+        "powercast_zone_temperature_celsius",
+        "The zone temperature the rules compare with the limit (none while unknown).",
+        labels=["zone"],
+    )
+    limit = GaugeMetricFamily(
+        "powercast_temperature_limit_celsius",
+        "The zone's policy.temp_high_c: at or above it the fans run.",
+        labels=["zone"],
+    )
+    sheds = CounterMetricFamily(
+        "powercast_sheds", "Times the zone entered shedding (fans off).", labels=["zone"]
+    )
+    holding = GaugeMetricFamily(
+        "powercast_flap_guard_holding",
+        "1 while the flap guard keeps the fans on past the debounce, else 0.",
+        labels=["zone"],
+    )
+    holds = CounterMetricFamily(
+        "powercast_flap_guard_holds",
+        "Times the flap guard began to hold the fans on.",
+        labels=["zone"],
+    )
+    recent = GaugeMetricFamily(
+        "powercast_flap_guard_recent_sheds",
+        "Sheds within the last policy.flap_window_s.",
+        labels=["zone"],
+    )
+    allowed = GaugeMetricFamily(
+        "powercast_flap_guard_max_sheds",
+        "policy.flap_max_sheds: sheds allowed per window before the guard holds.",
+        labels=["zone"],
+    )
     for z in zones:
         name = z["zone"]
         for s in State:
@@ -180,7 +238,18 @@ def _zones(zones: list[dict[str, Any]]) -> Iterable[Metric]:
         in_state.add_metric([name], z["for_s"])
         fans.add_metric([name], 1.0 if z["fans"] == "on" else 0.0)
         override.add_metric([name], 0.0 if z["override"] is None else 1.0)
-    yield from (state, in_state, fans, override)
+        battery.add_metric([name], z["battery_for_s"])
+        if (celsius := z["situation"]["temperature_c"]) is not None:
+            temperature.add_metric([name], celsius)
+        limit.add_metric([name], z["temp_high_c"])
+        sheds.add_metric([name], z["sheds"])
+        guard = z["flap_guard"]
+        holding.add_metric([name], float(guard["holding"]))
+        holds.add_metric([name], guard["holds"])
+        recent.add_metric([name], guard["recent_sheds"])
+        allowed.add_metric([name], guard["max_sheds"])
+    yield from (state, in_state, fans, override, battery, temperature, limit)
+    yield from (sheds, holding, holds, recent, allowed)
 
 
 def _actions(doc: dict[str, Any]) -> Iterable[Metric]:
@@ -225,13 +294,19 @@ def _actuators(zones: list[dict[str, Any]]) -> Iterable[Metric]:
         "1 while the actuator's last attempt failed.",
         labels=["zone", "actuator"],
     )
+    durations = HistogramMetricFamily(
+        "powercast_actuator_apply_duration_seconds",
+        "How long each attempt to move the actuator took (apply and read back), failed too.",
+        labels=["zone", "actuator"],
+    )
     for z in sorted(zones, key=lambda z: z["zone"]):
         for a in z["actuators"]:
             for name in POSITIONS:
                 position.add_metric([z["zone"], a["name"], name], float(name == a["position"]))
             failed.add_metric([z["zone"], a["name"]], float(a["status"] == "failed"))
-    yield position
-    yield failed
+            hist = a["apply_durations"]
+            durations.add_metric([z["zone"], a["name"]], hist["buckets"], sum_value=hist["sum"])
+    yield from (position, failed, durations)
 
 
 class PublisherCollector(_SnapshotCollector):
@@ -252,6 +327,7 @@ class PublisherCollector(_SnapshotCollector):
         for source in doc["sources"]:
             up.add_metric([source["name"]], 1.0 if source["ok"] else 0.0)
         yield up
+        yield from _traps(doc["sources"])
         power = GaugeMetricFamily(
             "powercast_announced_power",
             "1 for the power status being announced, 0 for the others.",
@@ -271,6 +347,43 @@ class PublisherCollector(_SnapshotCollector):
             if value is not None:  # a failed sensor has no value to show
                 temps.add_metric([sensor], value)
         yield temps
+
+
+def _traps(sources: list[dict[str, Any]]) -> Iterable[Metric]:
+    """The SNMP trap listeners of the sources that have one."""
+    heard = CounterMetricFamily(
+        "powercast_source_traps",
+        "SNMP notifications heard from a source's agent, by event (on_battery, other, ...).",
+        labels=["source", "event"],
+    )
+    dropped = CounterMetricFamily(
+        "powercast_source_traps_dropped",
+        "Datagrams a source's trap listener dropped, by reason (unknown_sender,"
+        " bad_community, wrong_digest, rate_limited, ...).",
+        labels=["source", "reason"],
+    )
+    reads = CounterMetricFamily(
+        "powercast_source_trap_reads",
+        "Reads of a source that a trap brought forward.",
+        labels=["source"],
+    )
+    listening = GaugeMetricFamily(
+        "powercast_source_traps_listening",
+        "1 while a source's trap listener is bound, 0 while it cannot be.",
+        labels=["source"],
+    )
+    for source in sources:
+        traps = source.get("traps")
+        if traps is None:
+            continue
+        name = source["name"]
+        for event, n in traps["events"].items():
+            heard.add_metric([name, event], float(n))
+        for reason, n in traps["dropped"].items():
+            dropped.add_metric([name, reason], float(n))
+        reads.add_metric([name], float(traps["confirms"]))
+        listening.add_metric([name], float(traps["listening"]))
+    yield from (heard, dropped, reads, listening)
 
 
 class RelayCollector(_SnapshotCollector):

@@ -11,13 +11,12 @@ When nothing is heard at all it says so plainly, with the usual causes.
 A ping is not an announcement: its datagrams start with :data:`MAGIC` (``PWRP``, not the
 announcements' ``PWRC``), so controllers on the same group count them as rejected for
 ``magic`` and ignore them, and ``powercast tap`` shows them as not_ours. The layout is the
-wire format's (header, MessagePack body, HMAC-SHA256 tag over both), signed when a key
-is at hand; a peer with other keys shows as ``bad_tag`` or ``unknown_key``.
+wire format's (header, MessagePack body, HMAC-SHA256 tag or Ed25519 signature over
+both), signed when a key is at hand; a peer with other keys shows as ``bad_tag`` or ``unknown_key``.
 """
 
 from __future__ import annotations
 
-import hmac
 import math
 import secrets
 import select
@@ -28,7 +27,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from powercast import net, wire
-from powercast.auth import Keyring, KeyringError
+from powercast.auth import Keyring
 
 MAGIC: Final = b"PWRP"
 VERSION: Final = 1
@@ -59,12 +58,12 @@ _encoder: Final = msgspec.msgpack.Encoder()
 
 def encode(probe: Probe, keyring: Keyring | None = None, key_id: int = 0) -> bytes:
     body = _encoder.encode(probe)
-    tag_len = wire.TAG_SIZE if key_id else 0
-    signed = wire.HEADER.pack(MAGIC, VERSION, tag_len, key_id, len(body)) + body
     if not key_id:
-        return signed
+        return wire.HEADER.pack(MAGIC, VERSION, 0, 0, len(body)) + body
     assert keyring is not None
-    return signed + keyring.signer(key_id)(signed)
+    sign = keyring.signer(key_id)
+    signed = wire.HEADER.pack(MAGIC, VERSION, sign.tag_size, key_id, len(body)) + body
+    return signed + sign(signed)
 
 
 def decode(data: bytes, keyring: Keyring) -> tuple[Probe, str] | None:
@@ -74,7 +73,7 @@ def decode(data: bytes, keyring: Keyring) -> tuple[Probe, str] | None:
         return None
     magic, version, tag_len, key_id, body_len = wire.HEADER.unpack_from(data)
     end = wire.HEADER.size + body_len
-    if magic != MAGIC or version != VERSION or tag_len not in (0, wire.TAG_SIZE):
+    if magic != MAGIC or version != VERSION or tag_len not in wire.TAG_SIZES:
         return None
     if end + tag_len != len(data) or (tag_len == 0) != (key_id == 0):
         return None
@@ -84,11 +83,9 @@ def decode(data: bytes, keyring: Keyring) -> tuple[Probe, str] | None:
         return None
     if key_id == 0:
         return probe, wire.Reject.unsigned
-    try:
-        sign = keyring.signer(key_id)
-    except KeyringError:
+    if not keyring.holds(key_id, tag_len):
         return probe, wire.Reject.unknown_key
-    good = hmac.compare_digest(sign(data[:end]), data[end:])
+    good = keyring.check(key_id, data[:end], data[end:])
     return probe, "good" if good else wire.Reject.bad_tag
 
 

@@ -179,6 +179,12 @@ class Policy:
     """When shedding was entered, within the flap window."""
     settled: bool = False
     """The rules have run at least once since start (data came, or the grace ended)."""
+    sheds_total: int = 0
+    """Times the zone entered shedding since the daemon started (a counter for metrics)."""
+    flap_holding: bool = False
+    """The flap guard keeps the fans on past this battery spell's debounce, now."""
+    flap_holds: int = 0
+    """Times the flap guard began to hold (a counter for metrics)."""
 
     @property
     def state(self) -> State:
@@ -200,6 +206,11 @@ class Policy:
             self.since, self.reason = now, reason
             if target is State.shedding:
                 self.sheds.append(now)
+                self.sheds_total += 1
+        holding = self.state is State.on_battery and self._flap_held(now)
+        if holding and not self.flap_holding:
+            self.flap_holds += 1
+        self.flap_holding = holding
         return decisions
 
     def set_override(self, override: Override | None, now: float) -> list[Decision]:
@@ -234,6 +245,17 @@ class Policy:
         window = self.settings.flap_window_s
         while self.sheds and self.sheds[0] <= now - window:
             self.sheds.popleft()
+
+    def battery_for(self, now: float) -> float:
+        """Seconds fresh data has said 'on battery' without a break (0 when it does not)."""
+        return 0.0 if self.battery_since is None else now - self.battery_since
+
+    def _flap_held(self, now: float) -> bool:
+        """Whether the flap guard holds the fans on past this battery spell's debounce."""
+        if self.battery_since is None:
+            return False
+        free = self._flap_free()
+        return now < free and self.battery_since + self.settings.shed_after_s < free
 
     def _flap_free(self) -> float:
         """When another shed is allowed by the flap guard (-inf: now)."""
@@ -305,8 +327,8 @@ class Policy:
         status = s.power.value.replace("_", " ")
         if state is State.shedding:
             return State.shedding, f"{status}, {_where(s)} {temp:g} °C"
-        free = self._flap_free()
-        if now < free and since + cfg.shed_after_s < free:  # held past the debounce: say so now
+        if self._flap_held(now):  # held past the debounce: say so now
+            free = self._flap_free()
             return State.on_battery, (
                 f"flapping: {len(self.sheds)} sheds in {cfg.flap_window_s:g} s;"
                 f" fans stay on for {free - now:.0f} s more"

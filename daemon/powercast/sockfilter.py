@@ -12,10 +12,12 @@ Two parts, each only ever dropping what the controller would reject:
 * **shape** (``network.kernel_filter``): the magic, a version in :data:`wire.VERSIONS`,
   and, with authentication enforced, a key id the keyring holds. Off by default: such
   datagrams are then not counted by reason, only in the socket's drops.
-* **blocked tags**: the last 32 bytes of datagrams the controller rejected as ``bad_tag``
-  and then saw again (:attr:`Controller.blocked`). A datagram ending in such a tag is
-  that forgery or another: its signed part's HMAC is not the tag, so a datagram of a
-  configured key cannot be dropped by it (short of an HMAC-SHA256 collision).
+* **blocked tags**: the last 32 bytes (an HMAC) or 64 bytes (an Ed25519 signature) of
+  datagrams the controller checked, rejected as ``bad_tag`` and then saw again
+  (:attr:`Controller.blocked`). A datagram ending in such a tag is that forgery or
+  another: the tag failed under our key, so a datagram of a configured key cannot be
+  dropped by it (short of an HMAC-SHA256 collision, or a forger who could sign anyway).
+  A datagram dropped over its verify budget was never checked and never blocks its tag.
 
 On a UDP socket the program sees the UDP header first: the payload starts at byte 8.
 An out-of-bounds load ends a classic program with "drop", so every load is behind a
@@ -70,9 +72,12 @@ def program(
     out: list[Insn] = []
     if versions is not None:
         out += _shape(sorted(versions), None if key_ids is None else sorted(key_ids))
-    tags = [t for t in blocked if len(t) == wire.TAG_SIZE]
-    if tags:
-        out += _blocked(tags)
+    tags = list(blocked)
+    # Shorter tags first: a datagram too short for one size is too short for the next.
+    for size in (wire.TAG_SIZE, wire.SIGNATURE_SIZE):
+        sized = [t for t in tags if len(t) == size]
+        if sized:
+            out += _blocked(sized, size)
     out.append(Insn(_RET_K, 0, 0, ACCEPT))
     return out
 
@@ -104,15 +109,16 @@ def _one_of(load: int, offset: int, values: list[int]) -> list[Insn]:
     return out
 
 
-def _blocked(tags: list[bytes]) -> list[Insn]:
-    """Drop a datagram whose last 32 bytes are one of ``tags``."""
-    words = wire.TAG_SIZE // 4
+def _blocked(tags: list[bytes], size: int) -> list[Insn]:
+    """Drop a datagram whose last ``size`` bytes are one of ``tags``; else fall through
+    to what follows (the next size's tags), or accept one too short to carry such a tag."""
+    words = size // 4
     per_tag = 2 * words + 1
     out = [
         Insn(_LD_W_LEN, 0, 0, 0),
-        Insn(_JGE_K, 1, 0, PAYLOAD + wire.HEADER.size + wire.TAG_SIZE),
+        Insn(_JGE_K, 1, 0, PAYLOAD + wire.HEADER.size + size),
         Insn(_RET_K, 0, 0, ACCEPT),  # too short to carry a tag: nothing to compare
-        Insn(_ALU_SUB_K, 0, 0, wire.TAG_SIZE),
+        Insn(_ALU_SUB_K, 0, 0, size),
         Insn(_TAX, 0, 0, 0),
     ]
     for tag in tags:

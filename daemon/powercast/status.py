@@ -4,7 +4,7 @@ Each daemon's public ``snapshot()`` builds the JSON object from its parts with t
 functions here (:func:`common`, :func:`controller`, :func:`publisher`), in its event loop,
 so it is one consistent moment; the control socket sends it, the metrics endpoint reads
 it, and the command line renders it (:func:`render`). Nothing here knows a daemon. The
-fields are documented in README.md ("Operator tools") and pinned by tests: a new field
+fields are documented in docs/operations.md and pinned by tests: a new field
 may be added, none renamed or removed without raising ``version``.
 
 Times are Unix seconds (wall clock) so they mean the same to every reader; ages and
@@ -13,6 +13,7 @@ durations are seconds measured on the daemon's monotonic clock.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -36,7 +37,14 @@ VERSION: Final = 1
 
 
 def common(
-    role: str, *, path: Path, loaded_at: float, control: str, metrics: str | None, wall: float
+    role: str,
+    *,
+    path: Path,
+    loaded_at: float,
+    control: str,
+    metrics: str | None,
+    wall: float,
+    metrics_error: str | None = None,
 ) -> dict[str, Any]:
     """The fields every daemon's status has (a role adds its own)."""
     return {
@@ -48,6 +56,7 @@ def common(
         "config": {"path": str(path), "loaded_at": loaded_at},
         "control": control,
         "metrics": metrics,
+        "metrics_error": metrics_error,
     }
 
 
@@ -130,11 +139,8 @@ def controller(
             {"zone": zone, "from": previous, "to": state, "count": n}
             for (zone, previous, state), n in sorted(tally.transitions.items())
         ],
-        "keys": {
-            "dir": str(keyring.directory),
-            "ids": keyring.ids,
-            "mode": config.auth.mode,
-        },
+        "rejections": rejections(core, now),
+        "keys": keys(keyring, config.auth.mode, config.auth.scheme, config.auth.publishers),
         "network": _network(config.network),
     }
 
@@ -157,6 +163,16 @@ def zone(
         "reason": policy.reason,
         "since": wall_of(policy.since),
         "for_s": round(now - policy.since, 3),
+        "battery_for_s": round(policy.battery_for(now), 3),
+        "temp_high_c": policy.settings.temp_high_c,
+        "sheds": policy.sheds_total,
+        "flap_guard": {
+            "holding": policy.flap_holding,
+            "holds": policy.flap_holds,
+            "recent_sheds": sum(1 for t in policy.sheds if t > now - policy.settings.flap_window_s),
+            "max_sheds": policy.settings.flap_max_sheds,
+            "window_s": policy.settings.flap_window_s,
+        },
         "situation": {
             "power": s.power.value,
             "temperature_c": s.temperature,
@@ -183,6 +199,7 @@ def zone(
                 "attempts": w.attempts,
                 "last_applied_at": w.last_applied_at,
                 "last_verified_at": w.last_verified_at,
+                "apply_durations": {"buckets": w.durations.cumulative(), "sum": w.durations.total},
             }
             for w in workers.get(name, [])
         ],
@@ -200,7 +217,8 @@ def publisher(
     now: float,
 ) -> dict[str, Any]:
     """The publisher's own fields, in the documented version 1 form; ``sources`` as the
-    publisher sees them (name, kind, ok, error, has_reading)."""
+    publisher sees them (name, kind, ok, error, has_reading; traps for an snmp source
+    with a trap listener)."""
     a = announcer
     return {
         "announcing": {
@@ -220,10 +238,51 @@ def publisher(
         "keys": {
             "dir": str(keyring.directory),
             "ids": keyring.ids,
+            "schemes": {str(i): scheme for i, scheme in keyring.schemes().items()},
+            "fingerprints": _fingerprints(keyring),
             "key_id": config.auth.key_id,
+            "scheme": config.auth.scheme,
         },
         "network": {**_network(config.network), "ttl": config.network.ttl},
     }
+
+
+MAX_REJECTIONS_SHOWN: Final = 16
+
+
+def rejections(core: Controller, now: float) -> list[dict[str, Any]]:
+    """The last rejection of each sender, latest first (at most MAX_REJECTIONS_SHOWN)."""
+    latest = sorted(core.rejections.items(), key=lambda item: item[1].at, reverse=True)
+    return [
+        {
+            "source": source,
+            "publisher": r.publisher,
+            "reason": r.reason,
+            "detail": r.detail,
+            "count": r.count,
+            "age_s": round(now - r.at, 3),
+            "hint": r.hint,
+        }
+        for source, r in latest[:MAX_REJECTIONS_SHOWN]
+    ]
+
+
+def _fingerprints(keyring: Keyring) -> dict[str, str]:
+    """Each key's fingerprint by id (as text: a JSON object's keys are strings)."""
+    return {str(key_id): keyring.fingerprints[key_id] for key_id in keyring.ids}
+
+
+def _keys_text(keys: dict[str, Any]) -> str:
+    """``key 1 fp 3f2a9c1b (hmac-sha256), key 2 fp ... (ed25519)``, or "none"."""
+    prints = keys.get("fingerprints", {})
+    schemes = keys.get("schemes", {})
+    return (
+        ", ".join(
+            f"key {i} fp {prints.get(str(i), '?')} ({schemes.get(str(i), 'hmac-sha256')})"
+            for i in keys["ids"]
+        )
+        or "none"
+    )
 
 
 def _fans_on(state: State) -> bool:
@@ -272,6 +331,8 @@ def _header(status: dict[str, Any]) -> list[str]:
     config = status["config"]
     loaded = config["loaded_at"]
     metrics = status["metrics"] or "off"
+    if status.get("metrics_error"):
+        metrics = f"error {json.dumps(status['metrics_error'])} (retrying)"
     return [
         f"{status['role']} on {status['host']} (pid {status['pid']})",
         f"  config   {config['path']}, loaded {_clock(loaded)}"
@@ -293,15 +354,41 @@ def _reading(power: dict[str, Any], temperatures: dict[str, float | None]) -> st
     return ", ".join(parts) + (f"; {temps}" if temps else "")
 
 
+def keys(
+    keyring: Keyring, mode: str, scheme: object, bindings: dict[str, list[int]]
+) -> dict[str, Any]:
+    """A receiver's ``keys`` entry: where its keys are, each id with its scheme and
+    fingerprint, the schemes believed, and which keys may speak for which publisher."""
+    return {
+        "dir": str(keyring.directory),
+        "ids": keyring.ids,
+        "schemes": {str(i): s for i, s in keyring.schemes().items()},
+        "fingerprints": _fingerprints(keyring),
+        "mode": mode,
+        "scheme": scheme,
+        "publishers": bindings,
+    }
+
+
+def _keys_line(keys: dict[str, Any]) -> str:
+    """``keys     key 1 fp 3f2a9c1b (hmac-sha256), key 2 fp ... (ed25519) in DIR (auth
+    enforce, hmac-sha256; ups-a=1)``."""
+    scheme = keys.get("scheme", "hmac-sha256")
+    scheme = scheme if isinstance(scheme, str) else " + ".join(scheme)
+    bound = keys.get("publishers") or {}
+    binding = (
+        "; " + " ".join(f"{p}={','.join(map(str, i))}" for p, i in sorted(bound.items()))
+        if bound
+        else ""
+    )
+    return f"keys     {_keys_text(keys)} in {keys['dir']} (auth {keys['mode']}, {scheme}{binding})"
+
+
 def _render_controller(status: dict[str, Any]) -> str:
     lines = _header(status)
     network = status["network"]
-    keys = status["keys"]
-    ids = ", ".join(map(str, keys["ids"])) or "none"
-    lines.append(
-        f"  network  {network['group']}:{network['port']} on {network['interface']};"
-        f" keys {ids} in {keys['dir']} (auth {keys['mode']})"
-    )
+    lines.append(f"  network  {network['group']}:{network['port']} on {network['interface']}")
+    lines.append(f"  {_keys_line(status['keys'])}")
     for zone in status["zones"]:
         lines.append("")
         lines.append(
@@ -346,6 +433,7 @@ def _render_controller(status: dict[str, Any]) -> str:
     if d["unverified"]:
         unverified = ", ".join(f"{k} {n}" for k, n in d["unverified"].items())
         lines.append(f"  accepted without a good tag (auth permissive): {unverified}")
+    lines += _render_rejections(status.get("rejections", []))
     actions = status["actions"]
     running = actions["running"]
     lines.append(
@@ -358,15 +446,36 @@ def _render_controller(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _render_rejections(rejected: list[dict[str, Any]]) -> list[str]:
+    if not rejected:
+        return []
+    lines = ["last rejected, by sender:"]
+    for r in rejected:
+        who = f" ({r['publisher']})" if r["publisher"] else ""
+        lines.append(
+            f"  {r['source']}{who}: {r['reason']} {r['detail']}"
+            f" ({r['count']} times, last {_ago(r['age_s'])} ago)"
+        )
+        if r["hint"]:
+            lines.append(f"    {r['hint']}")
+    return lines
+
+
 def _render_publisher(status: dict[str, Any]) -> str:
     lines = _header(status)
     network = status["network"]
     keys = status["keys"]
-    signing = f"signed with key {keys['key_id']}" if keys["key_id"] else "UNSIGNED"
+    key_id = keys["key_id"]
+    if key_id:
+        fp = keys.get("fingerprints", {}).get(str(key_id), "?")
+        signing = f"signed with key {key_id} fp {fp} ({keys.get('scheme', 'hmac-sha256')})"
+    else:
+        signing = "UNSIGNED"
     lines.append(
         f"  network  {network['group']}:{network['port']} on {network['interface']}"
-        f" (ttl {network['ttl']}); {signing} from {keys['dir']}"
+        f" (ttl {network['ttl']})"
     )
+    lines.append(f"  keys     {signing}; have {_keys_text(keys)} in {keys['dir']}")
     a = status["announcing"]
     lines.append("")
     lines.append(f"announcing as {a['id']}: {_reading(a['power'], a['temperatures'])}")
@@ -378,7 +487,19 @@ def _render_publisher(status: dict[str, Any]) -> str:
     for s in status["sources"]:
         health = "ok" if s["ok"] else f"FAILING: {s['error']}"
         lines.append(f"  {s['name']}: {health}")
+        if "traps" in s:
+            lines.append(f"    {_traps(s['traps'])}")
     return "\n".join(lines)
+
+
+def _traps(traps: dict[str, Any]) -> str:
+    """One line for a source's SNMP trap listener."""
+    where = f"traps on {traps['listen']}"
+    if not traps["listening"]:
+        return f"{where}: NOT LISTENING: {traps['error']}"
+    heard = ", ".join(f"{k} {n}" for k, n in traps["events"].items() if n) or "none"
+    dropped = ", ".join(f"{k} {n}" for k, n in traps["dropped"].items() if n) or "none"
+    return f"{where}: heard {heard}; dropped {dropped}; reads brought forward {traps['confirms']}"
 
 
 def _render_relay(status: dict[str, Any]) -> str:
@@ -396,6 +517,8 @@ def _render_relay(status: dict[str, Any]) -> str:
             f" ({_ago(status['time'] - b['down_since'])}, {b['attempts']} attempts): {b['error']}"
         )
     lines.append(f"  broker   {where}: {state}")
+    if "keys" in status:
+        lines.append(f"  {_keys_line(status['keys'])}")
     c = status["counters"]
     for side, what in (("segment", "heard here -> broker"), ("broker", "from broker -> here")):
         counts = ", ".join(

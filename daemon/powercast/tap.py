@@ -9,7 +9,7 @@ import json
 import select
 import time
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import msgspec
 
@@ -102,6 +102,32 @@ def render(
     )
 
 
+HINTS: Final = (
+    "no publisher (or relay) is running on this segment: systemctl status"
+    " powercast-publisher on the UPS hosts",
+    "another group or port: the publisher's network.group and network.port must be these"
+    " (tap --config /etc/powercast/controller.toml reads them from the controller's file)",
+    "wrong interface: --interface (network.interface) must name the control network the"
+    " publishers send on; loopback hears only this host",
+    "a publisher on this very host with network.loop = false: its datagrams are not looped"
+    " back to local listeners",
+    "IGMP snooping on a switch without an IGMP querier: joins age out after a few minutes"
+    " and the switch stops forwarding the group (enable a querier on the VLAN)",
+    "TTL too low: with a router between the nodes, the publisher's network.ttl must exceed"
+    " the number of hops",
+    "a firewall drops the group's UDP port here (nft list ruleset / iptables -L)",
+    "`powercast ping` on this node and a publisher's host tests multicast both ways",
+)
+"""Why a tap hears nothing, most likely first."""
+
+
+def nothing_heard(group: str, port: int, interface: str, seconds: float) -> str:
+    """What tap says when its window closed on silence: where it listened, and why."""
+    where = f"[{group}]" if ":" in group else group
+    lines = [f"NOTHING HEARD on {where}:{port} via {interface} in {seconds:g} s", "Likely causes:"]
+    return "\n".join([*lines, *(f"  - {hint}" for hint in HINTS)])
+
+
 def run_tap(
     group: str,
     port: int,
@@ -113,7 +139,8 @@ def run_tap(
     count: int | None = None,
     timeout: float | None = None,
 ) -> int:
-    """Print datagrams until ``count`` were seen or ``timeout`` passed; 0 if any arrived."""
+    """Print datagrams until ``count`` were seen or ``timeout`` passed; 0 if any arrived,
+    else 1 after saying NOTHING HEARD, where, and the likely causes."""
     sock = net.open_receiver(group, port, interface)
     sock.setblocking(False)
     seen = 0
@@ -139,4 +166,19 @@ def run_tap(
             seen += 1
     finally:
         sock.close()
-    return 0 if seen else 1
+    if seen:
+        return 0
+    seconds = 0.0 if timeout is None else timeout
+    if as_json:
+        record = {
+            "result": "nothing_heard",
+            "group": group,
+            "port": port,
+            "interface": interface,
+            "seconds": seconds,
+            "hints": list(HINTS),
+        }
+        print(json.dumps(record), file=out)
+    else:
+        print(nothing_heard(group, port, interface, seconds), file=out)
+    return 1

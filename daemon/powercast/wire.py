@@ -10,13 +10,15 @@ Layout (all integers big-endian; docs/wire-format.md has test vectors)::
     offset  size  field
     0       4     magic  b"PWRC"
     4       1     version (1)
-    5       1     tag length T: 0 (unsigned) or 32 (HMAC-SHA256)
+    5       1     tag length T: 0 (unsigned), 32 (HMAC-SHA256) or 64 (Ed25519)
     6       2     key id: 0 when unsigned, else the id of the key that made the tag
     8       2     body length N
     10      N     body: a MessagePack array, see :class:`Announcement`
     10+N    T     tag over bytes [0, 10+N)
 
-The tag covers the header too, so a key id or length cannot be changed in flight.
+The tag covers the header too, so a key id or length cannot be changed in flight. Its
+length says how it was made: an HMAC (any holder of the shared key can make one) or an
+Ed25519 signature (only the holder of the private key can; receivers keep public keys).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ VERSIONS: Final = frozenset({VERSION})
 (:mod:`powercast.sockfilter`) both follow it."""
 MAX_DATAGRAM: Final = 1200
 TAG_SIZE: Final = 32
+"""An HMAC-SHA256 tag."""
+SIGNATURE_SIZE: Final = 64
+"""An Ed25519 signature."""
+TAG_SIZES: Final = (0, TAG_SIZE, SIGNATURE_SIZE)
 HEADER: Final = struct.Struct("!4sBBHH")
 
 _U63 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
@@ -111,7 +117,7 @@ class Reject(enum.StrEnum):
     """Every reason a receiver drops a datagram for, in the order the checks are made
     (docs/wire-format.md, "Receiver rules"). The value is the counter label
     (``rejected.<reason>``, ``powercast_datagrams_rejected_total{reason}``) and the log's
-    ``reason``; the README lists each one under ``datagram_rejected``."""
+    ``reason``; docs/deploy.md lists each one under ``datagram_rejected``."""
 
     # decode(): the header, the lengths, the body
     size = "size"  # longer than MAX_DATAGRAM
@@ -121,10 +127,12 @@ class Reject(enum.StrEnum):
     tag = "tag"  # a tag length that does not go with the key id
     length = "length"  # the header's lengths are not the datagram's
     body = "body"  # not exactly one valid announcement in MessagePack
-    # auth.Keyring.verify(): the tag, before the body when authentication is enforced
+    # auth.Gate.check(): the tag, before the body when authentication is enforced
     unsigned = "unsigned"  # key id 0
-    unknown_key = "unknown_key"  # no key with that id
-    bad_tag = "bad_tag"  # the HMAC is not the tag
+    unknown_key = "unknown_key"  # no key with that id and kind of tag
+    over_budget = "over_budget"  # its source or publisher spent its verify budget: not checked
+    bad_tag = "bad_tag"  # the HMAC or signature is not the tag
+    wrong_key = "wrong_key"  # a good tag, by a key not allowed for that publisher
     # the controller: who sent it, when, and in what order
     clock = "clock"  # sent further than auth.max_clock_skew_s from our clock
     unlisted = "unlisted"  # a publisher not in policy.publishers
@@ -154,19 +162,29 @@ _encoder: Final = msgspec.msgpack.Encoder()
 
 
 def encode(
-    message: Announcement, *, key_id: int = 0, sign: Callable[[bytes], bytes] | None = None
+    message: Announcement,
+    *,
+    key_id: int = 0,
+    sign: Callable[[bytes], bytes] | None = None,
+    tag_size: int | None = None,
 ) -> bytes:
-    """Return the datagram for ``message``; with ``sign``, append its tag over the rest."""
+    """Return the datagram for ``message``; with ``sign``, append its tag over the rest:
+    ``tag_size`` bytes, else the signer's own ``tag_size`` (an :class:`auth.Signer`), else
+    TAG_SIZE (an HMAC)."""
+    if tag_size is None:
+        tag_size = getattr(sign, "tag_size", TAG_SIZE)
     if (sign is None) != (key_id == 0):
         raise ValueError("a key id needs a signer and a signer needs a key id other than 0")
     if not 0 <= key_id <= 0xFFFF:
         raise ValueError(f"key id must be in 0..65535 (got {key_id!r})")
+    if sign is not None and tag_size not in TAG_SIZES[1:]:
+        raise ValueError(f"tag size must be one of {TAG_SIZES[1:]} (got {tag_size!r})")
     body = _encoder.encode(message)
     try:  # Structs do not check their bounds when built: check what a receiver would.
         _decoder.decode(body)
     except msgspec.ValidationError as err:
         raise EncodeError(f"announcement {_field(str(err), message)}") from None
-    tag_len = TAG_SIZE if sign else 0
+    tag_len = tag_size if sign else 0
     size = HEADER.size + len(body) + tag_len
     if size > MAX_DATAGRAM:
         raise EncodeError(
@@ -177,8 +195,8 @@ def encode(
     if sign is None:
         return signed
     tag = sign(signed)
-    if len(tag) != TAG_SIZE:
-        raise ValueError(f"signer returned {len(tag)} bytes, expected {TAG_SIZE}")
+    if len(tag) != tag_size:
+        raise ValueError(f"signer returned {len(tag)} bytes, expected {tag_size}")
     return signed + tag
 
 
@@ -222,16 +240,36 @@ def open_envelope(data: bytes) -> Envelope:
         raise DecodeError(Reject.magic, f"expected {MAGIC!r}, got {bytes(magic)!r}")
     if version not in VERSIONS:
         raise DecodeError(Reject.version, f"expected {VERSION}, got {version}")
-    if tag_len not in (0, TAG_SIZE) or (tag_len == 0) != (key_id == 0):
+    if tag_len not in TAG_SIZES or (tag_len == 0) != (key_id == 0):
         raise DecodeError(
             Reject.tag,
-            f"tag length {tag_len} with key id {key_id} (expected 0 with 0, or 32 with a key)",
+            f"tag length {tag_len} with key id {key_id}"
+            " (expected 0 with 0, or 32 or 64 with a key)",
         )
     end = HEADER.size + body_len
     if end + tag_len != size:
         raise DecodeError(Reject.length, f"header says {end + tag_len} bytes, datagram has {size}")
     view = memoryview(data)
     return Envelope(key_id, view[end:], view[:end], view[HEADER.size : end])
+
+
+class _Head(msgspec.Struct, frozen=True, array_like=True):
+    """The first field of an announcement; the rest is skipped, not checked."""
+
+    publisher: _PublisherId
+
+
+_head_decoder: Final = msgspec.msgpack.Decoder(_Head)
+
+
+def claimed_publisher(envelope: Envelope) -> str | None:
+    """The publisher id the body claims, read alone so that a verify budget can be
+    charged to it before the tag is checked; None when it cannot be read. Unverified:
+    only ever a key to a budget or to the keys allowed for it."""
+    try:
+        return _head_decoder.decode(envelope.body).publisher
+    except msgspec.DecodeError:
+        return None
 
 
 def decode_body(envelope: Envelope) -> Announcement:

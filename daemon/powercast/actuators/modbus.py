@@ -69,6 +69,9 @@ class ModbusDriver:
             return False
         return value > c.off_value
 
+    def close(self) -> None:
+        self._drop()
+
     def _drop(self) -> None:
         if self._client is not None:
             self._client.close()

@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 
 from powercast import config as cfg
 from powercast.auth import Keyring
-from powercast.secrets import keys_dir, load_keyring
+from powercast.secrets import ALL_KINDS, keys_dir, load_keyring
 
 Handler = Callable[[argparse.Namespace], int]
 """Runs one command; the exit status. An error an operator can act on is raised, as a
@@ -71,7 +71,7 @@ class Group:
         config = cfg.load(args.config) if args.config is not None else None
         network = config.network if config is not None else cfg.Network()
         configured = ""
-        if isinstance(config, cfg.PublisherConfig | cfg.ControllerConfig):
+        if config is not None:
             configured = config.auth.keys_dir
         directory = keys_dir(args.keys_dir if args.keys_dir is not None else configured)
         return cls(
@@ -79,7 +79,7 @@ class Group:
             address=args.group or network.group,
             port=args.port or network.port,
             interface=args.interface or network.interface,
-            keyring=load_keyring(directory),
+            keyring=load_keyring(directory, ALL_KINDS),
         )
 
     def ttl(self, flag: int | None) -> int:
@@ -89,14 +89,16 @@ class Group:
         return self.config.network.ttl if isinstance(self.config, cfg.PublisherConfig) else 1
 
     def key_id(self, flag: int | None) -> int:
-        """--key-id, else a publisher config's, else the lowest in the keyring; 0 for
-        unsigned. KeyringError, naming the directory, for a key that is not there."""
+        """--key-id, else a publisher config's, else the lowest in the keyring that can
+        sign (a shared or private key, not a public one); 0 for unsigned. KeyringError,
+        naming the directory, for a key that is not there."""
         key_id = flag
         if key_id is None:
             if isinstance(self.config, cfg.PublisherConfig):
                 key_id = self.config.auth.key_id
             else:
-                key_id = self.keyring.ids[0] if self.keyring.ids else 0
+                signing = self.keyring.signing_ids
+                key_id = signing[0] if signing else 0
         if key_id:
             self.keyring.signer(key_id)
         return key_id

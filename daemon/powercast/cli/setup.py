@@ -1,16 +1,27 @@
-"""Setting up a node: ``powercast config check|init`` and ``powercast keygen``."""
+"""Setting up a node: ``powercast config check|init|reference`` and ``powercast keygen``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from powercast import config as cfg
-from powercast.auth import KeyringError
+from powercast import reference
+from powercast.auth import ED25519, HMAC, KeyringError, describe
 from powercast.cli.arguments import Commands, command
+from powercast.cli.templates import template
 from powercast.errors import EX_CONFIG
-from powercast.secrets import keygen, load_keys
+from powercast.secrets import (
+    ALL_KINDS,
+    KEY_FILE,
+    file_fingerprint,
+    keygen,
+    keys_dir,
+    load_keyring,
+    load_keys,
+)
 
 
 def add_commands(commands: Commands) -> None:
@@ -20,18 +31,52 @@ def add_commands(commands: Commands) -> None:
     check.add_argument(
         "files", nargs="*", type=Path, metavar="FILE", help="default: both files in /etc/powercast"
     )
-    init = command(actions, "init", _init, "print a default config on stdout")
+    init = command(
+        actions, "init", _init, "print a commented config that runs as printed, on stdout"
+    )
     init.add_argument("--role", required=True, choices=["publisher", "controller", "relay"])
+    command(actions, "reference", _reference, "print every key of every role, in Markdown")
 
     new_key = command(
-        commands, "keygen", _keygen, "write a new random key file (mode 0600; never overwrites)"
+        commands,
+        "keygen",
+        _keygen,
+        "write a new random key (mode 0600; an ed25519 public key 0644 beside it; never"
+        " overwrites)",
     )
-    new_key.add_argument("key_id", type=int, metavar="ID", help="key id, 1..65535")
-    new_key.add_argument("file", type=Path, metavar="FILE", help="e.g. /etc/powercast/keys/1.key")
+    new_key.add_argument("key_id", type=int, nargs="?", metavar="ID", help="key id, 1..65535")
+    new_key.add_argument(
+        "file",
+        type=Path,
+        nargs="?",
+        metavar="FILE",
+        help="e.g. /etc/powercast/keys/1.key (hmac-sha256) or .../1.private (ed25519)",
+    )
+    new_key.add_argument(
+        "--scheme",
+        choices=[HMAC, ED25519],
+        default=HMAC,
+        help="hmac-sha256 (default): one shared key; ed25519: a private key for the"
+        " publisher and its public key (FILE with .public) for controllers and relays",
+    )
+    new_key.add_argument(
+        "--show",
+        type=Path,
+        nargs="?",
+        const=Path(""),
+        metavar="PATH",
+        help="print the fingerprints of a key file or directory (default: as the daemons),"
+        " to compare between nodes; writes nothing",
+    )
 
 
 def _init(args: argparse.Namespace) -> int:
-    sys.stdout.write(cfg.dumps(cfg.defaults(args.role)))
+    sys.stdout.write(template(args.role))
+    return 0
+
+
+def _reference(args: argparse.Namespace) -> int:
+    sys.stdout.write(reference.render())
     return 0
 
 
@@ -57,15 +102,66 @@ def _check(args: argparse.Namespace) -> int:
         if problems:
             status = EX_CONFIG
             continue
-        if isinstance(config, cfg.RelayConfig):
-            print(f"{path}: ok (relay; carries datagrams as they are, needs no keys)")
+        if isinstance(config, cfg.RelayConfig) and config.auth.mode == "off":
+            print(f"{path}: ok (relay; carries datagrams as they are, verifies nothing)")
+            continue
+        keys = keyring.describe()
+        auth = config.auth
+        if isinstance(auth, cfg.PublisherAuth):
+            how = f"signs with key {auth.key_id} ({auth.scheme})" if auth.key_id else "UNSIGNED"
         else:
-            keys = ", ".join(map(str, keyring.ids)) or "none"
-            print(f"{path}: ok ({config.role}; keys in {keyring.directory}: {keys})")
+            bound = "".join(
+                f"; {publisher} by key {', '.join(map(str, ids))}"
+                for publisher, ids in sorted(auth.publishers.items())
+            )
+            how = f"auth {auth.mode}, believes {' and '.join(auth.schemes)}{bound}"
+        print(f"{path}: ok ({config.role}; {how}; keys in {keyring.directory}: {keys})")
     return status
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    keygen(args.key_id, args.file)
-    print(f"{args.file}: new key {args.key_id} (mode 0600)")
+    if args.show is not None:
+        if args.key_id is not None:
+            raise KeyringError("keygen --show takes a key file or directory, not an id")
+        return _show(args.show)
+    if args.key_id is None or args.file is None:
+        raise KeyringError(
+            "keygen: expected ID and FILE (powercast keygen 1 /etc/powercast/keys/1.key)"
+        )
+    written = keygen(args.key_id, args.file, args.scheme)
+    _, _, fp = file_fingerprint(written[-1])
+    compare = "then compare fingerprints with `powercast keygen --show`"
+    key = describe(args.key_id, fp)
+    if args.scheme == HMAC:
+        print(
+            f"{written[0]}: new {HMAC} {key} (mode 0600); copy this file to every"
+            f" publisher and controller, {compare}"
+        )
+        return 0
+    print(f"{written[0]}: new {ED25519} {key} (mode 0600)")
+    for public in written[1:]:
+        print(
+            f"{public}: its public key, {key} (mode 0644): copy it to controllers and"
+            f" relays, {compare}"
+        )
+    return 0
+
+
+_KINDS_SHOWN = {"key": HMAC, "private": f"{ED25519} private key", "public": f"{ED25519} public key"}
+
+
+def _show(path: Path) -> int:
+    """Each key file's id, fingerprint and scheme, never the key: what to compare between
+    two nodes (an Ed25519 private key shows its public key's fingerprint)."""
+    if path == Path("") or path.is_dir():
+        directory = path if path != Path("") else keys_dir("")
+        ring = load_keyring(directory, ALL_KINDS)  # refuses what the daemons would
+        if not ring.ids:
+            raise KeyringError(f"{directory}: no key files (*.key, *.private, *.public)")
+        files = [directory / n for n in sorted(os.listdir(directory)) if KEY_FILE.match(n)]
+    else:
+        files = [path]
+    for file in files:
+        key_id, kind, fp = file_fingerprint(file)
+        print(f"{file}: {describe(key_id, fp)} ({_KINDS_SHOWN[kind]})")
     return 0

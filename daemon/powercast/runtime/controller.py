@@ -13,7 +13,7 @@ from powercast import config as cfg
 from powercast import control, failsafe, net, persist, sockfilter, wire
 from powercast import status as report
 from powercast.actions import ActionQueue
-from powercast.actuators import Worker, actuator_name, make_driver
+from powercast.actuators import Worker, actuator_name, lease, make_driver
 from powercast.actuators.base import SAFE_POSITION
 from powercast.auth import Keyring
 from powercast.config import ControllerConfig
@@ -109,7 +109,16 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._arm()
 
     def loaded(self) -> None:
-        """Keep a copy of the config now running, for ``powercast failsafe`` after a crash."""
+        """Keep a copy of the config now running, for ``powercast failsafe`` after a crash;
+        say so when a zone has nothing to move its fans with."""
+        for name, zone in self.core.zone_configs.items():
+            if not zone.actuators:
+                log.warning(
+                    "no_actuators",
+                    zone=name,
+                    hint="this zone's fans are not moved: add an [[actuators]] table"
+                    " ([[zones.actuators]] in a zone)",
+                )
         if not self.dry_run:  # a dry run drives nothing the failsafe should take over
             failsafe.keep_running_config(self.config, self._state_dir)
 
@@ -162,12 +171,12 @@ class ControllerDaemon(Daemon[ControllerConfig]):
                 case Save():
                     self._save()
                 case Notify():
-                    self.notifier.status(self.status())
+                    self.notifier.status(self.status_line())
 
     def _start_worker(self, key: str, zone: str, config: cfg.Actuator) -> None:
         assert self._tg is not None
         driver = make_driver(config, actuator_name(key, config))
-        worker = Worker(driver, zone, dry_run=self.dry_run)
+        worker = Worker(driver, zone, dry_run=self.dry_run, refresh_s=lease(config))
         worker.on_change = self._actuator_changed
         self._workers[key] = (worker, self._tg.create_task(worker.run(), name=driver.name))
 
@@ -291,16 +300,17 @@ class ControllerDaemon(Daemon[ControllerConfig]):
     def _actuator_changed(self, worker: Worker) -> None:
         """Keep the state file and systemd's status line true to the actuators."""
         self._save()
-        self.notifier.status(self.status())
+        self.notifier.status(self.status_line())
 
-    def _on_datagram(self, data: bytes) -> None:
+    def _on_datagram(self, data: bytes, source: str) -> None:
         """One datagram on its own: taken, and acted on at once."""
-        self._take(data)
+        self._take(data, source)
         self._on_batch()
 
-    def _take(self, data: bytes) -> None:
-        """One datagram of a batch: the rules wait for the batch's end."""
-        self.core.receive(data, self.loop.time(), time.time(), evaluate=False)
+    def _take(self, data: bytes, source: str) -> None:
+        """One datagram of a batch, from address ``source``: the rules wait for the
+        batch's end."""
+        self.core.receive(data, self.loop.time(), time.time(), source, evaluate=False)
 
     def _on_batch(self) -> None:
         """After each batch of datagrams read together: the rules run once on all of them,

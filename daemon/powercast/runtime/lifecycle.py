@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import structlog
 
@@ -20,6 +21,7 @@ from powercast import control, net
 from powercast import status as report
 from powercast.auth import Keyring, KeyringError
 from powercast.config import ControllerConfig, PublisherConfig, RelayConfig
+from powercast.pacing import Backoff
 from powercast.secrets import load_keys
 from powercast.systemd import Notifier
 from powercast.tally import Tally
@@ -51,6 +53,8 @@ class Daemon(Generic[C]):
         self.tally = Tally()
         self.control_path: Path | None = None
         self.metrics_address: str | None = None
+        self.metrics_error: str | None = None
+        """Why the metrics endpoint is not listening (it retries), or None."""
 
     # Subclasses fill these in.
     async def start(self, tg: asyncio.TaskGroup) -> None:
@@ -72,6 +76,13 @@ class Daemon(Generic[C]):
     def status(self) -> str:
         raise NotImplementedError
 
+    def status_line(self) -> str:
+        """systemd's STATUS=: the role's own line, and what of the daemon's tools is down."""
+        text = self.status()
+        if self.metrics_error is not None:
+            text += f"; metrics: error {self.metrics_error} (retrying)"
+        return text
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
@@ -82,7 +93,7 @@ class Daemon(Generic[C]):
                 await self.start(tg)
                 self.loaded()
                 self.start_tools(tg)
-                self.notifier.ready(self.status())
+                self.notifier.ready(self.status_line())
                 log.info("ready", role=self.role, config=str(self.path), pid=os.getpid())
                 tg.create_task(self._watchdog(), name="watchdog")
                 tg.create_task(self._reloader(), name="reloader")
@@ -125,7 +136,7 @@ class Daemon(Generic[C]):
                 self.loaded_at = time.time()
                 self.loaded()
                 log.info("reloaded", config=str(self.path))
-            self.notifier.ready(self.status())
+            self.notifier.ready(self.status_line())
 
     # --- operator tools (issue 8): control socket and metrics endpoint ------------------
 
@@ -142,6 +153,7 @@ class Daemon(Generic[C]):
             loaded_at=self.loaded_at,
             control=str(self.control_path),
             metrics=self.metrics_address,
+            metrics_error=self.metrics_error,
             wall=time.time(),
         )
 
@@ -153,8 +165,10 @@ class Daemon(Generic[C]):
         """The control socket and, when configured, the metrics endpoint, as tasks of ``tg``.
 
         Neither failing stops the daemon (the fans matter more than a status line): it
-        logs why, at error, and runs on. Both are set up at start; changing
-        ``control.socket`` or ``metrics.listen`` takes a restart.
+        logs why, at error, and runs on. A metrics endpoint that cannot listen (its port
+        in use) says so in status and systemd's STATUS= and is tried again, backing off,
+        until it listens. Both are set up at start; changing ``control.socket`` or
+        ``metrics.listen`` takes a restart.
         """
         path = control.socket_path(self.config.control.socket, self.role)
         try:
@@ -178,11 +192,58 @@ class Daemon(Generic[C]):
         try:
             msock = metrics.open_listener(listen)
         except OSError as err:
-            log.error("metrics_unavailable", listen=listen, error=err.strerror or str(err))
+            self._metrics_failed(listen, err, attempts=1)
+            tg.create_task(self._metrics_retry(tg, listen), name="metrics retry")
             return
+        self._metrics_serve(tg, msock)
+
+    def _metrics_serve(self, tg: asyncio.TaskGroup, msock: socket.socket) -> None:
+        from powercast import metrics  # noqa: PLC0415  # prometheus-client only when asked
+
         tg.create_task(
             metrics.serve(msock, metrics.registry_for(self.role, self.snapshot)), name="metrics"
         )
         host, port = msock.getsockname()[:2]
         self.metrics_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.metrics_error = None
         log.info("metrics_listening", address=self.metrics_address)
+
+    def _metrics_failed(self, listen: str, err: OSError, attempts: int) -> None:
+        """Say why, once per new reason (retries of the same one stay quiet)."""
+        why = os.strerror(err.errno) if err.errno else str(err)  # not create_server's wording
+        error = f"{listen}: {why[:1].lower()}{why[1:]}"
+        if error != self.metrics_error:
+            log.error(
+                "metrics_unavailable",
+                listen=listen,
+                error=why,
+                attempts=attempts,
+                hint="another process holds the port (ss -ltnp); retrying until it is free,"
+                " or set another metrics.listen and restart",
+            )
+            self.metrics_error = error
+            self.notifier.status(self.status_line())
+
+    async def _metrics_retry(self, tg: asyncio.TaskGroup, listen: str) -> None:
+        """Try the endpoint again, backing off to METRICS_RETRY_MAX_S, until it listens."""
+        from powercast import metrics  # noqa: PLC0415  # prometheus-client only when asked
+
+        backoff = Backoff(METRICS_RETRY_S, METRICS_RETRY_MAX_S)
+        attempts = 1
+        while True:
+            await asyncio.sleep(backoff.delay(ok=False))
+            attempts += 1
+            try:
+                msock = metrics.open_listener(listen)
+            except OSError as err:
+                self._metrics_failed(listen, err, attempts)
+                continue
+            self._metrics_serve(tg, msock)
+            log.info("metrics_recovered", address=self.metrics_address, attempts=attempts)
+            self.notifier.status(self.status_line())
+            return
+
+
+METRICS_RETRY_S: Final = 1.0
+METRICS_RETRY_MAX_S: Final = 30.0
+"""A metrics endpoint that cannot listen is tried again after 1 s, doubling up to 30 s."""

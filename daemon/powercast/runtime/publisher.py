@@ -17,8 +17,10 @@ from powercast import status as report
 from powercast.announcer import Announcer
 from powercast.auth import Keyring
 from powercast.config import PublisherConfig, Reading
+from powercast.pacing import Backoff
 from powercast.runtime.lifecycle import Daemon
 from powercast.sources import Reader, SourceError, make_reader
+from powercast.sources.base import Woken, pause
 from powercast.systemd import Notifier
 
 log = structlog.get_logger("powercast")
@@ -121,8 +123,6 @@ class PublisherDaemon(Daemon[PublisherConfig]):
         retried with backoff (interval_s doubling up to 30 s; back to interval_s once it
         reads again). No failure of a source ends the daemon; the reader is closed when
         its poller ends (reload, stop)."""
-        from powercast.sources.base import Backoff  # noqa: PLC0415  # only _poll is ours to edit
-
         backoff = Backoff(reader.interval_s)
         try:
             while True:
@@ -143,7 +143,9 @@ class PublisherDaemon(Daemon[PublisherConfig]):
                 else:
                     if self._failing.pop(index, None) is not None:
                         log.info("source_recovered", source=reader.name)
-                if self.announcer.read(index, reading, self.loop.time()):
+                untried = self.announcer.due is None
+                news = self.announcer.read(index, reading, self.loop.time())
+                if news:
                     a = self.announcer
                     log.info(
                         "reading_changed",
@@ -151,9 +153,10 @@ class PublisherDaemon(Daemon[PublisherConfig]):
                         change=a.change,
                         **{f"temp_{k}": v for k, v in a.temperatures.items()},
                     )
-                    self.notifier.status(self.status())
-                self._wake.set()  # news, or the first attempt the first announcement waited for
-                await asyncio.sleep(backoff.delay(reading is not None))
+                    self.notifier.status(self.status_line())
+                if news or (untried and self.announcer.due is not None):
+                    self._wake.set()  # news, or the attempt the first announcement waited for
+                await pause(reader, backoff.delay(reading is not None))
         finally:
             reader.close()
 
@@ -208,6 +211,7 @@ class PublisherDaemon(Daemon[PublisherConfig]):
                 "ok": index not in failing,
                 "error": failing.get(index),
                 "has_reading": index < len(latest) and latest[index] is not None,
+                **_traps(reader),
             }
             for index, (reader, source) in enumerate(
                 zip(self._readers, self.config.sources, strict=False)
@@ -223,6 +227,13 @@ class PublisherDaemon(Daemon[PublisherConfig]):
             now=self.loop.time(),
         )
         return {**self.common(), **own}
+
+
+def _traps(reader: Reader) -> dict[str, Any]:
+    """A source's trap listener in the status document (snmp with ``traps``)."""
+    if isinstance(reader, Woken) and (traps := reader.trap_status()) is not None:
+        return {"traps": traps}
+    return {}
 
 
 def _signer(config: PublisherConfig, keyring: Keyring) -> Callable[[bytes], bytes] | None:

@@ -27,17 +27,21 @@ datagram on some allocators: the reason this receiver reads for itself."""
 class Receiver(asyncio.DatagramProtocol):
     """A datagram endpoint's protocol that does its own reading: once the transport is
     made, the socket is watched by this receiver, which reads up to RECEIVE_BATCH
-    datagrams per readiness and hands each to ``on_datagram``."""
+    datagrams per readiness and calls ``on_datagram(data, source)`` for each; ``source``
+    is the sender's address (what a verify budget is kept by). ``on_drained()``, when
+    given, after each batch: the socket found empty, or RECEIVE_BATCH taken (what the
+    batch changed is acted on once)."""
 
     def __init__(
-        self, on_datagram: Callable[[bytes], None], on_batch: Callable[[], None] | None = None
+        self,
+        on_datagram: Callable[[bytes, str], None],
+        on_drained: Callable[[], None] | None = None,
     ) -> None:
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pacer = Pacer()
         self._on_datagram = on_datagram
-        self._on_batch = on_batch
-        """Called after each batch: what the batch changed is acted on once."""
+        self._on_drained = on_drained
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # The transport's socket, duplicated: asyncio hands out a wrapper without recv.
@@ -54,32 +58,32 @@ class Receiver(asyncio.DatagramProtocol):
             self._sock.close()
             self._sock = None
 
-    def datagram_received(self, data: bytes, addr: object) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         """Only where the transport could not be paused: the rest of the batch follows."""
-        self._on_datagram(data)
+        self._on_datagram(data, addr[0])
         self._drain(RECEIVE_BATCH - 1)
 
     def _drain(self, batch: int = RECEIVE_BATCH) -> None:
         try:
             self._read(batch)
         finally:
-            if self._on_batch is not None:
-                self._on_batch()
+            if self._on_drained is not None:
+                self._on_drained()
 
     def _read(self, batch: int) -> None:
         sock = self._sock
         if sock is None:
             return
-        recv, deliver = sock.recv, self._on_datagram
+        recvfrom, deliver = sock.recvfrom, self._on_datagram
         for _ in range(batch):
             try:
-                data = recv(RECEIVE_SIZE)
+                data, addr = recvfrom(RECEIVE_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 self.error_received(exc)
                 return
-            deliver(data)
+            deliver(data, addr[0])
 
     def error_received(self, exc: Exception) -> None:
         """An error on the socket (an ICMP error a peer caused): logged paced."""

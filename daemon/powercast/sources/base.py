@@ -4,20 +4,23 @@ community files are read by :func:`powercast.secrets.read_secret`."""
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
 from powercast.config import Reading, explain
-from powercast.pacing import Backoff  # moved; still importable from here
+from powercast.pacing import Backoff  # a source's retry schedule, as the sources package names it
 
 __all__ = [
     "Backoff",
     "Reader",
     "SourceError",
+    "Woken",
     "make_reading",
     "parse_reading",
+    "pause",
 ]
 
 
@@ -35,6 +38,24 @@ class Reader(Protocol):
 
     def close(self) -> None:
         """Release what the reader keeps open between reads (a connection); may read again."""
+
+
+@runtime_checkable
+class Woken(Protocol):
+    """A reader that news can wake before its interval (an SNMP trap): the poller waits
+    in its ``pause`` instead of sleeping, and shows its ``trap_status``."""
+
+    async def pause(self, delay_s: float) -> None: ...
+
+    def trap_status(self) -> dict[str, Any] | None: ...
+
+
+async def pause(reader: Reader, delay_s: float) -> None:
+    """Wait until ``reader`` is to be read again: ``delay_s``, or less if it is woken."""
+    if isinstance(reader, Woken):
+        await reader.pause(delay_s)
+    else:
+        await asyncio.sleep(delay_s)
 
 
 _reading_json = msgspec.json.Decoder(Reading)

@@ -15,6 +15,12 @@ One GET VAR per variable, each sent once the last is answered, rather than one L
 upsd writes a list line by line, so with Nagle on its side and delayed ACKs on ours every
 list took 44 ms on loopback; six GET VARs take well under a millisecond.
 
+upsd has no push to clients, so between full reads (``interval_s``) only the first UPS's
+``ups.status`` is asked, every ``status_interval_s`` (50 ms): a change is announced within
+one such tick of upsd knowing it, for one short request each. The driver's own socket
+pushes changes, but only to root or group nut on the driver's host, and without upsd's
+staleness check, access control or TLS.
+
 Every failure is a :class:`SourceError` whose message names the UPS as ``ups@host:port``
 and says why; the publisher then announces power as ``unknown``.
 """
@@ -26,13 +32,15 @@ import math
 import os
 import shlex
 import ssl
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
 
 from powercast.config import NutSource, Reading
 from powercast.secrets import SecretError, read_secret
 from powercast.sources.base import SourceError, make_reading
 
 MAX_LINE: Final = 4096
+T = TypeVar("T")
 VARIABLES: Final = (
     "ups.status",
     "battery.charge",
@@ -223,18 +231,30 @@ _NO_TLS: Final = ("FEATURE-NOT-CONFIGURED", "FEATURE-NOT-SUPPORTED", "UNKNOWN-CO
 
 
 class NutReader:
-    """Reads every configured UPS's VARIABLES over one kept connection."""
+    """Reads every configured UPS's VARIABLES over one kept connection every
+    ``interval_s``, and between those the first UPS's ``ups.status`` alone. A changed
+    status is followed at once by a full read, so the reading that announces it is
+    coherent; an unchanged one gives the last reading again (no news for the announcer).
+    """
 
     def __init__(self, name: str, config: NutSource) -> None:
         self.name = name
-        self.interval_s = config.interval_s
+        self.interval_s = min(config.status_interval_s, config.interval_s)
+        """How often the publisher calls :meth:`read`: the fast rate."""
         self._config = config
         self._names = config.ups_names
         self._where = f"{config.host}:{config.port}"
         self._origin = f"nut {self._names[0]}@{self._where}"
         self._conn: NutConnection | None = None
+        self._last: tuple[str, Reading] | None = None
+        """upsd's status answer that means "as at the last full read", and that read's
+        reading; None after a failure (read all again). A status with characters upsd
+        escapes never matches: each read is then a full one."""
+        self._full_due = 0.0
         self.connections = 0
         """How many connections were opened (one while upsd stays up)."""
+        self.full_reads = 0
+        """How many reads asked for every variable (the others asked for the status only)."""
 
     def close(self) -> None:
         if self._conn is not None:
@@ -245,20 +265,32 @@ class NutReader:
         try:
             return await self._read()
         except SourceError:
+            self._last = None
             raise  # the connection was closed if it cannot be trusted
         except BaseException:
             # Cancelled halfway: an answer may still be on its way, and would be read as
             # the answer to the next request. Only a fresh connection is safe.
+            self._last = None
             self.close()
             raise
 
     async def _read(self) -> Reading:
+        now = asyncio.get_running_loop().time()
         try:
-            found = await self._exchange()
+            if self._last is not None and now < self._full_due:
+                same, reading = self._last
+                if await self._exchange(self._status_line) == same:
+                    return reading
+            found = await self._exchange(self._all)
         except (TimeoutError, ProtocolError, OSError) as err:
             self.close()  # the connection cannot be trusted any more
             raise SourceError(f"{self._origin}: {self._explain(err)}") from None
-        return to_reading(found, self._origin)
+        reading = to_reading(found, self._origin)
+        ups, status = self._names[0], found[0][1].get("ups.status")
+        same = f'VAR {ups} ups.status "{status}"' if status is not None else "ERR VAR-NOT-SUPPORTED"
+        self._last, self._full_due = (same, reading), now + self._config.interval_s
+        self.full_reads += 1
+        return reading
 
     def _explain(self, err: Exception) -> str:
         if isinstance(err, TimeoutError):
@@ -274,35 +306,49 @@ class NutReader:
             return os.strerror(err.errno)
         return str(err) or type(err).__name__
 
-    async def _exchange(self) -> list[tuple[str, dict[str, str]]]:
-        """Every UPS's variables; upsd's ERR answers leave the connection open."""
+    async def _exchange(self, ask: Callable[[NutConnection], Awaitable[T]]) -> T:
+        """``ask`` on the kept connection; upsd's ERR answers leave it open."""
         reused = self._conn is not None
         conn = await self._connection()
         try:
-            return [(ups, await self._list(conn, ups)) for ups in self._names]
+            return await ask(conn)
         except (ConnectionError, EOFError):
             if not reused:
                 raise
         # upsd restarted since the last poll: one fresh try, at once.
         self.close()
-        conn = await self._connection()
-        return [(ups, await self._list(conn, ups)) for ups in self._names]
+        return await ask(await self._connection())
 
-    async def _list(self, conn: NutConnection, ups: str) -> dict[str, str]:
-        values: dict[str, str] = {}
-        try:
+    async def _all(self, conn: NutConnection) -> list[tuple[str, dict[str, str]]]:
+        """Every UPS's variables."""
+        found = []
+        for ups in self._names:
+            values: dict[str, str] = {}
             for name in VARIABLES:
-                value = await conn.get_var(ups, name)
-                if name == "ups.status" and value == "WAIT":
-                    raise SourceError(
-                        f"nut {ups}@{self._where}: WAIT"
-                        " (the driver has not sent its data to upsd yet)"
-                    )
+                value = await self._get(conn, ups, name)
                 if value is not None:
                     values[name] = value
+            found.append((ups, values))
+        return found
+
+    async def _status_line(self, conn: NutConnection) -> str:
+        """upsd's answer, as sent, to ``GET VAR`` of the first UPS's ``ups.status`` (the UPS
+        power is announced from); an ``ERR`` too: the full read that follows names it."""
+        try:
+            return await conn.command(f"GET VAR {self._names[0]} ups.status")
+        except NutError as err:
+            return f"ERR {err.code}"
+
+    async def _get(self, conn: NutConnection, ups: str, name: str) -> str | None:
+        try:
+            value = await conn.get_var(ups, name)
         except NutError as err:
             raise SourceError(f"nut {ups}@{self._where}: {err.describe()}") from None
-        return values
+        if name == "ups.status" and value == "WAIT":
+            raise SourceError(
+                f"nut {ups}@{self._where}: WAIT (the driver has not sent its data to upsd yet)"
+            )
+        return value
 
     async def _connection(self) -> NutConnection:
         if self._conn is not None:

@@ -18,22 +18,32 @@ upsOutputSource                     1.3.6.1.2.1.33.1.4.1.0           status
 upsOutputPercentLoad, line 1        1.3.6.1.2.1.33.1.4.4.1.5.1       load_pct
 =================================  ===============================  ========================
 
+With ``[sources.traps]`` the agent's traps and informs wake the poll at once
+(:mod:`powercast.sources.snmptrap`): the reader is then woken, not only timed
+(:meth:`SnmpReader.pause`).
+
 pysnmp is imported only when an snmp source is configured (it takes ~0.2 s).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import asyncio
 from typing import Any, Final
 
+import structlog
 from pyasn1.type import univ
 from pysnmp.error import PySnmpError
 from pysnmp.hlapi.v3arch import asyncio as hlapi
 from pysnmp.proto import rfc1905
 
+from powercast import snmpaccess
 from powercast.config import Reading, SnmpSource
+from powercast.pacing import Backoff
 from powercast.secrets import SecretError, read_secret
 from powercast.sources.base import SourceError, make_reading
+from powercast.sources.snmptrap import TrapError, TrapListener
+
+log = structlog.get_logger("powercast")
 
 UPS_MIB: Final = "1.3.6.1.2.1.33.1"
 OIDS: Final = {
@@ -50,23 +60,9 @@ OIDS: Final = {
 OUTPUT_ONLINE: Final = frozenset({3, 4, 6, 7})  # normal, bypass, booster, reducer
 OUTPUT_BATTERY: Final = 5
 BATTERY_LOW: Final = frozenset({3, 4})  # batteryLow, batteryDepleted
-
-_AUTH: Final = {
-    "none": hlapi.usmNoAuthProtocol,
-    "md5": hlapi.usmHMACMD5AuthProtocol,
-    "sha": hlapi.usmHMACSHAAuthProtocol,
-    "sha224": hlapi.usmHMAC128SHA224AuthProtocol,
-    "sha256": hlapi.usmHMAC192SHA256AuthProtocol,
-    "sha384": hlapi.usmHMAC256SHA384AuthProtocol,
-    "sha512": hlapi.usmHMAC384SHA512AuthProtocol,
-}
-_PRIV: Final = {
-    "none": hlapi.usmNoPrivProtocol,
-    "des": hlapi.usmDESPrivProtocol,
-    "aes": hlapi.usmAesCfb128Protocol,
-    "aes192": hlapi.usmAesCfb192Protocol,
-    "aes256": hlapi.usmAesCfb256Protocol,
-}
+LISTEN_TIMEOUT_S: Final = 2.0
+"""Starting the trap listener (the agent's name looked up, the port bound) may take this long
+before the read goes on without it."""
 
 
 def power_status(values: dict[str, int]) -> str:
@@ -118,18 +114,73 @@ class SnmpReader:
         self.name = name
         self.interval_s = config.interval_s
         self._config = config
-        host = f"[{config.host}]" if ":" in config.host else config.host
-        self._origin = f"snmp {host}:{config.port}"
+        self._origin = snmpaccess.origin(config)
         self._engine: Any = None
         self._target: Any = None
         self._auth: Any = None
+        self._binds = tuple(hlapi.ObjectType(hlapi.ObjectIdentity(oid)) for oid in OIDS.values())
+        """The request's objects, kept: pysnmp resolves each against its MIBs once, not at
+        every GET (a fifth of a GET's CPU)."""
+        self._traps: TrapListener | None = None
+        if config.traps is not None:
+            self._traps = TrapListener(self._origin, config.traps, self._trap)
+        self._woken = asyncio.Event()
+        self._listen_backoff = Backoff(1.0)
+        self._listen_at = float("-inf")
+        self._listen_error: str | None = None
+        self._confirmed_at = float("-inf")
+        self.confirms = 0
+        """Reads a trap brought forward."""
+        self.last_event: str | None = None
 
     def close(self) -> None:
         if self._engine is not None:
             self._engine.close_dispatcher()
         self._engine = self._target = self._auth = None
+        if self._traps is not None:
+            self._traps.close()
+
+    async def pause(self, delay_s: float) -> None:
+        """Wait ``delay_s`` before the next read, or less: a recognised trap that came
+        since the last read began ends the wait, no sooner than ``traps.confirm_gap_s``
+        after the last read a trap brought forward (a flood of traps wakes the poll at
+        that rate at most; a read in the meantime is one the traps share)."""
+        loop = asyncio.get_running_loop()
+        if self._traps is None:
+            await asyncio.sleep(delay_s)
+            return
+        try:
+            async with asyncio.timeout_at(loop.time() + delay_s):
+                await self._woken.wait()
+                wake = self._confirmed_at + self._traps.traps.confirm_gap_s
+                if wake > loop.time():
+                    await asyncio.sleep(wake - loop.time())
+        except TimeoutError:
+            return
+        self._confirmed_at = loop.time()
+        self.confirms += 1
+
+    def trap_status(self) -> dict[str, Any] | None:
+        """The trap listener's state and counts; None without ``traps``."""
+        if self._traps is None:
+            return None
+        return {
+            "listen": self._traps.traps.listen,
+            "listening": self._traps.listening,
+            "error": self._listen_error,
+            "confirms": self.confirms,
+            "last_event": self.last_event,
+            **self._traps.counts(),
+        }
+
+    def _trap(self, event: str) -> None:
+        self.last_event = event
+        self._woken.set()
 
     async def read(self) -> Reading:
+        self._woken.clear()  # this read answers every trap heard so far
+        if self._traps is not None and not self._traps.listening:
+            await self._listen(self._traps)
         try:
             values = await self._get()
         except BaseException:
@@ -142,26 +193,21 @@ class SnmpReader:
         if self._engine is None:
             self._engine = hlapi.SnmpEngine()
         if self._target is None:
-            self._auth = self._auth_data()
-            try:
-                self._target = await hlapi.UdpTransportTarget.create(
-                    (config.host, config.port), timeout=config.timeout_s, retries=config.retries
-                )
-            except PySnmpError as err:
-                raise SourceError(f"{self._origin}: {_first_line(err)}") from None
+            self._auth = snmpaccess.credentials(config, SourceError)
+            self._target = await snmpaccess.target(config, SourceError)
         try:
             error, status, index, binds = await hlapi.get_cmd(
                 self._engine,
                 self._auth,
                 self._target,
                 hlapi.ContextData(contextName=config.context),
-                *[hlapi.ObjectType(hlapi.ObjectIdentity(oid)) for oid in OIDS.values()],
+                *self._binds,
                 lookupMib=False,
             )
         except PySnmpError as err:
-            raise SourceError(f"{self._origin}: {_first_line(err)}") from None
+            raise SourceError(f"{self._origin}: {snmpaccess.first_line(err)}") from None
         if error:
-            raise SourceError(f"{self._origin}: {self._explain(error)}")
+            raise SourceError(f"{self._origin}: {snmpaccess.explain(self._config, error)}")
         if status:
             at = list(OIDS)[int(index) - 1] if 0 < int(index) <= len(OIDS) else "?"
             raise SourceError(f"{self._origin}: agent answered {status.prettyPrint()} at {at}")
@@ -178,58 +224,45 @@ class SnmpReader:
             values[obj] = int(value)
         return values
 
-    def _explain(self, error: Any) -> str:
+    async def _listen(self, traps: TrapListener) -> None:
+        """Start hearing traps; a failure (port in use, no permission for port 162) is
+        logged once and retried with backoff. Polling goes on regardless."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._listen_at:
+            return
         config = self._config
-        text = str(error)
-        if "timed out" in text.lower() or type(error).__name__ == "RequestTimedOut":
-            tries = config.retries + 1
-            hint = " (agent down, or wrong community?)" if config.version == "2c" else ""
-            return f"no answer within {config.timeout_s:g} s, {tries} tries{hint}"
-        return text
-
-    def _auth_data(self) -> Any:
-        config = self._config
-
-        def from_file(path: str, what: str) -> str:
-            try:
-                return read_secret(path, f"{self._origin}: {what}_file")
-            except SecretError as err:
-                raise SourceError(str(err)) from None
-
-        if config.version == "2c":
-            community = config.community
-            if config.community_file is not None:
-                community = from_file(config.community_file, "community")
-            return hlapi.CommunityData(community, mpModel=1)  # noqa: S508  # v2c is asked for
-
-        def secret(inline: str | None, path: str | None, what: str) -> str | None:
-            if path is not None:
-                value = from_file(path, what)
-                if len(value) < 8:
-                    raise SourceError(f"{self._origin}: {path}: {what} shorter than 8 characters")
-                return value
-            return inline
-
-        auth = config.auth_protocol
-        priv = config.priv_protocol if auth != "none" else "none"
-        if priv != "none" and importlib.util.find_spec("cryptography") is None:
-            raise SourceError(
-                f"{self._origin}: SNMPv3 privacy ({priv}) needs the cryptography package:"
-                " pip install 'powercast[snmpv3]', or priv_protocol = \"none\""
+        try:
+            community: str | None = None
+            if config.traps is not None and config.traps.community_file is not None:
+                community = self._secret(config.traps.community_file, "traps.community")
+            elif config.traps is not None and config.traps.community is not None:
+                community = config.traps.community
+            elif config.version == "2c":
+                community = snmpaccess.credentials(self._config, SourceError).communityName
+            user = (
+                snmpaccess.credentials(self._config, SourceError) if config.version == "3" else None
             )
-        return hlapi.UsmUserData(
-            config.user,
-            authKey=secret(config.auth_key, config.auth_key_file, "auth_key")
-            if auth != "none"
-            else None,
-            privKey=secret(config.priv_key, config.priv_key_file, "priv_key")
-            if priv != "none"
-            else None,
-            authProtocol=_AUTH[auth],
-            privProtocol=_PRIV[priv],
-        )
+            async with asyncio.timeout(LISTEN_TIMEOUT_S):  # a name lookup that hangs
+                await traps.open(config.host, community, user)
+        except TimeoutError:
+            where = f"{self._origin}: traps: {config.host!r}"
+            self._listen_failed(loop.time(), f"{where} not resolved in {LISTEN_TIMEOUT_S:g} s")
+            return
+        except (TrapError, SourceError) as err:
+            self._listen_failed(loop.time(), str(err))
+            return
+        self._listen_backoff.delay(True)
+        self._listen_error = None
+        log.info("traps_listening", source=self.name, listen=traps.traps.listen)
 
+    def _listen_failed(self, now: float, error: str) -> None:
+        self._listen_at = now + self._listen_backoff.delay(False)
+        if error != self._listen_error:
+            log.warning("traps_not_heard", source=self.name, error=error)
+        self._listen_error = error
 
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
+    def _secret(self, path: str, what: str) -> str:
+        try:
+            return read_secret(path, f"{self._origin}: {what}_file")
+        except SecretError as err:
+            raise SourceError(str(err)) from None
