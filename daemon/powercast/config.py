@@ -118,6 +118,9 @@ class PublisherNetwork(Network, frozen=True):
 class ControllerNetwork(Network, frozen=True):
     unicast_listen: str = ""
     """Also take datagrams sent to this "address:port" (or address, on ``port``); empty: off."""
+    kernel_filter: bool = False
+    """Drop datagrams with a wrong magic or version, or (auth enforced) a key id we have no
+    key for, in the kernel: a flood of them costs nothing, but they are not counted by reason."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

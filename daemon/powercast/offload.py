@@ -6,14 +6,17 @@ joins those workers at exit, so SIGTERM and ``powercast failsafe`` would never f
 
 Here each device has its own :class:`Lane`: one call at a time, on a daemon thread of
 its own (never joined at exit), awaited with a bound. A call that hangs past its bound
-gives up waiting; the thread is left behind, and the lane refuses new calls until it
-returns, so a hung device costs at most one thread and delays only itself.
+gives up waiting; the thread stays with it, and the lane refuses new calls until it
+returns, so a hung device costs at most one thread and delays only itself. The thread
+is started at the lane's first call and then waits for the next one: a source read
+every second does not start a thread every second.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -27,12 +30,14 @@ class LaneBusy(Exception):
 
 
 class Lane:
-    """One device's blocking calls, one at a time, each on its own daemon thread."""
+    """One device's blocking calls, one at a time, on the lane's own daemon thread."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._busy_since: float | None = None
         self._lock = threading.Lock()
+        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
 
     @property
     def hung_for(self) -> float | None:
@@ -76,6 +81,16 @@ class Lane:
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
                 loop.call_soon_threadsafe(settle, result, error)
 
-        threading.Thread(target=work, name=f"powercast:{self.name}", daemon=True).start()
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._serve, name=f"powercast:{self.name}", daemon=True
+            )
+            self._thread.start()
+        self._calls.put(work)
         async with asyncio.timeout(timeout_s):
             return await future
+
+    def _serve(self) -> None:
+        """The lane's thread: each call in turn, for the life of the process."""
+        while True:
+            self._calls.get()()

@@ -92,7 +92,8 @@ class Session:
             verdict = Verdict.REPEAT
         self.message = message
         self.received_at = now
-        self.expires_at = now + min(message.tal, self.max_tal)
+        tal, cap = message.tal, self.max_tal
+        self.expires_at = now + (tal if tal < cap else cap)
         self._take_temperatures()
         return verdict
 
@@ -100,8 +101,10 @@ class Session:
         """:attr:`temperatures` of the current message; the message's own dict when it
         names every sensor seen (the usual case: no copy per datagram)."""
         current = self.message.temperatures
-        self.seen.update(current)
-        if len(current) == len(self.seen):
+        seen = self.seen
+        if not current.keys() <= seen:
+            seen.update(current)
+        if len(current) == len(seen):
             self.temperatures = current
         else:
             self.temperatures = {

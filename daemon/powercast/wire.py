@@ -33,6 +33,9 @@ import msgspec
 
 MAGIC: Final = b"PWRC"
 VERSION: Final = 1
+VERSIONS: Final = frozenset({VERSION})
+"""Every version a receiver takes: the decoder's check and the kernel filter
+(:mod:`powercast.sockfilter`) both follow it."""
 MAX_DATAGRAM: Final = 1200
 TAG_SIZE: Final = 32
 """An HMAC-SHA256 tag."""
@@ -235,7 +238,7 @@ def open_envelope(data: bytes) -> Envelope:
     magic, version, tag_len, key_id, body_len = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise DecodeError(Reject.magic, f"expected {MAGIC!r}, got {bytes(magic)!r}")
-    if version != VERSION:
+    if version not in VERSIONS:
         raise DecodeError(Reject.version, f"expected {VERSION}, got {version}")
     if tag_len not in TAG_SIZES or (tag_len == 0) != (key_id == 0):
         raise DecodeError(

@@ -11,8 +11,8 @@ than assumed. A device with a watchdog of its own gets its level written again e
 ``refresh_s`` (a lease), so it falls back to fans on by itself when the controller's
 host dies.
 
-The BACnet and SNMP drivers are imported only when such an actuator is configured
-(bacpypes3 and pysnmp take a few hundred milliseconds to import).
+The Modbus, BACnet and SNMP drivers are imported only when such an actuator is configured
+(pymodbus, bacpypes3 and pysnmp take a few hundred milliseconds to import).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 from powercast.actuators.base import Driver, DriverError, Worker
 from powercast.actuators.command import CommandDriver
 from powercast.actuators.hwmon import HwmonDriver
-from powercast.actuators.modbus import ModbusDriver
 from powercast.config import (
     Actuator,
     BacnetActuator,
@@ -44,6 +43,8 @@ def make_driver(config: Actuator, name: str) -> Driver:
     if isinstance(config, HwmonActuator):
         return HwmonDriver(name, config)
     if isinstance(config, ModbusActuator):
+        from powercast.actuators.modbus import ModbusDriver  # noqa: PLC0415  # import cost
+
         return ModbusDriver(name, config)
     if isinstance(config, BacnetActuator):
         from powercast.actuators.bacnet import BacnetDriver  # noqa: PLC0415  # import cost

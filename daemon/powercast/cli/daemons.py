@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from powercast import config as cfg
-from powercast import failsafe, logs
+from powercast import logs
 from powercast.cli.arguments import Commands, command
 from powercast.net import NetworkError
 from powercast.runtime import serve
@@ -73,6 +73,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _failsafe(args: argparse.Namespace) -> int:
     """Every actuator to fans on, and a report: what moved, what could not be moved (exit 1)."""
+    from powercast import failsafe  # noqa: PLC0415  # the daemons start without it
+
     marker = failsafe.leave_fans_marker()
     if args.after_stop and marker is not None and marker.exists():
         print(f"powercast failsafe: fans left as they are ({marker} exists)")

@@ -12,11 +12,8 @@ import sys
 from pathlib import Path
 
 from powercast import config as cfg
-from powercast import ping
 from powercast.cli.arguments import Commands, Group, command, group_flags
-from powercast.demo import run_demo
 from powercast.errors import UsageError
-from powercast.tap import Tap, run_tap
 
 
 def add_commands(commands: Commands) -> None:
@@ -63,7 +60,7 @@ def add_commands(commands: Commands) -> None:
     command(
         commands,
         "demo",
-        lambda _: run_demo(),
+        _demo,
         "play a power outage between a real publisher and controller on loopback",
     )
 
@@ -81,7 +78,15 @@ def add_commands(commands: Commands) -> None:
     )
 
 
+def _demo(_: argparse.Namespace) -> int:
+    from powercast.demo import run_demo  # noqa: PLC0415  # the daemons start without it
+
+    return run_demo()
+
+
 def _tap(args: argparse.Namespace) -> int:
+    from powercast.tap import Tap, run_tap  # noqa: PLC0415  # the daemons start without it
+
     where = Group.from_args(args)
     skew = 10.0
     if isinstance(where.config, cfg.ControllerConfig):
@@ -99,6 +104,8 @@ def _tap(args: argparse.Namespace) -> int:
 
 
 def _ping(args: argparse.Namespace) -> int:
+    from powercast import ping  # noqa: PLC0415  # the daemons start without it
+
     where = Group.from_args(args)
     ttl = where.ttl(args.ttl)
     key_id = where.key_id(args.key_id)

@@ -10,7 +10,7 @@ from typing import Any, Final
 import structlog
 
 from powercast import config as cfg
-from powercast import control, failsafe, net, persist
+from powercast import control, failsafe, net, persist, sockfilter, wire
 from powercast import status as report
 from powercast.actions import ActionQueue
 from powercast.actuators import Worker, actuator_name, lease, make_driver
@@ -68,6 +68,10 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._unicast: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
+        self._evaluations = 0
+        self._refiltered = float("-inf")
+        self._refilter_later: asyncio.TimerHandle | None = None
+        """The core's count of rule runs when the timer was last armed after a batch."""
         configured = config.persist.state_dir
         self._state_dir = Path(configured) if configured else state_directory()
 
@@ -99,7 +103,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         tg.create_task(self._writer(), name="state writer")
         self._carry_out(self.plan.start())  # workers probe on their own: none waits for another
         self._transport = await self._listen(self.config.network)
-        self._unicast = await self._listen_unicast(self.config.network)
+        program = self._program(self.config, self.keyring)
+        self._unicast = await self._listen_unicast(self.config.network, program)
         self._reconcile()
         self._arm()
 
@@ -202,16 +207,19 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             if task is not None:
                 task.cancel()
 
-    async def _listen(self, network: cfg.Network) -> asyncio.DatagramTransport:
+    async def _listen(
+        self, network: cfg.ControllerNetwork, program: list[sockfilter.Insn] | None = None
+    ) -> asyncio.DatagramTransport:
         sock = net.open_receiver(network.group, network.port, network.interface)
+        self._filter(sock, program or self._program(self.config, self.keyring))
         transport, _ = await self.loop.create_datagram_endpoint(
-            lambda: Receiver(self._on_datagram), sock=sock
+            lambda: Receiver(self._take, self._on_batch), sock=sock
         )
         log.info("listening", group=network.group, port=network.port, interface=network.interface)
         return transport
 
     async def _listen_unicast(
-        self, network: cfg.ControllerNetwork
+        self, network: cfg.ControllerNetwork, program: list[sockfilter.Insn]
     ) -> asyncio.DatagramTransport | None:
         """network.unicast_listen (off when empty): datagrams sent to this host directly,
         taken by the very same path as the group's."""
@@ -219,17 +227,44 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             return None
         where = cfg.udp_address(network.unicast_listen, "", listen_port=network.port)
         sock = net.open_unicast_receiver(*where)
+        self._filter(sock, program)
         transport, _ = await self.loop.create_datagram_endpoint(
-            lambda: Receiver(self._on_datagram), sock=sock
+            lambda: Receiver(self._take, self._on_batch), sock=sock
         )
         log.info("listening_unicast", address=where[0], port=where[1])
         return transport
 
+    def _program(self, config: ControllerConfig, keyring: Keyring) -> list[sockfilter.Insn]:
+        """The kernel filter for ``config`` and ``keyring``, with the tags blocked now."""
+        shape = config.network.kernel_filter
+        enforce = config.auth.mode == "enforce"
+        return sockfilter.program(
+            versions=wire.VERSIONS if shape else None,
+            key_ids=keyring.ids if shape and enforce else None,
+            blocked=self.core.blocked,
+        )
+
+    def _filter(self, sock: Any, program: list[sockfilter.Insn]) -> None:
+        """Put the filter on a socket; without one, the controller rejects it all itself."""
+        try:
+            sockfilter.attach(sock, program)
+        except OSError as err:
+            log.warning("kernel_filter_failed", error=str(err), hint="datagrams are all read")
+
+    def _refilter(self, config: ControllerConfig, keyring: Keyring) -> None:
+        self.core.blocked_changed = False
+        self._refiltered = self.loop.time()
+        program = self._program(config, keyring)
+        for transport in (self._transport, self._unicast):
+            if transport is not None:
+                self._filter(transport.get_extra_info("socket"), program)
+
     async def apply(self, new: ControllerConfig, keyring: Keyring) -> None:
         if new.network != self.config.network:
-            transport = await self._listen(new.network)  # fails before the old one is closed
+            program = self._program(new, keyring)
+            transport = await self._listen(new.network, program)  # fails before the old closes
             try:
-                unicast = await self._listen_unicast(new.network)
+                unicast = await self._listen_unicast(new.network, program)
             except net.NetworkError:
                 transport.close()
                 raise
@@ -238,6 +273,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
                     old.close()
             self._transport, self._unicast = transport, unicast
         decisions = self.core.reconfigure(new, keyring, self.loop.time())
+        self._refilter(new, keyring)
         self._carry_out(self.plan.reload(dict(self.core.zone_configs), self.core.zones))
         self._decided(decisions)
         self._arm()
@@ -249,6 +285,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             self._unicast.close()
         if self._timer is not None:
             self._timer.cancel()
+        if self._refilter_later is not None:
+            self._refilter_later.cancel()
 
     def status(self) -> str:
         now = self.loop.time()
@@ -270,16 +308,46 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self.notifier.status(self.status_line())
 
     def _on_datagram(self, data: bytes, source: str) -> None:
-        accepted = self.core.accepted
-        decisions = self.core.receive(data, self.loop.time(), time.time(), source)
-        if decisions or len(self.plan.settled) < len(self.core.zones):
+        """One datagram on its own: taken, and acted on at once."""
+        self._take(data, source)
+        self._on_batch()
+
+    def _take(self, data: bytes, source: str) -> None:
+        """One datagram of a batch, from address ``source``: the rules wait for the
+        batch's end."""
+        self.core.receive(data, self.loop.time(), time.time(), source, evaluate=False)
+
+    def _on_batch(self) -> None:
+        """After each batch of datagrams read together: the rules run once on all of them,
+        and what they decided is carried out."""
+        core = self.core
+        decisions = core.settle(self.loop.time())
+        if decisions or len(self.plan.settled) < len(core.zones):
             self._decided(decisions)  # also reconciles zones the data just confirmed
-        if self.core.notices:
-            for notice in self.core.notices:
+        if core.blocked_changed and self._refilter_later is None:
+            # Before the log line, so the filter is on when it says so; but at most every
+            # REFILTER_EVERY_S, or a flood cycling through many forgeries would have a
+            # filter built (about a millisecond) for every batch.
+            wait = self._refiltered + REFILTER_EVERY_S - self.loop.time()
+            if wait <= 0:
+                self._refilter(self.config, self.keyring)
+            else:
+                self._refilter_later = self.loop.call_later(wait, self._refilter_due)
+        if core.notices:
+            for notice in core.notices:
                 log.warning(notice.event, **notice.fields)
-            self.core.notices.clear()
-        if decisions or self.core.accepted != accepted:  # a rejected datagram moves nothing
+            core.notices.clear()
+        # Only a run of the rules can bring the next deadline earlier (a heartbeat that
+        # repeats its readings moves its expiry later, a rejected datagram nothing): a
+        # quiet heartbeat then touches no zone, no chart, no timer.
+        if core.evaluations != self._evaluations or self._timer is None:
+            self._evaluations = core.evaluations
             self._arm()
+
+    def _refilter_due(self) -> None:
+        self._refilter_later = None
+        if self.core.blocked_changed:
+            self._refilter(self.config, self.keyring)
 
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, float("inf")
@@ -428,6 +496,8 @@ def _at(level: int) -> str:
     return "" if level in (0, SAFE_POSITION) else f" at {level} %"
 
 
+REFILTER_EVERY_S: Final = 0.25
+"""The kernel filter is rebuilt at most this often for newly blocked forgeries."""
 SAVE_TIMEOUT_S: Final = 5.0
 """A state file write that takes longer (a hung disk) has failed; the next waits for it."""
 SHUTDOWN_GRACE_S: Final = 10.0

@@ -18,12 +18,19 @@ RECEIVE_BATCH = 64
 """Datagrams taken per turn of the event loop. asyncio reads one per turn (an epoll round
 each); the rest of a burst is read right after it, so a flood costs one round per batch,
 and timers and the watchdog still run between batches."""
+RECEIVE_SIZE = 65536
+"""Bytes asked of each read: any UDP payload, so an oversized datagram is seen (and
+rejected) at its real size. asyncio's own read asks for 256 KiB, a fresh mapping per
+datagram on some allocators: the reason this receiver reads for itself."""
 
 
 class Receiver(asyncio.DatagramProtocol):
-    """Calls ``on_datagram(data, source)`` for each datagram; ``source`` is the sender's
-    address (what a verify budget is kept by). ``on_drained()``, when given, after each
-    batch: the socket found empty, or RECEIVE_BATCH taken (what was taken can go on now)."""
+    """A datagram endpoint's protocol that does its own reading: once the transport is
+    made, the socket is watched by this receiver, which reads up to RECEIVE_BATCH
+    datagrams per readiness and calls ``on_datagram(data, source)`` for each; ``source``
+    is the sender's address (what a verify budget is kept by). ``on_drained()``, when
+    given, after each batch: the socket found empty, or RECEIVE_BATCH taken (what the
+    batch changed is acted on once)."""
 
     def __init__(
         self,
@@ -31,42 +38,52 @@ class Receiver(asyncio.DatagramProtocol):
         on_drained: Callable[[], None] | None = None,
     ) -> None:
         self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._pacer = Pacer()
-
-        def take(data: bytes, addr: tuple[str, int]) -> None:
-            on_datagram(data, addr[0])
-            sock = self._sock
-            if sock is None:
-                return
-            for _ in range(RECEIVE_BATCH - 1):
-                try:
-                    data, addr = sock.recvfrom(65536)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError as exc:
-                    self.error_received(exc)
-                    return
-                on_datagram(data, addr[0])
-
-        def received(data: bytes, addr: tuple[str, int]) -> None:
-            try:
-                take(data, addr)
-            finally:
-                if on_drained is not None:
-                    on_drained()
-
-        self.datagram_received = (  # type: ignore[method-assign]
-            take if on_drained is None else received
-        )
+        self._on_datagram = on_datagram
+        self._on_drained = on_drained
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # The transport's socket, duplicated: asyncio hands out a wrapper without recv.
         self._sock = transport.get_extra_info("socket").dup()
+        if isinstance(transport, asyncio.ReadTransport):  # the selector loop's transports
+            transport.pause_reading()  # the transport's reader stops; this one takes over
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._sock.fileno(), self._drain)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Only where the transport could not be paused: the rest of the batch follows."""
+        self._on_datagram(data, addr[0])
+        self._drain(RECEIVE_BATCH - 1)
+
+    def _drain(self, batch: int = RECEIVE_BATCH) -> None:
+        try:
+            self._read(batch)
+        finally:
+            if self._on_drained is not None:
+                self._on_drained()
+
+    def _read(self, batch: int) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        recvfrom, deliver = sock.recvfrom, self._on_datagram
+        for _ in range(batch):
+            try:
+                data, addr = recvfrom(RECEIVE_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.error_received(exc)
+                return
+            deliver(data, addr[0])
 
     def error_received(self, exc: Exception) -> None:
         """An error on the socket (an ICMP error a peer caused): logged paced."""

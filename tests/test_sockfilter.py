@@ -1,0 +1,395 @@
+"""The kernel filter on the controller's sockets: it drops only what the controller would
+reject (wrong magic or version, a key id without a key, a forgery's repeated tag), never
+a datagram of a configured key; and the controller blocks a forgery it sees twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+import pytest
+
+from powercast import sockfilter, wire
+from powercast.auth import Keyring, public_key
+from powercast.config import ControllerAuth, ControllerConfig, load
+from powercast.controller import BLOCKED_TAGS, Controller
+from powercast.runtime.controller import REFILTER_EVERY_S, ControllerDaemon
+from powercast.secrets import keygen, load_keyring
+
+from harness import (
+    GROUP,
+    controller_config,
+    free_port,
+    make_keys,
+    publisher_config,
+    running,
+    set_reading,
+    write_toml,
+)
+
+SEED: Final = bytes(range(32))
+"""Our publisher's Ed25519 private key."""
+FORGER_SEED: Final = bytes(range(100, 132))
+"""Another Ed25519 key, claiming the same key id."""
+
+
+def message(status: str = "online", seq: int = 1) -> wire.Announcement:
+    return wire.Announcement(
+        publisher="ups-a",
+        epoch=7,
+        seq=seq,
+        change=seq,
+        sent=time.time(),
+        tal=3.0,
+        power=wire.Power(wire.PowerStatus(status)),
+        temperatures={"inlet": 24.0},
+    )
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    return make_keys(tmp_path / "keys", 1, 2)
+
+
+@pytest.fixture
+def stranger(tmp_path: Path) -> Path:
+    directory = tmp_path / "stranger"
+    directory.mkdir()
+    keygen(1, directory / "1.key")
+    keygen(9, directory / "9.key")
+    return directory
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A receiver on loopback and a sender to it: real sockets, real kernel."""
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.connect(rx.getsockname())
+    try:
+        yield rx, tx
+    finally:
+        rx.close()
+        tx.close()
+
+
+def through(pair: tuple[socket.socket, socket.socket], datagrams: list[bytes]) -> list[bytes]:
+    """Which of ``datagrams`` the receiver gets, in order: each is followed by a marker
+    the filter passes, so a missing one is known without waiting for a timeout."""
+    rx, tx = pair
+    marker = b"PWRC" + bytes([wire.VERSION]) + b"\x20\x00\x01" + b"end"
+    got = []
+    rx.settimeout(2)
+    for data in datagrams:
+        tx.send(data)
+        tx.send(marker)
+        first = rx.recv(2048)
+        if first != marker:
+            got.append(first)
+            assert rx.recv(2048) == marker
+    return got
+
+
+@pytest.mark.system
+class TestFilterOnARealSocket:
+    def test_shape_passes_good_and_drops_bad_magic_version_and_unknown_key(
+        self, pair: tuple[socket.socket, socket.socket], keys: Path, stranger: Path
+    ) -> None:
+        """With enforced keys 1 and 2: datagrams of both pass; wrong magic, version 2, key 9
+        and unsigned ones are dropped by the kernel."""
+        ours, theirs = load_keyring(keys), load_keyring(stranger)
+        good1 = wire.encode(message(), key_id=1, sign=ours.signer(1))
+        good2 = wire.encode(message(seq=2), key_id=2, sign=ours.signer(2))
+        bad_magic = b"PWRX" + good1[4:]
+        version2 = good1[:4] + b"\x02" + good1[5:]
+        unknown = wire.encode(message(), key_id=9, sign=theirs.signer(9))
+        unsigned = wire.encode(message())
+        sockfilter.attach(pair[0], sockfilter.program(versions=wire.VERSIONS, key_ids=ours.ids))
+        got = through(pair, [good1, bad_magic, version2, unknown, unsigned, b"", good2])
+        assert got == [good1, good2]
+
+    def test_shape_without_key_ids_passes_any_key(
+        self, pair: tuple[socket.socket, socket.socket], stranger: Path
+    ) -> None:
+        """Not enforcing: unsigned and unknown keys pass (the controller counts them);
+        the magic and the version still decide."""
+        theirs = load_keyring(stranger)
+        unknown = wire.encode(message(), key_id=9, sign=theirs.signer(9))
+        unsigned = wire.encode(message())
+        sockfilter.attach(pair[0], sockfilter.program(versions=wire.VERSIONS))
+        got = through(pair, [unknown, unsigned, b"not powercast at all"])
+        assert got == [unknown, unsigned]
+
+    def test_blocked_tags_drop_that_forgery_only(
+        self, pair: tuple[socket.socket, socket.socket], keys: Path, stranger: Path
+    ) -> None:
+        """A blocked tag drops the forgery ending in it; good datagrams of the same key,
+        other forgeries and datagrams too short for a tag pass."""
+        ours, theirs = load_keyring(keys), load_keyring(stranger)
+        forged = [
+            wire.encode(message("on_battery", seq=100 + i), key_id=1, sign=theirs.signer(1))
+            for i in range(BLOCKED_TAGS + 1)
+        ]
+        blocked = [f[-wire.TAG_SIZE :] for f in forged[:BLOCKED_TAGS]]
+        good = [wire.encode(message(seq=i), key_id=1, sign=ours.signer(1)) for i in range(20)]
+        sockfilter.attach(pair[0], sockfilter.program(blocked=blocked))
+        short = b"PWRC\x01"
+        got = through(pair, [forged[0], *good, forged[-2], forged[-1], short])
+        assert got == [*good, forged[-1], short]
+
+    def test_blocked_ed25519_signatures_drop_that_forgery_only(
+        self, pair: tuple[socket.socket, socket.socket], keys: Path, stranger: Path
+    ) -> None:
+        """Blocked 64-byte signatures and 32-byte HMAC tags side by side: each drops its
+        own forgery; good datagrams of either scheme and other forgeries pass."""
+        ours = Keyring.from_keys({}, Path("ours"), private={3: SEED})
+        forger = Keyring.from_keys({}, Path("forger"), private={3: FORGER_SEED})
+        hmac_ours, hmac_theirs = load_keyring(keys), load_keyring(stranger)
+        forged = [
+            wire.encode(message("on_battery", seq=100 + i), key_id=3, sign=forger.signer(3))
+            for i in range(3)
+        ]
+        forged_hmac = wire.encode(message("on_battery"), key_id=1, sign=hmac_theirs.signer(1))
+        good = [wire.encode(message(seq=i), key_id=3, sign=ours.signer(3)) for i in range(10)]
+        good_hmac = wire.encode(message(seq=11), key_id=1, sign=hmac_ours.signer(1))
+        blocked = [
+            forged[0][-wire.SIGNATURE_SIZE :],
+            forged_hmac[-wire.TAG_SIZE :],
+            forged[1][-wire.SIGNATURE_SIZE :],
+        ]
+        sockfilter.attach(pair[0], sockfilter.program(blocked=blocked))
+        short = b"PWRC\x01" + bytes(40)  # long enough for an HMAC tag, not a signature
+        sent = [forged[0], *good, forged_hmac, good_hmac, forged[1], forged[2], short]
+        assert through(pair, sent) == [*good, good_hmac, forged[2], short]
+
+    def test_shape_passes_ed25519_public_key_ids(
+        self, pair: tuple[socket.socket, socket.socket], keys: Path, stranger: Path
+    ) -> None:
+        """A controller holding HMAC keys 1, 2 and Ed25519 public key 3 (key files, as
+        deployed): datagrams signed by either scheme pass the shape filter; key 9 is dropped."""
+        keygen(3, keys / "3.private", scheme="ed25519")
+        ours = load_keyring(keys, ("key", "public"))
+        assert ours.ids == [1, 2, 3]
+        publisher = load_keyring(keys, ("private",))
+        signed = wire.encode(message(), key_id=3, sign=publisher.signer(3))
+        tagged = wire.encode(message(seq=2), key_id=1, sign=load_keyring(keys).signer(1))
+        unknown = wire.encode(message(seq=3), key_id=9, sign=load_keyring(stranger).signer(9))
+        sockfilter.attach(pair[0], sockfilter.program(versions=wire.VERSIONS, key_ids=ours.ids))
+        assert through(pair, [signed, unknown, tagged]) == [signed, tagged]
+
+    def test_no_filter_part_passes_everything(
+        self, pair: tuple[socket.socket, socket.socket]
+    ) -> None:
+        """Neither shape nor blocked tags: the program accepts every datagram."""
+        sockfilter.attach(pair[0], sockfilter.program())
+        assert through(pair, [b"x", b"PWRX" + bytes(40)]) == [b"x", b"PWRX" + bytes(40)]
+
+
+def enforcing(tmp_path: Path, keys: Path) -> Controller:
+    path = write_toml(tmp_path / "c.toml", controller_config(5001, keys))
+    config = load(path, "controller")
+    assert isinstance(config, ControllerConfig)
+    return Controller(config, load_keyring(keys))
+
+
+@pytest.mark.unit
+class TestBlocking:
+    def test_a_forgery_seen_twice_is_blocked(
+        self, tmp_path: Path, keys: Path, stranger: Path
+    ) -> None:
+        """The second sighting of a bad tag blocks it, once, with a notice; good ones never."""
+        ctrl = enforcing(tmp_path, keys)
+        ours, theirs = load_keyring(keys), load_keyring(stranger)
+        forged = wire.encode(message("on_battery", 50), key_id=1, sign=theirs.signer(1))
+        for seq in range(1, 4):
+            ctrl.receive(wire.encode(message(seq=seq), key_id=1, sign=ours.signer(1)), 1.0, 0)
+        ctrl.receive(forged, 1.0, time.time())
+        assert ctrl.blocked == {}
+        ctrl.receive(forged, 1.0, time.time())
+        ctrl.receive(forged, 1.0, time.time())
+        assert list(ctrl.blocked) == [forged[-32:]]
+        assert ctrl.blocked_changed
+        assert ctrl.counters["rejected.bad_tag"] == 3
+        assert [n.event for n in ctrl.notices if n.event == "forgery_blocked"] == [
+            "forgery_blocked"
+        ]
+
+    def test_unknown_keys_and_unsigned_are_not_blocked(
+        self, tmp_path: Path, keys: Path, stranger: Path
+    ) -> None:
+        """Only tags that failed under a key we hold are blocked."""
+        ctrl = enforcing(tmp_path, keys)
+        theirs = load_keyring(stranger)
+        unknown = wire.encode(message(), key_id=9, sign=theirs.signer(9))
+        for _ in range(3):
+            ctrl.receive(unknown, 1.0, time.time())
+            ctrl.receive(wire.encode(message()), 1.0, time.time())
+        assert ctrl.blocked == {}
+
+    def test_blocked_is_bounded_and_cleared_by_new_keys(
+        self, tmp_path: Path, keys: Path, stranger: Path
+    ) -> None:
+        """At most BLOCKED_TAGS, the oldest leaving first; a reload forgets them all."""
+        ctrl = enforcing(tmp_path, keys)
+        theirs = load_keyring(stranger)
+        forged = [
+            wire.encode(message(seq=10 + i), key_id=1, sign=theirs.signer(1))
+            for i in range(BLOCKED_TAGS + 5)
+        ]
+        for data in forged:
+            ctrl.receive(data, 1.0, time.time())
+            ctrl.receive(data, 1.0, time.time())
+        assert list(ctrl.blocked) == [f[-32:] for f in forged[5:]]
+        ctrl.blocked_changed = False
+        ctrl.reconfigure(ctrl.config, load_keyring(keys), 2.0)
+        assert ctrl.blocked == {}
+        assert ctrl.blocked_changed
+
+
+def forged_signature(seq: int = 50) -> bytes:
+    """ups-a on battery under key id 3, with 64 random bytes for a signature."""
+    body = wire.encode(message("on_battery", seq))[wire.HEADER.size :]
+    header = wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.SIGNATURE_SIZE, 3, len(body))
+    return header + body + os.urandom(wire.SIGNATURE_SIZE)
+
+
+def signing(**auth: Any) -> Controller:
+    """A controller verifying Ed25519 key 3 (our publisher's public key)."""
+    ring = Keyring.from_keys({}, Path("ctl"), public={3: public_key(SEED)})
+    return Controller(ControllerConfig(auth=ControllerAuth(scheme="ed25519", **auth)), ring)
+
+
+@pytest.mark.unit
+class TestBlockingSignatures:
+    def test_a_forged_signature_seen_twice_is_blocked(self) -> None:
+        """An Ed25519 signature that failed under our public key, seen again, is blocked
+        whole (64 bytes); our publisher's datagrams are taken throughout."""
+        ctrl = signing()
+        good = Keyring.from_keys({}, Path("pub"), private={3: SEED}).signer(3)
+        forged = forged_signature()
+        for _ in range(2):
+            ctrl.receive(forged, 1.0, time.time(), "10.9.9.9")
+        assert list(ctrl.blocked) == [forged[-wire.SIGNATURE_SIZE :]]
+        ctrl.receive(wire.encode(message(seq=1), key_id=3, sign=good), 1.0, time.time())
+        assert ctrl.accepted == 1
+
+    def test_a_forgery_over_budget_is_never_blocked(self) -> None:
+        """With the source's verify budget spent, a forgery repeated a hundred times is
+        dropped unchecked (over_budget) and its tag is not blocked: only a tag checked
+        and found bad is."""
+        ctrl = signing(source_verify_rate=20.0)
+        for seq in range(40):  # the source's burst, each forgery checked once
+            ctrl.receive(forged_signature(100 + seq), 1.0, time.time(), "10.9.9.9")
+        assert ctrl.counters["rejected.bad_tag"] == 40
+        repeated = forged_signature()
+        for _ in range(100):
+            ctrl.receive(repeated, 1.0, time.time(), "10.9.9.9")
+        assert ctrl.counters["rejected.over_budget"] == 100
+        assert ctrl.blocked == {}
+        assert not ctrl.blocked_changed
+
+
+@pytest.mark.system
+class TestDaemon:
+    def test_a_repeated_forgery_is_dropped_by_the_kernel_and_news_still_arrives(
+        self, tmp_path: Path, keys: Path, stranger: Path
+    ) -> None:
+        """A controller blocks a forgery repeated 2,000 times after seeing it twice: it
+        counts only the few read before the filter was on; a real change still moves it."""
+        port = free_port()
+        reading = tmp_path / "ups.json"
+        set_reading(reading, "online")
+        control = tmp_path / "ctl.sock"
+        controller = write_toml(
+            tmp_path / "c.toml",
+            controller_config(
+                port,
+                keys,
+                network={"group": GROUP, "port": port, "interface": "127.0.0.1",
+                         "kernel_filter": True},
+                control={"socket": str(control)},
+                policy={"shed_after_s": 3600.0, "restore_after_s": 0.0},
+            ),
+        )  # fmt: skip
+        publisher = write_toml(tmp_path / "p.toml", publisher_config(port, keys, reading))
+        lie = msgspec.structs.replace(message("on_battery", 10**9), publisher="ups-a")
+        forged = wire.encode(lie, key_id=1, sign=load_keyring(stranger).signer(1))
+        with (
+            running("control", "--config", str(controller)) as ctl,
+            running("publish", "--config", str(publisher)),
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s,
+        ):
+            ctl.wait_for("transition", state="normal")
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+            s.sendto(forged, (GROUP, port))
+            s.sendto(forged, (GROUP, port))
+            ctl.wait_for("forgery_blocked")
+            for _ in range(2000):
+                s.sendto(forged, (GROUP, port))
+                s.sendto(b"not ours", (GROUP, port))  # the shape part drops it
+            set_reading(reading, "on_battery")
+            ctl.wait_for("transition", state="on_battery")
+            done = subprocess.run(
+                [sys.executable, "-m", "powercast", "status", "--json", "--socket", str(control)],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+            rejected = json.loads(done.stdout)["datagrams"]["rejected"]
+        assert rejected == {"bad_tag": 2}
+
+
+@pytest.mark.system
+class TestRefilterBound:
+    def test_a_cycling_flood_rebuilds_the_filter_at_most_every_quarter_second(
+        self, tmp_path: Path, keys: Path, stranger: Path
+    ) -> None:
+        """Forgeries that each come twice block a tag each; the filter is rebuilt once at
+        the first, then once more after REFILTER_EVERY_S with all of them, not per tag."""
+        path = write_toml(tmp_path / "c.toml", controller_config(free_port(), keys))
+        ctl_config = load(path, "controller")
+        assert isinstance(ctl_config, ControllerConfig)
+        theirs = load_keyring(stranger)
+        forged = [
+            wire.encode(message("on_battery", seq=10 + i), key_id=1, sign=theirs.signer(1))
+            for i in range(30)
+        ]
+        built: list[int] = []
+
+        class Counting(ControllerDaemon):
+            def _refilter(self, *args: Any) -> None:
+                built.append(len(self.core.blocked))
+                super()._refilter(*args)
+
+        class Done(Exception):
+            pass
+
+        async def go() -> None:
+            daemon = Counting(path, ctl_config, load_keyring(keys))
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    await daemon.start(tg)
+                    for data in forged:
+                        daemon._on_datagram(data, "127.0.0.1")
+                        daemon._on_datagram(data, "127.0.0.1")
+                    await asyncio.sleep(REFILTER_EVERY_S + 0.2)
+                    raise Done
+            except* Done:
+                pass
+            finally:
+                daemon.close()
+
+        asyncio.run(go())
+        assert built == [1, 30]
