@@ -32,6 +32,8 @@ Figures (benchmarks/README.md explains each, with its goal and the latest table)
   trap_detect   an SNMP trap sent to the publisher's snmp source -> the controller's
                 transition (the trap brings the source's GET forward), against the bare
                 GET round trip to the same agent
+  relay_throughput  datagrams/s through one relay to a local Mosquitto, against a plain
+                MQTT publisher through the same broker (benchmarks/relay.py)
 
 --repeat N runs every figure N times, interleaved, and gives each number's median
 under its own key and its worst under "worst". Goals are benchmarks/README.md's, CPU as
@@ -101,6 +103,7 @@ TARGETS: dict[str, str] = {
     "nut_detect": "p99 - upsd's p99 <= 100 ms, p99 < upsmon's",
     "verify_cost": "over-budget drop <= 2x decode",
     "trap_detect": "p99 <= 10 ms",
+    "relay_throughput": ">= 50,000 datagrams/s through one relay, none lost",
 }
 
 
@@ -1425,6 +1428,28 @@ def bench_nut_detect(base: Path, size: str) -> dict[str, Any]:  # noqa: PLR0915 
     }
 
 
+def bench_relay_throughput(base: Path, size: str) -> dict[str, Any]:
+    """Datagrams through one relay to a local Mosquitto at rising rates, counted by a plain
+    subscriber; baseline: the same broker fed by a plain MQTT publisher, one datagram per
+    message (benchmarks/relay.py, which also measures the relay path's latency)."""
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        return {"skipped": "needs mosquitto: apt-get install mosquitto", "met": None}
+    import relay  # noqa: PLC0415  # benchmarks/relay.py: paho, the test sites; only here
+
+    work = Workdir(base, "relay_throughput")
+    seconds = sized(size, 2.0, quick=1.0, smoke=0.1)
+    r = relay.measure_throughput(work.dir, seconds)
+    baseline = r["baseline_broker"]["received_per_s"]
+    return {
+        "sustained_per_s": r["sustained_per_s"],
+        "best_received_per_s": r["best_received_per_s"],
+        "baseline_received_per_s": baseline,
+        "ratio": round(r["best_received_per_s"] / baseline, 2) if baseline else None,
+        "steps": r["steps"],
+        "met": r["sustained_per_s"] >= 50_000,
+    }
+
+
 BENCHMARKS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
     "ingest": bench_ingest,
     "flood": bench_flood,
@@ -1438,6 +1463,7 @@ BENCHMARKS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
     "nut_detect": bench_nut_detect,
     "verify_cost": bench_verify_cost,
     "trap_detect": bench_trap_detect,
+    "relay_throughput": bench_relay_throughput,
 }
 
 
@@ -1508,6 +1534,12 @@ def describe(name: str, r: dict[str, Any]) -> tuple[str, str]:  # noqa: PLR0912 
             f" {r['ed25519_us']:.1f} µs (x{r['ed25519_ratio']:.0f}) per datagram",
             f"bare decode {r['decode_us']:.2f} µs; forged signature over budget"
             f" {r['over_budget_us']:.2f} µs (x{r['over_budget_ratio']:.1f})",
+        )
+    if name == "relay_throughput":
+        return (
+            f"{r['sustained_per_s']:,}/s sustained, none lost; best {r['best_received_per_s']:,}/s",
+            f"plain MQTT publisher through the same broker {r['baseline_received_per_s']:,}/s"
+            f" (x{r['ratio']})",
         )
     if name == "trap_detect":
         return (

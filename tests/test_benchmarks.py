@@ -37,6 +37,7 @@ FIGURES = {
     },
     "verify_cost": {"decode_us", "hmac_us", "ed25519_us", "over_budget_us", "ed25519_ratio"},
     "trap_detect": {"p50_ms", "p99_ms", "baseline_get_p50_ms"},
+    "relay_throughput": {"best_received_per_s", "baseline_received_per_s"},
 }
 """The numbers each figure gives; CPU shares may be 0 (clock ticks, when the kernel keeps no
 schedstat), every other one is above 0."""
