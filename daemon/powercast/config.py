@@ -750,6 +750,7 @@ class PolicySettings(_Table, frozen=True):
     max_tal_s: Annotated[float, msgspec.Meta(gt=0.0, le=3600.0)] = 30.0
     """A publisher's data counts as stale after this long, whatever TAL it announces."""
     flap_window_s: Annotated[float, msgspec.Meta(gt=0.0, le=86_400.0)] = 600.0
+    """The flap guard's window: sheds are counted over this long."""
     flap_max_sheds: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
     """At most this many sheds per flap_window_s; beyond, the fans stay on (logged)."""
     startup_grace_s: Annotated[float, msgspec.Meta(ge=0.0, le=600.0)] = 3.0
@@ -771,11 +772,17 @@ class ZonePolicy(_Table, frozen=True):
     """A zone's own thresholds and timers; a key left out keeps the top-level [policy]'s."""
 
     temp_high_c: Celsius | None = None
+    """As [policy] temp_high_c, for this zone."""
     temp_hysteresis_c: Annotated[float, msgspec.Meta(ge=0.0, le=50.0)] | None = None
+    """As [policy] temp_hysteresis_c, for this zone."""
     shed_after_s: Annotated[float, msgspec.Meta(ge=0.0, le=86_400.0)] | None = None
+    """As [policy] shed_after_s, for this zone."""
     restore_after_s: Annotated[float, msgspec.Meta(ge=0.0, le=86_400.0)] | None = None
+    """As [policy] restore_after_s, for this zone."""
     flap_window_s: Annotated[float, msgspec.Meta(gt=0.0, le=86_400.0)] | None = None
+    """As [policy] flap_window_s, for this zone."""
     flap_max_sheds: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
+    """As [policy] flap_max_sheds, for this zone."""
     stages: Stages | None = None
     """The zone's own staged shedding (replaces the top-level stages; [] for fans off)."""
     min_return_runtime_s: Annotated[float, msgspec.Meta(gt=0.0, le=1e9)] | None = None
@@ -804,17 +811,22 @@ class CommandActuator(_Table, frozen=True, tag="command", tag_field="kind"):
     level 0: any level above runs them)."""
 
     on_argv: Argv
+    """The program that turns the fans on (full speed), run without a shell."""
     off_argv: Argv
+    """The program that turns the fans off, run without a shell."""
     verify_argv: Argv | None = None
     """Prints "on" or "off": the real position. Without it, success of the last command counts."""
     timeout_s: Timeout = 10.0
+    """Each program is killed (with its process group) after this long: the step failed."""
     ok_exit_codes: list[int] = msgspec.field(default_factory=lambda: [0])
+    """Exit codes that mean the program did its job."""
 
 
 class HwmonActuator(_Table, frozen=True, tag="hwmon", tag_field="kind"):
     """A fan PWM in sysfs, e.g. /sys/class/hwmon/hwmon2/pwm1; verified by reading back."""
 
     path: str
+    """The PWM file, e.g. /sys/class/hwmon/hwmon2/pwm1."""
     on_value: Annotated[int, msgspec.Meta(ge=0, le=255)] = 255
     """The PWM value at full speed (level 100 %); a level between is interpolated."""
     off_value: Annotated[int, msgspec.Meta(ge=0, le=255)] = 0
@@ -822,6 +834,7 @@ class HwmonActuator(_Table, frozen=True, tag="hwmon", tag_field="kind"):
     enable_path: str | None = None
     """pwmN_enable: written with enable_value (1 = manual) before the first write."""
     enable_value: int = 1
+    """Written to enable_path once, before the first write (1: manual control)."""
 
 
 Refresh = Annotated[float, msgspec.Meta(ge=0.1, le=3600.0)]
@@ -836,16 +849,22 @@ class ModbusActuator(_Table, frozen=True, tag="modbus", tag_field="kind"):
     """A coil or holding register on a Modbus TCP device (a fan drive); verified by reading back."""
 
     host: str
+    """The device's host name or IP address."""
     port: Port = 502
+    """The device's Modbus TCP port."""
     unit: Annotated[int, msgspec.Meta(ge=0, le=255)] = 1
+    """The Modbus unit (slave) id."""
     coil: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    """A coil: on is 1, off is 0. Exactly one of coil or register."""
     register: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    """A holding register, written with on_value, off_value or a level between."""
     on_value: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 1
     """The register's value at full speed (level 100 %); a level between is interpolated.
     A coil is on at every level but 0."""
     off_value: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     """The register's value with the fans off (level 0 %)."""
     timeout_s: Timeout = 3.0
+    """For the connection and for each request."""
     refresh_s: Refresh | None = None
     """Re-write the position this often, for a device with its own timeout (see Refresh)."""
 
@@ -1028,6 +1047,7 @@ class Zone(_Table, frozen=True):
     """A fan group with its own sources, rules, state machine and actuators."""
 
     name: ZoneName
+    """The zone's name in logs, status, metrics and ``override --zone``."""
     publishers: list[PublisherId] = []
     """Publishers whose power counts for this zone; empty: all (as policy.publishers)."""
     power_quorum: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
@@ -1109,12 +1129,15 @@ class Broker(_Table, frozen=True):
     a clean session each time)."""
 
     host: Host = "127.0.0.1"
+    """The broker's host name or IP address."""
     port: Port = 1883
+    """The broker's port (8883 is usual with tls)."""
     topic: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] = "powercast/announcements"
     """One topic per group: every relay of the group publishes and subscribes to it."""
     client_id: Annotated[str, msgspec.Meta(max_length=64)] = ""
     """Empty: ``powercast-relay-<host name>-<pid>``."""
     username: Secret | None = None
+    """The user name the broker knows this relay by."""
     password_file: FilePath | None = None
     """A file holding the password on its first line; others must not be able to read it.
     A bare file name is looked up in systemd's $CREDENTIALS_DIRECTORY when that is set."""
@@ -1133,7 +1156,9 @@ class Broker(_Table, frozen=True):
     keepalive_s: Annotated[int, msgspec.Meta(ge=2, le=3600)] = 5
     """A silent broker is declared lost after about 1.5 times this."""
     connect_timeout_s: Annotated[float, msgspec.Meta(gt=0.0, le=300.0)] = 5.0
+    """A connection (TLS included) not made within this long has failed."""
     reconnect_min_s: Annotated[float, msgspec.Meta(gt=0.0, le=3600.0)] = 0.5
+    """The first wait before reconnecting after a failure."""
     reconnect_max_s: Annotated[float, msgspec.Meta(gt=0.0, le=3600.0)] = 30.0
     """Reconnect after reconnect_min_s, doubling up to reconnect_max_s while it fails."""
 
