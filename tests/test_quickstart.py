@@ -89,4 +89,5 @@ class TestQuickstart:
             time.sleep(0.2)
         assert "zone default: NORMAL (fans on)" in status, status
         assert re.search(r"^  \S+\s+fresh\s", status, re.MULTILINE), status
-        assert re.search(r"actuator default/0\(command\): on \(wants on\), ok", status), status
+        actuator = r"actuator default/0\(command\): on 100 % \(wants on 100 %\), ok"
+        assert re.search(actuator, status), status

@@ -469,24 +469,37 @@ class TestNutReader:
             pytest.skip(missing)
         nss = make_certificates(tmp_path)
         # A second upsd on the module's drivers (same state directory), with TLS configured.
-        port = free_port()
         conf = tmp_path / "conf"
         conf.mkdir()
         shutil.copy(nut.dir / "ups.conf", conf / "ups.conf")
         (conf / "upsd.users").write_text("")
-        (conf / "upsd.conf").write_text(
-            f'LISTEN 127.0.0.1 {port}\nCERTPATH {nss}\nCERTIDENT "upsd" "dbpass"\n'
-            "DISABLE_WEAK_SSL true\n"
-        )
-        for path in conf.iterdir():
-            path.chmod(0o600)
         env = {**nut.env, "NUT_CONFPATH": str(conf), "NUT_ALTPIDPATH": str(conf)}
-        with (conf / "upsd.log").open("wb") as out:
-            upsd = subprocess.Popen(
-                [str(UPSD), "-u", "root", "-F"], env=env, stdout=out, stderr=out
+
+        def start(port: int) -> subprocess.Popen[bytes] | None:
+            """upsd listening on ``port``, or None when it cannot (the port taken meanwhile)."""
+            (conf / "upsd.conf").write_text(
+                f'LISTEN 127.0.0.1 {port}\nCERTPATH {nss}\nCERTIDENT "upsd" "dbpass"\n'
+                "DISABLE_WEAK_SSL true\n"
             )
+            for path in conf.iterdir():
+                path.chmod(0o600)
+            with (conf / "upsd.log").open("wb") as out:
+                proc = subprocess.Popen(
+                    [str(UPSD), "-u", "root", "-F"], env=env, stdout=out, stderr=out
+                )
+            if wait_until(lambda: connectable(port), 3.0):
+                return proc
+            proc.kill()
+            proc.wait(5)
+            return None
+
+        for _ in range(3):  # a free port may be taken (as an ephemeral one) before upsd binds
+            port = free_port()
+            if (started := start(port)) is not None:
+                break
+        assert started is not None, (conf / "upsd.log").read_text()
+        upsd = started
         try:
-            assert wait_until(lambda: connectable(port), 3.0), (conf / "upsd.log").read_text()
 
             async def main() -> tuple[Reading | str, bool]:
                 r = reader(port, tls="required", ca_file=str(tmp_path / "ca.pem"))
