@@ -210,7 +210,8 @@ class PduAgent(Agent):
 
 @contextlib.contextmanager
 def pdu_agent(directory: Path) -> Iterator[PduAgent]:
-    """A PduAgent with its files in ``directory``, always stopped."""
+    """A PduAgent with its files in ``directory`` (made if need be), always stopped."""
+    directory.mkdir(parents=True, exist_ok=True)
     agent = PduAgent(directory)
     agent.write_pdu()
     try:
