@@ -138,7 +138,10 @@ def site(tmp_path: Path) -> Iterator[Site]:
     if not RESPONDER.exists():
         pytest.skip("needs snmpsim: pip install -e '.[test]', or sh tests/run")
     if not shutil.which("snmpget"):
-        pytest.skip("needs net-snmp's snmpget: apt-get install snmp, or .ci/run")
+        reason = "needs net-snmp's snmpget: apt-get install snmp, or .ci/run"
+        if os.environ.get("POWERCAST_SNMP_TESTS") == "require":
+            pytest.fail(f"{reason}, and POWERCAST_SNMP_TESTS=require")
+        pytest.skip(reason)
     with contextlib.ExitStack() as stack:
         bacnet = stack.enter_context(bacnet_device_thread())
         pdu = stack.enter_context(pdu_agent(tmp_path / "pdu"))
