@@ -1,7 +1,6 @@
 """The bacnet actuator against a real BACnet/IP device: a bacpypes3 application in the
 test's event loop with commandable objects (a real 16-slot priority array), on 127.0.0.1
-at a free port; the driver sends from another free port (bacpypes3 0.0.110 answers a
-127.x destination on its own port itself: ../shared/notes/bacnet-snmp-traps.md 1.3).
+at a free port (devices.bacnet_device); the driver sends from another free port.
 """
 
 from __future__ import annotations
@@ -20,14 +19,9 @@ from typing import Any
 import msgspec
 import pytest
 import tomli_w
-from bacpypes3.app import Application
 from bacpypes3.basetypes import BinaryPV
-from bacpypes3.local.analog import AnalogOutputObject, AnalogValueObjectCmd
-from bacpypes3.local.binary import BinaryOutputObject, BinaryValueObject
-from bacpypes3.local.device import DeviceObject
-from bacpypes3.local.networkport import NetworkPortObject
-from bacpypes3.local.oos import OutOfService
 from bacpypes3.primitivedata import ObjectIdentifier
+from devices import bacnet_device, present, slot
 from test_actuators import run, running, until
 
 from powercast import config as cfg
@@ -36,73 +30,6 @@ from powercast.actuators.bacnet import BacnetDriver, command_value, position
 from powercast.config import BacnetActuator
 
 from harness import write_toml
-
-
-class LockedBinaryValue(OutOfService, BinaryValueObject):  # type: ignore[misc]
-    """A value the BMS does not let others write: write-access-denied while in service."""
-
-
-def objects() -> list[Any]:
-    return [
-        AnalogOutputObject(
-            objectIdentifier=("analog-output", 1),
-            objectName="fan-speed",
-            presentValue=100.0,
-            relinquishDefault=100.0,
-            units="percent",
-        ),
-        BinaryOutputObject(  # the BMS's schedule: fans on (relinquish-default active)
-            objectIdentifier=("binary-output", 1),
-            objectName="crac-1-on-off",
-            presentValue="active",
-            relinquishDefault="active",
-        ),
-        AnalogValueObjectCmd(
-            objectIdentifier=("analog-value", 3),
-            objectName="ahu-fan-setpoint",
-            presentValue=80.0,
-            relinquishDefault=80.0,
-            units="percent",
-        ),
-        LockedBinaryValue(
-            objectIdentifier=("binary-value", 2),
-            objectName="crac-2-locked",
-            presentValue="active",
-            outOfService=False,
-        ),
-    ]
-
-
-@contextlib.asynccontextmanager
-async def bacnet_device() -> AsyncIterator[tuple[Application, int]]:
-    """A BACnet/IP device on 127.0.0.1, a free port; yields it and its port."""
-    app = Application.from_object_list(
-        [
-            DeviceObject(
-                objectIdentifier=("device", 1001), objectName="crac", vendorIdentifier=999
-            ),
-            NetworkPortObject(
-                "127.0.0.1:0", objectIdentifier=("network-port", 1), objectName="NetworkPort-1"
-            ),
-            *objects(),
-        ]
-    )
-    try:
-        (link,) = app.link_layers.values()
-        await asyncio.wait_for(link.server._local_transport_ready.wait(), 5)
-        yield app, link.server.local_transport.get_extra_info("sockname")[1]
-    finally:
-        app.close()
-
-
-def slot(app: Application, obj: str, priority: int) -> Any:
-    """What the device holds at ``priority`` of ``obj`` (None for NULL)."""
-    value = app.get_object_id(ObjectIdentifier(obj)).priorityArray[priority - 1]
-    return None if value.null is not None else getattr(value, value._choice)
-
-
-def present(app: Application, obj: str) -> Any:
-    return app.get_object_id(ObjectIdentifier(obj)).presentValue
 
 
 def bacnet(port: int, **kw: Any) -> BacnetDriver:

@@ -2,26 +2,21 @@
 "BMS timeout", goes back to fans on by itself when the controller's host dies, because
 the controller must keep writing to keep it where it is.
 
-The device is the test's own Modbus TCP server (pymodbus, in a thread with its own event
-loop) with a BMS timeout: no write to its control register for ``BMS_TIMEOUT_S`` and it
-sets itself to fans on. A real controller process drives it off; it is then killed with
-SIGKILL, so nothing of it runs (no stop, no ``powercast failsafe``).
+The device is the test's own Modbus TCP server (devices.BmsDevice: pymodbus, in a thread
+with its own event loop) with a BMS timeout: no write to its control register for
+``BMS_TIMEOUT_S`` and it sets itself to fans on. A real controller process drives it
+off; it is then killed with SIGKILL, so nothing of it runs (no stop, no ``powercast
+failsafe``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
 
 import pytest
-from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
+from devices import bms_device, wait_control
 from test_actuators import Spy, pwm_tree, run, running, until
 
 from powercast.actuators import Worker
@@ -44,104 +39,6 @@ REFRESH_S = 0.4
 """The controller's lease: well below the device's timeout."""
 CONTROL = 0
 """The control register: 1 fans on ("System On"), 0 off."""
-HOLDING = 3
-
-
-class BmsDevice:
-    """A fan unit on Modbus TCP with a BMS timeout, served from a thread of its own."""
-
-    def __init__(self) -> None:
-        self.writes: list[float] = []
-        """When (monotonic) each write to the control register came."""
-        self.timeouts: list[float] = []
-        """When the watchdog set fans on."""
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._server: ModbusTcpServer | None = None
-        self._ready: Future[None] = Future()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    async def _action(  # noqa: PLR0917  # pymodbus calls it so
-        self, fc: int, start: int, address: int, count: int, registers: list[int], values: Any
-    ) -> None:
-        if values is not None and fc in (6, 16) and address <= CONTROL < address + count:
-            self.writes.append(time.monotonic())
-
-    async def _watchdog(self) -> None:
-        assert self._server is not None
-        while True:
-            await asyncio.sleep(0.02)
-            last = self.writes[-1] if self.writes else None
-            if last is None or time.monotonic() - last < BMS_TIMEOUT_S:
-                continue
-            if await self._server.async_getValues(1, HOLDING, CONTROL, 1) != [1]:
-                await self._server.async_setValues(1, HOLDING, CONTROL, [1])
-                self.timeouts.append(time.monotonic())
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-
-        async def main() -> None:
-            device = SimDevice(
-                id=1,
-                action=self._action,
-                simdata=(
-                    [SimData(0, count=8, values=False, datatype=DataType.BITS)],
-                    [SimData(0, count=8, values=False, datatype=DataType.BITS)],
-                    [SimData(0, count=8, values=1, datatype=DataType.REGISTERS)],  # fans on
-                    [SimData(0, count=8, values=0, datatype=DataType.REGISTERS)],
-                ),
-            )
-            self._server = ModbusTcpServer(device, address=("127.0.0.1", 0))
-            await self._server.serve_forever(background=True)
-            self.port = self._server.transport.sockets[0].getsockname()[1]
-            watchdog = asyncio.create_task(self._watchdog())
-            self._ready.set_result(None)
-            try:
-                await asyncio.Event().wait()
-            finally:
-                watchdog.cancel()
-                await self._server.shutdown()
-
-        with contextlib.suppress(asyncio.CancelledError):
-            self._loop.run_until_complete(main())
-
-    def start(self) -> None:
-        self._thread.start()
-        self._ready.result(timeout=5)
-
-    def control(self) -> int:
-        """The control register now."""
-        assert self._server is not None
-        values = asyncio.run_coroutine_threadsafe(
-            self._server.async_getValues(1, HOLDING, CONTROL, 1), self._loop
-        ).result(timeout=2)
-        return int(values[0])
-
-    def stop(self) -> None:
-        for task in asyncio.all_tasks(self._loop):
-            self._loop.call_soon_threadsafe(task.cancel)
-        self._thread.join(5)
-
-
-@contextlib.contextmanager
-def bms_device() -> Iterator[BmsDevice]:
-    device = BmsDevice()
-    device.start()
-    try:
-        yield device
-    finally:
-        device.stop()
-
-
-def wait_control(device: BmsDevice, value: int, timeout: float) -> float:
-    """Seconds until the control register holds ``value``."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if device.control() == value:
-            return time.monotonic() - started
-        time.sleep(0.02)
-    raise AssertionError(f"control register is {device.control()}, not {value}, after {timeout} s")
 
 
 @pytest.mark.system
@@ -154,7 +51,7 @@ class TestDeviceLease:
         keys = make_keys(tmp_path / "keys")
         reading = tmp_path / "ups.json"
         set_reading(reading, "online")
-        with bms_device() as device:
+        with bms_device(BMS_TIMEOUT_S, control=CONTROL) as device:
             actuator = {
                 "kind": "modbus",
                 "host": "127.0.0.1",

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 import tomli_w
+from devices import COMMAND, STATUS, PduAgent, pdu_agent
 from test_actuators import run, running, until
-from test_source_snmp import RESPONDER, V3, Agent
+from test_source_snmp import RESPONDER, V3
 
 from powercast import config as cfg
 from powercast import failsafe
@@ -30,31 +31,13 @@ with warnings.catch_warnings():  # pysnmp imports pysmi's old names when pysmi i
 
 pytestmark = pytest.mark.filterwarnings("ignore:.* is deprecated:DeprecationWarning")
 
-COMMAND = "1.3.6.1.4.1.318.1.1.12.3.3.1.1.4"
-"""rPDUOutletControlOutletCommand; .n is outlet n."""
-STATUS = "1.3.6.1.4.1.318.1.1.12.3.5.1.1.4"
-"""rPDUOutletStatusOutletState: read-only here."""
-OUTLETS = 8
-
-
-class PduAgent(Agent):
-    def write_pdu(self) -> None:
-        rows = [f"{COMMAND}.{n}|2:writecache|value=1\n" for n in range(1, OUTLETS + 1)]
-        rows += [f"{STATUS}.{n}|2|{3 if n == 8 else 1}\n" for n in range(1, OUTLETS + 1)]
-        (self.dir / "data" / "public.snmprec").write_text("".join(rows))
-
 
 @pytest.fixture(scope="module")
 def pdu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PduAgent]:
     if not RESPONDER.exists():
         pytest.skip("needs snmpsim: pip install -e '.[test]', or sh tests/run")
-    agent = PduAgent(tmp_path_factory.mktemp("pdu"))
-    agent.write_pdu()
-    try:
-        agent.start()
+    with pdu_agent(tmp_path_factory.mktemp("pdu")) as agent:
         yield agent
-    finally:
-        agent.stop()
 
 
 def snmp(port: int, **kw: Any) -> SnmpDriver:
