@@ -159,36 +159,32 @@ def file_fingerprint(path: Path) -> tuple[int, str, str]:
 def read_key(path: Path, exact: bool = False) -> bytes:
     """One shared or private key file: hex, not readable by group or others. ``exact``:
     an Ed25519 private key, 32 bytes; else a shared key of at least MIN_KEY_BYTES."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as err:
-        raise KeyringError(f"{path}: cannot read key: {err.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        if mode & 0o077:
-            raise KeyringError(
-                f"{path}: key is readable by others (mode {stat.S_IMODE(mode):04o},"
-                f" expected 0600 or 0400): chmod 600 {path}"
-            )
-        text = f.read(4096).decode("ascii", errors="replace").strip()
+    text = _key_text(path, 0o077, "key is readable by others", "0600 or 0400", f"chmod 600 {path}")
     return _hex_key(path, text, ED25519_KEY_BYTES if exact else None)
 
 
 def read_public_key(path: Path) -> bytes:
     """One Ed25519 public key file: 32 bytes as hex, not writable by group or others."""
+    text = _key_text(
+        path, 0o022, "public key is writable by others", "0644 or stricter", f"chmod go-w {path}"
+    )
+    return _hex_key(path, text, ED25519_KEY_BYTES)
+
+
+def _key_text(path: Path, forbidden: int, problem: str, expected: str, fix: str) -> str:
+    """A key file's text, refused when its mode has any ``forbidden`` bit (never through a
+    symlink: the mode checked is the file's own)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as err:
         raise KeyringError(f"{path}: cannot read key: {err.strerror}") from None
     with os.fdopen(fd, "rb") as f:
         mode = os.fstat(f.fileno()).st_mode
-        if mode & 0o022:
+        if mode & forbidden:
             raise KeyringError(
-                f"{path}: public key is writable by others (mode {stat.S_IMODE(mode):04o},"
-                f" expected 0644 or stricter): chmod go-w {path}"
+                f"{path}: {problem} (mode {stat.S_IMODE(mode):04o}, expected {expected}): {fix}"
             )
-        text = f.read(4096).decode("ascii", errors="replace").strip()
-    return _hex_key(path, text, ED25519_KEY_BYTES)
+        return f.read(4096).decode("ascii", errors="replace").strip()
 
 
 def _hex_key(path: Path, text: str, exact: int | None) -> bytes:

@@ -9,6 +9,7 @@ failure stays a SourceError and an actuator's a DriverError.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from typing import Any, Final
 
 from pysnmp.error import PySnmpError
@@ -108,3 +109,64 @@ def explain(config: SnmpAccess, error: Any) -> str:
 def first_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
+
+
+class Session:
+    """Requests to one agent. One SnmpEngine for the owner's life (its first request loads
+    pysnmp's MIB tables, ~0.3 s; later ones take milliseconds); after a failure the target
+    and the credentials (secret files re-read) are set up anew, so a late answer to a lost
+    request is dropped. Errors are raised as ``error``, starting with ``where``."""
+
+    def __init__(self, config: SnmpAccess, error: type[Exception], where: str) -> None:
+        self.config = config
+        self.error = error
+        self.where = where
+        self._engine: Any = None
+        self._target: Any = None
+        self._auth: Any = None
+
+    async def request(
+        self, command: Any, binds: Sequence[Any], names: Sequence[str], what: str = ""
+    ) -> Any:
+        """``command`` (hlapi.get_cmd, set_cmd) with ``binds``; the answer's var-binds.
+        ``names`` say which object an error status points at; ``what`` follows ``where``
+        in errors."""
+        try:
+            return await self._ask(
+                command, binds, names, f"{self.where}: {what}" if what else self.where
+            )
+        except BaseException:
+            self._target = self._auth = None
+            raise
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close_dispatcher()
+        self._engine = self._target = self._auth = None
+
+    async def _ask(
+        self, command: Any, binds: Sequence[Any], names: Sequence[str], where: str
+    ) -> Any:
+        config = self.config
+        if self._engine is None:
+            self._engine = hlapi.SnmpEngine()
+        if self._target is None:
+            self._auth = credentials(config, self.error)
+            self._target = await target(config, self.error)
+        try:
+            error, status, index, answer = await command(
+                self._engine,
+                self._auth,
+                self._target,
+                hlapi.ContextData(contextName=config.context),
+                *binds,
+                lookupMib=False,
+            )
+        except PySnmpError as err:
+            raise self.error(f"{where}: {first_line(err)}") from None
+        if error:
+            raise self.error(f"{where}: {explain(config, error)}")
+        if status:
+            at = names[int(index) - 1] if 0 < int(index) <= len(names) else "?"
+            raise self.error(f"{where}: agent answered {status.prettyPrint()} at {at}")
+        return answer

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 from pyasn1.type import univ
-from pysnmp.error import PySnmpError
 from pysnmp.hlapi.v3arch import asyncio as hlapi
 from pysnmp.proto import rfc1902, rfc1905
 
@@ -37,9 +36,7 @@ class SnmpDriver:
         self.timeout_s = 2 * config.timeout_s * (config.retries + 1) + 1.0
         """A SET and a GET, each with its tries; and the first request's MIB load."""
         self._origin = snmpaccess.origin(config)
-        self._engine: Any = None
-        self._target: Any = None
-        self._auth: Any = None
+        self._session = snmpaccess.Session(config, DriverError, f"{name}: {self._origin}")
 
     def position(self, level: int) -> int:
         """An outlet is on (100) or off (0)."""
@@ -51,12 +48,12 @@ class SnmpDriver:
             hlapi.ObjectType(hlapi.ObjectIdentity(oid), rfc1902.Integer32(value))
             for oid in self._config.oids
         ]
-        await self._request(hlapi.set_cmd, binds, f"set {value}")
+        await self._request(hlapi.set_cmd, binds, self._config.oids, f"set {value}")
 
     async def read(self) -> int | None:
         c = self._config
         binds = [hlapi.ObjectType(hlapi.ObjectIdentity(oid)) for oid in c.status_oids]
-        values = await self._request(hlapi.get_cmd, binds, "get")
+        values = await self._request(hlapi.get_cmd, binds, c.status_oids, "get")
         positions = set()
         for oid, value in zip(c.status_oids, values, strict=True):
             if value == c.on_value:
@@ -74,42 +71,13 @@ class SnmpDriver:
         return positions.pop()
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.close_dispatcher()
-        self._engine = self._target = self._auth = None
+        self._session.close()
 
-    async def _request(self, command: Any, binds: list[Any], what: str) -> list[int]:
-        try:
-            return await self._ask(command, binds, what)
-        except BaseException:
-            self._target = self._auth = None  # a late answer to a lost request is dropped
-            raise
-
-    async def _ask(self, command: Any, binds: list[Any], what: str) -> list[int]:
-        config = self._config
-        if self._engine is None:
-            self._engine = hlapi.SnmpEngine()
-        if self._target is None:
-            self._auth = snmpaccess.credentials(config, DriverError)
-            self._target = await snmpaccess.target(config, DriverError)
+    async def _request(
+        self, command: Any, binds: list[Any], oids: list[str], what: str
+    ) -> list[int]:
         where = f"{self.name}: {self._origin}"
-        try:
-            error, status, index, answer = await command(
-                self._engine,
-                self._auth,
-                self._target,
-                hlapi.ContextData(contextName=config.context),
-                *binds,
-                lookupMib=False,
-            )
-        except PySnmpError as err:
-            raise DriverError(f"{where}: {what}: {snmpaccess.first_line(err)}") from None
-        if error:
-            raise DriverError(f"{where}: {what}: {snmpaccess.explain(config, error)}")
-        oids = [str(b[0]) for b in binds]
-        if status:
-            at = oids[int(index) - 1] if 0 < int(index) <= len(oids) else "?"
-            raise DriverError(f"{where}: {what}: agent answered {status.prettyPrint()} at {at}")
+        answer = await self._session.request(command, binds, oids, what)
         values = []
         for (oid, value), asked in zip(answer, oids, strict=True):
             if isinstance(value, rfc1905.NoSuchObject | rfc1905.NoSuchInstance):

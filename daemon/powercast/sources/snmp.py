@@ -32,7 +32,6 @@ from typing import Any, Final
 
 import structlog
 from pyasn1.type import univ
-from pysnmp.error import PySnmpError
 from pysnmp.hlapi.v3arch import asyncio as hlapi
 from pysnmp.proto import rfc1905
 
@@ -115,9 +114,7 @@ class SnmpReader:
         self.interval_s = config.interval_s
         self._config = config
         self._origin = snmpaccess.origin(config)
-        self._engine: Any = None
-        self._target: Any = None
-        self._auth: Any = None
+        self._session = snmpaccess.Session(config, SourceError, self._origin)
         self._binds = tuple(hlapi.ObjectType(hlapi.ObjectIdentity(oid)) for oid in OIDS.values())
         """The request's objects, kept: pysnmp resolves each against its MIBs once, not at
         every GET (a fifth of a GET's CPU)."""
@@ -134,9 +131,7 @@ class SnmpReader:
         self.last_event: str | None = None
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.close_dispatcher()
-        self._engine = self._target = self._auth = None
+        self._session.close()
         if self._traps is not None:
             self._traps.close()
 
@@ -181,36 +176,11 @@ class SnmpReader:
         self._woken.clear()  # this read answers every trap heard so far
         if self._traps is not None and not self._traps.listening:
             await self._listen(self._traps)
-        try:
-            values = await self._get()
-        except BaseException:
-            self._target = self._auth = None  # a late answer to a lost request is dropped
-            raise
+        values = await self._get()
         return to_reading(values, self._config.sensor, self._origin)
 
     async def _get(self) -> dict[str, int]:
-        config = self._config
-        if self._engine is None:
-            self._engine = hlapi.SnmpEngine()
-        if self._target is None:
-            self._auth = snmpaccess.credentials(config, SourceError)
-            self._target = await snmpaccess.target(config, SourceError)
-        try:
-            error, status, index, binds = await hlapi.get_cmd(
-                self._engine,
-                self._auth,
-                self._target,
-                hlapi.ContextData(contextName=config.context),
-                *self._binds,
-                lookupMib=False,
-            )
-        except PySnmpError as err:
-            raise SourceError(f"{self._origin}: {snmpaccess.first_line(err)}") from None
-        if error:
-            raise SourceError(f"{self._origin}: {snmpaccess.explain(self._config, error)}")
-        if status:
-            at = list(OIDS)[int(index) - 1] if 0 < int(index) <= len(OIDS) else "?"
-            raise SourceError(f"{self._origin}: agent answered {status.prettyPrint()} at {at}")
+        binds = await self._session.request(hlapi.get_cmd, self._binds, list(OIDS))
         values: dict[str, int] = {}
         for obj, (oid, value) in zip(OIDS, binds, strict=True):
             if str(oid) != OIDS[obj]:
