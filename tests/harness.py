@@ -30,6 +30,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def end(proc: subprocess.Popen[Any] | None, timeout: float = 5.0) -> None:
+    """Stop a server the test started: SIGTERM, then SIGKILL if it is still there after
+    ``timeout``; nothing when it already ended."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def write_toml(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(tomli_w.dumps(data))
     return path

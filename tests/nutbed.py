@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import free_port
+from harness import end, free_port
 
 NUT = Path("/lib/nut")
 UPSD = NUT / "upsd"
@@ -214,10 +214,4 @@ class Upsmon:
         return out
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end(self.proc)

@@ -26,7 +26,7 @@ from typing import Any
 import netbed
 from netbed import Bed, Host
 
-from harness import free_port
+from harness import end, free_port
 
 WAN_SUBNET = "10.78.0"
 BROKER_ADDRESS = f"{WAN_SUBNET}.1"
@@ -236,13 +236,7 @@ class Mosquitto:
             self.proc.wait(5)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end(self.proc)
 
 
 def free_port_tcp() -> int:

@@ -36,6 +36,7 @@ from harness import (
     GROUP,
     Daemon,
     controller_config,
+    end,
     free_port,
     make_keys,
     publisher_config,
@@ -300,13 +301,7 @@ class Prometheus:
         raise AssertionError(f"prometheus not ready in {BOOT_S} s: {self.log.read_text()}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end(self.proc, 10.0)
 
     def url(self, path: str, **query: str) -> str:
         tail = f"?{urllib.parse.urlencode(query)}" if query else ""

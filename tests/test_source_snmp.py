@@ -27,7 +27,7 @@ with warnings.catch_warnings():  # pysnmp imports pysmi's old names when pysmi i
     warnings.simplefilter("ignore", DeprecationWarning)
     from powercast.sources.snmp import OIDS, SnmpReader, power_status, to_reading
 
-from harness import free_port
+from harness import end, free_port
 
 # pysnmp calls pysmi's old names when pysmi is installed (snmpsim needs it): not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:.* is deprecated:DeprecationWarning")
@@ -107,13 +107,7 @@ class Agent:
         raise RuntimeError(f"snmpsim exited with status {self.proc.wait()}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end(self.proc)
 
 
 @pytest.fixture(scope="module")
