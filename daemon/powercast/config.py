@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
-import tomli_w
 
 from powercast import net, wire
 from powercast.errors import EX_CONFIG, PowercastError
@@ -1438,6 +1437,8 @@ def _program_problem(program: str) -> str | None:
 
 def dumps(config: Config) -> str:
     """TOML text for ``config`` (None values, which TOML cannot hold, are left out)."""
+    import tomli_w  # noqa: PLC0415  # the publisher and relay start without it
+
     return tomli_w.dumps(_strip_none(msgspec.to_builtins(config)))
 
 

@@ -24,7 +24,7 @@ No clocks and no I/O: ``now`` comes in as an argument (monotonic seconds).
 from __future__ import annotations
 
 import fnmatch
-import statistics
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -510,7 +510,7 @@ def combine(
     if not values or missing:
         zone_temp = None
     elif temperature == "mean":
-        zone_temp = statistics.fmean(values.values())
+        zone_temp = math.fsum(values.values()) / len(values)  # statistics.fmean, less imports
     else:
         zone_temp = values[hottest] if hottest else None
     used = {publisher for publisher, _ in votes} | {name.split("/", 1)[0] for name in named}

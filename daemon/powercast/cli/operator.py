@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from powercast import config as cfg
-from powercast import control, drill, wire
+from powercast import control, wire
 from powercast import status as report
 from powercast.cli.arguments import Commands, Group, command, group_flags
 from powercast.errors import UsageError
@@ -89,9 +89,7 @@ def add_commands(commands: Commands) -> None:
         "send one signed announcement built from flags, for drills (needs --drill)",
     )
     group_flags(send, sending=True)
-    send.add_argument(
-        "--id", default=drill.default_id(), help="publisher id (default: drill-<host>)"
-    )
+    send.add_argument("--id", help="publisher id (default: drill-<host>)")
     send.add_argument(
         "--power", required=True, choices=["online", "on_battery", "low_battery", "unknown"]
     )
@@ -223,6 +221,10 @@ def _override(args: argparse.Namespace) -> int:
 
 
 def _send(args: argparse.Namespace) -> int:
+    from powercast import drill  # noqa: PLC0415  # the daemons start without it
+
+    if args.id is None:
+        args.id = drill.default_id()
     where = Group.from_args(args)
     ttl = where.ttl(args.ttl)
     key_id = where.key_id(args.key_id)

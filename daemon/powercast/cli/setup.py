@@ -8,10 +8,8 @@ import sys
 from pathlib import Path
 
 from powercast import config as cfg
-from powercast import reference
 from powercast.auth import ED25519, HMAC, KeyringError, describe
 from powercast.cli.arguments import Commands, command
-from powercast.cli.templates import template
 from powercast.errors import EX_CONFIG
 from powercast.secrets import (
     ALL_KINDS,
@@ -71,11 +69,15 @@ def add_commands(commands: Commands) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
+    from powercast.cli.templates import template  # noqa: PLC0415  # the daemons start without it
+
     sys.stdout.write(template(args.role))
     return 0
 
 
 def _reference(args: argparse.Namespace) -> int:
+    from powercast import reference  # noqa: PLC0415  # the daemons start without it
+
     sys.stdout.write(reference.render())
     return 0
 
