@@ -444,7 +444,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         else:
             self._save_failed = False
 
-    # --- operator tools (issue 8) -----------------------------------------------------
+    # --- operator tools --------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
         own = report.controller(

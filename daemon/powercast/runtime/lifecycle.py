@@ -138,7 +138,7 @@ class Daemon(Generic[C]):
                 log.info("reloaded", config=str(self.path))
             self.notifier.ready(self.status_line())
 
-    # --- operator tools (issue 8): control socket and metrics endpoint ------------------
+    # --- operator tools: control socket and metrics endpoint ---------------------------
 
     def snapshot(self) -> dict[str, Any]:
         """The status document (`powercast status --json`, the metrics endpoint): one

@@ -200,7 +200,7 @@ class PublisherDaemon(Daemon[PublisherConfig]):
                 if errors == 1 or errors % 100 == 0:
                     log.error("send_failed", peer=name, error=str(err), errors=errors)
 
-    # --- operator tools (issue 8) -----------------------------------------------------
+    # --- operator tools --------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
         latest, failing = self._latest, self._failing
