@@ -1163,39 +1163,18 @@ SNMP_AGENT_DATA = f"""\
 
 @contextlib.contextmanager
 def snmp_agent(directory: Path) -> Iterator[int]:
-    """snmpsim on 127.0.0.1 serving SNMP_AGENT_DATA to community ``public``; its port."""
-    responder = Path(sys.prefix) / "bin" / "snmpsim-command-responder"
-    (directory / "data").mkdir(parents=True)
+    """snmpsim on 127.0.0.1 serving SNMP_AGENT_DATA to community ``public``; its port. The
+    agent is the snmp tests' own (tests/test_source_snmp.py), given this data file."""
+    from test_source_snmp import Agent  # noqa: PLC0415  # snmpsim only for this figure
+
+    directory.mkdir(parents=True)
+    agent = Agent(directory)
     (directory / "data" / "public.snmprec").write_text(SNMP_AGENT_DATA)
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            str(responder),
-            f"--data-dir={directory / 'data'}",
-            f"--cache-dir={directory / 'cache'}",
-            f"--agent-udpv4-endpoint=127.0.0.1:{port}",
-        ],
-        env={**os.environ, "SNMPSIM_ALLOW_ROOT": "true"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    agent.start()
     try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "Listening at UDP/IPv4 endpoint" in line:
-                threading.Thread(target=proc.stderr.read, daemon=True).start()
-                break
-        else:
-            raise RuntimeError(f"snmpsim exited with status {proc.wait()}")
-        yield port
+        yield agent.port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        agent.stop()
 
 
 def trap_datagram(community: str, trap_oid: str) -> bytes:
