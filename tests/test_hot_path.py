@@ -1,5 +1,6 @@
 """The datagram path's shortcuts keep its behaviour: the controller's timer aims at current
-expiries only, and the receiver drains a burst in batches without losing or reordering."""
+expiries only, a heartbeat taken at a glance is judged as its full decode would be, and the
+receiver drains a burst in batches without losing or reordering."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import asyncio
 import itertools
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 import structlog.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from powercast import wire
 from powercast.auth import Keyring
@@ -43,9 +48,9 @@ def datagram(keyring: Keyring, publisher: str, seq: int, now: float, tal: float 
     return wire.encode(message, key_id=1, sign=keyring.signer(1))
 
 
-def controller(keyring: Keyring) -> Controller:
+def controller(keyring: Keyring, skew: float = 0.0) -> Controller:
     config = ControllerConfig(
-        auth=ControllerAuth(max_clock_skew_s=0.0),
+        auth=ControllerAuth(max_clock_skew_s=skew),
         policy=PolicySettings(startup_grace_s=0.0),
     )
     core = Controller(config, keyring)
@@ -96,6 +101,127 @@ class TestControllerExpiries:
         core.receive(good[:-1] + bytes([good[-1] ^ 1]), 0.1, WALL + 0.1)  # bad tag
         core.receive(datagram(keyring, "ups-a", 4, 0.2), 0.2, WALL + 0.2)  # replay
         assert core.accepted == 1
+
+
+_READINGS = (  # few, so that a run often repeats one
+    (3.0, wire.Power(wire.PowerStatus.ONLINE, 90.0, 600.0), {"inlet": 22.0}),
+    (3.0, wire.Power(wire.PowerStatus.ONLINE, 90.0, 600.0), {"inlet": 45.0}),
+    (1.0, wire.Power(wire.PowerStatus.ONLINE, 90.0, 600.0), {"inlet": 22.0}),
+    (1.0, wire.Power(wire.PowerStatus.ON_BATTERY, 80.0), {}),
+)
+_EDITS = {  # one datagram next to its publisher's previous one: (epoch, seq, change) added
+    "heartbeat": (0, 1, 0),  # the same readings
+    "moved": (0, 1, 0),  # the readings drawn: a move within a deadband, or a bug
+    "news": (0, 1, 1),
+    "duplicate": (0, 0, 0),
+    "replay": (0, -1, 0),
+    "restart": (1, None, 0),  # seq starts again at 1
+}
+_steps = st.lists(
+    st.tuples(
+        st.sampled_from(["ups-a", "ups-b"]),
+        st.sampled_from(list(_EDITS)),
+        st.sampled_from(range(len(_READINGS))),
+        st.sampled_from([0.0, 50.0]),  # sent 50 s off: past the skew allowed in some runs
+        st.sampled_from([0.1, 0.5, 2.5]),  # past a TAL of 1 s, not one of 3 s
+    ),
+    max_size=30,
+)
+
+
+def _datagrams(
+    keyring: Keyring, steps: list[tuple[str, str, int, float, float]]
+) -> Iterator[tuple[bytes, float]]:
+    """The steps as signed datagrams, each with its arrival time."""
+    sign = keyring.signer(1)
+    last: dict[str, tuple[int, int, int, int]] = {}
+    now = 0.0
+    for publisher, edit, drawn, off, gap in steps:
+        now += gap
+        epoch, seq, change, readings = last.get(publisher, (1, 0, 1, drawn))
+        d_epoch, d_seq, d_change = _EDITS[edit]
+        epoch, change = epoch + d_epoch, change + d_change
+        seq = 1 if d_seq is None else max(seq + d_seq, 0)
+        readings = readings if edit == "heartbeat" else drawn
+        last[publisher] = (epoch, seq, change, readings)
+        message = wire.Announcement(
+            publisher, epoch, seq, change, WALL + now + off, *_READINGS[readings]
+        )
+        yield wire.encode(message, key_id=1, sign=sign), now
+
+
+def _view(core: Controller) -> dict[str, object]:
+    """Everything a datagram can change in the core, comparable between two of them."""
+    return {
+        "counters": dict(core.counters),
+        "accepted": core.accepted,
+        "evaluations": core.evaluations,
+        "deadline": core.deadline(),
+        "sessions": {
+            p: (msgspec.to_builtins(s.message), s.received_at, s.expires_at, s.temperatures)
+            for p, s in core.sessions.items()
+        },
+        "zones": {n: (p.state, p.level, p.reason) for n, p in core.zones.items()},
+    }
+
+
+@pytest.mark.unit
+class TestGlance:
+    @given(steps=_steps, skew=st.sampled_from([0.0, 10.0]))
+    def test_a_glance_judges_as_the_full_decode_does(
+        self, keyring: Keyring, steps: list[tuple[str, str, int, float, float]], skew: float
+    ) -> None:
+        """Any run of datagrams (heartbeats with the same or other readings, news,
+        restarts, replays, duplicates with other readings, skewed clocks, gaps past the
+        TAL) leaves a controller that reads repeats at a glance exactly as one that
+        decodes every datagram whole."""
+        glancing, decoding = controller(keyring, skew), controller(keyring, skew)
+        for data, now in _datagrams(keyring, steps):
+            fast = glancing.receive(data, now, WALL + now)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(wire, "glance", lambda _envelope: None)
+                whole = decoding.receive(data, now, WALL + now)
+            assert [(d.zone, d.state, d.reason) for d in fast] == [
+                (d.zone, d.state, d.reason) for d in whole
+            ]
+            assert _view(glancing) == _view(decoding)
+            assert glancing.tick(now) == decoding.tick(now)
+
+    def test_heartbeats_are_taken_without_a_decode(self, keyring: Keyring) -> None:
+        """The usual datagram is read at a glance: the body decoder is not called."""
+        core = controller(keyring)
+        core.receive(datagram(keyring, "ups-a", 1, 0.0), 0.0, WALL)
+        decoded = []
+        with pytest.MonkeyPatch.context() as patch:
+            whole = wire.decode_body
+            patch.setattr(wire, "decode_body", lambda e: decoded.append(e) or whole(e))
+            for seq in range(2, 12):
+                core.receive(datagram(keyring, "ups-a", seq, seq * 0.1), seq * 0.1, WALL)
+        assert decoded == []
+        assert core.counters["repeat"] == 10
+        assert core.sessions["ups-a"].message.seq == 11
+        assert core.sessions["ups-a"].expires_at == pytest.approx(1.1 + 3.0)
+
+    def test_a_duplicate_with_other_readings_changes_nothing(self, keyring: Keyring) -> None:
+        """A datagram with the current sequence number but other readings is a duplicate,
+        dropped: a later heartbeat with those readings is read whole, not taken for the
+        readings already known."""
+        core = controller(keyring)
+        sign = keyring.signer(1)
+
+        def message(seq: int, inlet: float) -> bytes:
+            power = wire.Power(wire.PowerStatus.ONLINE)
+            announcement = wire.Announcement("ups-a", 1, seq, 1, WALL, 3.0, power, {"inlet": inlet})
+            return wire.encode(announcement, key_id=1, sign=sign)
+
+        core.receive(message(1, 22.0), 0.0, WALL)
+        core.receive(message(1, 45.0), 0.1, WALL)
+        assert core.counters["duplicate"] == 1
+        assert core.sessions["ups-a"].temperatures == {"inlet": 22.0}
+        evaluations = core.evaluations
+        core.receive(message(2, 45.0), 0.2, WALL)
+        assert core.sessions["ups-a"].temperatures == {"inlet": 45.0}
+        assert core.evaluations == evaluations + 1  # a reading moved: the rules ran
 
 
 @pytest.mark.system

@@ -18,7 +18,9 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from powercast.wire import Announcement
+import msgspec
+
+from powercast.wire import Announcement, Glance
 
 
 class Verdict(enum.Enum):
@@ -50,6 +52,10 @@ class Session:
     """Every sensor named by this publisher in the current epoch."""
     temperatures: dict[str, float | None] = field(init=False)
     """The latest temperatures, with every sensor seen in this epoch but not read now as None."""
+
+    glance: Glance | None = None
+    """The current announcement at a glance, when it was read so: a later heartbeat that
+    repeats its readings is taken from it by :meth:`heartbeat`, without a decode."""
 
     def __post_init__(self) -> None:
         self.seen = set()
@@ -96,6 +102,27 @@ class Session:
         self.expires_at = now + (tal if tal < cap else cap)
         self._take_temperatures()
         return verdict
+
+    def heartbeat(self, glance: Glance, now: float) -> bool:
+        """Take ``glance`` if it is a newer datagram of the current epoch and change with
+        the very readings of the current one (the usual datagram); False, taking nothing,
+        for anything else, which :meth:`offer` judges from the whole announcement."""
+        last, current = self.message, self.glance
+        if (
+            current is None
+            or glance.seq <= last.seq
+            or glance.epoch != last.epoch
+            or glance.change != last.change
+            or glance.temperatures != current.temperatures
+            or glance.power != current.power
+            or glance.tal != current.tal
+        ):
+            return False
+        self.message = msgspec.structs.replace(last, seq=glance.seq, sent=glance.sent)
+        self.received_at = now
+        tal, cap = last.tal, self.max_tal
+        self.expires_at = now + (tal if tal < cap else cap)
+        return True
 
     def _take_temperatures(self) -> None:
         """:attr:`temperatures` of the current message; the message's own dict when it
