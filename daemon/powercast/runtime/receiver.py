@@ -18,6 +18,11 @@ RECEIVE_BATCH = 64
 """Datagrams taken per turn of the event loop. asyncio reads one per turn (an epoll round
 each); the rest of a burst is read right after it, so a flood costs one round per batch,
 and timers and the watchdog still run between batches."""
+QUIET_S = 0.001
+"""A readiness this long after the previous one reads one datagram and does not look for
+a second: at heartbeat rates that look (a read that fails, and its exception) costs about
+as much as the datagram's own work. Datagrams left in the socket make it ready again at
+once, and that readiness, close behind, is read in batches."""
 RECEIVE_SIZE = 65536
 """Bytes asked of each read: any UDP payload, so an oversized datagram is seen (and
 rejected) at its real size. asyncio's own read asks for 256 KiB, a fresh mapping per
@@ -42,6 +47,7 @@ class Receiver(asyncio.DatagramProtocol):
         self._pacer = Pacer()
         self._on_datagram = on_datagram
         self._on_drained = on_drained
+        self._ready_at = float("-inf")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # The transport's socket, duplicated: asyncio hands out a wrapper without recv.
@@ -75,6 +81,9 @@ class Receiver(asyncio.DatagramProtocol):
         if sock is None:
             return
         recvfrom, deliver = sock.recvfrom, self._on_datagram
+        ready_at, self._ready_at = self._ready_at, time.monotonic()
+        if self._ready_at - ready_at > QUIET_S:
+            batch = 1
         for _ in range(batch):
             try:
                 data, addr = recvfrom(RECEIVE_SIZE)
