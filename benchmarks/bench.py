@@ -92,7 +92,7 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; the module may 
 STATES = ("normal", "on_battery", "shedding", "thermal_override", "failsafe")
 
 TARGETS: dict[str, str] = {
-    "ingest": "ratio >= 0.35",
+    "ingest": "ratio >= 0.30",
     "flood": "p99 <= 50 ms, no late ping",
     "dispatch": "p99 <= 1 ms",
     "e2e_loopback": "p99 <= 5 ms; hwmon p99 <= 2 ms",
@@ -562,7 +562,7 @@ def bench_ingest(base: Path, size: str) -> dict[str, Any]:  # noqa: PLR0915  # o
         "datagrams": drained["controller"],
         "filled": count,
         "rounds": rounds,
-        "met": ratio >= 0.35,
+        "met": ratio >= 0.30,
     }
 
 
