@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from powercast import wire
-from powercast.announcer import Announcer, merge
+from powercast.announcer import EARLY, Announcer, merge
 from powercast.config import FileSource, PowerReading, PublisherConfig, Reading
 from powercast.wire import Power, PowerStatus
 
@@ -160,6 +160,28 @@ class TestAnnouncer:
             now = a.next_at
         assert gaps == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
         assert seqs == [1, 2, 3, 4, 5, 6]
+
+    def test_a_heartbeat_may_go_a_little_early_a_retransmission_may_not(self) -> None:
+        """A plain heartbeat may ride on a wake-up up to EARLY of its period before it is
+        due; the repeats of news keep their times, and nothing goes before every source
+        was tried."""
+        a = announcer(heartbeat_s=2.0, retransmit_first_gap_s=0.1)
+        for source in range(len(a.latest)):
+            a.read(source, reading("online"), 10.0)
+        now = 10.0
+        while a.gap is not None or now == 10.0:  # the first announcement's repeats first
+            a.announce(now, 1e9)
+            now = a.next_at
+        due, early = a.next_at, 2.0 * EARLY
+        assert a.may_send(due - early - 0.01) is False
+        assert a.may_send(due - early) is True
+        a.update(ON_BATTERY, {"cpu": 30.0}, due)
+        a.announce(due, 1e9)  # news: its first repeat is due 0.1 s later, not before
+        assert a.may_send(due + 0.09) is False
+        assert a.may_send(due + 0.1) is True
+        waiting = two_sources()
+        assert waiting.due is None
+        assert waiting.may_send(1e9) is False
 
     def test_news_during_a_burst_starts_a_new_one(self) -> None:
         """News in the middle of a burst is due at once and its repeats start from the first gap."""

@@ -33,6 +33,10 @@ from powercast.config import PublisherConfig, Reading
 from powercast.wire import Announcement, Power, PowerStatus
 
 POWER_DEADBANDS: Final = {"charge_pct": 5.0, "runtime_s": 60.0, "load_pct": 5.0, "input_v": 10.0}
+EARLY: Final = 0.05
+"""A plain heartbeat may go this share of ``heartbeat_s`` before it is due, with a source's
+read that woke the daemon anyway: one wake-up a second instead of two (an idle publisher's
+CPU is its wake-ups). Retransmissions of news keep their times."""
 """A move of at least this much since the last news is news: 5 points of charge or load,
 a minute of runtime, 10 V of input. Less rides on the next heartbeat, so a UPS whose
 runtime estimate jitters with the load does not set off a burst at every poll. A value
@@ -107,6 +111,15 @@ class Announcer:
     def due(self) -> float | None:
         """When the next announcement is due; None while a source has not been tried yet."""
         return None if self.waiting else self.next_at
+
+    def may_send(self, now: float) -> bool:
+        """Whether an announcement may go at ``now``: it is due, or it is a plain heartbeat
+        due within :data:`EARLY` of its period."""
+        due = self.due
+        if due is None:
+            return False
+        early = self.config.heartbeat_s * EARLY if self.gap is None else 0.0
+        return now >= due - early
 
     def read(self, source: int, reading: Reading | None, now: float) -> bool:
         """Take source ``source``'s read attempt (None: it failed); True when that is news."""

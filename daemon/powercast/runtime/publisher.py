@@ -156,6 +156,8 @@ class PublisherDaemon(Daemon[PublisherConfig]):
                     self.notifier.status(self.status_line())
                 if news or (untried and self.announcer.due is not None):
                     self._wake.set()  # news, or the attempt the first announcement waited for
+                elif self.announcer.may_send(self.loop.time()):
+                    self._wake.set()  # a heartbeat due soon goes with this wake-up
                 await pause(reader, backoff.delay(reading is not None))
         finally:
             reader.close()
@@ -163,8 +165,9 @@ class PublisherDaemon(Daemon[PublisherConfig]):
     async def _sender(self) -> None:
         while True:
             due = self.announcer.due  # None until every source has been tried once
-            delay = None if due is None else due - self.loop.time()
-            if delay is None or delay > 0:
+            now = self.loop.time()
+            delay = None if due is None else due - now
+            if delay is None or not self.announcer.may_send(now):
                 self._wake.clear()
                 try:
                     async with asyncio.timeout(delay):
