@@ -1208,21 +1208,23 @@ def snmpd_agent(directory: Path) -> Iterator[tuple[int, socket.socket]]:
         stderr=subprocess.DEVNULL,
     )
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.connect(("127.0.0.1", port))
-    sock.settimeout(0.05)
-    probe = get_request("public", list(OIDS.values()))
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log = (directory / "snmpd.log").read_text(errors="replace")[-500:]
-                raise RuntimeError(f"snmpd did not answer (exit {proc.poll()}): {log}")
-            sock.send(probe)
-            try:
-                sock.recv(4096)
-                break
-            except (TimeoutError, ConnectionRefusedError):
-                continue
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # late answers die with it
+            probe.connect(("127.0.0.1", port))
+            probe.settimeout(0.05)
+            request = get_request("public", list(OIDS.values()))
+            deadline = time.monotonic() + 10
+            while True:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log = (directory / "snmpd.log").read_text(errors="replace")[-500:]
+                    raise RuntimeError(f"snmpd did not answer (exit {proc.poll()}): {log}")
+                probe.send(request)
+                try:
+                    probe.recv(4096)
+                    break
+                except (TimeoutError, ConnectionRefusedError):
+                    continue
+        sock.connect(("127.0.0.1", port))
         sock.settimeout(2)
         yield port, sock
     finally:
