@@ -592,20 +592,24 @@ def bench_flood(base: Path, size: str) -> dict[str, Any]:  # one scenario
     pub_config = work.publisher("ups-flood", reading, heartbeat_s=0.5)
     # Forgeries: the legitimate publisher's id claiming the opposite, signed with a key
     # the controller does not have under the id it knows: an HMAC each, then dropped.
+    # Each sender is another host (127.0.0.2, 127.0.0.3) and no two of its forgeries
+    # share a tag: 4,096 of them, cycled.
     forger = Workdir(base, "forger")
     lie = announcement("ups-flood", 1, 10**9, "on_battery", 10**9)
     forged = wire.encode(lie, key_id=1, sign=forger.keyring.signer(1)).hex()
     flood_code = (
-        "import socket, sys, time\n"
+        "import os, socket, sys, time\n"
         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.bind((sys.argv[1], 0))\n"
         "s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton('127.0.0.1'))\n"
         f"data, to = bytes.fromhex('{forged}'), ('{GROUP}', {work.port})\n"
+        "forgeries = [data[:-32] + os.urandom(32) for _ in range(4096)]\n"
         "n, start = 0, time.monotonic()\n"
         "try:\n"
         "    while True:\n"
-        "        for _ in range(1000):\n"
-        "            s.sendto(data, to)\n"
-        "        n += 1000\n"
+        "        for forgery in forgeries:\n"
+        "            s.sendto(forgery, to)\n"
+        "        n += len(forgeries)\n"
         "except KeyboardInterrupt:\n"
         "    pass\n"
         "finally:\n"
@@ -629,9 +633,11 @@ def bench_flood(base: Path, size: str) -> dict[str, Any]:  # one scenario
             for senders, samples in phases.items():
                 floods = [
                     subprocess.Popen(
-                        [sys.executable, "-c", flood_code], stdout=subprocess.PIPE, text=True
+                        [sys.executable, "-c", flood_code, f"127.0.0.{2 + i}"],
+                        stdout=subprocess.PIPE,
+                        text=True,
                     )
-                    for _ in range(senders)
+                    for i in range(senders)
                 ]
                 time.sleep(0.5)
                 flood_started = time.monotonic()

@@ -1,6 +1,7 @@
 """The kernel filter on the controller's sockets: it drops only what the controller would
-reject (wrong magic or version, a key id without a key, a forgery's repeated tag), never
-a datagram of a configured key; and the controller blocks a forgery it sees twice."""
+reject (wrong magic or version, a key id without a key, a forgery's repeated tag, a
+flooding source), never a datagram of a configured key; and the controller blocks a
+forgery it sees twice and a source that floods it with rejected datagrams."""
 
 from __future__ import annotations
 
@@ -21,7 +22,12 @@ import pytest
 from powercast import sockfilter, wire
 from powercast.auth import Keyring, public_key
 from powercast.config import ControllerAuth, ControllerConfig, load
-from powercast.controller import BLOCKED_TAGS, Controller
+from powercast.controller import (
+    BLOCKED_TAGS,
+    SOURCE_BLOCK_S,
+    SOURCE_STRIKES_PER_S,
+    Controller,
+)
 from powercast.runtime.controller import REFILTER_EVERY_S, ControllerDaemon
 from powercast.secrets import keygen, load_keyring
 
@@ -147,6 +153,22 @@ class TestFilterOnARealSocket:
         got = through(pair, [forged[0], *good, forged[-2], forged[-1], short])
         assert got == [*good, forged[-1], short]
 
+    def test_blocked_sources_drop_that_address_only(
+        self, pair: tuple[socket.socket, socket.socket], keys: Path
+    ) -> None:
+        """A blocked source's datagrams are dropped, good ones included; the same
+        datagrams from another address pass."""
+        ours = load_keyring(keys)
+        good = [wire.encode(message(seq=i), key_id=1, sign=ours.signer(1)) for i in range(5)]
+        rx, _ = pair
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+            other.bind(("127.0.0.2", 0))
+            sockfilter.attach(rx, sockfilter.program(sources=["127.0.0.2", "10.9.9.9"]))
+            for data in good:
+                other.sendto(data, rx.getsockname())
+            got = through(pair, good)  # from 127.0.0.1, each with its marker
+        assert got == good  # and nothing from 127.0.0.2 came before them
+
     def test_blocked_ed25519_signatures_drop_that_forgery_only(
         self, pair: tuple[socket.socket, socket.socket], keys: Path, stranger: Path
     ) -> None:
@@ -223,6 +245,48 @@ class TestBlocking:
         assert [n.event for n in ctrl.notices if n.event == "forgery_blocked"] == [
             "forgery_blocked"
         ]
+
+    def test_a_source_flooding_forgeries_is_blocked_then_released(
+        self, tmp_path: Path, keys: Path, stranger: Path
+    ) -> None:
+        """Forgeries that all differ, faster than SOURCE_STRIKES_PER_S from one address:
+        the address is blocked, with a notice, until SOURCE_BLOCK_S later; a slower
+        trickle of them never is."""
+        ctrl = enforcing(tmp_path, keys)
+        theirs = load_keyring(stranger)
+        forged = [
+            wire.encode(message("on_battery", 100 + i), key_id=1, sign=theirs.signer(1))
+            for i in range(int(3 * SOURCE_STRIKES_PER_S))
+        ]
+        for i, data in enumerate(forged):
+            ctrl.receive(data, 1.0 + i / (10 * SOURCE_STRIKES_PER_S), time.time(), "10.0.0.9")
+            ctrl.receive(data, 1.0 + i / 2, time.time(), "10.0.0.8")  # two a second
+        assert list(ctrl.blocked_sources) == ["10.0.0.9"]
+        assert ctrl.blocked_changed
+        assert [n.event for n in ctrl.notices].count("source_blocked") == 1
+        until = ctrl.blocked_sources["10.0.0.9"]
+        assert 1.0 + SOURCE_BLOCK_S <= until <= 1.5 + SOURCE_BLOCK_S
+        assert ctrl.deadline() == until
+        ctrl.blocked_changed = False
+        ctrl.tick(until)
+        assert ctrl.blocked_sources == {}
+        assert ctrl.blocked_changed
+
+    def test_a_source_that_sent_good_data_is_never_blocked(
+        self, tmp_path: Path, keys: Path, stranger: Path
+    ) -> None:
+        """Rejections from an address good data came from may be another's, sent in its
+        name: that address is never blocked, so a forger cannot silence a publisher."""
+        ctrl = enforcing(tmp_path, keys)
+        ours, theirs = load_keyring(keys), load_keyring(stranger)
+        ctrl.receive(
+            wire.encode(message(), key_id=1, sign=ours.signer(1)), 1.0, time.time(), "10.0.0.1"
+        )
+        for i in range(int(3 * SOURCE_STRIKES_PER_S)):
+            forged = wire.encode(message("on_battery", 100 + i), key_id=1, sign=theirs.signer(1))
+            ctrl.receive(forged, 1.0, time.time(), "10.0.0.1")
+            ctrl.receive(b"garbage", 1.0, time.time(), "fd00::9")  # IPv6: not blockable
+        assert ctrl.blocked_sources == {}
 
     def test_unknown_keys_and_unsigned_are_not_blocked(
         self, tmp_path: Path, keys: Path, stranger: Path
@@ -349,6 +413,62 @@ class TestDaemon:
             assert done.returncode == 0, done.stderr
             rejected = json.loads(done.stdout)["datagrams"]["rejected"]
         assert rejected == {"bad_tag": 2}
+
+    def test_a_flood_of_varied_forgeries_is_dropped_by_source_and_news_still_arrives(
+        self, tmp_path: Path, keys: Path, stranger: Path
+    ) -> None:
+        """Forgeries that never repeat a tag, 10,000 from 127.0.0.2: the controller blocks
+        that address and the kernel drops the rest; the publisher on 127.0.0.1 is never
+        blocked and its change still moves the controller."""
+        port = free_port()
+        reading = tmp_path / "ups.json"
+        set_reading(reading, "online")
+        control = tmp_path / "ctl.sock"
+        controller = write_toml(
+            tmp_path / "c.toml",
+            controller_config(
+                port,
+                keys,
+                control={"socket": str(control)},
+                policy={"shed_after_s": 3600.0, "restore_after_s": 0.0},
+            ),
+        )
+        publisher = write_toml(tmp_path / "p.toml", publisher_config(port, keys, reading))
+        lie = msgspec.structs.replace(message("on_battery", 10**9), publisher="ups-a")
+        forged = wire.encode(lie, key_id=1, sign=load_keyring(stranger).signer(1))
+        with (
+            running("control", "--config", str(controller)) as ctl,
+            running("publish", "--config", str(publisher)),
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s,
+        ):
+            ctl.wait_for("transition", state="normal")
+            s.bind(("127.0.0.2", 0))
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+
+            def flood() -> None:
+                for _ in range(10_000):
+                    s.sendto(forged[:-32] + os.urandom(32), (GROUP, port))
+
+            def datagrams() -> dict[str, Any]:
+                done = subprocess.run(
+                    [sys.executable, "-m", "powercast", "status", "--json",
+                     "--socket", str(control)],
+                    capture_output=True, text=True, timeout=20, check=False,
+                )  # fmt: skip
+                assert done.returncode == 0, done.stderr
+                return json.loads(done.stdout)["datagrams"]  # type: ignore[no-any-return]
+
+            flood()
+            ctl.wait_for("source_blocked")
+            time.sleep(REFILTER_EVERY_S + 0.2)  # the filter is on
+            before = datagrams()
+            flood()
+            set_reading(reading, "on_battery")
+            ctl.wait_for("transition", state="on_battery")
+            after = datagrams()
+        assert before["blocked_sources"] == after["blocked_sources"] == ["127.0.0.2"]
+        assert before["rejected"]["bad_tag"] > 0
+        assert after["rejected"] == before["rejected"]  # the kernel dropped every one
 
 
 @pytest.mark.system

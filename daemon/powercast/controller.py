@@ -23,6 +23,7 @@ from typing import Any, Final
 
 from powercast import wire
 from powercast.auth import ED25519, HMAC, Gate, Keyring, describe, key_hint
+from powercast.budget import SOURCES_KEPT, Budgets
 from powercast.config import ControllerConfig, Zone
 from powercast.pacing import Pacer
 from powercast.policy import Decision, Override, Policy, Reading, Situation, combine
@@ -43,6 +44,26 @@ repeating a forgery costs nothing once its tag is here; one varying its tags, a 
 FORGED_KEPT: Final = 1024
 """Tags rejected as ``bad_tag`` remembered, to tell a repeated forgery when it comes again."""
 
+
+SOURCE_STRIKES_PER_S: Final = 100.0
+"""Datagrams a second that a source address may send and have rejected before the kernel
+drops all of its datagrams (a publisher sends a few a second, news bursts included);
+twice as many may come at once. Only rejections made before a datagram is believed count
+(a bad header or body, a tag that fails or is not checked), and never from an address
+that sent data that was taken: a flood varying its forgeries costs the controller that
+many checks, then nothing."""
+SOURCE_BLOCK_S: Final = 60.0
+"""How long a source is blocked; it is blocked again if it goes on."""
+MAX_BLOCKED_SOURCES: Final = 64
+"""Sources blocked at most, the one whose block ends first leaving first."""
+_STRIKES: Final = frozenset(
+    {
+        wire.Reject.size, wire.Reject.truncated, wire.Reject.magic, wire.Reject.version,
+        wire.Reject.tag, wire.Reject.length, wire.Reject.body, wire.Reject.unsigned,
+        wire.Reject.unknown_key, wire.Reject.over_budget, wire.Reject.bad_tag,
+        wire.Reject.wrong_key,
+    }
+)  # fmt: skip
 
 MAX_SOURCES: Final = 256
 """Senders whose last rejection is kept for status; the oldest is forgotten first."""
@@ -104,6 +125,15 @@ class Controller:
     blocked_changed: bool = False
     """Set when :attr:`blocked` changed (or the keys did); the runtime clears it."""
     _forged: dict[bytes, None] = field(default_factory=dict)
+    blocked_sources: dict[str, float] = field(default_factory=dict)
+    """Source addresses whose datagrams the kernel drops, with when that ends: each had
+    datagrams rejected faster than SOURCE_STRIKES_PER_S and sent none that was taken.
+    IPv4 only: the filter reads the source in the IPv4 header."""
+    _strikes: Budgets = field(
+        default_factory=lambda: Budgets(
+            SOURCE_STRIKES_PER_S, 2 * SOURCE_STRIKES_PER_S, SOURCES_KEPT
+        )
+    )
     evaluations: int = 0
     """Runs of the rules: only they (and new data's expiry) can bring :meth:`deadline`
     earlier; a heartbeat that repeats its readings only moves its publisher's expiry later."""
@@ -340,7 +370,13 @@ class Controller:
         return self.evaluate(now)
 
     def tick(self, now: float) -> list[Decision]:
-        """Timers: publishers running out of time, and the policy's own deadlines."""
+        """Timers: publishers running out of time, and the policy's own deadlines; the
+        end of a source's block."""
+        if self.blocked_sources:
+            ended = [a for a, until in self.blocked_sources.items() if until <= now]
+            for address in ended:
+                del self.blocked_sources[address]
+            self.blocked_changed = self.blocked_changed or bool(ended)
         expired = False
         while self._expiries and self._expiries[0][0] <= now:
             _, publisher = heapq.heappop(self._expiries)
@@ -359,6 +395,8 @@ class Controller:
         # end: its own timers (a restored override's end) would only fire, again and again.
         times = [p.deadline() for p in self.zones.values() if p.settled]
         times.append(self._next_expiry())
+        if self.blocked_sources:
+            times.append(min(self.blocked_sources.values()))
         if self.grace_until > float("-inf") and any(not p.settled for p in self.zones.values()):
             times.append(self.grace_until)
         present = [t for t in times if t is not None]
@@ -451,6 +489,24 @@ class Controller:
         )
         self._notice("blocked", "forgery_blocked", wire.Reject.bad_tag, detail, now)
 
+    def _block_source(self, source: str, now: float) -> None:
+        """``source`` had more datagrams rejected than SOURCE_STRIKES_PER_S allows: the
+        kernel drops its datagrams for SOURCE_BLOCK_S, unless it sent data that was taken
+        (then the rejections may be another's, sent in its name)."""
+        if source in self._good_from or source in self.blocked_sources or ":" in source:
+            return
+        if len(self.blocked_sources) >= MAX_BLOCKED_SOURCES:
+            first = min(self.blocked_sources.items(), key=lambda item: item[1])[0]
+            del self.blocked_sources[first]
+        self.blocked_sources[source] = now + SOURCE_BLOCK_S
+        self.blocked_changed = True
+        detail = (
+            f"{source} had over {SOURCE_STRIKES_PER_S:g} datagrams a second rejected and"
+            f" sent none that was taken: the kernel drops its datagrams for"
+            f" {SOURCE_BLOCK_S:g} s ({len(self.blocked_sources)} sources blocked)"
+        )
+        self._notice(f"source_blocked {source}", "source_blocked", "flood", detail, now)
+
     def _heard_from(self, source: str | None, publisher: str) -> None:
         """Good news came from ``source`` as ``publisher`` (taken off the path of repeats)."""
         if source is None or self._good_from.get(source) == publisher:
@@ -466,6 +522,8 @@ class Controller:
         self._notice(reason, "datagram_rejected", reason, detail, now)
         if source is None:
             return
+        if reason in _STRIKES and not self._strikes.take(source, now):
+            self._block_source(source, now)
         last = self.rejections.get(source)
         if last is None:
             if len(self.rejections) >= MAX_SOURCES:

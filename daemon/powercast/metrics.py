@@ -138,6 +138,11 @@ def _datagrams(datagrams: dict[str, Any]) -> Iterable[Metric]:
     for problem, n in sorted(datagrams["unverified"].items()):
         unverified.add_metric([problem], n)
     yield unverified
+    yield GaugeMetricFamily(
+        "powercast_sources_blocked",
+        "Source addresses whose datagrams the kernel drops now (a flood of rejected ones).",
+        value=len(datagrams.get("blocked_sources", ())),
+    )
 
 
 def _publishers(publishers: list[dict[str, Any]]) -> Iterable[Metric]:

@@ -12,6 +12,9 @@ Two parts, each only ever dropping what the controller would reject:
 * **shape** (``network.kernel_filter``): the magic, a version in :data:`wire.VERSIONS`,
   and, with authentication enforced, a key id the keyring holds. Off by default: such
   datagrams are then not counted by reason, only in the socket's drops.
+* **blocked sources** (IPv4 sockets): the source addresses of :attr:`Controller.blocked_sources`,
+  which had datagrams rejected faster than any publisher sends and sent none that was
+  taken; read from the IPv4 header, before the UDP header (``SKF_NET_OFF``).
 * **blocked tags**: the last 32 bytes (an HMAC) or 64 bytes (an Ed25519 signature) of
   datagrams the controller checked, rejected as ``bad_tag`` and then saw again
   (:attr:`Controller.blocked`). A datagram ending in such a tag is that forgery or
@@ -38,6 +41,8 @@ SO_ATTACH_FILTER: Final = getattr(socket, "SO_ATTACH_FILTER", 26)
 SO_DETACH_FILTER: Final = getattr(socket, "SO_DETACH_FILTER", 27)
 PAYLOAD: Final = 8
 """Where the datagram starts, after the UDP header."""
+SOURCE_ADDRESS: Final = -0x100000 + 12
+"""``SKF_NET_OFF`` + 12: the source address in the IPv4 header."""
 MAX_KEY_IDS: Final = 100
 """More key ids than this are not checked by the kernel (jumps are 8-bit): all pass."""
 
@@ -45,7 +50,7 @@ MAX_KEY_IDS: Final = 100
 _LD_W_ABS, _LD_H_ABS, _LD_B_ABS = 0x20, 0x28, 0x30
 _LD_W_IND, _LD_W_LEN = 0x40, 0x80
 _ALU_SUB_K, _TAX = 0x14, 0x07
-_JEQ_K, _JGE_K = 0x15, 0x35
+_JA, _JEQ_K, _JGE_K = 0x05, 0x15, 0x35
 _RET_K = 0x06
 ACCEPT: Final = 0xFFFF_FFFF
 """Keep the whole datagram."""
@@ -66,12 +71,17 @@ def program(
     versions: Collection[int] | None = None,
     key_ids: Collection[int] | None = None,
     blocked: Iterable[bytes] = (),
+    sources: Iterable[str] = (),
 ) -> list[Insn]:
     """The filter: shape checks when ``versions`` is given (and key ids when ``key_ids``
-    is), then the blocked tags. With neither, it accepts everything."""
+    is), then the blocked ``sources`` (IPv4 addresses: for an IPv4 socket only), then the
+    blocked tags. With none, it accepts everything."""
     out: list[Insn] = []
     if versions is not None:
         out += _shape(sorted(versions), None if key_ids is None else sorted(key_ids))
+    addresses = sorted({int.from_bytes(socket.inet_aton(a), "big") for a in sources})
+    if addresses:
+        out += _sources(addresses)
     tags = list(blocked)
     # Shorter tags first: a datagram too short for one size is too short for the next.
     for size in (wire.TAG_SIZE, wire.SIGNATURE_SIZE):
@@ -105,6 +115,16 @@ def _one_of(load: int, offset: int, values: list[int]) -> list[Insn]:
     out = [Insn(load, 0, 0, offset)]
     for i, value in enumerate(values):
         out.append(Insn(_JEQ_K, len(values) - i, 0, value))
+    out.append(Insn(_RET_K, 0, 0, DROP))
+    return out
+
+
+def _sources(addresses: list[int]) -> list[Insn]:
+    """Drop a datagram from one of ``addresses``; else fall through."""
+    out = [Insn(_LD_W_ABS, 0, 0, SOURCE_ADDRESS & 0xFFFF_FFFF)]
+    for i, address in enumerate(addresses):
+        out.append(Insn(_JEQ_K, len(addresses) - i, 0, address))  # to the drop
+    out.append(Insn(_JA, 0, 0, 1))  # none of them: past the drop
     out.append(Insn(_RET_K, 0, 0, DROP))
     return out
 

@@ -119,6 +119,7 @@ def controller(
             "accepted": {v: counters[v] for v in ("new", "news", "repeat", "duplicate")},
             "rejected": _prefixed(counters, "rejected."),
             "unverified": _prefixed(counters, "accepted."),
+            "blocked_sources": sorted(core.blocked_sources),
         },
         "actions": {
             "running": None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -234,14 +235,18 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         log.info("listening_unicast", address=where[0], port=where[1])
         return transport
 
-    def _program(self, config: ControllerConfig, keyring: Keyring) -> list[sockfilter.Insn]:
-        """The kernel filter for ``config`` and ``keyring``, with the tags blocked now."""
+    def _program(
+        self, config: ControllerConfig, keyring: Keyring, family: int | None = None
+    ) -> list[sockfilter.Insn]:
+        """The kernel filter for ``config`` and ``keyring``, with the tags blocked now, and
+        for an IPv4 socket (``family``) the sources blocked now."""
         shape = config.network.kernel_filter
         enforce = config.auth.mode == "enforce"
         return sockfilter.program(
             versions=wire.VERSIONS if shape else None,
             key_ids=keyring.ids if shape and enforce else None,
             blocked=self.core.blocked,
+            sources=self.core.blocked_sources if family == socket.AF_INET else (),
         )
 
     def _filter(self, sock: Any, program: list[sockfilter.Insn]) -> None:
@@ -254,10 +259,10 @@ class ControllerDaemon(Daemon[ControllerConfig]):
     def _refilter(self, config: ControllerConfig, keyring: Keyring) -> None:
         self.core.blocked_changed = False
         self._refiltered = self.loop.time()
-        program = self._program(config, keyring)
         for transport in (self._transport, self._unicast):
             if transport is not None:
-                self._filter(transport.get_extra_info("socket"), program)
+                sock = transport.get_extra_info("socket")
+                self._filter(sock, self._program(config, keyring, sock.family))
 
     async def apply(self, new: ControllerConfig, keyring: Keyring) -> None:
         if new.network != self.config.network:
@@ -324,15 +329,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         decisions = core.settle(self.loop.time())
         if decisions or len(self.plan.settled) < len(core.zones):
             self._decided(decisions)  # also reconciles zones the data just confirmed
-        if core.blocked_changed and self._refilter_later is None:
-            # Before the log line, so the filter is on when it says so; but at most every
-            # REFILTER_EVERY_S, or a flood cycling through many forgeries would have a
-            # filter built (about a millisecond) for every batch.
-            wait = self._refiltered + REFILTER_EVERY_S - self.loop.time()
-            if wait <= 0:
-                self._refilter(self.config, self.keyring)
-            else:
-                self._refilter_later = self.loop.call_later(wait, self._refilter_due)
+        if core.blocked_changed:
+            self._refilter_soon()  # before the log line, so the filter is on when it says so
         if core.notices:
             for notice in core.notices:
                 log.warning(notice.event, **notice.fields)
@@ -344,6 +342,18 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             self._evaluations = core.evaluations
             self._arm()
 
+    def _refilter_soon(self) -> None:
+        """What is blocked changed: a new filter now, or REFILTER_EVERY_S after the last
+        one (a flood cycling through many forgeries would otherwise have a filter built,
+        about a millisecond, for every batch). A source's block ends at a deadline."""
+        if self._refilter_later is None:
+            wait = self._refiltered + REFILTER_EVERY_S - self.loop.time()
+            if wait <= 0:
+                self._refilter(self.config, self.keyring)
+            else:
+                self._refilter_later = self.loop.call_later(wait, self._refilter_due)
+        self._arm()
+
     def _refilter_due(self) -> None:
         self._refilter_later = None
         if self.core.blocked_changed:
@@ -352,6 +362,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, float("inf")
         self._decided(self.core.tick(self.loop.time()))
+        if self.core.blocked_changed:  # a source's block ended
+            self._refilter_soon()
         self._arm()
 
     def _arm(self) -> None:
