@@ -264,7 +264,8 @@ class Policy:
 
     @property
     def state(self) -> State:
-        return State(self.chart.current_state_value)
+        value = self.chart.current_state_value  # a State but for a chart given a str
+        return value if type(value) is State else State(value)
 
     @property
     def stages(self) -> tuple[Stage, ...]:
