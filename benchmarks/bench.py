@@ -763,8 +763,19 @@ def bench_e2e_loopback(base: Path, size: str) -> dict[str, Any]:
 
 def e2e_hwmon(work: Workdir, changes: int) -> list[float]:
     """Change at the publisher -> the controller's hwmon actuator wrote the PWM file: on
-    battery it sheds at once (fans off, 0), back online it restores (fans on, 255)."""
-    pwm = work.dir / "pwm1"
+    battery it sheds at once (fans off, 0), back online it restores (fans on, 255).
+
+    A PWM attribute in sysfs lives in memory, and so does its stand-in where the host
+    has a tmpfs: a file on disk pays at each rewrite what no hwmon device does (ext4
+    writes a truncated file's new data back when it is closed, 0.2 to 0.35 ms here)."""
+    memory = Path("/dev/shm")  # noqa: S108  # a private mkdtemp inside it
+    with tempfile.TemporaryDirectory(
+        prefix="powercast-pwm-", dir=memory if memory.is_dir() else work.dir
+    ) as directory:
+        return _e2e_hwmon(work, changes, Path(directory) / "pwm1")
+
+
+def _e2e_hwmon(work: Workdir, changes: int, pwm: Path) -> list[float]:
     pwm.write_text("255\n")
     reading = work.dir / "ups-hwmon.json"
     config = work.write(

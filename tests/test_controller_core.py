@@ -141,6 +141,7 @@ class TestController:
         bench.say(pub, 0.0, ONLINE, cpu=25.0)
         sent: list[str] = []
         monkeypatch.setattr(ctrl.policy.chart, "send", lambda event, *a, **k: sent.append(event))
+        monkeypatch.setattr(ctrl.policy.chart, "move", sent.append)
         before = (ctrl.policy.state, ctrl.policy.since, ctrl.policy.reason)
         assert bench.receive(pub.heartbeat(1.0), 1.0) == []
         assert sent == []

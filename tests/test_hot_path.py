@@ -1,10 +1,12 @@
 """The datagram path's shortcuts keep its behaviour: the controller's timer aims at current
-expiries only, a heartbeat taken at a glance is judged as its full decode would be, and the
-receiver drains a burst in batches without losing or reordering."""
+expiries only, a heartbeat taken at a glance is judged as its full decode would be, the
+receiver drains a burst in batches without losing or reordering, and a daemon that is the
+whole process puts what start-up made out of the collector's reach."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import socket
 import time
@@ -19,9 +21,9 @@ from hypothesis import strategies as st
 
 from powercast import wire
 from powercast.auth import Keyring
-from powercast.config import ControllerAuth, ControllerConfig, PolicySettings
+from powercast.config import ControllerAuth, ControllerConfig, PolicySettings, PublisherConfig
 from powercast.controller import Controller
-from powercast.runtime import RECEIVE_BATCH, Receiver
+from powercast.runtime import RECEIVE_BATCH, Daemon, Receiver
 from powercast.secrets import keygen, load_keyring
 
 WALL = 1_700_000_000.0
@@ -279,3 +281,41 @@ class TestReceiverErrors:
             for _ in range(500):
                 receiver.error_received(ConnectionRefusedError(111, "Connection refused"))
         assert [e["event"] for e in logged] == ["socket_error"]
+
+
+class _Idle(Daemon[PublisherConfig]):
+    """A daemon with nothing to do: it stops as soon as it is ready."""
+
+    role = "publisher"
+
+    async def start(self, tg: asyncio.TaskGroup) -> None:
+        self.made = [{"kept": [n]} for n in range(1000)]  # what start-up makes, kept
+        asyncio.get_running_loop().call_soon(self._stop.set)
+
+    def start_tools(self, tg: asyncio.TaskGroup) -> None:
+        pass
+
+    def status(self) -> str:
+        return "idle"
+
+
+@pytest.mark.unit
+class TestHeap:
+    @pytest.mark.parametrize("own_process", [True, False])
+    def test_start_up_is_frozen_only_in_a_process_of_its_own(
+        self, keyring: Keyring, own_process: bool
+    ) -> None:
+        """At READY a daemon that is the whole process freezes the collector's heap (no
+        full collection walks it again); one inside another program leaves it alone."""
+
+        async def go() -> None:
+            daemon = _Idle(Path("idle.toml"), PublisherConfig(), keyring)
+            daemon.own_process = own_process
+            await daemon.run()
+
+        gc.unfreeze()
+        try:
+            asyncio.run(go())
+            assert (gc.get_freeze_count() > 1000) is own_process
+        finally:
+            gc.unfreeze()

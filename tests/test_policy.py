@@ -74,6 +74,39 @@ class TestFanChart:
             chart.send("to_shedding")
         assert chart.current_state_value == "failsafe"
 
+    @pytest.mark.parametrize("source", list(State))
+    def test_move_agrees_with_send(self, source: State) -> None:
+        """From every state, each event moves exactly as the library's send() does, or
+        raises the same error and leaves the state alone."""
+        for event in FanChart._events:
+            sent, moved = FanChart(start_value=source), FanChart(start_value=source)
+            try:
+                sent.send(event)
+            except TransitionNotAllowed as err:
+                with pytest.raises(TransitionNotAllowed, match=str(err)):
+                    moved.move(event)
+            else:
+                moved.move(event)
+            assert moved.current_state_value == sent.current_state_value, (source, event)
+
+    def test_move_runs_callbacks_when_the_chart_has_them(self) -> None:
+        """A chart given a listener (at its making or after) takes the library's own
+        send(), so the listener's callbacks run."""
+        entered: list[str] = []
+
+        class Listener:
+            def on_enter_state(self, target: object) -> None:
+                entered.append(str(getattr(target, "id", "")))
+
+        chart = FanChart(listeners=[Listener()])
+        chart.move("to_normal")
+        assert (chart.current_state_value, entered[-1]) == ("normal", "normal")
+        later = FanChart()
+        later.move("to_normal")
+        later.add_listener(Listener())
+        later.move("to_on_battery")
+        assert (later.current_state_value, entered[-1]) == ("on_battery", "on_battery")
+
     def test_states_come_from_the_table(self) -> None:
         """The chart has exactly the table's states, in its order, each valued by its member."""
         assert [state.id for state in FanChart.states] == [str(s) for s in State]

@@ -65,7 +65,8 @@ def _serve(args: argparse.Namespace) -> int:
     keyring = load_keys(config)
     logs.configure(level=config.log.level, fmt=config.log.format)
     try:
-        asyncio.run(serve(path, config, keyring, dry_run=getattr(args, "dry_run", False)))
+        dry_run = getattr(args, "dry_run", False)
+        asyncio.run(serve(path, config, keyring, dry_run=dry_run, own_process=True))
     except NetworkError as err:  # it names the setting; the file is ours to name
         raise type(err)(f"{path}: {err}") from None
     return 0

@@ -37,8 +37,16 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-async def serve(path: Path, config: cfg.Config, keyring: Keyring, *, dry_run: bool = False) -> None:
-    """Run the daemon for ``config``'s role until SIGTERM.
+async def serve(
+    path: Path,
+    config: cfg.Config,
+    keyring: Keyring,
+    *,
+    dry_run: bool = False,
+    own_process: bool = False,
+) -> None:
+    """Run the daemon for ``config``'s role until SIGTERM; ``own_process``: it is the
+    whole process (the command line's daemons), and may settle the process's memory.
 
     A startup failure (NetworkError) comes out bare, not wrapped in an ExceptionGroup,
     so the command line can print it as one line.
@@ -56,6 +64,7 @@ async def serve(path: Path, config: cfg.Config, keyring: Keyring, *, dry_run: bo
         from powercast.runtime.publisher import PublisherDaemon  # noqa: PLC0415
 
         daemon = PublisherDaemon(path, config, keyring)
+    daemon.own_process = own_process
     try:
         await daemon.run()
     except* net.NetworkError as group:

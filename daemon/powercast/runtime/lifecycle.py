@@ -7,6 +7,7 @@ the new one is bad), stop cleanly on SIGTERM. Every task has an owner: the TaskG
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -55,6 +56,8 @@ class Daemon(Generic[C]):
         self.metrics_address: str | None = None
         self.metrics_error: str | None = None
         """Why the metrics endpoint is not listening (it retries), or None."""
+        self.own_process = False
+        """The daemon is the whole process (as its unit runs it), not a part of another."""
 
     # Subclasses fill these in.
     async def start(self, tg: asyncio.TaskGroup) -> None:
@@ -95,6 +98,11 @@ class Daemon(Generic[C]):
                 self.start_tools(tg)
                 self.notifier.ready(self.status_line())
                 log.info("ready", role=self.role, config=str(self.path), pid=os.getpid())
+                if self.own_process:
+                    # What start-up made (modules, config, chart, sockets) lives as long
+                    # as the daemon: out of the collector's reach, a full collection no
+                    # longer walks it, which took 3 to 4 ms in the way of a decision.
+                    gc.freeze()
                 tg.create_task(self._watchdog(), name="watchdog")
                 tg.create_task(self._reloader(), name="reloader")
                 await self._stop.wait()
