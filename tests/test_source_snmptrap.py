@@ -27,7 +27,7 @@ import pytest
 
 from powercast.config import ConfigError, SnmpSource, SnmpTraps, parse
 from powercast.sources import SourceError, make_reader
-from powercast.sources.base import pause
+from powercast.sources.base import pauser
 
 with warnings.catch_warnings():  # pysnmp imports pysmi's old names when pysmi is there
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -124,7 +124,7 @@ class Poller:
                 status = f"error: {err}"
             self.statuses.append(status)
             self._changed.set()
-            await pause(self.reader, self.reader.interval_s)
+            await pauser(self.reader)(self.reader.interval_s)
 
     async def wait_for(self, status: str, timeout: float = 3.0) -> float:
         """Seconds until a read gives ``status``."""

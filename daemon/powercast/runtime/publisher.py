@@ -20,7 +20,7 @@ from powercast.config import PublisherConfig, Reading
 from powercast.pacing import Backoff
 from powercast.runtime.lifecycle import Daemon
 from powercast.sources import Reader, SourceError, make_reader
-from powercast.sources.base import Woken, pause
+from powercast.sources.base import Woken, pauser
 from powercast.systemd import Notifier
 
 log = structlog.get_logger("powercast")
@@ -124,6 +124,7 @@ class PublisherDaemon(Daemon[PublisherConfig]):
         reads again). No failure of a source ends the daemon; the reader is closed when
         its poller ends (reload, stop)."""
         backoff = Backoff(reader.interval_s)
+        pause = pauser(reader)
         try:
             while True:
                 try:
@@ -158,7 +159,7 @@ class PublisherDaemon(Daemon[PublisherConfig]):
                     self._wake.set()  # news, or the attempt the first announcement waited for
                 elif self.announcer.may_send(self.loop.time()):
                     self._wake.set()  # a heartbeat due soon goes with this wake-up
-                await pause(reader, backoff.delay(reading is not None))
+                await pause(backoff.delay(reading is not None))
         finally:
             reader.close()
 

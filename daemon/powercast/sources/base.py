@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import tomllib
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
@@ -20,7 +21,7 @@ __all__ = [
     "Woken",
     "make_reading",
     "parse_reading",
-    "pause",
+    "pauser",
 ]
 
 
@@ -50,12 +51,13 @@ class Woken(Protocol):
     def trap_status(self) -> dict[str, Any] | None: ...
 
 
-async def pause(reader: Reader, delay_s: float) -> None:
-    """Wait until ``reader`` is to be read again: ``delay_s``, or less if it is woken."""
+def pauser(reader: Reader) -> Callable[[float], Awaitable[None]]:
+    """How to wait until ``reader`` is to be read again: for ``delay_s``, or less if news
+    wakes it (its own ``pause``). Decided once per reader: checking a Protocol costs
+    microseconds, every poll."""
     if isinstance(reader, Woken):
-        await reader.pause(delay_s)
-    else:
-        await asyncio.sleep(delay_s)
+        return reader.pause
+    return asyncio.sleep
 
 
 _reading_json = msgspec.json.Decoder(Reading)
