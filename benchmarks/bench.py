@@ -1165,17 +1165,6 @@ def bench_verify_cost(base: Path, size: str) -> dict[str, Any]:
 
 
 UPS_OUTPUT_SOURCE = "1.3.6.1.2.1.33.1.4.1.0"
-SNMP_AGENT_VALUES = {
-    "upsBatteryStatus": 2,
-    "upsSecondsOnBattery": 0,
-    "upsEstimatedMinutesRemaining": 30,
-    "upsEstimatedChargeRemaining": 100,
-    "upsBatteryTemperature": 25,
-    "upsInputVoltage": 230,
-    "upsOutputSource": 3,
-    "upsOutputPercentLoad": 30,
-}
-"""UPS-MIB on line, every object the snmp source reads; upsOutputSource: 3 normal, 5 battery."""
 
 
 def snmpd_path() -> str | None:
@@ -1202,9 +1191,12 @@ def get_request(community: str, oids: list[str]) -> bytes:
 def snmpd_agent(directory: Path) -> Iterator[tuple[int, socket.socket]]:
     """net-snmp's snmpd, a C agent as on a UPS's network card, on 127.0.0.1 at a free port,
     with its own config and persistent directory under ``directory`` (no system file read
-    or written): SNMP_AGENT_VALUES as ``override -rw`` objects, community ``public``
+    or written): the snmp tests' UPS-MIB on line (``test_source_snmp.ONLINE``) as
+    ``override -rw`` objects, community ``public``
     read-write from 127.0.0.1. Its port, and a socket connected to it."""
-    from powercast.sources.snmp import OIDS  # noqa: PLC0415  # pysnmp only for this figure
+    from test_source_snmp import ONLINE  # noqa: PLC0415  # pysnmp only for this figure
+
+    from powercast.sources.snmp import OIDS  # noqa: PLC0415
 
     snmpd = snmpd_path()
     assert snmpd is not None
@@ -1214,7 +1206,7 @@ def snmpd_agent(directory: Path) -> Iterator[tuple[int, socket.socket]]:
     conf.write_text(
         f"agentaddress udp:127.0.0.1:{port}\n"
         "rwcommunity public 127.0.0.1\n"
-        + "".join(f"override -rw .{OIDS[k]} integer {v}\n" for k, v in SNMP_AGENT_VALUES.items())
+        + "".join(f"override -rw .{OIDS[k]} integer {v}\n" for k, v in ONLINE.items())
     )
     proc = subprocess.Popen(
         # -C: no system config; -I -smux: no SMUX listener on TCP port 199
@@ -1246,12 +1238,7 @@ def snmpd_agent(directory: Path) -> Iterator[tuple[int, socket.socket]]:
         yield port, sock
     finally:
         sock.close()
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        harness.end(proc)
 
 
 def trap_datagram(community: str, trap_oid: str) -> bytes:

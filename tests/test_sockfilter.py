@@ -363,6 +363,47 @@ class TestBlockingSignatures:
         assert not ctrl.blocked_changed
 
 
+def _site(
+    tmp_path: Path, keys: Path, stranger: Path, *, kernel_filter: bool
+) -> tuple[int, Path, Path, Path, Path, bytes]:
+    """A controller (control socket, slow to shed, quick to restore) and a publisher of
+    ``ups-a`` reading a file, on a fresh port; and a forgery of ``ups-a`` on battery by a
+    stranger's key 1: the port, the reading, the control socket, the two configs and the
+    forgery."""
+    port = free_port()
+    reading = tmp_path / "ups.json"
+    set_reading(reading, "online")
+    control = tmp_path / "ctl.sock"
+    network = {"group": GROUP, "port": port, "interface": "127.0.0.1"}
+    controller = write_toml(
+        tmp_path / "c.toml",
+        controller_config(
+            port,
+            keys,
+            network={**network, "kernel_filter": kernel_filter},
+            control={"socket": str(control)},
+            policy={"shed_after_s": 3600.0, "restore_after_s": 0.0},
+        ),
+    )
+    publisher = write_toml(tmp_path / "p.toml", publisher_config(port, keys, reading))
+    lie = msgspec.structs.replace(message("on_battery", 10**9), publisher="ups-a")
+    forged = wire.encode(lie, key_id=1, sign=load_keyring(stranger).signer(1))
+    return port, reading, control, controller, publisher, forged
+
+
+def _datagrams(control: Path) -> dict[str, Any]:
+    """The ``datagrams`` part of a running controller's ``powercast status --json``."""
+    done = subprocess.run(
+        [sys.executable, "-m", "powercast", "status", "--json", "--socket", str(control)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["datagrams"]  # type: ignore[no-any-return]
+
+
 @pytest.mark.system
 class TestDaemon:
     def test_a_repeated_forgery_is_dropped_by_the_kernel_and_news_still_arrives(
@@ -370,24 +411,9 @@ class TestDaemon:
     ) -> None:
         """A controller blocks a forgery repeated 2,000 times after seeing it twice: it
         counts only the few read before the filter was on; a real change still moves it."""
-        port = free_port()
-        reading = tmp_path / "ups.json"
-        set_reading(reading, "online")
-        control = tmp_path / "ctl.sock"
-        controller = write_toml(
-            tmp_path / "c.toml",
-            controller_config(
-                port,
-                keys,
-                network={"group": GROUP, "port": port, "interface": "127.0.0.1",
-                         "kernel_filter": True},
-                control={"socket": str(control)},
-                policy={"shed_after_s": 3600.0, "restore_after_s": 0.0},
-            ),
-        )  # fmt: skip
-        publisher = write_toml(tmp_path / "p.toml", publisher_config(port, keys, reading))
-        lie = msgspec.structs.replace(message("on_battery", 10**9), publisher="ups-a")
-        forged = wire.encode(lie, key_id=1, sign=load_keyring(stranger).signer(1))
+        port, reading, control, controller, publisher, forged = _site(
+            tmp_path, keys, stranger, kernel_filter=True
+        )
         with (
             running("control", "--config", str(controller)) as ctl,
             running("publish", "--config", str(publisher)),
@@ -403,15 +429,7 @@ class TestDaemon:
                 s.sendto(b"not ours", (GROUP, port))  # the shape part drops it
             set_reading(reading, "on_battery")
             ctl.wait_for("transition", state="on_battery")
-            done = subprocess.run(
-                [sys.executable, "-m", "powercast", "status", "--json", "--socket", str(control)],
-                capture_output=True,
-                text=True,
-                timeout=20,
-                check=False,
-            )
-            assert done.returncode == 0, done.stderr
-            rejected = json.loads(done.stdout)["datagrams"]["rejected"]
+            rejected = _datagrams(control)["rejected"]
         assert rejected == {"bad_tag": 2}
 
     def test_a_flood_of_varied_forgeries_is_dropped_by_source_and_news_still_arrives(
@@ -420,22 +438,9 @@ class TestDaemon:
         """Forgeries that never repeat a tag, 10,000 from 127.0.0.2: the controller blocks
         that address and the kernel drops the rest; the publisher on 127.0.0.1 is never
         blocked and its change still moves the controller."""
-        port = free_port()
-        reading = tmp_path / "ups.json"
-        set_reading(reading, "online")
-        control = tmp_path / "ctl.sock"
-        controller = write_toml(
-            tmp_path / "c.toml",
-            controller_config(
-                port,
-                keys,
-                control={"socket": str(control)},
-                policy={"shed_after_s": 3600.0, "restore_after_s": 0.0},
-            ),
+        port, reading, control, controller, publisher, forged = _site(
+            tmp_path, keys, stranger, kernel_filter=False
         )
-        publisher = write_toml(tmp_path / "p.toml", publisher_config(port, keys, reading))
-        lie = msgspec.structs.replace(message("on_battery", 10**9), publisher="ups-a")
-        forged = wire.encode(lie, key_id=1, sign=load_keyring(stranger).signer(1))
         with (
             running("control", "--config", str(controller)) as ctl,
             running("publish", "--config", str(publisher)),
@@ -449,23 +454,14 @@ class TestDaemon:
                 for _ in range(10_000):
                     s.sendto(forged[:-32] + os.urandom(32), (GROUP, port))
 
-            def datagrams() -> dict[str, Any]:
-                done = subprocess.run(
-                    [sys.executable, "-m", "powercast", "status", "--json",
-                     "--socket", str(control)],
-                    capture_output=True, text=True, timeout=20, check=False,
-                )  # fmt: skip
-                assert done.returncode == 0, done.stderr
-                return json.loads(done.stdout)["datagrams"]  # type: ignore[no-any-return]
-
             flood()
             ctl.wait_for("source_blocked")
             time.sleep(REFILTER_EVERY_S + 0.2)  # the filter is on
-            before = datagrams()
+            before = _datagrams(control)
             flood()
             set_reading(reading, "on_battery")
             ctl.wait_for("transition", state="on_battery")
-            after = datagrams()
+            after = _datagrams(control)
         assert before["blocked_sources"] == after["blocked_sources"] == ["127.0.0.2"]
         assert before["rejected"]["bad_tag"] > 0
         assert after["rejected"] == before["rejected"]  # the kernel dropped every one
