@@ -288,6 +288,27 @@ class TestBlocking:
             ctrl.receive(b"garbage", 1.0, time.time(), "fd00::9")  # IPv6: not blockable
         assert ctrl.blocked_sources == {}
 
+    def test_the_first_of_many_publishers_is_never_blocked(
+        self, tmp_path: Path, keys: Path, stranger: Path
+    ) -> None:
+        """Three hundred publishers, each on its own address, then only heartbeats (read
+        at a glance, which note no address): the first one heard is still known as good
+        when forgeries come in its name."""
+        ctrl = enforcing(tmp_path, keys)
+        ours, theirs = load_keyring(keys), load_keyring(stranger)
+        for i in range(300):
+            own = msgspec.structs.replace(message(), publisher=f"ups-{i}")
+            ctrl.receive(
+                wire.encode(own, key_id=1, sign=ours.signer(1)),
+                1.0,
+                time.time(),
+                f"10.0.{i // 250}.{i % 250}",
+            )
+        for i in range(int(3 * SOURCE_STRIKES_PER_S)):
+            forged = wire.encode(message("on_battery", 100 + i), key_id=1, sign=theirs.signer(1))
+            ctrl.receive(forged, 1.0, time.time(), "10.0.0.0")
+        assert ctrl.blocked_sources == {}
+
     def test_unknown_keys_and_unsigned_are_not_blocked(
         self, tmp_path: Path, keys: Path, stranger: Path
     ) -> None:

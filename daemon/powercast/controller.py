@@ -142,7 +142,9 @@ class Controller:
     rejections: dict[str, Rejection] = field(default_factory=dict)
     """The last rejection by sender address (at most MAX_SOURCES), for status."""
     _good_from: dict[str, str] = field(default_factory=dict)
-    """Sender addresses that sent good news, with the publisher they sent it as."""
+    """Sender addresses that sent good news, with the publisher they sent it as (at most
+    MAX_PUBLISHERS: one per publisher heard, so none is forgotten while it is heard, and
+    none can be blocked as a flood's source)."""
     _look_after: float = float("-inf")
     """When the next rejected datagram may be judged anew (JUDGE_EVERY_S)."""
     _named: frozenset[str] = field(init=False)
@@ -511,7 +513,7 @@ class Controller:
         """Good news came from ``source`` as ``publisher`` (taken off the path of repeats)."""
         if source is None or self._good_from.get(source) == publisher:
             return
-        if len(self._good_from) >= MAX_SOURCES:
+        if len(self._good_from) >= MAX_PUBLISHERS:
             del self._good_from[next(iter(self._good_from))]
         self._good_from[source] = publisher
 
