@@ -630,6 +630,7 @@ def bench_flood(base: Path, size: str) -> dict[str, Any]:  # one scenario
         ) as (ctl, pub):
             ctl.wait_for("transition", timeout=10, state="normal")
             started_actions.settle()
+            time.sleep(3.0)  # past the start-up grace, within which no source is blocked
             for senders, samples in phases.items():
                 floods = [
                     subprocess.Popen(

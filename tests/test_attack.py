@@ -160,7 +160,7 @@ class TestSignatureFlood:
                     "scheme": "ed25519",
                     "publishers": {"ups-a": [1], "ups-b": [2]},
                 },
-                policy={"shed_after_s": 0.0, "restore_after_s": 0.0},
+                policy={"shed_after_s": 0.0, "restore_after_s": 0.0, "startup_grace_s": 0.5},
                 control={"socket": str(sock)},
             ),
         )
@@ -189,6 +189,7 @@ class TestSignatureFlood:
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood,
         ):
             ctl.wait_for("transition", state="normal")
+            time.sleep(0.5)  # past the start-up grace, when floods start being blocked
             flood.bind(("127.0.0.2", 0))  # another host, as far as the controller can tell
             flood.setsockopt(
                 socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1")

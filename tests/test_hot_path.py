@@ -24,6 +24,7 @@ from powercast.auth import Keyring
 from powercast.config import ControllerAuth, ControllerConfig, PolicySettings, PublisherConfig
 from powercast.controller import Controller
 from powercast.runtime import RECEIVE_BATCH, Daemon, Receiver
+from powercast.runtime.receiver import QUIET_S
 from powercast.secrets import keygen, load_keyring
 
 WALL = 1_700_000_000.0
@@ -226,6 +227,27 @@ class TestGlance:
         assert core.evaluations == evaluations + 1  # a reading moved: the rules ran
 
 
+@pytest.mark.unit
+class TestNestedBodies:
+    @pytest.mark.parametrize("mode", ["off", "permissive", "enforce"])
+    def test_a_body_nested_too_deep_is_rejected_not_raised(
+        self, keyring: Keyring, mode: str
+    ) -> None:
+        """A body whose last fields nest a thousand arrays deep (read at a glance, or for
+        the publisher it claims, they are skipped by recursion): counted and dropped, signed
+        or forged, in every auth mode; never an exception out of ``receive``."""
+        body = b"\x98\xa5ups-a\x01\x01\x01\xcb" + b"\x41" * 8 + b"\x91" * 1100
+        header = wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.TAG_SIZE, 1, len(body))
+        signed = header + body
+        config = ControllerConfig(auth=ControllerAuth(mode=mode, max_clock_skew_s=0.0))  # type: ignore[arg-type]
+        core = Controller(config, keyring)
+        for tag in (keyring.signer(1)(signed), bytes(32)):
+            assert core.receive(signed + tag, 1.0, WALL, "10.0.0.1") == []
+        rejected = {k: n for k, n in core.counters.items() if k.startswith("rejected.")}
+        assert sum(rejected.values()) == 2, rejected
+        assert core.sessions == {}
+
+
 @pytest.mark.system
 class TestReceiver:
     def test_a_burst_arrives_whole_and_in_order_in_batches(self) -> None:
@@ -270,6 +292,47 @@ class TestReceiver:
         steps = [b - a for a, b in itertools.pairwise(turns)]
         assert max(steps) <= RECEIVE_BATCH
         assert max(steps) > 1  # batched, not one per turn
+
+
+@pytest.mark.system
+class TestReceiverBatches:
+    def test_a_burst_is_read_in_batches_however_long_each_batch_is_judged(self) -> None:
+        """Each batch's work (the rules, ``on_drained``) taking longer than QUIET_S does not
+        make every read a lone one: 300 queued datagrams still come in full batches."""
+
+        async def scenario() -> list[int]:
+            rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            rx.bind(("127.0.0.1", 0))
+            batches, taken = [], [0]
+
+            def drained() -> None:
+                batches.append(taken[0])
+                taken[0] = 0
+                busy = time.perf_counter() + 1.5 * QUIET_S
+                while time.perf_counter() < busy:  # the rules over a thousand publishers
+                    pass
+
+            def take(data: bytes, source: str) -> None:
+                taken[0] += 1
+
+            loop = asyncio.get_running_loop()
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: Receiver(take, drained), sock=rx
+            )
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+                for _ in range(300):
+                    tx.sendto(b"x" * 100, rx.getsockname())
+            deadline = loop.time() + 5
+            while sum(batches) < 300 and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            transport.close()
+            return [b for b in batches if b]
+
+        batches = asyncio.run(scenario())
+        assert sum(batches) == 300
+        assert max(batches) == RECEIVE_BATCH
+        assert len(batches) <= 300 // RECEIVE_BATCH + 2  # a lone first read, then full ones
 
 
 @pytest.mark.unit

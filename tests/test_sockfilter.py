@@ -309,6 +309,59 @@ class TestBlocking:
             ctrl.receive(forged, 1.0, time.time(), "10.0.0.0")
         assert ctrl.blocked_sources == {}
 
+    def test_no_source_is_blocked_before_publishers_had_the_time_to_be_heard(
+        self, tmp_path: Path, keys: Path
+    ) -> None:
+        """Just started, a flood in some publisher's name could otherwise come before that
+        publisher's first datagram: nothing is blocked within the start-up grace."""
+        ctrl = enforcing(tmp_path, keys)
+        ctrl.start(0.0)
+        opens = ctrl.config.policy.startup_grace_s
+        for i in range(int(3 * SOURCE_STRIKES_PER_S)):
+            ctrl.receive(b"garbage", opens - 1.0 + i / 1e4, time.time(), "10.0.0.9")
+        assert ctrl.blocked_sources == {}
+        for i in range(int(3 * SOURCE_STRIKES_PER_S)):
+            ctrl.receive(b"garbage", opens + i / 1e4, time.time(), "10.0.0.9")
+        assert list(ctrl.blocked_sources) == ["10.0.0.9"]
+
+    def test_a_block_ends_when_data_from_that_address_is_taken(
+        self, tmp_path: Path, keys: Path
+    ) -> None:
+        """Blocked, then a good datagram from that address read before the filter was on
+        (at a glance or whole): the block is lifted, the filter rebuilt, and the address is
+        not blocked again."""
+        ctrl = enforcing(tmp_path, keys)
+        ours = load_keyring(keys)
+        for i in range(int(3 * SOURCE_STRIKES_PER_S)):
+            ctrl.receive(b"garbage", 1.0 + i / 1e4, time.time(), "10.0.0.9")
+        assert list(ctrl.blocked_sources) == ["10.0.0.9"]
+        ctrl.blocked_changed = False
+        ctrl.receive(
+            wire.encode(message(), key_id=1, sign=ours.signer(1)), 1.1, time.time(), "10.0.0.9"
+        )
+        assert ctrl.blocked_sources == {}
+        assert ctrl.blocked_changed
+        for i in range(int(3 * SOURCE_STRIKES_PER_S)):
+            ctrl.receive(b"garbage", 2.0 + i / 1e4, time.time(), "10.0.0.9")
+        assert ctrl.blocked_sources == {}
+
+    def test_blocks_end_with_a_reload_and_spoofed_floods_log_once(
+        self, tmp_path: Path, keys: Path
+    ) -> None:
+        """Many flooding addresses make one paced log line, not one each (the pacer's keys
+        never come from what a peer sent); a reload (new keys may explain the rejections)
+        lifts every block."""
+        ctrl = enforcing(tmp_path, keys)
+        for address in range(50):
+            for i in range(int(3 * SOURCE_STRIKES_PER_S)):
+                ctrl.receive(b"garbage", 1.0 + i / 1e4, time.time(), f"10.1.0.{address}")
+        assert len(ctrl.blocked_sources) == 50
+        assert [n.event for n in ctrl.notices].count("source_blocked") == 1
+        ctrl.blocked_changed = False
+        ctrl.reconfigure(ctrl.config, load_keyring(keys), 2.0)
+        assert ctrl.blocked_sources == {}
+        assert ctrl.blocked_changed
+
     def test_unknown_keys_and_unsigned_are_not_blocked(
         self, tmp_path: Path, keys: Path, stranger: Path
     ) -> None:
@@ -368,6 +421,20 @@ class TestBlockingSignatures:
         ctrl.receive(wire.encode(message(seq=1), key_id=3, sign=good), 1.0, time.time())
         assert ctrl.accepted == 1
 
+    def test_a_publisher_over_its_budget_does_not_block_its_source(self) -> None:
+        """Signatures over the budget of the publisher they name are no sign of their
+        source (a relay carries many publishers): only a source over its own budget
+        counts towards its block."""
+        ctrl = signing(verify_rate=1.0)
+        for seq in range(int(5 * SOURCE_STRIKES_PER_S)):
+            ctrl.receive(forged_signature(100 + seq), 1.0 + seq / 1e4, time.time(), "10.9.9.8")
+        assert ctrl.counters["rejected.over_budget"] > 3 * SOURCE_STRIKES_PER_S
+        assert ctrl.blocked_sources == {}
+        spent = signing(source_verify_rate=1.0)
+        for seq in range(int(5 * SOURCE_STRIKES_PER_S)):
+            spent.receive(forged_signature(100 + seq), 1.0 + seq / 1e4, time.time(), "10.9.9.8")
+        assert list(spent.blocked_sources) == ["10.9.9.8"]
+
     def test_a_forgery_over_budget_is_never_blocked(self) -> None:
         """With the source's verify budget spent, a forgery repeated a hundred times is
         dropped unchecked (over_budget) and its tag is not blocked: only a tag checked
@@ -403,7 +470,7 @@ def _site(
             keys,
             network={**network, "kernel_filter": kernel_filter},
             control={"socket": str(control)},
-            policy={"shed_after_s": 3600.0, "restore_after_s": 0.0},
+            policy={"shed_after_s": 3600.0, "restore_after_s": 0.0, "startup_grace_s": 0.5},
         ),
     )
     publisher = write_toml(tmp_path / "p.toml", publisher_config(port, keys, reading))
@@ -468,6 +535,7 @@ class TestDaemon:
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s,
         ):
             ctl.wait_for("transition", state="normal")
+            time.sleep(0.5)  # past the start-up grace, when floods start being blocked
             s.bind(("127.0.0.2", 0))
             s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
 

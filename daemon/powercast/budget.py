@@ -65,6 +65,11 @@ class Budgets:
     """Keys learned from a good tag, the least recently learned forgotten beyond ``size``."""
     buckets: OrderedDict[str, TokenBucket] = field(default_factory=OrderedDict)
 
+    def spent(self, key: str) -> bool:
+        """Whether ``key`` has a bucket of its own and found it empty the last time."""
+        bucket = self.buckets.get(key)
+        return bucket is not None and bucket.tokens < 1.0
+
     def take(self, key: str, now: float) -> bool:
         """Spend a token of ``key``'s bucket: False when it has none left."""
         if self.newcomers_share and key not in self.configured and key not in self.learned:

@@ -56,6 +56,9 @@ SOURCE_BLOCK_S: Final = 60.0
 """How long a source is blocked; it is blocked again if it goes on."""
 MAX_BLOCKED_SOURCES: Final = 64
 """Sources blocked at most, the one whose block ends first leaving first."""
+PROTECTED_EVERY_S: Final = 1.0
+"""How often the addresses that may not be blocked (those publishers' data came from) are
+gathered anew, at most: once per block, not once per rejection."""
 _STRIKES: Final = frozenset(
     {
         wire.Reject.size, wire.Reject.truncated, wire.Reject.magic, wire.Reject.version,
@@ -129,6 +132,11 @@ class Controller:
     """Source addresses whose datagrams the kernel drops, with when that ends: each had
     datagrams rejected faster than SOURCE_STRIKES_PER_S and sent none that was taken.
     IPv4 only: the filter reads the source in the IPv4 header."""
+    _block_from: float = float("-inf")
+    """No source is blocked before the start-up grace has passed: every publisher has had
+    the time to be heard, and its address to be known as one never to block."""
+    _protected: frozenset[str] = frozenset()
+    _protected_until: float = float("-inf")
     _strikes: Budgets = field(
         default_factory=lambda: Budgets(
             SOURCE_STRIKES_PER_S, 2 * SOURCE_STRIKES_PER_S, SOURCES_KEPT
@@ -211,6 +219,8 @@ class Controller:
             session.max_tal = config.policy.max_tal_s
         self._forged.clear()  # a tag bad under the old keys may be good under the new ones
         self.blocked.clear()
+        self.blocked_sources.clear()  # and a sender's rejections may have been the keys'
+        self._strikes.buckets.clear()
         self.blocked_changed = True
         return self.evaluate(now)
 
@@ -230,6 +240,7 @@ class Controller:
     def start(self, now: float) -> None:
         """Begin the startup grace: zones wait up to policy.startup_grace_s for data."""
         self.grace_until = now + self.config.policy.startup_grace_s
+        self._block_from = self.grace_until
         for policy in self.zones.values():
             policy.since = now if policy.since == 0.0 else policy.since
 
@@ -268,7 +279,11 @@ class Controller:
                 self._refuse(envelope, problem, source, now)
                 return NOTHING
             glance = wire.glance(envelope)
-            if problem is None and glance is not None and self._heartbeat(glance, now, wall):
+            if (
+                problem is None
+                and glance is not None
+                and self._heartbeat(glance, now, wall, source)
+            ):
                 return NOTHING
             message = wire.decode_body(envelope)
         except wire.DecodeError as err:
@@ -332,6 +347,7 @@ class Controller:
         if verdict is Verdict.DUPLICATE:
             return NOTHING
         session.glance = glance  # taken: its readings are the session's now
+        self._taken_from(session, source)
         _push(self._expiries, (session.expires_at, publisher))
         if (
             verdict is Verdict.REPEAT
@@ -346,7 +362,7 @@ class Controller:
         self.unsettled = not evaluate  # evaluating now covers any datagram taken before
         return self.evaluate(now) if evaluate else NOTHING
 
-    def _heartbeat(self, glance: wire.Glance, now: float, wall: float) -> bool:
+    def _heartbeat(self, glance: wire.Glance, now: float, wall: float, source: str | None) -> bool:
         """Take an authentic datagram at a glance if it only repeats its fresh publisher's
         readings (the usual datagram: its expiry moves, nothing else); False, taking
         nothing, for anything else, which :meth:`receive` then reads whole."""
@@ -362,7 +378,15 @@ class Controller:
         self._glanced += 1
         self.accepted += 1
         _push(self._expiries, (session.expires_at, glance.publisher))
+        self._taken_from(session, source)
         return True
+
+    def _taken_from(self, session: Session, source: str | None) -> None:
+        """``session``'s latest datagram, taken, came from ``source``: an address that
+        is never blocked, and no longer is if its block came before this datagram."""
+        session.source = source
+        if self.blocked_sources and source in self.blocked_sources:
+            self._unblock(source)
 
     def settle(self, now: float) -> list[Decision]:
         """The rules run on what :meth:`receive` took without running them, if anything."""
@@ -493,9 +517,18 @@ class Controller:
 
     def _block_source(self, source: str, now: float) -> None:
         """``source`` had more datagrams rejected than SOURCE_STRIKES_PER_S allows: the
-        kernel drops its datagrams for SOURCE_BLOCK_S, unless it sent data that was taken
-        (then the rejections may be another's, sent in its name)."""
-        if source in self._good_from or source in self.blocked_sources or ":" in source:
+        kernel drops its datagrams for SOURCE_BLOCK_S. Never an address any publisher's
+        data was taken from (the rejections may be another's, sent in its name), nor
+        within the start-up grace, before every publisher has had the time to be heard."""
+        if source in self.blocked_sources or ":" in source or now < self._block_from:
+            return
+        if now >= self._protected_until:
+            self._protected = frozenset(
+                {s.source for s in self.sessions.values() if s.source is not None}
+                | self._good_from.keys()
+            )
+            self._protected_until = now + PROTECTED_EVERY_S
+        if source in self._protected:
             return
         if len(self.blocked_sources) >= MAX_BLOCKED_SOURCES:
             first = min(self.blocked_sources.items(), key=lambda item: item[1])[0]
@@ -507,7 +540,13 @@ class Controller:
             f" sent none that was taken: the kernel drops its datagrams for"
             f" {SOURCE_BLOCK_S:g} s ({len(self.blocked_sources)} sources blocked)"
         )
-        self._notice(f"source_blocked {source}", "source_blocked", "flood", detail, now)
+        self._notice("source_blocked", "source_blocked", "flood", detail, now)
+
+    def _unblock(self, source: str) -> None:
+        """Data from ``source`` was taken after all: it is no flood's."""
+        del self.blocked_sources[source]
+        self.blocked_changed = True
+        self._protected_until = float("-inf")
 
     def _heard_from(self, source: str | None, publisher: str) -> None:
         """Good news came from ``source`` as ``publisher`` (taken off the path of repeats)."""
@@ -524,7 +563,11 @@ class Controller:
         self._notice(reason, "datagram_rejected", reason, detail, now)
         if source is None:
             return
-        if reason in _STRIKES and not self._strikes.take(source, now):
+        if (
+            reason in _STRIKES
+            and (reason is not wire.Reject.over_budget or self.gate.sources.spent(source))
+            and not self._strikes.take(source, now)
+        ):  # over a publisher's budget is no sign of its source: a relay carries many
             self._block_source(source, now)
         last = self.rejections.get(source)
         if last is None:

@@ -53,6 +53,8 @@ class Session:
     temperatures: dict[str, float | None] = field(init=False)
     """The latest temperatures, with every sensor seen in this epoch but not read now as None."""
 
+    source: str | None = None
+    """The address the latest datagram taken came from (None: no address, a broker)."""
     glance: Glance | None = None
     """The current announcement at a glance, when it was read so: a later heartbeat that
     repeats its readings is taken from it by :meth:`heartbeat`, without a decode."""

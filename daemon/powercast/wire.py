@@ -270,7 +270,7 @@ def claimed_publisher(envelope: Envelope) -> str | None:
     only ever a key to a budget or to the keys allowed for it."""
     try:
         return _head_decoder.decode(envelope.body).publisher
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # skipping what is nested too deep
         return None
 
 
@@ -299,7 +299,7 @@ def glance(envelope: Envelope) -> Glance | None:
     full decode says why, if it is bad)."""
     try:
         return _glance_decoder.decode(envelope.body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # skipping what is nested too deep
         return None
 
 
@@ -309,6 +309,8 @@ def decode_body(envelope: Envelope) -> Announcement:
         return _decoder.decode(envelope.body)
     except msgspec.DecodeError as err:  # ValidationError is a subclass
         raise DecodeError(Reject.body, str(err)) from None
+    except RecursionError:
+        raise DecodeError(Reject.body, "nested too deep") from None
 
 
 def decode(data: bytes) -> Frame:

@@ -19,10 +19,11 @@ RECEIVE_BATCH = 64
 each); the rest of a burst is read right after it, so a flood costs one round per batch,
 and timers and the watchdog still run between batches."""
 QUIET_S = 0.001
-"""A readiness this long after the previous one reads one datagram and does not look for
-a second: at heartbeat rates that look (a read that fails, and its exception) costs about
-as much as the datagram's own work. Datagrams left in the socket make it ready again at
-once, and that readiness, close behind, is read in batches."""
+"""A readiness this long after the previous batch was done with (its datagrams and what
+``on_drained`` made of them) reads one datagram and does not look for a second: at
+heartbeat rates that look (a read that fails, and its exception) costs about as much as
+the datagram's own work. Datagrams left in the socket make it ready again at once, and
+that readiness, close behind, is read in batches; so is every one after a full batch."""
 RECEIVE_SIZE = 65536
 """Bytes asked of each read: any UDP payload, so an oversized datagram is seen (and
 rejected) at its real size. asyncio's own read asks for 256 KiB, a fresh mapping per
@@ -47,7 +48,10 @@ class Receiver(asyncio.DatagramProtocol):
         self._pacer = Pacer()
         self._on_datagram = on_datagram
         self._on_drained = on_drained
-        self._ready_at = float("-inf")
+        self._done_at = float("-inf")
+        """When the last batch was done with, ``on_drained`` included."""
+        self._full = False
+        """The last batch took RECEIVE_BATCH datagrams: more are likely waiting."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # The transport's socket, duplicated: asyncio hands out a wrapper without recv.
@@ -70,29 +74,31 @@ class Receiver(asyncio.DatagramProtocol):
         self._drain(RECEIVE_BATCH - 1)
 
     def _drain(self, batch: int = RECEIVE_BATCH) -> None:
+        if not self._full and time.monotonic() - self._done_at > QUIET_S:
+            batch = 1
         try:
-            self._read(batch)
+            self._full = self._read(batch) == RECEIVE_BATCH
         finally:
             if self._on_drained is not None:
                 self._on_drained()
+            self._done_at = time.monotonic()
 
-    def _read(self, batch: int) -> None:
+    def _read(self, batch: int) -> int:
+        """Up to ``batch`` datagrams, delivered; how many."""
         sock = self._sock
         if sock is None:
-            return
+            return 0
         recvfrom, deliver = sock.recvfrom, self._on_datagram
-        ready_at, self._ready_at = self._ready_at, time.monotonic()
-        if self._ready_at - ready_at > QUIET_S:
-            batch = 1
-        for _ in range(batch):
+        for taken in range(batch):
             try:
                 data, addr = recvfrom(RECEIVE_SIZE)
             except (BlockingIOError, InterruptedError):
-                return
+                return taken
             except OSError as exc:
                 self.error_received(exc)
-                return
+                return taken
             deliver(data, addr[0])
+        return batch
 
     def error_received(self, exc: Exception) -> None:
         """An error on the socket (an ICMP error a peer caused): logged paced."""
