@@ -656,7 +656,7 @@ def bench_flood(base: Path, size: str) -> dict[str, Any]:  # one scenario
                 for flood in floods:
                     flood.send_signal(signal.SIGINT)  # its finally prints the rate
                 rates[senders] = sum(
-                    float(flood.communicate(timeout=5)[0].strip() or 0) for flood in floods
+                    float(flood.communicate(timeout=30)[0].strip() or 0) for flood in floods
                 )
             alive = ctl.proc.poll() is None
     finally:
