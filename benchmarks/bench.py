@@ -598,7 +598,8 @@ def bench_flood(base: Path, size: str) -> dict[str, Any]:  # one scenario
     lie = announcement("ups-flood", 1, 10**9, "on_battery", 10**9)
     forged = wire.encode(lie, key_id=1, sign=forger.keyring.signer(1)).hex()
     flood_code = (
-        "import os, socket, sys, time\n"
+        "import os, signal, socket, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it\n"
         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
         "s.bind((sys.argv[1], 0))\n"
         "s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton('127.0.0.1'))\n"
