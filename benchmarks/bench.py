@@ -51,6 +51,7 @@ import datetime
 import hmac
 import itertools
 import json
+import math
 import os
 import platform
 import random
@@ -112,9 +113,11 @@ TARGETS: dict[str, str] = {
 
 
 def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    """Nearest-rank percentile (q in 0..100) of a non-empty list: the smallest value with at
+    least q % of the values at or below it, so the p99 of 100 samples is the 99th, not the
+    largest (``max_ms`` is that)."""
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(q * len(ordered) / 100)))
     return ordered[rank - 1]
 
 

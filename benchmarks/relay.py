@@ -61,6 +61,7 @@ import netbed  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 import sites  # noqa: E402
 import tomli_w  # noqa: E402
+from bench import percentile  # noqa: E402
 from paho.mqtt.subscribeoptions import SubscribeOptions  # noqa: E402
 
 from powercast import net, wire  # noqa: E402
@@ -329,12 +330,6 @@ class Loopback(Topology):
 
 
 # --- measuring --------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 def figures(ms: list[float]) -> dict[str, float]:

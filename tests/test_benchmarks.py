@@ -82,3 +82,20 @@ class TestBenchmarks:
             for flag in FLAGS.get(name, set()):
                 assert isinstance(result[flag], bool), f"{name}.{flag}: {result[flag]!r}"
             assert isinstance(result["met"], bool)
+
+
+class TestPercentile:
+    def test_nearest_rank(self) -> None:
+        """The p99 of 100 samples is the 99th smallest, not the largest: one slow sample in a
+        hundred is what a p99 allows."""
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        try:
+            from bench import percentile
+        finally:
+            sys.path.remove(str(ROOT / "benchmarks"))
+        hundred = [float(v) for v in range(100, 0, -1)]
+        assert percentile(hundred, 99) == 99.0
+        assert percentile(hundred, 50) == 50.0
+        assert percentile(hundred, 100) == 100.0
+        assert percentile([float(v) for v in range(1, 41)], 99) == 40.0
+        assert percentile([7.0], 99) == 7.0

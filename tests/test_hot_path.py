@@ -95,6 +95,18 @@ class TestControllerExpiries:
         assert core.deadline() == pytest.approx(3.0)
         assert [d.state for d in core.tick(3.0)] == ["failsafe"]
 
+    def test_heartbeats_push_no_entries(self, keyring: Keyring) -> None:
+        """The expiry heap holds one entry per publisher however many heartbeats came; an
+        entry that comes due is moved to its session's later expiry, once per TAL."""
+        core = controller(keyring)
+        for seq in range(1, 51):
+            for i in range(20):
+                now = seq * 0.1 + i / 1000
+                core.receive(datagram(keyring, f"ups-{i}", seq, now), now, WALL + now)
+        assert len(core._expiries) == 20
+        assert core.deadline() == pytest.approx(5.0 + 3.0)
+        assert len(core._expiries) == 20
+
     def test_rejected_datagrams_are_not_accepted(self, keyring: Keyring) -> None:
         """``accepted`` counts taken datagrams only: forged or replayed ones leave it."""
         core = controller(keyring)

@@ -118,6 +118,10 @@ class Controller:
     costs a tenth of a Counter's item on the path every heartbeat takes."""
     notices: list[Notice] = field(default_factory=list)
     _expiries: list[tuple[float, str]] = field(default_factory=list)
+    """Publishers' expiries, a heap with one live entry per publisher: the time in
+    :attr:`_armed`. A heartbeat only moves its session's expiry later and pushes nothing;
+    the entry, when due, is pushed again at the session's expiry if that moved."""
+    _armed: dict[str, float] = field(default_factory=dict)
     _allowed: frozenset[str] = field(init=False)
     _pacer: Pacer = field(default_factory=lambda: Pacer(LOG_EVERY_S))
     blocked: dict[bytes, None] = field(default_factory=dict)
@@ -268,14 +272,14 @@ class Controller:
         publishers a run of the rules costs a millisecond; one per datagram fell behind).
         """
         self.received += 1
-        auth = self.config.auth
+        mode = self.config.auth.mode
         try:
             envelope = wire.open_envelope(data)
             # Enforcing, the tag is checked before the body is decoded: a flood of
             # forgeries costs a check each (within its budget), and no forged byte
             # reaches the decoder beyond the publisher id it claims.
-            problem = self.gate.check(envelope, source, now) if auth.mode != "off" else None
-            if problem is not None and auth.mode == "enforce":
+            problem = self.gate.check(envelope, source, now) if mode != "off" else None
+            if problem is not None and mode == "enforce":
                 self._refuse(envelope, problem, source, now)
                 return NOTHING
             glance = wire.glance(envelope)
@@ -294,7 +298,7 @@ class Controller:
             self._counts[f"accepted.{problem}"] += 1
             detail = f"from {publisher!r} with key id {envelope.key_id}"
             self._notice(f"accepted.{problem}", "datagram_not_authentic", problem, detail, now)
-        skew = auth.max_clock_skew_s
+        skew = self.config.auth.max_clock_skew_s
         if skew and abs(message.sent - wall) > skew:
             self._reject(
                 wire.Reject.clock,
@@ -348,7 +352,7 @@ class Controller:
             return NOTHING
         session.glance = glance  # taken: its readings are the session's now
         self._taken_from(session, source)
-        _push(self._expiries, (session.expires_at, publisher))
+        self._arm(publisher, session.expires_at)
         if (
             verdict is Verdict.REPEAT
             and was_fresh
@@ -377,8 +381,9 @@ class Controller:
             return False
         self._glanced += 1
         self.accepted += 1
-        _push(self._expiries, (session.expires_at, glance.publisher))
-        self._taken_from(session, source)
+        session.source = source  # _taken_from, inline on the path every heartbeat takes
+        if self.blocked_sources and source in self.blocked_sources:
+            self._unblock(source)
         return True
 
     def _taken_from(self, session: Session, source: str | None) -> None:
@@ -404,11 +409,10 @@ class Controller:
                 del self.blocked_sources[address]
             self.blocked_changed = self.blocked_changed or bool(ended)
         expired = False
-        while self._expiries and self._expiries[0][0] <= now:
+        while (at := self._next_expiry()) is not None and at <= now:
             _, publisher = heapq.heappop(self._expiries)
-            session = self.sessions.get(publisher)
-            if session is not None and not session.fresh(now):
-                expired = True
+            del self._armed[publisher]
+            expired = True
         unsettled = [n for n, p in self.zones.items() if not p.settled]
         if expired or (unsettled and now >= self.grace_until):
             return self.evaluate(now)
@@ -457,18 +461,33 @@ class Controller:
             temperature=config.temperature,
         )
 
+    def _arm(self, publisher: str, expires_at: float) -> None:
+        """Have :attr:`_expiries` hold ``publisher``'s entry at ``expires_at`` or before."""
+        armed = self._armed.get(publisher)
+        if armed is None or expires_at < armed:
+            self._armed[publisher] = expires_at
+            _push(self._expiries, (expires_at, publisher))
+
     def _next_expiry(self) -> float | None:
-        """The earliest expiry still current. Every accepted datagram pushes one entry and
-        a newer datagram supersedes it; superseded entries at the top are dropped here
-        (tick would find them fresh anyway), so the timer is armed for a real expiry and
-        does not fire once per datagram with many publishers."""
-        expiries, sessions = self._expiries, self.sessions
+        """The earliest expiry still current, at the top of :attr:`_expiries`. Entries
+        that are no longer live (superseded by an earlier one, or of a forgotten session)
+        are dropped, and an entry whose session's expiry moved later is pushed again at
+        that time, so the timer is armed for a real expiry and fires about once per TAL
+        per publisher, not once per datagram."""
+        expiries, sessions, armed = self._expiries, self.sessions, self._armed
         while expiries:
             at, publisher = expiries[0]
             session = sessions.get(publisher)
-            if session is not None and session.expires_at == at:
+            if armed.get(publisher) != at:
+                heapq.heappop(expiries)  # superseded: the live entry is earlier
+            elif session is None:
+                heapq.heappop(expiries)  # forgotten
+                del armed[publisher]
+            elif session.expires_at > at:
+                heapq.heapreplace(expiries, (session.expires_at, publisher))
+                armed[publisher] = session.expires_at
+            else:
                 return at
-            heapq.heappop(expiries)
         return None
 
     def _make_room(self, now: float) -> bool:
