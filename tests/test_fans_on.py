@@ -489,6 +489,73 @@ class TestReloadDropsAnActuator:
                 ctl.stop()
 
 
+class TestReloadDropsThenCrash:
+    """A reload drops a shed actuator whose device refuses to go back on; the controller
+    dies (SIGKILL) before it gets there. Before, nothing named that actuator any more: the
+    running config's copy was already the new config, so neither ``powercast failsafe``
+    nor the next controller moved it, and its fans stayed off."""
+
+    def _dropped_while_busy(self, tmp_path: Path) -> tuple[Files, Path, Path]:
+        """Zone sheds with a pwm and a command actuator; the command's device turns busy
+        (its on command fails while a file exists), a reload drops it, and the controller
+        is killed after the first failed try to turn it on."""
+        files = make_files(tmp_path, grace=2.0)
+        log = tmp_path / "dropped.log"
+        busy = tmp_path / "busy"
+        refusing_on = (
+            "import os, sys\n"
+            "if os.path.exists(sys.argv[2]):\n"
+            "    sys.exit('busy')\n"
+            "open(sys.argv[1], 'a').write('on\\n')"
+        )
+        dropped = {
+            "kind": "command",
+            "on_argv": [sys.executable, "-c", refusing_on, str(log), str(busy)],
+            "off_argv": [sys.executable, "-c", APPEND, str(log), "off"],
+        }
+        rewrite(files, actions=None, actuators=[hwmon(files.pwm), dropped])
+        with up(publish(files)):
+            ctl = control(files)
+            try:
+                shed(ctl, files)
+                deadline = time.monotonic() + 3.0
+                while not (log.exists() and log.read_text().endswith("off\n")):
+                    assert time.monotonic() < deadline, "the command actuator never went off"
+                    time.sleep(0.01)
+                busy.touch()
+                rewrite(files, actuators=[hwmon(files.pwm)])
+                ctl.signal(signal.SIGHUP)
+                ctl.wait_for("reloaded")
+                ctl.wait_for("actuator_failed", timeout=3.0)
+            finally:
+                ctl.proc.kill()
+                ctl.stop()
+        assert log.read_text().endswith("off\n")  # left off, with no controller
+        busy.unlink()
+        return files, log, busy
+
+    def test_failsafe_turns_the_dropped_actuator_on(self, tmp_path: Path) -> None:
+        files, log, _ = self._dropped_while_busy(tmp_path)
+        done = failsafe(files.controller, "--after-failure", state_dir=files.state_dir)
+        assert done.returncode == 0, done.stderr
+        assert log.read_text().endswith("off\non\n")
+        assert files.pwm.read_text() == f"{ON}\n"
+        assert done.stdout == "powercast failsafe: 2 of 2 actuators set to fans on\n"
+
+    def test_the_next_controller_turns_it_on(self, tmp_path: Path) -> None:
+        files, log, _ = self._dropped_while_busy(tmp_path)
+        released = files.state_dir / "controller.released.toml"
+        assert released.exists()
+        with up(publish(files)), up(control(files)) as ctl:
+            ctl.wait_for("released_actuators_resumed")
+            ctl.wait_for("actuator_released", timeout=5.0)
+            assert log.read_text().endswith("off\non\n")
+            deadline = time.monotonic() + 2.0
+            while released.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not released.exists()  # nothing is left to a failsafe
+
+
 # --- 9: a clean stop while the fans are shed ------------------------------------------------
 
 

@@ -32,6 +32,10 @@ from powercast.systemd import runtime_directory, state_directory
 
 RUNNING_CONFIG: Final = "controller.running.toml"
 """The copy of the config the controller runs, in its state (else runtime) directory."""
+RELEASED: Final = "controller.released.toml"
+"""Beside it: the actuators a reload dropped that were not yet seen at fans on, as a
+config of their zones and actuators alone. Without it, a controller that dies in that
+window leaves them to no one: the running copy is already the config without them."""
 FAILSAFE_BOUND_S: Final = 30.0
 """``powercast failsafe`` gives up waiting on any device or command after this long."""
 
@@ -44,27 +48,64 @@ def leave_fans_marker() -> Path | None:
 def keep_running_config(config: cfg.ControllerConfig, state_dir: Path | None) -> None:
     """Write the running config's copy atomically; failing to is not fatal (logged by
     the caller's next failsafe, which falls back to the file on disk)."""
+    _keep(state_dir or runtime_directory(), RUNNING_CONFIG, config)
+
+
+def keep_released(released: list[tuple[str, cfg.Actuator]], state_dir: Path | None) -> None:
+    """Write (or, with none left, remove) the copy of the actuators a reload dropped and
+    not yet seen at fans on, each with its zone; before the new running copy is written,
+    so that no moment has a copy naming neither. Not fatal, as the running copy."""
     directory = state_dir or runtime_directory()
+    if not released:
+        with contextlib.suppress(OSError):
+            (directory / RELEASED).unlink(missing_ok=True)
+        return
+    zones: dict[str, list[cfg.Actuator]] = {}
+    for zone, actuator in released:
+        zones.setdefault(zone, []).append(actuator)
+    config = cfg.ControllerConfig(
+        zones=[cfg.Zone(name=name, actuators=actuators) for name, actuators in zones.items()]
+    )
+    _keep(directory, RELEASED, config)
+
+
+def load_released(state_dir: Path | None) -> list[tuple[str, cfg.Actuator]]:
+    """The actuators a controller before this one dropped and did not see at fans on,
+    each with its zone; none when there is no copy, or it cannot be read (said in the
+    log by the caller's failsafe, which reads the same file)."""
+    path = (state_dir or runtime_directory()) / RELEASED
+    try:
+        config = cfg.load(path, "controller")
+    except cfg.ConfigError:
+        return []
+    assert isinstance(config, cfg.ControllerConfig)
+    return [(z.name, a) for z in config.effective_zones() for a in z.actuators]
+
+
+def _keep(directory: Path, name: str, config: cfg.ControllerConfig) -> None:
     with contextlib.suppress(OSError):
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".running-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(cfg.dumps(config))
-            os.replace(tmp, directory / RUNNING_CONFIG)
+            os.replace(tmp, directory / name)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
 
 
-def running_config_paths(configured: cfg.ControllerConfig | None) -> list[Path]:
-    """Where a copy of the running config may be: state directory, then runtime directory."""
+def running_config_paths(
+    configured: cfg.ControllerConfig | None, name: str = RUNNING_CONFIG
+) -> list[Path]:
+    """Where a copy of the running config (or of the actuators released from it) may be:
+    state directory, then runtime directory."""
     dirs = [
         state_directory(),
         Path(configured.persist.state_dir) if configured and configured.persist.state_dir else None,
         runtime_directory(),
     ]
-    return [d / RUNNING_CONFIG for d in dirs if d is not None]
+    return [d / name for d in dirs if d is not None]
 
 
 @dataclass
@@ -81,7 +122,8 @@ class Report:
 
 
 def gather_configs(path: Path) -> tuple[list[cfg.ControllerConfig], list[str]]:
-    """The running copy and the file on disk, whichever can be read; notes say why not."""
+    """The running copy, the actuators a reload released from it, and the file on disk,
+    whichever can be read; notes say why not."""
     configs: list[cfg.ControllerConfig] = []
     notes: list[str] = []
     on_disk: cfg.ControllerConfig | None = None
@@ -91,17 +133,18 @@ def gather_configs(path: Path) -> tuple[list[cfg.ControllerConfig], list[str]]:
         on_disk = loaded
     except cfg.ConfigError as err:
         notes.append(f"{err} (using the config the controller last ran)")
-    for copy in running_config_paths(on_disk):
-        if not copy.exists():
-            continue
-        try:
-            loaded = cfg.load(copy, "controller")
-        except cfg.ConfigError as err:
-            notes.append(str(err))
-            continue
-        assert isinstance(loaded, cfg.ControllerConfig)
-        configs.append(loaded)
-        break
+    for name in (RUNNING_CONFIG, RELEASED):
+        for copy in running_config_paths(on_disk, name):
+            if not copy.exists():
+                continue
+            try:
+                loaded = cfg.load(copy, "controller")
+            except cfg.ConfigError as err:
+                notes.append(str(err))
+                continue
+            assert isinstance(loaded, cfg.ControllerConfig)
+            configs.append(loaded)
+            break
     if on_disk is not None:
         configs.append(on_disk)
     return configs, notes

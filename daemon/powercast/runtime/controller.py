@@ -64,6 +64,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._workers: dict[str, tuple[Worker, asyncio.Task[None]]] = {}
         self._released: dict[str, tuple[Worker, asyncio.Task[None]]] = {}
         """Actuators a reload dropped, still being driven to fans on (by driver name)."""
+        self._released_from: dict[str, tuple[str, cfg.Actuator]] = {}
+        """Each released actuator's zone and config, kept on disk for the failsafe."""
         self._tg: asyncio.TaskGroup | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._unicast: asyncio.DatagramTransport | None = None
@@ -103,6 +105,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         tg.create_task(self.actions.run(), name="actions")
         tg.create_task(self._writer(), name="state writer")
         self._carry_out(self.plan.start())  # workers probe on their own: none waits for another
+        self._resume_releases()
         self._transport = await self._listen(self.config.network)
         program = self._program(self.config, self.keyring)
         self._unicast = await self._listen_unicast(self.config.network, program)
@@ -190,11 +193,14 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             entry[1].cancel()
         if self._tg is None or self.dry_run:
             return
+        zone = key.split("/", 1)[0]
         driver = make_driver(config, actuator_name(key, config))
-        worker = Worker(driver, key.split("/", 1)[0])
+        worker = Worker(driver, zone)
         worker.want(SAFE_POSITION)
         worker.on_change = self._release_changed
         self._released[driver.name] = (worker, self._tg.create_task(worker.run(), name=driver.name))
+        self._released_from[driver.name] = (zone, config)
+        failsafe.keep_released(list(self._released_from.values()), self._state_dir)
 
     def _release_changed(self, worker: Worker) -> None:
         if worker.known == SAFE_POSITION:
@@ -207,6 +213,26 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             _, task = self._released.pop(worker.driver.name, (None, None))
             if task is not None:
                 task.cancel()
+            self._released_from.pop(worker.driver.name, None)
+            failsafe.keep_released(list(self._released_from.values()), self._state_dir)
+
+    def _resume_releases(self) -> None:
+        """Actuators the controller before this one released and did not see at fans on
+        (it died first) are driven there now, unless this config drives them itself."""
+        if self.dry_run:
+            return
+        driven = [a for zone in self.core.zone_configs.values() for a in zone.actuators]
+        left = failsafe.load_released(self._state_dir)
+        for index, (zone, actuator) in enumerate(left):
+            if actuator not in driven:
+                self._release(f"{zone}/released-{index}", actuator)
+        if self._released:
+            log.warning(
+                "released_actuators_resumed",
+                actuators=list(self._released),
+                hint="a controller died before these reached fans on; driving them there",
+            )
+        failsafe.keep_released(list(self._released_from.values()), self._state_dir)
 
     async def _listen(
         self, network: cfg.ControllerNetwork, program: list[sockfilter.Insn] | None = None
