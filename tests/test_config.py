@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import tomli_w
 from powercast import config as cfg
 from powercast.auth import fingerprint
 from powercast.cli import main
+from powercast.programs import DEFAULT_PATH
 from powercast.secrets import keygen, load_keyring
 
 from harness import make_keys, running
@@ -479,6 +481,24 @@ class TestHostProblems:
             '[[actuators]]\nkind = "command"\non_argv = ["true"]\noff_argv = ["true"]\n'
         )
         assert cfg.host_problems(self.controller(text)) == []
+
+    def test_a_program_only_on_this_shells_path(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A bare name found on the checking shell's PATH but not on a service's would not
+        be found by the daemon under systemd: config check says where it is and what to
+        write instead."""
+        program = tmp_path / "fans-on-here"
+        program.write_text("#!/bin/sh\n")
+        program.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+        text = '[[actuators]]\nkind = "command"\non_argv = ["fans-on-here"]\noff_argv = ["true"]\n'
+        (line,) = cfg.host_problems(self.controller(text))
+        assert line.startswith("actuators[0].on_argv[0]: expected a program that exists")
+        assert line.endswith(
+            f'got "fans-on-here": found at {program} on this shell\'s PATH, not on a'
+            f" service's ({DEFAULT_PATH}): give its absolute path"
+        )
 
     @pytest.mark.parametrize(
         ("interface", "why"),

@@ -1339,8 +1339,7 @@ def host_problems(config: Config) -> list[str]:
     For `config check`, which fails on any (exit 78). A daemon refuses to start only on
     the network ones (net.NetworkConfigError); a missing program does not stop it, since
     a controller must still run its other actuators and fail safe. Programs are looked
-    up as exec would from here: with a slash as given, else on this process's PATH,
-    which may differ from the unit's."""
+    up as exec would: with a slash as given, else on the PATH a service gets."""
     problems = []
     network = config.network
     family = socket.AF_INET6 if ":" in network.group else socket.AF_INET
@@ -1424,9 +1423,21 @@ def _argvs(value: Any, path: str = "") -> list[tuple[str, list[str]]]:
 
 
 def _program_problem(program: str) -> str | None:
-    """Why exec could not run ``program``, or None."""
+    """Why exec could not run ``program``, or None. A bare name is looked up on the PATH
+    a service gets (the units set none), then on this shell's, to say why a program found
+    here would not be found by the daemon."""
     if "/" not in program:
-        return None if shutil.which(program) else "not found on PATH"
+        from powercast.programs import DEFAULT_PATH  # noqa: PLC0415  # config check only
+
+        if shutil.which(program, path=DEFAULT_PATH):
+            return None
+        here = shutil.which(program)
+        if here is None:
+            return "not found on PATH"
+        return (
+            f"found at {here} on this shell's PATH, not on a service's ({DEFAULT_PATH}):"
+            " give its absolute path"
+        )
     path = Path(program)
     if not path.exists():
         return "no such file"
