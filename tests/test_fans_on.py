@@ -556,6 +556,64 @@ class TestReloadDropsThenCrash:
             assert not released.exists()  # nothing is left to a failsafe
 
 
+class TestReloadTwice:
+    def test_an_actuator_released_twice_over_is_still_named(self, tmp_path: Path) -> None:
+        """Zone sheds with a pwm and a command actuator A, whose device then turns busy; a
+        reload replaces A by B (same place in the config, same kind), and a second reload
+        replaces B by C before A got back on. B goes on; the controller dies; ``powercast
+        failsafe`` still turns A on. Before, the second release took the first one's
+        name: A left the released copy (B going on emptied it) and its fans stayed off
+        with no controller."""
+        files = make_files(tmp_path, grace=2.0)
+        refusing_on = (
+            "import os, sys\n"
+            "if os.path.exists(sys.argv[2]):\n"
+            "    sys.exit('busy')\n"
+            "open(sys.argv[1], 'a').write('on\\n')"
+        )
+        logs = {name: tmp_path / f"{name}.log" for name in "abc"}
+
+        def command(name: str) -> dict[str, Any]:
+            busy = tmp_path / f"{name}.busy"
+            return {
+                "kind": "command",
+                "on_argv": [sys.executable, "-c", refusing_on, str(logs[name]), str(busy)],
+                "off_argv": [sys.executable, "-c", APPEND, str(logs[name]), "off"],
+            }
+
+        def went(name: str, what: str) -> None:
+            deadline = time.monotonic() + 5.0
+            while not (logs[name].exists() and logs[name].read_text().endswith(f"{what}\n")):
+                assert time.monotonic() < deadline, f"{name} never went {what}"
+                time.sleep(0.01)
+
+        rewrite(files, actions=None, actuators=[hwmon(files.pwm), command("a")])
+        with up(publish(files)):
+            ctl = control(files)
+            try:
+                shed(ctl, files)
+                went("a", "off")
+                (tmp_path / "a.busy").touch()
+                rewrite(files, actuators=[hwmon(files.pwm), command("b")])
+                ctl.signal(signal.SIGHUP)
+                ctl.wait_for("reloaded")
+                ctl.wait_for("actuator_failed", timeout=3.0)  # A, busy
+                went("b", "off")
+                rewrite(files, actuators=[hwmon(files.pwm), command("c")])
+                ctl.signal(signal.SIGHUP)
+                ctl.wait_for("reloaded")
+                went("b", "on")
+                ctl.wait_for("actuator_released", timeout=3.0)  # B, and its copy rewritten
+            finally:
+                ctl.proc.kill()
+                ctl.stop()
+        assert logs["a"].read_text().endswith("off\n")  # left off, with no controller
+        (tmp_path / "a.busy").unlink()
+        done = failsafe(files.controller, "--after-failure", state_dir=files.state_dir)
+        assert done.returncode == 0, done.stderr
+        assert logs["a"].read_text().endswith("off\non\n")
+
+
 # --- 9: a clean stop while the fans are shed ------------------------------------------------
 
 
