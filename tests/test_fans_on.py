@@ -614,6 +614,25 @@ class TestReloadTwice:
         assert logs["a"].read_text().endswith("off\non\n")
 
 
+class TestReleasedUnreadable:
+    def test_an_unreadable_released_copy_is_said_and_kept(self, tmp_path: Path) -> None:
+        """The copy of released actuators cannot be read (damaged, or written by another
+        version): a starting controller logs an error naming it, and leaves it for
+        ``powercast failsafe``, which names it too. Before, the controller said nothing and
+        removed it: the actuators it named, possibly off, were left to no one."""
+        files = make_files(tmp_path, grace=2.0)
+        released = files.state_dir / "controller.released.toml"
+        released.write_text('[[zones]]\nname = "default"\n[[zones.actuators]\n')
+        with up(control(files)) as ctl:
+            event = ctl.wait_for("released_unreadable")
+            ctl.wait_for("listening")
+            assert str(released) in event["error"]
+            assert released.exists()
+        assert released.exists()
+        done = failsafe(files.controller, "--after-failure", state_dir=files.state_dir)
+        assert str(released) in done.stderr
+
+
 # --- 9: a clean stop while the fans are shed ------------------------------------------------
 
 

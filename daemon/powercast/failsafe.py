@@ -69,17 +69,17 @@ def keep_released(released: list[tuple[str, cfg.Actuator]], state_dir: Path | No
     _keep(directory, RELEASED, config)
 
 
-def load_released(state_dir: Path | None) -> list[tuple[str, cfg.Actuator]]:
+def load_released(state_dir: Path | None) -> tuple[list[tuple[str, cfg.Actuator]], str | None]:
     """The actuators a controller before this one dropped and did not see at fans on,
-    each with its zone; none when there is no copy, or it cannot be read (said in the
-    log by the caller's failsafe, which reads the same file)."""
+    each with its zone (none when there is no copy); and why the copy cannot be read,
+    if it cannot: the caller says so and leaves it, as the actuators it names may be off."""
     path = (state_dir or runtime_directory()) / RELEASED
     try:
         config = cfg.load(path, "controller")
-    except cfg.ConfigError:
-        return []
+    except cfg.ConfigError as err:
+        return [], None if not os.path.lexists(path) else str(err)
     assert isinstance(config, cfg.ControllerConfig)
-    return [(z.name, a) for z in config.effective_zones() for a in z.actuators]
+    return [(z.name, a) for z in config.effective_zones() for a in z.actuators], None
 
 
 def _keep(directory: Path, name: str, config: cfg.ControllerConfig) -> None:

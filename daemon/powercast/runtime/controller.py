@@ -223,7 +223,15 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         if self.dry_run:
             return
         driven = [a for zone in self.core.zone_configs.values() for a in zone.actuators]
-        left = failsafe.load_released(self._state_dir)
+        left, problem = failsafe.load_released(self._state_dir)
+        if problem is not None:
+            log.error(
+                "released_unreadable",
+                error=problem,
+                hint="it names actuators a reload dropped that may still be off: set them"
+                " on, then remove the file",
+            )
+            return  # left for powercast failsafe to say too, not removed
         for index, (zone, actuator) in enumerate(left):
             if actuator not in driven:
                 self._release(f"{zone}/released-{index}", actuator)
