@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 from test_failsafe import run as failsafe
 from test_restart import OFF, ON, Files, make_files, wait_file
 
@@ -631,6 +632,41 @@ class TestReleasedUnreadable:
         assert released.exists()
         done = failsafe(files.controller, "--after-failure", state_dir=files.state_dir)
         assert str(released) in done.stderr
+
+
+class TestReleasedElsewhere:
+    def test_failsafe_reads_the_copy_where_the_controller_keeps_it(self, tmp_path: Path) -> None:
+        """persist.state_dir names the controller's state directory, and the unit's
+        StateDirectory= holds an older copy of released actuators (kept before the setting
+        was made). ``powercast failsafe`` turns on the actuator named in the copy the
+        controller keeps, and the older copy's too (on is safe). Before, it read the
+        unit's directory first and stopped there: the actuator just released stayed off."""
+        files = make_files(tmp_path, grace=2.0)
+        logs = {name: tmp_path / f"{name}.log" for name in ("current", "older")}
+
+        def released(name: str) -> str:
+            argv = [sys.executable, "-c", APPEND, str(logs[name])]
+            return tomli_w.dumps(
+                {
+                    "zones": [
+                        {
+                            "name": "default",
+                            "actuators": [
+                                {"kind": "command", "on_argv": [*argv, "on"], "off_argv": argv}
+                            ],
+                        }
+                    ]
+                }
+            )
+
+        unit_state = tmp_path / "unit-state"
+        unit_state.mkdir()
+        (unit_state / "controller.released.toml").write_text(released("older"))
+        (files.state_dir / "controller.released.toml").write_text(released("current"))
+        done = failsafe(files.controller, "--after-failure", state_dir=unit_state)
+        assert done.returncode == 0, done.stderr
+        assert logs["current"].read_text() == "on\n"
+        assert logs["older"].read_text() == "on\n"
 
 
 # --- 9: a clean stop while the fans are shed ------------------------------------------------

@@ -99,13 +99,14 @@ def running_config_paths(
     configured: cfg.ControllerConfig | None, name: str = RUNNING_CONFIG
 ) -> list[Path]:
     """Where a copy of the running config (or of the actuators released from it) may be:
-    state directory, then runtime directory."""
+    the state directory as the controller chooses it (persist.state_dir, else the unit's
+    StateDirectory=), then the other, then the runtime directory."""
     dirs = [
-        state_directory(),
         Path(configured.persist.state_dir) if configured and configured.persist.state_dir else None,
+        state_directory(),
         runtime_directory(),
     ]
-    return [d / name for d in dirs if d is not None]
+    return list(dict.fromkeys(d / name for d in dirs if d is not None))
 
 
 @dataclass
@@ -144,7 +145,8 @@ def gather_configs(path: Path) -> tuple[list[cfg.ControllerConfig], list[str]]:
                 continue
             assert isinstance(loaded, cfg.ControllerConfig)
             configs.append(loaded)
-            break
+            if name == RUNNING_CONFIG:
+                break  # the latest; every copy of released actuators counts (on is safe)
     if on_disk is not None:
         configs.append(on_disk)
     return configs, notes
