@@ -618,20 +618,19 @@ class TestReloadTwice:
 class TestReleasedUnreadable:
     def test_an_unreadable_released_copy_is_said_and_kept(self, tmp_path: Path) -> None:
         """The copy of released actuators cannot be read (damaged, or written by another
-        version): a starting controller logs an error naming it, and leaves it for
-        ``powercast failsafe``, which names it too. Before, the controller said nothing and
-        removed it: the actuators it named, possibly off, were left to no one."""
+        version): a starting controller logs an error naming it, and keeps it aside, where
+        no later release overwrites it. Before, the controller said nothing and removed
+        it: the actuators it named, possibly off, were left to no one."""
         files = make_files(tmp_path, grace=2.0)
         released = files.state_dir / "controller.released.toml"
-        released.write_text('[[zones]]\nname = "default"\n[[zones.actuators]\n')
+        damaged = '[[zones]]\nname = "default"\n[[zones.actuators]\n'
+        released.write_text(damaged)
         with up(control(files)) as ctl:
             event = ctl.wait_for("released_unreadable")
             ctl.wait_for("listening")
-            assert str(released) in event["error"]
-            assert released.exists()
-        assert released.exists()
-        done = failsafe(files.controller, "--after-failure", state_dir=files.state_dir)
-        assert str(released) in done.stderr
+        assert str(released) in event["error"]
+        assert Path(event["kept"]) == released.with_name("controller.released.toml.unreadable")
+        assert Path(event["kept"]).read_text() == damaged
 
 
 class TestReleasedElsewhere:

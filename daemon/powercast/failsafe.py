@@ -82,6 +82,18 @@ def load_released(state_dir: Path | None) -> tuple[list[tuple[str, cfg.Actuator]
     return [(z.name, a) for z in config.effective_zones() for a in z.actuators], None
 
 
+def set_aside_released(state_dir: Path | None) -> Path:
+    """Move a copy of released actuators that cannot be read to ``<name>.unreadable``,
+    where no later copy overwrites it; where it is now (as it was, if it cannot move)."""
+    path = (state_dir or runtime_directory()) / RELEASED
+    aside = path.with_name(f"{RELEASED}.unreadable")
+    try:
+        os.replace(path, aside)
+    except OSError:
+        return path
+    return aside
+
+
 def _keep(directory: Path, name: str, config: cfg.ControllerConfig) -> None:
     with contextlib.suppress(OSError):
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".running-", suffix=".tmp")

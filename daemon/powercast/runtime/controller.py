@@ -224,14 +224,16 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             return
         driven = [a for zone in self.core.zone_configs.values() for a in zone.actuators]
         left, problem = failsafe.load_released(self._state_dir)
-        if problem is not None:
+        if problem is not None:  # kept aside, not overwritten by the next release
+            kept = failsafe.set_aside_released(self._state_dir)
             log.error(
                 "released_unreadable",
                 error=problem,
+                kept=str(kept),
                 hint="it names actuators a reload dropped that may still be off: set them"
                 " on, then remove the file",
             )
-            return  # left for powercast failsafe to say too, not removed
+            return
         for index, (zone, actuator) in enumerate(left):
             if actuator not in driven:
                 self._release(f"{zone}/released-{index}", actuator)
