@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 from test_failsafe import run as failsafe
 from test_restart import OFF, ON, Files, make_files, wait_file
 
@@ -554,6 +555,117 @@ class TestReloadDropsThenCrash:
             while released.exists() and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert not released.exists()  # nothing is left to a failsafe
+
+
+class TestReloadTwice:
+    def test_an_actuator_released_twice_over_is_still_named(self, tmp_path: Path) -> None:
+        """Zone sheds with a pwm and a command actuator A, whose device then turns busy; a
+        reload replaces A by B (same place in the config, same kind), and a second reload
+        replaces B by C before A got back on. B goes on; the controller dies; ``powercast
+        failsafe`` still turns A on. Before, the second release took the first one's
+        name: A left the released copy (B going on emptied it) and its fans stayed off
+        with no controller."""
+        files = make_files(tmp_path, grace=2.0)
+        refusing_on = (
+            "import os, sys\n"
+            "if os.path.exists(sys.argv[2]):\n"
+            "    sys.exit('busy')\n"
+            "open(sys.argv[1], 'a').write('on\\n')"
+        )
+        logs = {name: tmp_path / f"{name}.log" for name in "abc"}
+
+        def command(name: str) -> dict[str, Any]:
+            busy = tmp_path / f"{name}.busy"
+            return {
+                "kind": "command",
+                "on_argv": [sys.executable, "-c", refusing_on, str(logs[name]), str(busy)],
+                "off_argv": [sys.executable, "-c", APPEND, str(logs[name]), "off"],
+            }
+
+        def went(name: str, what: str) -> None:
+            deadline = time.monotonic() + 5.0
+            while not (logs[name].exists() and logs[name].read_text().endswith(f"{what}\n")):
+                assert time.monotonic() < deadline, f"{name} never went {what}"
+                time.sleep(0.01)
+
+        rewrite(files, actions=None, actuators=[hwmon(files.pwm), command("a")])
+        with up(publish(files)):
+            ctl = control(files)
+            try:
+                shed(ctl, files)
+                went("a", "off")
+                (tmp_path / "a.busy").touch()
+                rewrite(files, actuators=[hwmon(files.pwm), command("b")])
+                ctl.signal(signal.SIGHUP)
+                ctl.wait_for("reloaded")
+                ctl.wait_for("actuator_failed", timeout=3.0)  # A, busy
+                went("b", "off")
+                rewrite(files, actuators=[hwmon(files.pwm), command("c")])
+                ctl.signal(signal.SIGHUP)
+                ctl.wait_for("reloaded")
+                went("b", "on")
+                ctl.wait_for("actuator_released", timeout=3.0)  # B, and its copy rewritten
+            finally:
+                ctl.proc.kill()
+                ctl.stop()
+        assert logs["a"].read_text().endswith("off\n")  # left off, with no controller
+        (tmp_path / "a.busy").unlink()
+        done = failsafe(files.controller, "--after-failure", state_dir=files.state_dir)
+        assert done.returncode == 0, done.stderr
+        assert logs["a"].read_text().endswith("off\non\n")
+
+
+class TestReleasedUnreadable:
+    def test_an_unreadable_released_copy_is_said_and_kept(self, tmp_path: Path) -> None:
+        """The copy of released actuators cannot be read (damaged, or written by another
+        version): a starting controller logs an error naming it, and keeps it aside, where
+        no later release overwrites it. Before, the controller said nothing and removed
+        it: the actuators it named, possibly off, were left to no one."""
+        files = make_files(tmp_path, grace=2.0)
+        released = files.state_dir / "controller.released.toml"
+        damaged = '[[zones]]\nname = "default"\n[[zones.actuators]\n'
+        released.write_text(damaged)
+        with up(control(files)) as ctl:
+            event = ctl.wait_for("released_unreadable")
+            ctl.wait_for("listening")
+        assert str(released) in event["error"]
+        assert Path(event["kept"]) == released.with_name("controller.released.toml.unreadable")
+        assert Path(event["kept"]).read_text() == damaged
+
+
+class TestReleasedElsewhere:
+    def test_failsafe_reads_the_copy_where_the_controller_keeps_it(self, tmp_path: Path) -> None:
+        """persist.state_dir names the controller's state directory, and the unit's
+        StateDirectory= holds an older copy of released actuators (kept before the setting
+        was made). ``powercast failsafe`` turns on the actuator named in the copy the
+        controller keeps, and the older copy's too (on is safe). Before, it read the
+        unit's directory first and stopped there: the actuator just released stayed off."""
+        files = make_files(tmp_path, grace=2.0)
+        logs = {name: tmp_path / f"{name}.log" for name in ("current", "older")}
+
+        def released(name: str) -> str:
+            argv = [sys.executable, "-c", APPEND, str(logs[name])]
+            return tomli_w.dumps(
+                {
+                    "zones": [
+                        {
+                            "name": "default",
+                            "actuators": [
+                                {"kind": "command", "on_argv": [*argv, "on"], "off_argv": argv}
+                            ],
+                        }
+                    ]
+                }
+            )
+
+        unit_state = tmp_path / "unit-state"
+        unit_state.mkdir()
+        (unit_state / "controller.released.toml").write_text(released("older"))
+        (files.state_dir / "controller.released.toml").write_text(released("current"))
+        done = failsafe(files.controller, "--after-failure", state_dir=unit_state)
+        assert done.returncode == 0, done.stderr
+        assert logs["current"].read_text() == "on\n"
+        assert logs["older"].read_text() == "on\n"
 
 
 # --- 9: a clean stop while the fans are shed ------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import math
 import socket
 import time
 from collections.abc import Iterator
@@ -16,13 +17,13 @@ from pathlib import Path
 import msgspec
 import pytest
 import structlog.testing
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from powercast import wire
 from powercast.auth import Keyring
 from powercast.config import ControllerAuth, ControllerConfig, PolicySettings, PublisherConfig
-from powercast.controller import Controller
+from powercast.controller import SUPERSEDED_KEPT, Controller
 from powercast.runtime import RECEIVE_BATCH, Daemon, Receiver
 from powercast.runtime.receiver import QUIET_S
 from powercast.secrets import keygen, load_keyring
@@ -106,6 +107,45 @@ class TestControllerExpiries:
         assert len(core._expiries) == 20
         assert core.deadline() == pytest.approx(5.0 + 3.0)
         assert len(core._expiries) == 20
+
+    def test_a_shorter_tal_with_the_same_readings_runs_the_rules(self, keyring: Keyring) -> None:
+        """A repeat promising less time brings the deadline sooner, so the rules run: the
+        runtime re-arms its timer only after they ran, and a quiet publisher would
+        otherwise fail safe at the TAL it promised before."""
+        core = controller(keyring)
+        core.receive(datagram(keyring, "ups-a", 1, 0.0, tal=30.0), 0.0, WALL)
+        evaluations = core.evaluations
+        core.receive(datagram(keyring, "ups-a", 2, 1.0, tal=2.0), 1.0, WALL + 1.0)
+        assert core.evaluations > evaluations
+        assert core.deadline() == pytest.approx(3.0)
+
+    def test_a_reload_lowering_max_tal_expires_quiet_publishers_at_the_new_cap(
+        self, keyring: Keyring
+    ) -> None:
+        """After a reload lowers policy.max_tal_s, heartbeats expire at the new cap: the
+        deadline follows, and a publisher that goes quiet fails safe then, not at the
+        longer expiry armed before the reload."""
+        core = controller(keyring)
+        core.receive(datagram(keyring, "ups-a", 1, 0.0, tal=30.0), 0.0, WALL)
+        config = ControllerConfig(
+            auth=ControllerAuth(max_clock_skew_s=0.0),
+            policy=PolicySettings(startup_grace_s=0.0, max_tal_s=5.0),
+        )
+        core.reconfigure(config, keyring, 1.0)
+        assert core.deadline() == pytest.approx(5.0)
+        core.receive(datagram(keyring, "ups-a", 2, 2.0, tal=30.0), 2.0, WALL + 2.0)
+        assert core.deadline() == pytest.approx(7.0)
+        assert [d.state for d in core.tick(7.0)] == ["failsafe"]
+
+    def test_ever_shorter_tals_keep_the_heap_small(self, keyring: Keyring) -> None:
+        """A publisher promising less time with every datagram pushes an entry each; the
+        superseded ones are dropped, so the heap stays a few entries per publisher."""
+        core = controller(keyring)
+        for seq in range(1, 2001):
+            now = seq * 0.001
+            core.receive(datagram(keyring, "ups-a", seq, now, tal=10.0 - seq * 0.004), now, WALL)
+        assert len(core._expiries) <= 2 + SUPERSEDED_KEPT
+        assert core.deadline() == pytest.approx(2.0 + 10.0 - 8.0)
 
     def test_rejected_datagrams_are_not_accepted(self, keyring: Keyring) -> None:
         """``accepted`` counts taken datagrams only: forged or replayed ones leave it."""
@@ -237,6 +277,146 @@ class TestGlance:
         core.receive(message(2, 45.0), 0.2, WALL)
         assert core.sessions["ups-a"].temperatures == {"inlet": 45.0}
         assert core.evaluations == evaluations + 1  # a reading moved: the rules ran
+
+
+_NAMES = ("ups-a", "ups-b", "ups-c")
+_RUNS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("receive"),
+            st.sampled_from(_NAMES),
+            st.sampled_from(  # heartbeats most: the path that pushes nothing
+                ["heartbeat"] * 4 + ["news", "tal", "restart", "replay", "duplicate"]
+            ),
+            st.sampled_from([0.5, 3.0, 30.0]),  # the TAL a "tal" step announces
+            st.sampled_from([0.0, 0.3, 1.0, 4.0]),  # the time before it
+        ),
+        st.tuples(
+            st.just("reload"),
+            st.sampled_from([1.0, 5.0, 3600.0]),  # policy.max_tal_s
+            st.sampled_from([(), ("ups-a",), ("ups-b", "ups-c")]),  # policy.publishers
+        ),
+        st.tuples(st.just("forget")),  # _make_room, as a full table calls it
+        st.tuples(st.just("tick")),  # a tick off the timer
+        st.tuples(st.just("wait"), st.sampled_from([0.2, 2.0, 40.0])),
+    ),
+    max_size=40,
+)
+
+
+class _Runtime:
+    """The runtime's use of the core, on a clock of its own: datagrams taken as a batch of
+    one, the timer re-armed after a run of the rules or when it fired, and fired when due."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring, self.core = keyring, controller(keyring)
+        self.now, self.timer_at, self.seen = 0.0, math.inf, -1
+        self.evaluated_at = -math.inf  # when the rules last ran
+        self.last: dict[str, tuple[int, int, int, float]] = {}  # epoch, seq, change, TAL
+
+    def _ran(self, evaluations: int, now: float) -> None:
+        if self.core.evaluations != evaluations:
+            self.evaluated_at = now
+
+    def arm(self) -> None:
+        deadline = self.core.deadline()
+        if deadline is not None and deadline < self.timer_at:
+            self.timer_at = deadline
+
+    def advance(self, to: float) -> None:
+        for _ in range(1000):
+            if self.timer_at > to:
+                break
+            at, self.timer_at = self.timer_at, math.inf
+            evaluations = self.core.evaluations
+            self.core.tick(at)
+            self._ran(evaluations, at)
+            self.arm()
+        else:
+            raise AssertionError(f"the timer spins at {self.timer_at}")
+        self.now = to
+
+    def receive(self, publisher: str, step: str, tal: float) -> None:
+        epoch, seq, change, last_tal = self.last.get(publisher, (1, 0, 1, 3.0))
+        if step == "restart":
+            epoch, seq = epoch + 1, 1
+        else:
+            seq += {"replay": -1, "duplicate": 0}.get(step, 1)
+        change += step == "news"
+        tal = tal if step == "tal" else last_tal
+        self.last[publisher] = (epoch, max(seq, 0), change, tal)
+        message = wire.Announcement(
+            publisher, epoch, max(seq, 0), change, WALL + self.now, tal,
+            wire.Power(wire.PowerStatus.ONLINE), {"inlet": 22.0},
+        )  # fmt: skip
+        data = wire.encode(message, key_id=1, sign=self.keyring.signer(1))
+        evaluations = self.core.evaluations
+        self.core.receive(data, self.now, WALL + self.now, evaluate=False)
+        self.core.settle(self.now)
+        self._ran(evaluations, self.now)
+        if self.core.evaluations != self.seen or self.timer_at == math.inf:
+            self.seen = self.core.evaluations
+            self.arm()
+
+    def reload(self, max_tal: float, publishers: tuple[str, ...]) -> None:
+        config = ControllerConfig(
+            auth=ControllerAuth(max_clock_skew_s=0.0),
+            policy=PolicySettings(
+                startup_grace_s=0.0, max_tal_s=max_tal, publishers=list(publishers)
+            ),
+        )
+        self.core.reconfigure(config, self.keyring, self.now)
+        self.evaluated_at = self.now
+        self.arm()
+
+    def check(self) -> None:
+        """Every fresh publisher's expiry has the timer armed at or before it; every
+        expiry passed was seen by a run of the rules; the heap stays small."""
+        core = self.core
+        deadline = core.deadline()
+        for publisher, session in core.sessions.items():
+            if session.expires_at > self.now:
+                assert deadline is not None
+                assert deadline <= session.expires_at, publisher
+                assert self.timer_at <= session.expires_at, publisher
+            else:
+                assert self.evaluated_at >= session.expires_at, publisher
+        assert len(core._armed) <= len(_NAMES)
+        assert len(core._expiries) <= 2 * len(_NAMES) + SUPERSEDED_KEPT
+
+
+@pytest.mark.unit
+class TestExpiryRuns:
+    @settings(max_examples=600)  # a reload, then a heartbeat: found in most runs of 600
+    @given(runs=_RUNS)
+    def test_every_expiry_is_timed_and_seen(self, keyring: Keyring, runs: list[tuple]) -> None:  # type: ignore[type-arg]
+        """Any run of heartbeats, news, shorter and longer TALs, restarts, replays,
+        duplicates, reloads (max_tal_s lowered or raised, publishers dropped and listed
+        again), sessions forgotten to make room, stray ticks and waits: every fresh
+        publisher's expiry has the runtime's timer armed in time, the rules run at every
+        expiry passed (fans fail safe), the timer never spins, and the heap stays small."""
+        runtime = _Runtime(keyring)
+        for step in runs:
+            match step:
+                case ("receive", publisher, kind, tal, gap):
+                    runtime.advance(runtime.now + gap)
+                    runtime.receive(publisher, kind, tal)
+                case ("reload", max_tal, publishers):
+                    runtime.reload(max_tal, publishers)
+                case ("forget",):
+                    runtime.core._make_room(runtime.now)
+                case ("tick",):
+                    evaluations = runtime.core.evaluations
+                    runtime.core.tick(runtime.now)
+                    runtime._ran(evaluations, runtime.now)
+                    runtime.arm()
+                case ("wait", gap):
+                    runtime.advance(runtime.now + gap)
+            runtime.check()
+        runtime.advance(runtime.now + 3600.0)
+        runtime.check()
+        assert runtime.core._next_expiry() is None
+        assert runtime.core._armed == {}
 
 
 @pytest.mark.unit

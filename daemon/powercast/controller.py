@@ -36,6 +36,8 @@ MAX_PUBLISHERS: Final = 4096
 """Sessions kept at most: with authentication off, made-up publisher ids must not grow
 memory and the work of every decision without bound."""
 _push: Final = heapq.heappush
+SUPERSEDED_KEPT: Final = 16
+"""Expiry entries beyond two per live one kept before the superseded ones are dropped."""
 LOG_EVERY_S: Final = 10.0
 """At most one log line per kind of rejected datagram in this many seconds."""
 BLOCKED_TAGS: Final = 64
@@ -219,8 +221,11 @@ class Controller:
         self._name_publishers()
         if self._allowed:  # publishers no longer listed stop counting now, not at their TAL
             self.sessions = {p: s for p, s in self.sessions.items() if p in self._allowed}
+        cap = config.policy.max_tal_s
         for session in self.sessions.values():
-            session.max_tal = config.policy.max_tal_s
+            session.max_tal = cap  # data taken under a longer cap counts no longer than this
+            session.expires_at = min(session.expires_at, session.received_at + cap)
+        self._rearm(now)
         self._forged.clear()  # a tag bad under the old keys may be good under the new ones
         self.blocked.clear()
         self.blocked_sources.clear()  # and a sender's rejections may have been the keys'
@@ -352,10 +357,11 @@ class Controller:
             return NOTHING
         session.glance = glance  # taken: its readings are the session's now
         self._taken_from(session, source)
-        self._arm(publisher, session.expires_at)
+        sooner = self._arm(publisher, session.expires_at)
         if (
             verdict is Verdict.REPEAT
             and was_fresh
+            and not sooner  # a shorter TAL: the rules run, so the runtime re-arms its timer
             and message.temperatures == before
             and power is not None
             and message.power.runtime_s == power.runtime_s  # a move within the deadband
@@ -461,12 +467,28 @@ class Controller:
             temperature=config.temperature,
         )
 
-    def _arm(self, publisher: str, expires_at: float) -> None:
-        """Have :attr:`_expiries` hold ``publisher``'s entry at ``expires_at`` or before."""
+    def _arm(self, publisher: str, expires_at: float) -> bool:
+        """Have :attr:`_expiries` hold ``publisher``'s entry at ``expires_at`` or before;
+        True if that took a new entry (the deadline may be sooner). Superseded entries
+        are dropped when they outnumber the live ones: a run of ever shorter TALs cannot
+        grow the heap beyond a few entries per publisher."""
         armed = self._armed.get(publisher)
-        if armed is None or expires_at < armed:
-            self._armed[publisher] = expires_at
-            _push(self._expiries, (expires_at, publisher))
+        if armed is not None and expires_at >= armed:
+            return False
+        self._armed[publisher] = expires_at
+        expiries = self._expiries
+        _push(expiries, (expires_at, publisher))
+        if len(expiries) > 2 * len(self._armed) + SUPERSEDED_KEPT:
+            expiries[:] = [(at, p) for p, at in self._armed.items()]
+            heapq.heapify(expiries)
+        return True
+
+    def _rearm(self, now: float) -> None:
+        """One entry per fresh session, at its expiry: after a reload, which may have
+        forgotten sessions and brought expiries sooner (a heartbeat only moves one later)."""
+        self._armed = {p: s.expires_at for p, s in self.sessions.items() if s.expires_at > now}
+        self._expiries = [(at, p) for p, at in self._armed.items()]
+        heapq.heapify(self._expiries)
 
     def _next_expiry(self) -> float | None:
         """The earliest expiry still current, at the top of :attr:`_expiries`. Entries

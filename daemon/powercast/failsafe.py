@@ -69,17 +69,29 @@ def keep_released(released: list[tuple[str, cfg.Actuator]], state_dir: Path | No
     _keep(directory, RELEASED, config)
 
 
-def load_released(state_dir: Path | None) -> list[tuple[str, cfg.Actuator]]:
+def load_released(state_dir: Path | None) -> tuple[list[tuple[str, cfg.Actuator]], str | None]:
     """The actuators a controller before this one dropped and did not see at fans on,
-    each with its zone; none when there is no copy, or it cannot be read (said in the
-    log by the caller's failsafe, which reads the same file)."""
+    each with its zone (none when there is no copy); and why the copy cannot be read,
+    if it cannot: the caller says so and leaves it, as the actuators it names may be off."""
     path = (state_dir or runtime_directory()) / RELEASED
     try:
         config = cfg.load(path, "controller")
-    except cfg.ConfigError:
-        return []
+    except cfg.ConfigError as err:
+        return [], None if not os.path.lexists(path) else str(err)
     assert isinstance(config, cfg.ControllerConfig)
-    return [(z.name, a) for z in config.effective_zones() for a in z.actuators]
+    return [(z.name, a) for z in config.effective_zones() for a in z.actuators], None
+
+
+def set_aside_released(state_dir: Path | None) -> Path:
+    """Move a copy of released actuators that cannot be read to ``<name>.unreadable``,
+    where no later copy overwrites it; where it is now (as it was, if it cannot move)."""
+    path = (state_dir or runtime_directory()) / RELEASED
+    aside = path.with_name(f"{RELEASED}.unreadable")
+    try:
+        os.replace(path, aside)
+    except OSError:
+        return path
+    return aside
 
 
 def _keep(directory: Path, name: str, config: cfg.ControllerConfig) -> None:
@@ -99,13 +111,14 @@ def running_config_paths(
     configured: cfg.ControllerConfig | None, name: str = RUNNING_CONFIG
 ) -> list[Path]:
     """Where a copy of the running config (or of the actuators released from it) may be:
-    state directory, then runtime directory."""
+    the state directory as the controller chooses it (persist.state_dir, else the unit's
+    StateDirectory=), then the other, then the runtime directory."""
     dirs = [
-        state_directory(),
         Path(configured.persist.state_dir) if configured and configured.persist.state_dir else None,
+        state_directory(),
         runtime_directory(),
     ]
-    return [d / name for d in dirs if d is not None]
+    return list(dict.fromkeys(d / name for d in dirs if d is not None))
 
 
 @dataclass
@@ -144,7 +157,8 @@ def gather_configs(path: Path) -> tuple[list[cfg.ControllerConfig], list[str]]:
                 continue
             assert isinstance(loaded, cfg.ControllerConfig)
             configs.append(loaded)
-            break
+            if name == RUNNING_CONFIG:
+                break  # the latest; every copy of released actuators counts (on is safe)
     if on_disk is not None:
         configs.append(on_disk)
     return configs, notes

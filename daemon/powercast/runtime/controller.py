@@ -62,9 +62,10 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self.actions = ActionQueue()
         self.dry_run = dry_run
         self._workers: dict[str, tuple[Worker, asyncio.Task[None]]] = {}
-        self._released: dict[str, tuple[Worker, asyncio.Task[None]]] = {}
-        """Actuators a reload dropped, still being driven to fans on (by driver name)."""
-        self._released_from: dict[str, tuple[str, cfg.Actuator]] = {}
+        self._released: dict[int, tuple[Worker, asyncio.Task[None]]] = {}
+        """Actuators a reload dropped, still being driven to fans on, by their worker's
+        id: two reloads in a row may release two actuators of the same key and name."""
+        self._released_from: dict[int, tuple[str, cfg.Actuator]] = {}
         """Each released actuator's zone and config, kept on disk for the failsafe."""
         self._tg: asyncio.TaskGroup | None = None
         self._transport: asyncio.DatagramTransport | None = None
@@ -198,8 +199,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         worker = Worker(driver, zone)
         worker.want(SAFE_POSITION)
         worker.on_change = self._release_changed
-        self._released[driver.name] = (worker, self._tg.create_task(worker.run(), name=driver.name))
-        self._released_from[driver.name] = (zone, config)
+        self._released[id(worker)] = (worker, self._tg.create_task(worker.run(), name=driver.name))
+        self._released_from[id(worker)] = (zone, config)
         failsafe.keep_released(list(self._released_from.values()), self._state_dir)
 
     def _release_changed(self, worker: Worker) -> None:
@@ -210,10 +211,10 @@ class ControllerDaemon(Daemon[ControllerConfig]):
                 position="on",
                 fan_level=SAFE_POSITION,
             )
-            _, task = self._released.pop(worker.driver.name, (None, None))
+            _, task = self._released.pop(id(worker), (None, None))
             if task is not None:
                 task.cancel()
-            self._released_from.pop(worker.driver.name, None)
+            self._released_from.pop(id(worker), None)
             failsafe.keep_released(list(self._released_from.values()), self._state_dir)
 
     def _resume_releases(self) -> None:
@@ -222,14 +223,24 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         if self.dry_run:
             return
         driven = [a for zone in self.core.zone_configs.values() for a in zone.actuators]
-        left = failsafe.load_released(self._state_dir)
+        left, problem = failsafe.load_released(self._state_dir)
+        if problem is not None:  # kept aside, not overwritten by the next release
+            kept = failsafe.set_aside_released(self._state_dir)
+            log.error(
+                "released_unreadable",
+                error=problem,
+                kept=str(kept),
+                hint="it names actuators a reload dropped that may still be off: set them"
+                " on, then remove the file",
+            )
+            return
         for index, (zone, actuator) in enumerate(left):
             if actuator not in driven:
                 self._release(f"{zone}/released-{index}", actuator)
         if self._released:
             log.warning(
                 "released_actuators_resumed",
-                actuators=list(self._released),
+                actuators=[worker.driver.name for worker, _ in self._released.values()],
                 hint="a controller died before these reached fans on; driving them there",
             )
         failsafe.keep_released(list(self._released_from.values()), self._state_dir)
