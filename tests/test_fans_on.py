@@ -103,6 +103,30 @@ def shed(ctl: Daemon, files: Files) -> None:
     wait_file(files.pwm, OFF)
 
 
+def busy_device(log: Path, busy: Path, *, once: bool = False) -> dict[str, Any]:
+    """A command actuator appending "on" or "off" to ``log``, whose "on" fails while the
+    file ``busy`` exists (``once``: the failed try removes it, so the next one works)."""
+    refuse = "os.unlink(sys.argv[2]); sys.exit('busy')" if once else "sys.exit('busy')"
+    on = (
+        "import os, sys\n"
+        f"if os.path.exists(sys.argv[2]):\n    {refuse}\n"
+        "open(sys.argv[1], 'a').write('on\\n')"
+    )
+    return {
+        "kind": "command",
+        "on_argv": [sys.executable, "-c", on, str(log), str(busy)],
+        "off_argv": [sys.executable, "-c", APPEND, str(log), "off"],
+    }
+
+
+def wait_log(log: Path, last: str, timeout: float = 5.0) -> None:
+    """Until ``log``'s last line is ``last``."""
+    deadline = time.monotonic() + timeout
+    while not (log.exists() and log.read_text().endswith(f"{last}\n")):
+        assert time.monotonic() < deadline, f"{log.name} never ended in {last!r}"
+        time.sleep(0.01)
+
+
 def drain(daemon: Daemon) -> list[dict[str, Any]]:
     """Every event the daemon logged (after it exited), including those already seen."""
     while not daemon.events.empty():
@@ -453,17 +477,7 @@ class TestReloadDropsAnActuator:
         files = make_files(tmp_path, grace=2.0)
         log = tmp_path / "dropped.log"
         busy = tmp_path / "busy"
-        flaky_on = (  # fails once while the busy file exists, and removes it
-            "import os, sys\n"
-            "if os.path.exists(sys.argv[2]):\n"
-            "    os.unlink(sys.argv[2]); sys.exit('busy')\n"
-            "open(sys.argv[1], 'a').write('on\\n')"
-        )
-        dropped = {
-            "kind": "command",
-            "on_argv": [sys.executable, "-c", flaky_on, str(log), str(busy)],
-            "off_argv": [sys.executable, "-c", APPEND, str(log), "off"],
-        }
+        dropped = busy_device(log, busy, once=True)
         rewrite(files, actions=None, actuators=[hwmon(files.pwm), dropped])
         with up(publish(files)):
             ctl = control(files)
@@ -471,12 +485,7 @@ class TestReloadDropsAnActuator:
                 ctl.wait_for("transition", state="normal")
                 set_reading(files.reading, "on_battery")
                 ctl.wait_for("transition", state="shedding")
-                deadline = time.monotonic() + 3.0
-                while (not log.exists() or not log.read_text().endswith("off\n")) and (
-                    time.monotonic() < deadline
-                ):
-                    time.sleep(0.01)
-                assert log.read_text().endswith("off\n")
+                wait_log(log, "off", timeout=3.0)
                 busy.touch()
                 rewrite(files, actuators=[hwmon(files.pwm)])
                 ctl.signal(signal.SIGHUP)
@@ -503,26 +512,13 @@ class TestReloadDropsThenCrash:
         files = make_files(tmp_path, grace=2.0)
         log = tmp_path / "dropped.log"
         busy = tmp_path / "busy"
-        refusing_on = (
-            "import os, sys\n"
-            "if os.path.exists(sys.argv[2]):\n"
-            "    sys.exit('busy')\n"
-            "open(sys.argv[1], 'a').write('on\\n')"
-        )
-        dropped = {
-            "kind": "command",
-            "on_argv": [sys.executable, "-c", refusing_on, str(log), str(busy)],
-            "off_argv": [sys.executable, "-c", APPEND, str(log), "off"],
-        }
+        dropped = busy_device(log, busy)
         rewrite(files, actions=None, actuators=[hwmon(files.pwm), dropped])
         with up(publish(files)):
             ctl = control(files)
             try:
                 shed(ctl, files)
-                deadline = time.monotonic() + 3.0
-                while not (log.exists() and log.read_text().endswith("off\n")):
-                    assert time.monotonic() < deadline, "the command actuator never went off"
-                    time.sleep(0.01)
+                wait_log(log, "off", timeout=3.0)
                 busy.touch()
                 rewrite(files, actuators=[hwmon(files.pwm)])
                 ctl.signal(signal.SIGHUP)
@@ -566,27 +562,13 @@ class TestReloadTwice:
         name: A left the released copy (B going on emptied it) and its fans stayed off
         with no controller."""
         files = make_files(tmp_path, grace=2.0)
-        refusing_on = (
-            "import os, sys\n"
-            "if os.path.exists(sys.argv[2]):\n"
-            "    sys.exit('busy')\n"
-            "open(sys.argv[1], 'a').write('on\\n')"
-        )
         logs = {name: tmp_path / f"{name}.log" for name in "abc"}
 
         def command(name: str) -> dict[str, Any]:
-            busy = tmp_path / f"{name}.busy"
-            return {
-                "kind": "command",
-                "on_argv": [sys.executable, "-c", refusing_on, str(logs[name]), str(busy)],
-                "off_argv": [sys.executable, "-c", APPEND, str(logs[name]), "off"],
-            }
+            return busy_device(logs[name], tmp_path / f"{name}.busy")
 
         def went(name: str, what: str) -> None:
-            deadline = time.monotonic() + 5.0
-            while not (logs[name].exists() and logs[name].read_text().endswith(f"{what}\n")):
-                assert time.monotonic() < deadline, f"{name} never went {what}"
-                time.sleep(0.01)
+            wait_log(logs[name], what)
 
         rewrite(files, actions=None, actuators=[hwmon(files.pwm), command("a")])
         with up(publish(files)):
