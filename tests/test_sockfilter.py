@@ -6,6 +6,7 @@ forgery it sees twice and a source that floods it with rejected datagrams."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -33,6 +34,7 @@ from powercast.secrets import keygen, load_keyring
 
 from harness import (
     GROUP,
+    Daemon,
     controller_config,
     free_port,
     make_keys,
@@ -492,6 +494,23 @@ def _datagrams(control: Path) -> dict[str, Any]:
     return json.loads(done.stdout)["datagrams"]  # type: ignore[no-any-return]
 
 
+@contextlib.contextmanager
+def _daemons(
+    controller: Path, publisher: Path, sender: str | None = None
+) -> Iterator[tuple[Daemon, socket.socket]]:
+    """A controller and a publisher running, and a socket sending on loopback's multicast
+    (from the address ``sender``, when given)."""
+    with (
+        running("control", "--config", str(controller)) as ctl,
+        running("publish", "--config", str(publisher)),
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s,
+    ):
+        if sender is not None:
+            s.bind((sender, 0))
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        yield ctl, s
+
+
 @pytest.mark.system
 class TestDaemon:
     def test_a_repeated_forgery_is_dropped_by_the_kernel_and_news_still_arrives(
@@ -502,13 +521,8 @@ class TestDaemon:
         port, reading, control, controller, publisher, forged = _site(
             tmp_path, keys, stranger, kernel_filter=True
         )
-        with (
-            running("control", "--config", str(controller)) as ctl,
-            running("publish", "--config", str(publisher)),
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s,
-        ):
+        with _daemons(controller, publisher) as (ctl, s):
             ctl.wait_for("transition", state="normal")
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
             s.sendto(forged, (GROUP, port))
             s.sendto(forged, (GROUP, port))
             ctl.wait_for("forgery_blocked")
@@ -529,15 +543,9 @@ class TestDaemon:
         port, reading, control, controller, publisher, forged = _site(
             tmp_path, keys, stranger, kernel_filter=False
         )
-        with (
-            running("control", "--config", str(controller)) as ctl,
-            running("publish", "--config", str(publisher)),
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s,
-        ):
+        with _daemons(controller, publisher, sender="127.0.0.2") as (ctl, s):
             ctl.wait_for("transition", state="normal")
             time.sleep(0.5)  # past the start-up grace, when floods start being blocked
-            s.bind(("127.0.0.2", 0))
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
 
             def flood() -> None:
                 for _ in range(10_000):
