@@ -349,10 +349,15 @@ RELAY_USER, RELAY_PASSWORD = "relay", "s3cret-relay"
 
 
 def tls_login(pki: Pki, workdir: Path, password: str = RELAY_PASSWORD) -> dict[str, Any]:
-    """``[broker]`` keys for TLS with the client certificate and the relay's login."""
+    """``[broker]`` keys for TLS with the client certificate and the relay's login.
+
+    The password file is written once: a relay already started may be reading it when the
+    next relay's keys are made, and rewriting it in place would show that relay an empty file.
+    """
     secret = workdir / f"relay-password-{abs(hash(password)) % 10**6}"
-    secret.write_text(password + "\n")
-    secret.chmod(0o600)
+    if not secret.exists():
+        secret.write_text(password + "\n")
+        secret.chmod(0o600)
     return {
         "tls": True,
         "ca_file": pki.path("ca.crt"),
