@@ -197,6 +197,13 @@ class Daemon:
             f" saw: {[e.get('event') for e in self.seen]} last: {self.seen[-5:]}"
         )
 
+    def wait_all(self, *events: str, timeout: float = 5.0) -> None:
+        """Each of ``events`` once from now on, in whatever order they come."""
+        deadline, start = time.monotonic() + timeout, len(self.seen)
+        for event in dict.fromkeys(events):
+            if not any(e.get("event") == event for e in self.seen[start:]):
+                self.wait_for(event, max(0.0, deadline - time.monotonic()))
+
     def wait(self, timeout: float = 10.0) -> int:
         """Wait for the daemon to exit by itself; the rest of its output is in ``events``."""
         code = self.proc.wait(timeout)

@@ -20,8 +20,9 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from shutil import which
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from test_failsafe import run as failsafe
 from test_restart import OFF, ON, Files, make_files, wait_file
 
 from powercast.runtime.controller import SHUTDOWN_GRACE_S
+from powercast.runtime.copies import RETRY_S, WRITE_TIMEOUT_S
 
 from harness import Daemon, set_reading, write_toml
 
@@ -505,10 +507,13 @@ class TestReloadDropsThenCrash:
     running config's copy was already the new config, so neither ``powercast failsafe``
     nor the next controller moved it, and its fans stayed off."""
 
-    def _dropped_while_busy(self, tmp_path: Path) -> tuple[Files, Path, Path]:
+    def _dropped_while_busy(
+        self, tmp_path: Path, *, released_blocked: bool = False
+    ) -> tuple[Files, Path, Path]:
         """Zone sheds with a pwm and a command actuator; the command's device turns busy
         (its on command fails while a file exists), a reload drops it, and the controller
-        is killed after the first failed try to turn it on."""
+        is killed after the first failed try to turn it on. ``released_blocked``: the
+        released copy cannot be written (a directory is in its place)."""
         files = make_files(tmp_path, grace=2.0)
         log = tmp_path / "dropped.log"
         busy = tmp_path / "busy"
@@ -520,10 +525,13 @@ class TestReloadDropsThenCrash:
                 shed(ctl, files)
                 wait_log(log, "off", timeout=3.0)
                 busy.touch()
+                if released_blocked:
+                    (files.state_dir / "controller.released.toml").mkdir()
                 rewrite(files, actuators=[hwmon(files.pwm)])
                 ctl.signal(signal.SIGHUP)
                 ctl.wait_for("reloaded")
-                ctl.wait_for("actuator_failed", timeout=3.0)
+                kept = "failsafe_copy_failed" if released_blocked else "released_kept"
+                ctl.wait_all("actuator_failed", kept, timeout=3.0)
             finally:
                 ctl.proc.kill()
                 ctl.stop()
@@ -538,6 +546,17 @@ class TestReloadDropsThenCrash:
         assert log.read_text().endswith("off\non\n")
         assert files.pwm.read_text() == f"{ON}\n"
         assert done.stdout == "powercast failsafe: 2 of 2 actuators set to fans on\n"
+
+    def test_a_released_copy_not_written_keeps_the_old_running_copy(self, tmp_path: Path) -> None:
+        """The released copy cannot be written: the running copy is then not rewritten
+        either, and the old one, which still names the dropped actuator, is what
+        ``powercast failsafe`` reads. Before, the new running copy was written anyway and
+        nothing named the actuator."""
+        files, log, busy = self._dropped_while_busy(tmp_path, released_blocked=True)
+        assert str(busy) in (files.state_dir / "controller.running.toml").read_text()
+        done = failsafe(files.controller, "--after-failure", state_dir=files.state_dir)
+        assert done.returncode == 0, done.stderr
+        assert log.read_text().endswith("off\non\n")
 
     def test_the_next_controller_turns_it_on(self, tmp_path: Path) -> None:
         files, log, _ = self._dropped_while_busy(tmp_path)
@@ -580,13 +599,14 @@ class TestReloadTwice:
                 rewrite(files, actuators=[hwmon(files.pwm), command("b")])
                 ctl.signal(signal.SIGHUP)
                 ctl.wait_for("reloaded")
-                ctl.wait_for("actuator_failed", timeout=3.0)  # A, busy
+                ctl.wait_all("actuator_failed", "released_kept", timeout=3.0)  # A, busy
                 went("b", "off")
                 rewrite(files, actuators=[hwmon(files.pwm), command("c")])
                 ctl.signal(signal.SIGHUP)
                 ctl.wait_for("reloaded")
                 went("b", "on")
-                ctl.wait_for("actuator_released", timeout=3.0)  # B, and its copy rewritten
+                ctl.wait_for("actuator_released", timeout=3.0)  # B
+                ctl.wait_for("released_kept", actuators=1)  # its copy rewritten: A alone
             finally:
                 ctl.proc.kill()
                 ctl.stop()
@@ -702,3 +722,84 @@ class TestStateNotWritable:
         failed = [e for e in drain(ctl) if e.get("event") == "state_not_saved"]
         assert len(failed) == 1, failed
         assert str(blocker) in failed[0]["directory"]
+
+
+# --- 11: a state directory on a disk that hangs ---------------------------------------------
+
+
+@contextlib.contextmanager
+def hanging_disk(where: Path) -> Iterator[Callable[[bool], None]]:
+    """An ext4 filesystem on a loop device, mounted at ``where``. The callable freezes it
+    (True: every write into it then waits, as on a disk that hangs; reads still work) or
+    thaws it (False). Thawed, unmounted and its loop device freed when done, also when the
+    test fails: a process left waiting on it ends only once it thaws."""
+    if os.geteuid() != 0:
+        require_disk("needs root to mount a loop device and freeze it")
+    tools = [name for name in ("mkfs.ext4", "mount", "umount", "fsfreeze") if not which(name)]
+    if tools:
+        require_disk(f"needs {', '.join(tools)} (e2fsprogs, util-linux)")
+    image = where.with_name(f"{where.name}.img")
+    with image.open("wb") as f:
+        f.truncate(32 << 20)
+    where.mkdir()
+    made = subprocess.run(
+        ["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, text=True, check=False
+    )
+    if made.returncode != 0:
+        require_disk(f"mkfs.ext4 failed: {made.stderr.strip()}")
+    mounted = subprocess.run(
+        ["mount", "-o", "loop", str(image), str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        require_disk(f"cannot mount a loop device here: {mounted.stderr.strip()}")
+
+    def freeze(frozen: bool) -> None:
+        subprocess.run(["fsfreeze", "-f" if frozen else "-u", str(where)], check=True)
+
+    try:
+        yield freeze
+    finally:
+        subprocess.run(["fsfreeze", "-u", str(where)], capture_output=True, check=False)
+        if subprocess.run(["umount", str(where)], capture_output=True, check=False).returncode:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
+        image.unlink()
+
+
+def require_disk(reason: str) -> None:
+    """Skip with ``reason``; under POWERCAST_DISK_TESTS=require, fail instead."""
+    if os.environ.get("POWERCAST_DISK_TESTS") == "require":
+        pytest.fail(f"{reason}, and POWERCAST_DISK_TESTS=require")
+    pytest.skip(reason)
+
+
+class TestStateDiskHangs:
+    def test_a_disk_that_hangs_delays_no_fan(self, tmp_path: Path) -> None:
+        """The state directory's disk hangs (a frozen filesystem: writes wait, as on a dead
+        NFS server) while the fans are shed; a reload writes the running config's copy there,
+        and then power returns. The fans go back on, and the copy that could not be written
+        is said; once the disk is back, the copy is written. Before, the copy was written in
+        the event loop: the reload hung the controller, and the fans stayed off."""
+        files = make_files(tmp_path, grace=2.0)
+        disk = tmp_path / "disk"
+        with hanging_disk(disk) as freeze:
+            rewrite(files, persist={"state_dir": str(disk)})
+            with up(publish(files)), up(control(files)) as ctl:
+                shed(ctl, files)
+                freeze(True)
+                try:
+                    config = rewrite(files, policy={"shed_after_s": 0.3, "restore_after_s": 0.2})
+                    ctl.signal(signal.SIGHUP)
+                    ctl.wait_for("reloaded")
+                    set_reading(files.reading, "online")
+                    ctl.wait_for("transition", state="normal", timeout=3.0)
+                    wait_file(files.pwm, ON)
+                    failed = ctl.wait_for("failsafe_copy_failed", timeout=WRITE_TIMEOUT_S + 3)
+                    assert failed["file"] == str(disk / "controller.running.toml")
+                finally:
+                    freeze(False)
+                ctl.wait_for("failsafe_copy_kept", timeout=RETRY_S + 3)
+                running = tomllib.loads((disk / "controller.running.toml").read_text())
+                assert running["policy"]["restore_after_s"] == config["policy"]["restore_after_s"]

@@ -45,28 +45,35 @@ def leave_fans_marker() -> Path | None:
     return runtime_directory() / LEAVE_FANS
 
 
-def keep_running_config(config: cfg.ControllerConfig, state_dir: Path | None) -> None:
-    """Write the running config's copy atomically; failing to is not fatal (logged by
-    the caller's next failsafe, which falls back to the file on disk)."""
-    _keep(state_dir or runtime_directory(), RUNNING_CONFIG, config)
-
-
-def keep_released(released: list[tuple[str, cfg.Actuator]], state_dir: Path | None) -> None:
-    """Write (or, with none left, remove) the copy of the actuators a reload dropped and
-    not yet seen at fans on, each with its zone; before the new running copy is written,
-    so that no moment has a copy naming neither. Not fatal, as the running copy."""
-    directory = state_dir or runtime_directory()
+def released_config(released: list[tuple[str, cfg.Actuator]]) -> cfg.ControllerConfig | None:
+    """The copy of the actuators a reload dropped and not yet seen at fans on, as a config
+    of their zones (each actuator with its zone); None when none is left (no copy)."""
     if not released:
-        with contextlib.suppress(OSError):
-            (directory / RELEASED).unlink(missing_ok=True)
-        return
+        return None
     zones: dict[str, list[cfg.Actuator]] = {}
     for zone, actuator in released:
         zones.setdefault(zone, []).append(actuator)
-    config = cfg.ControllerConfig(
+    return cfg.ControllerConfig(
         zones=[cfg.Zone(name=name, actuators=actuators) for name, actuators in zones.items()]
     )
-    _keep(directory, RELEASED, config)
+
+
+def write_copy(directory: Path, name: str, config: cfg.ControllerConfig | None) -> None:
+    """Write ``directory/name`` atomically (a reader sees the old copy or the new one,
+    never a part), or remove it when ``config`` is None. Raises OSError."""
+    path = directory / name
+    if config is None:
+        path.unlink(missing_ok=True)
+        return
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".running-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(cfg.dumps(config))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def load_released(state_dir: Path | None) -> tuple[list[tuple[str, cfg.Actuator]], str | None]:
@@ -92,19 +99,6 @@ def set_aside_released(state_dir: Path | None) -> Path:
     except OSError:
         return path
     return aside
-
-
-def _keep(directory: Path, name: str, config: cfg.ControllerConfig) -> None:
-    with contextlib.suppress(OSError):
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".running-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(cfg.dumps(config))
-            os.replace(tmp, directory / name)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
 
 
 def running_config_paths(

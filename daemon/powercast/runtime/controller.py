@@ -32,9 +32,10 @@ from powercast.plan import (
     StartActuator,
 )
 from powercast.policy import Decision, Override
+from powercast.runtime.copies import Copies
 from powercast.runtime.lifecycle import Daemon
 from powercast.runtime.receiver import Receiver
-from powercast.systemd import Notifier, state_directory
+from powercast.systemd import Notifier, runtime_directory, state_directory
 
 log = structlog.get_logger("powercast")
 
@@ -78,6 +79,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         """The core's count of rule runs when the timer was last armed after a batch."""
         configured = config.persist.state_dir
         self._state_dir = Path(configured) if configured else state_directory()
+        self._copies = Copies(self._state_dir or runtime_directory())
 
     @property
     def workers(self) -> dict[str, list[Worker]]:
@@ -105,6 +107,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self.core.start(now)
         tg.create_task(self.actions.run(), name="actions")
         tg.create_task(self._writer(), name="state writer")
+        tg.create_task(self._copies.run(), name="failsafe copies")
         self._carry_out(self.plan.start())  # workers probe on their own: none waits for another
         self._resume_releases()
         self._transport = await self._listen(self.config.network)
@@ -125,12 +128,13 @@ class ControllerDaemon(Daemon[ControllerConfig]):
                     " ([[zones.actuators]] in a zone)",
                 )
         if not self.dry_run:  # a dry run drives nothing the failsafe should take over
-            failsafe.keep_running_config(self.config, self._state_dir)
+            self._copies.keep(failsafe.RUNNING_CONFIG, self.config)
 
     async def shutdown(self) -> None:
         """No controller will react to heat once this one is gone: fans on, bounded; then
-        the last state to disk."""
+        the last state and copies to disk."""
         await self._fans_on_at_stop()
+        await self._copies.flush(COPIES_FLUSH_S)
         await self._write()
 
     async def _fans_on_at_stop(self) -> None:
@@ -201,7 +205,11 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         worker.on_change = self._release_changed
         self._released[id(worker)] = (worker, self._tg.create_task(worker.run(), name=driver.name))
         self._released_from[id(worker)] = (zone, config)
-        failsafe.keep_released(list(self._released_from.values()), self._state_dir)
+        self._keep_released()
+
+    def _keep_released(self) -> None:
+        released = failsafe.released_config(list(self._released_from.values()))
+        self._copies.keep(failsafe.RELEASED, released)
 
     def _release_changed(self, worker: Worker) -> None:
         if worker.known == SAFE_POSITION:
@@ -215,7 +223,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             if task is not None:
                 task.cancel()
             self._released_from.pop(id(worker), None)
-            failsafe.keep_released(list(self._released_from.values()), self._state_dir)
+            self._keep_released()
 
     def _resume_releases(self) -> None:
         """Actuators the controller before this one released and did not see at fans on
@@ -243,7 +251,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
                 actuators=[worker.driver.name for worker, _ in self._released.values()],
                 hint="a controller died before these reached fans on; driving them there",
             )
-        failsafe.keep_released(list(self._released_from.values()), self._state_dir)
+        self._keep_released()
 
     async def _listen(
         self, network: cfg.ControllerNetwork, program: list[sockfilter.Insn] | None = None
@@ -552,3 +560,5 @@ SAVE_TIMEOUT_S: Final = 5.0
 SHUTDOWN_GRACE_S: Final = 10.0
 """At a stop, how long the actuators get to reach fans on (the unit allows 30 s to stop;
 ``powercast failsafe`` tries again after)."""
+COPIES_FLUSH_S: Final = 1.0
+"""At a stop, how long the failsafe's copies may take to reach the disk."""

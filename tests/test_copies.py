@@ -1,0 +1,72 @@
+"""The failsafe's copies: written off the loop, in order, the latest of each."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from powercast import config as cfg
+from powercast import failsafe
+from powercast.runtime.copies import Copies
+
+pytestmark = pytest.mark.unit
+
+RUNNING, RELEASED = failsafe.RUNNING_CONFIG, failsafe.RELEASED
+
+
+def named(tag: str) -> cfg.ControllerConfig:
+    """A config told apart by its one actuator's program."""
+    text = f'[[actuators]]\nkind = "command"\non_argv = ["/bin/true", "{tag}"]\n'
+    text += 'off_argv = ["/bin/true"]\n'
+    config = cfg.parse(text, "<test>", "controller")
+    assert isinstance(config, cfg.ControllerConfig)
+    return config
+
+
+def written(path: Path) -> str | None:
+    return path.read_text() if path.exists() else None
+
+
+async def settle(copies: Copies) -> None:
+    await copies.flush(2.0)
+
+
+class TestCopies:
+    def test_the_latest_of_each_is_written(self, tmp_path: Path) -> None:
+        async def main() -> None:
+            copies = Copies(tmp_path)
+            task = asyncio.create_task(copies.run())
+            copies.keep(RUNNING, named("one"))
+            copies.keep(RUNNING, named("two"))
+            copies.keep(RELEASED, named("dropped"))
+            await settle(copies)
+            assert "two" in (written(tmp_path / RUNNING) or "")
+            assert "dropped" in (written(tmp_path / RELEASED) or "")
+            copies.keep(RELEASED, None)  # none left: no copy
+            await settle(copies)
+            assert not (tmp_path / RELEASED).exists()
+            task.cancel()
+
+        asyncio.run(main())
+
+    def test_the_running_copy_waits_for_the_released_one(self, tmp_path: Path) -> None:
+        """While the released copy cannot be written (a directory in its place), the running
+        copy keeps its old content; both are written once the way is clear."""
+
+        async def main() -> None:
+            copies = Copies(tmp_path)
+            copies.keep(RUNNING, named("old"))
+            assert await copies._write_pending()
+            (tmp_path / RELEASED).mkdir()
+            copies.keep(RELEASED, named("dropped"))
+            copies.keep(RUNNING, named("new"))
+            assert not await copies._write_pending()
+            assert "old" in (written(tmp_path / RUNNING) or "")
+            (tmp_path / RELEASED).rmdir()
+            assert await copies._write_pending()
+            assert "dropped" in (written(tmp_path / RELEASED) or "")
+            assert "new" in (written(tmp_path / RUNNING) or "")
+
+        asyncio.run(main())
