@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -803,3 +804,109 @@ class TestStateDiskHangs:
                 ctl.wait_for("failsafe_copy_kept", timeout=RETRY_S + 3)
                 running = tomllib.loads((disk / "controller.running.toml").read_text())
                 assert running["policy"]["restore_after_s"] == config["policy"]["restore_after_s"]
+
+
+# --- 12: a log stream that stops reading (journald hung) ------------------------------------
+
+
+class LogSocket:
+    """A daemon's stderr as the journal gives it under systemd: a stream socket. The test
+    reads it (the lines, as JSON) until :meth:`stall`, which stops reading and fills the
+    socket, as a journald that hangs leaves it; :meth:`resume` reads on."""
+
+    def __init__(self) -> None:
+        self.theirs, self.ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.lines: list[dict[str, Any]] = []
+        self._reading = threading.Event()
+        self._reading.set()
+        self._paused = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        self.ours.settimeout(0.02)
+        buffer = b""
+        while not self._done:
+            if not self._reading.is_set():
+                self._paused.set()
+                self._reading.wait()
+            try:
+                chunk = self.ours.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                return
+            buffer += chunk
+            *whole, buffer = buffer.split(b"\n")
+            for line in whole:
+                with contextlib.suppress(ValueError):
+                    self.lines.append(json.loads(line))
+
+    def events(self) -> list[str]:
+        return [line.get("event", "") for line in self.lines]
+
+    def stall(self) -> None:
+        self._paused.clear()
+        self._reading.clear()
+        assert self._paused.wait(2.0)
+        self.theirs.setblocking(False)
+        filler = b"#" * 4095 + b"\n"
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self.theirs.send(filler)
+        self.theirs.setblocking(True)
+
+    def resume(self) -> None:
+        self._reading.set()
+
+    def close(self) -> None:
+        self._done = True
+        self._reading.set()
+        self._thread.join(2.0)
+        self.theirs.close()
+        self.ours.close()
+
+
+class TestLogStreamStalls:
+    def test_a_log_stream_that_stops_reading_delays_no_fan(self, tmp_path: Path) -> None:
+        """The fans are shed; then the log stream stops reading (journald hung: its socket
+        full). Power returns: the fans go on, and the lines the stream could not take then
+        reach it once it reads again. Before, the next log line blocked the whole
+        controller: the fans stayed off until the watchdog killed it. (Past a bound, lines
+        are dropped and counted: tests/test_logs.py.)"""
+        files = make_files(tmp_path, grace=2.0)
+        stream = LogSocket()
+        env = {**os.environ, "RUNTIME_DIRECTORY": str(runtime_dir(files))}
+        argv = [sys.executable, "-m", "powercast", "control", "--config", str(files.controller)]
+        try:
+            with up(publish(files)):
+                proc = subprocess.Popen(
+                    argv, stderr=stream.theirs.fileno(), stdout=subprocess.DEVNULL, env=env
+                )
+                try:
+                    wait_until(lambda: "ready" in stream.events())
+                    set_reading(files.reading, "on_battery")
+                    wait_file(files.pwm, OFF)
+                    stream.stall()
+                    set_reading(files.reading, "online")
+                    wait_file(files.pwm, ON)
+                    stream.resume()
+                    proc.send_signal(signal.SIGTERM)
+                    assert proc.wait(10.0) == 0
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+            wait_until(lambda: "stopping_fans_on" in stream.events())
+        finally:
+            stream.close()
+        back = [e for e in stream.lines if e.get("event") == "transition"]
+        assert [e["state"] for e in back][-1] == "normal"  # logged while stalled, not lost
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

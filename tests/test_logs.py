@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -200,3 +202,56 @@ class TestLevelNames:
     def test_names(self) -> None:
         """The accepted levels are debug to critical, least severe first."""
         assert logs.level_names() == ("debug", "info", "warning", "error", "critical")
+
+
+class TestSocketStream:
+    """stderr as a socket (the journal's stream): never waited on, lines past a bound are
+    dropped and counted, and said once the socket reads again."""
+
+    @pytest.fixture
+    def pair(self) -> Iterator[tuple[socket.socket, socket.socket]]:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        yield ours, theirs
+        ours.close()
+        theirs.close()
+
+    def fill(self, sock: socket.socket) -> None:
+        """What a journald that stops reading leaves: the socket full."""
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                sock.send(b"#" * 4095 + b"\n")
+
+    def drain(self, sock: socket.socket) -> list[str]:
+        sock.setblocking(False)
+        data = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := sock.recv(1 << 20):
+                data += chunk
+        return [line for line in data.decode().splitlines() if not line.startswith("#")]
+
+    def test_lines_past_the_bound_are_dropped_counted_and_said(
+        self, pair: tuple[socket.socket, socket.socket]
+    ) -> None:
+        ours, theirs = pair
+        self.fill(theirs)
+        with os.fdopen(os.dup(theirs.fileno()), "w") as stderr:
+            logs.configure(level="info", fmt="json", stream=stderr)
+            stream = logs._socket_stream(stderr)
+            assert stream is not None
+            stream.LIMIT = 1000
+            log = structlog.get_logger("powercast")
+            for n in range(40):  # about 60 bytes each: the first ~16 wait, the rest drop
+                log.info("tick", n=n)
+            assert stream.dropped > 0
+            kept = self.drain(ours)
+            log.info("after")
+            kept += self.drain(ours)
+        events = [json.loads(line) for line in kept]
+        ticks = [e["n"] for e in events if e["event"] == "tick"]
+        assert ticks == list(range(len(ticks)))  # the first ones, in order, none torn
+        assert len(ticks) + stream.dropped == 40
+        note = next(e for e in events if e["event"] == "log_lines_dropped")
+        assert note["lines"] == stream.dropped
+        assert note["level"] == "warning"
+        assert events[-1]["event"] == "after" or events[-2]["event"] == "after"

@@ -34,7 +34,7 @@ import re
 import socket
 import stat
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TextIO
 
 import structlog
@@ -217,6 +217,96 @@ class NativeJournalRenderer:
         raise structlog.DropEvent
 
 
+class SocketStream:
+    """The log stream when it is a socket, as the journal's stream is under systemd: each
+    line is sent without waiting (``MSG_DONTWAIT``, leaving the shared descriptor as it is).
+
+    A journald that stops reading (hung, or flushing to a disk that hangs) would otherwise
+    stop the whole daemon at its next line: fans, SIGTERM and the watchdog's ping. Lines
+    the socket does not take wait in a buffer of :data:`LIMIT` bytes; past that, whole lines
+    are dropped and counted, and once the socket takes lines again a ``log_lines_dropped``
+    line says how many.
+    """
+
+    LIMIT = 256 * 1024
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.dropped = 0
+        """Lines dropped since the daemon started."""
+        self.render: Callable[[EventDict], str | None] | None = None
+        """Renders the ``log_lines_dropped`` line in the stream's format (set by configure)."""
+        self._pending = bytearray()
+        self._unreported = 0
+
+    def write(self, text: str) -> int:
+        line = text.encode()
+        if self._pending:
+            self._send()  # room may have come since the last line
+        if len(self._pending) + len(line) > self.LIMIT:
+            self.dropped += 1
+            self._unreported += 1
+        else:
+            self._pending += line
+        self._send()
+        if self._unreported and not self._pending and self.render is not None:
+            count, self._unreported = self._unreported, 0
+            note = self.render(
+                {
+                    "event": "log_lines_dropped",
+                    "lines": count,
+                    "level": "warning",
+                    "hint": "the log stream (journald) did not read; the daemon went on",
+                }
+            )
+            if note is not None:
+                self._pending += (note + "\n").encode()
+                self._send()
+        return len(text)
+
+    def flush(self) -> None:
+        """Sent in :meth:`write`: nothing is held in Python but what the socket refused."""
+
+    def _send(self) -> None:
+        while self._pending:
+            try:
+                sent = self.sock.send(self._pending, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # the reader is gone: nothing will read these lines
+                self.dropped += self._pending.count(b"\n")
+                self._pending.clear()
+                return
+            del self._pending[:sent]
+
+
+_stream: SocketStream | None = None
+"""The log stream of the current configuration when it is a socket: kept across
+configure() calls for the same descriptor, with what it holds and its count."""
+
+
+def _socket_stream(out: TextIO) -> SocketStream | None:
+    """``out`` as a :class:`SocketStream` when its descriptor is a socket, else None."""
+    global _stream  # noqa: PLW0603  # one per process, like the structlog config
+    try:
+        fd = out.fileno()
+        is_socket = stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except (OSError, ValueError, AttributeError):  # a StringIO, or closed
+        return None
+    if not is_socket:
+        return None
+    if _stream is None or _stream.sock.fileno() < 0 or not _same_file(_stream.sock.fileno(), fd):
+        if _stream is not None:
+            _stream.sock.close()
+        _stream = SocketStream(socket.socket(fileno=os.dup(fd)))
+    return _stream
+
+
+def _same_file(a: int, b: int) -> bool:
+    sa, sb = os.fstat(a), os.fstat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
 def _lead_with_ts_level_event(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """Put ts, level and event first so a JSON line reads like the logfmt one."""
     lead = {key: event_dict.pop(key) for key in ("ts", "level", "event") if key in event_dict}
@@ -341,9 +431,31 @@ def configure(
         structlog.processors.StackInfoRenderer(),
         *_renderer_chain(concrete, out, journal_socket),
     ]
+    sink: TextIO = out
+    nonblocking = _socket_stream(out)
+    if nonblocking is not None:
+        nonblocking.render = _renderer(processors)
+        sink = nonblocking  # type: ignore[assignment]  # write and flush are all it needs
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.WriteLoggerFactory(file=out),
+        logger_factory=structlog.WriteLoggerFactory(file=sink),
         cache_logger_on_first_use=False,
     )
+
+
+def _renderer(processors: list[Processor]) -> Callable[[EventDict], str | None]:
+    """One event through ``processors`` to its line; None when the last one sent it
+    itself (journald's native protocol)."""
+
+    def render(event: EventDict) -> str | None:
+        line: object = event
+        method = str(event["level"])
+        try:
+            for processor in processors:
+                line = processor(None, method, line)  # type: ignore[arg-type]
+        except structlog.DropEvent:
+            return None
+        return str(line)
+
+    return render
