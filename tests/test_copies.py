@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -68,5 +69,34 @@ class TestCopies:
             assert await copies._write_pending()
             assert "dropped" in (written(tmp_path / RELEASED) or "")
             assert "new" in (written(tmp_path / RUNNING) or "")
+
+        asyncio.run(main())
+
+    def test_a_release_made_during_a_write_goes_before_the_running_copy(
+        self, tmp_path: Path
+    ) -> None:
+        """A reload drops another actuator while the released copy is being written: its
+        newer released copy is written before the running copy, which no longer names it.
+        Here the newer released copy cannot be written (a directory in its place): the
+        running copy keeps its old content. Before, the running copy was written right
+        after the older released copy, and nothing named the second actuator."""
+
+        async def main() -> None:
+            copies = Copies(tmp_path)
+            copies.keep(RUNNING, named("old"))
+            assert await copies._write_pending()
+            copies.keep(RELEASED, named("first"))
+            writing = asyncio.create_task(copies._write_pending())
+            await asyncio.sleep(0)  # the first released copy is on its thread now
+            deadline = time.monotonic() + 5.0
+            while "first" not in (written(tmp_path / RELEASED) or ""):  # the loop waits here
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+            copies.keep(RELEASED, named("second"))  # a reload, before the write is taken
+            copies.keep(RUNNING, named("new"))
+            (tmp_path / RELEASED).unlink()
+            (tmp_path / RELEASED).mkdir()  # the second released copy cannot be written
+            assert not await writing
+            assert "old" in (written(tmp_path / RUNNING) or "")
 
         asyncio.run(main())

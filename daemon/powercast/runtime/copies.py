@@ -67,10 +67,10 @@ class Copies:
 
     async def _write_pending(self) -> bool:
         """Write each pending copy in order; False (the rest left pending) at the first that
-        fails, so that no later copy is written ahead of it."""
-        for name in ORDER:
-            if name not in self._pending:
-                continue
+        fails, so that no later copy is written ahead of it. The first pending copy in
+        :data:`ORDER` is taken anew after each write: a released copy wanted while another
+        copy was being written goes before the running copy."""
+        while name := next((n for n in ORDER if n in self._pending), None):
             config = self._pending.pop(name)
             try:
                 write = partial(failsafe.write_copy, self.directory, name, config)
