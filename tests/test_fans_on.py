@@ -904,6 +904,79 @@ class TestLogStreamStalls:
         back = [e for e in stream.lines if e.get("event") == "transition"]
         assert [e["state"] for e in back][-1] == "normal"  # logged while stalled, not lost
 
+    def test_lines_held_while_it_stalled_arrive_without_another_line(self, tmp_path: Path) -> None:
+        """The log stream stops reading while the fans are shed; power returns and the
+        fans go on; the stream reads again and the controller has nothing more to say. The
+        lines it could not take (the transition to normal) still reach it, at once. Before,
+        they waited for the daemon's next line, which a quiet controller may not log for
+        hours."""
+        files = make_files(tmp_path, grace=2.0)
+        stream = LogSocket()
+        env = {**os.environ, "RUNTIME_DIRECTORY": str(runtime_dir(files))}
+        argv = [sys.executable, "-m", "powercast", "control", "--config", str(files.controller)]
+        try:
+            with up(publish(files)):
+                proc = subprocess.Popen(
+                    argv, stderr=stream.theirs.fileno(), stdout=subprocess.DEVNULL, env=env
+                )
+                try:
+                    wait_until(lambda: "ready" in stream.events())
+                    set_reading(files.reading, "on_battery")
+                    wait_file(files.pwm, OFF)
+                    stream.stall()
+                    set_reading(files.reading, "online")
+                    wait_file(files.pwm, ON)
+                    time.sleep(0.5)  # what it logs about that, it logs into the full socket
+                    stream.resume()
+                    wait_until(
+                        lambda: any(
+                            e.get("event") == "transition" and e.get("state") == "normal"
+                            for e in stream.lines
+                        )
+                    )
+                    assert proc.poll() is None  # no stop was needed to get them out
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(10.0)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+        finally:
+            stream.close()
+
+    def test_lines_held_at_a_stop_are_not_lost(self, tmp_path: Path) -> None:
+        """The log stream is full (journald busy for a moment) when the controller stops:
+        its last lines (the fans back on) wait in its buffer, and reach the stream when it
+        reads again within a bound, before the process ends. Before, they were lost with
+        the process: an operator could not tell whether the fans went on at the stop."""
+        files = make_files(tmp_path, grace=2.0)
+        stream = LogSocket()
+        env = {**os.environ, "RUNTIME_DIRECTORY": str(runtime_dir(files))}
+        argv = [sys.executable, "-m", "powercast", "control", "--config", str(files.controller)]
+        try:
+            with up(publish(files)):
+                proc = subprocess.Popen(
+                    argv, stderr=stream.theirs.fileno(), stdout=subprocess.DEVNULL, env=env
+                )
+                try:
+                    wait_until(lambda: "ready" in stream.events())
+                    set_reading(files.reading, "on_battery")
+                    wait_file(files.pwm, OFF)
+                    stream.stall()
+                    proc.send_signal(signal.SIGTERM)
+                    wait_file(files.pwm, ON)
+                    time.sleep(0.2)  # its last lines are said into the full socket
+                    stream.resume()
+                    assert proc.wait(10.0) == 0
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+            wait_until(lambda: "stopping_fans_on" in stream.events(), timeout=2.0)
+        finally:
+            stream.close()
+
 
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout

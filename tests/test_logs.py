@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -255,3 +256,53 @@ class TestSocketStream:
         assert note["lines"] == stream.dropped
         assert note["level"] == "warning"
         assert events[-1]["event"] == "after" or events[-2]["event"] == "after"
+
+    def test_a_line_held_under_the_native_journal_reaches_it_without_another_held_line(
+        self, pair: tuple[socket.socket, socket.socket], tmp_path: Path
+    ) -> None:
+        """Under journald's native protocol a line goes to the stream only when its datagram
+        was refused: journald stopped reading both, and the stream is full too. Once it
+        reads again, the held line reaches the stream while the daemon logs on natively.
+        Before, it waited for the next refused datagram, which might never come."""
+        ours, theirs = pair
+        path = str(tmp_path / "journal.sock")
+        with contextlib.ExitStack() as stack:
+            journal = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+            journal.bind(path)
+            other = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+            other.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:  # journald's queue full: a datagram is refused
+                    other.sendto(b"MESSAGE=filler\n", path)
+            self.fill(theirs)
+            stderr = stack.enter_context(os.fdopen(os.dup(theirs.fileno()), "w"))
+            st = os.fstat(stderr.fileno())
+            logs.configure(
+                level="info",
+                fmt="auto",
+                stream=stderr,
+                environ={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
+                journal_socket=path,
+            )
+
+            async def main() -> list[str]:
+                log = structlog.get_logger("powercast")
+                log.warning("held", zone="a")  # refused, and the stream is full: held
+                kept = self.drain(ours)  # journald reads both again
+                journal.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    while journal.recv(1 << 16):
+                        pass
+                log.info("later")  # sent as a datagram: nothing more comes to the stream
+                deadline = asyncio.get_running_loop().time() + 2.0
+                while not any("event=held" in line for line in kept):
+                    if asyncio.get_running_loop().time() > deadline:
+                        break
+                    await asyncio.sleep(0.01)
+                    kept += self.drain(ours)
+                return kept
+
+            kept = asyncio.run(main())
+        assert [line for line in kept if "event=held" in line] == [
+            "<4>event=held zone=a level=warning"
+        ]

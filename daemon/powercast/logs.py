@@ -25,15 +25,19 @@ gone, its queue full) writes the "<N>" line to the stream instead: no event is l
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import json
 import logging
 import os
 import re
+import select
 import socket
 import stat
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TextIO
 
@@ -225,7 +229,8 @@ class SocketStream:
     stop the whole daemon at its next line: fans, SIGTERM and the watchdog's ping. Lines
     the socket does not take wait in a buffer of :data:`LIMIT` bytes; past that, whole lines
     are dropped and counted, and once the socket takes lines again a ``log_lines_dropped``
-    line says how many.
+    line says how many. Held lines go as soon as the socket takes them (the event loop
+    watches it), and at exit :func:`drain` gives them a bounded wait.
     """
 
     LIMIT = 256 * 1024
@@ -238,34 +243,84 @@ class SocketStream:
         """Renders the ``log_lines_dropped`` line in the stream's format (set by configure)."""
         self._pending = bytearray()
         self._unreported = 0
+        self._lock = threading.Lock()
+        self._watching: asyncio.AbstractEventLoop | None = None
 
     def write(self, text: str) -> int:
         line = text.encode()
-        if self._pending:
-            self._send()  # room may have come since the last line
-        if len(self._pending) + len(line) > self.LIMIT:
-            self.dropped += 1
-            self._unreported += 1
-        else:
-            self._pending += line
-        self._send()
-        if self._unreported and not self._pending and self.render is not None:
-            count, self._unreported = self._unreported, 0
-            note = self.render(
-                {
-                    "event": "log_lines_dropped",
-                    "lines": count,
-                    "level": "warning",
-                    "hint": "the log stream (journald) did not read; the daemon went on",
-                }
-            )
-            if note is not None:
-                self._pending += (note + "\n").encode()
+        with self._lock:
+            if self._pending:
+                self._send()  # room may have come since the last line
+            if len(self._pending) + len(line) > self.LIMIT:
+                self.dropped += 1
+                self._unreported += 1
+            else:
+                self._pending += line
                 self._send()
+            self._say_dropped()
+            if self._pending:
+                self._watch()
         return len(text)
 
     def flush(self) -> None:
         """Sent in :meth:`write`: nothing is held in Python but what the socket refused."""
+
+    def drain(self, timeout_s: float) -> None:
+        """At exit: wait up to ``timeout_s`` for the socket to take what is held (a
+        journald busy for a moment); past that, it is lost with the process."""
+        deadline = time.monotonic() + timeout_s
+        waiting = select.poll()
+        waiting.register(self.sock, select.POLLOUT)
+        with self._lock:
+            self._unwatch()
+            while True:
+                self._send()
+                self._say_dropped()
+                left = deadline - time.monotonic()
+                if not self._pending or left <= 0:
+                    return
+                waiting.poll(left * 1000)
+
+    def _say_dropped(self) -> None:
+        """Once the socket took every line held, a line saying how many were dropped."""
+        if not self._unreported or self._pending or self.render is None:
+            return
+        count, self._unreported = self._unreported, 0
+        note = self.render(
+            {
+                "event": "log_lines_dropped",
+                "lines": count,
+                "level": "warning",
+                "hint": "the log stream (journald) did not read; the daemon went on",
+            }
+        )
+        if note is not None:
+            self._pending += (note + "\n").encode()
+            self._send()
+
+    def _watch(self) -> None:
+        """Lines are held: the event loop of this thread, if one runs, sends them as soon
+        as the socket takes them, not at the next line (a quiet daemon may log none for
+        hours; under journald's native protocol only a failed send writes here)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop here: the next line sends them, or drain()
+            return
+        if self._watching is not loop:
+            loop.add_writer(self.sock.fileno(), self._writable)
+            self._watching = loop
+
+    def _writable(self) -> None:
+        with self._lock:
+            self._send()
+            self._say_dropped()
+            if not self._pending:
+                self._unwatch()
+
+    def _unwatch(self) -> None:
+        loop, self._watching = self._watching, None
+        if loop is not None and not loop.is_closed():
+            loop.remove_writer(self.sock.fileno())
 
     def _send(self) -> None:
         while self._pending:
@@ -285,6 +340,16 @@ _stream: SocketStream | None = None
 configure() calls for the same descriptor, with what it holds and its count."""
 
 
+EXIT_DRAIN_S = 1.0
+"""At a daemon's exit, how long its held log lines may wait for the stream to take them."""
+
+
+def drain(timeout_s: float) -> None:
+    """Send the lines the log stream holds, waiting up to ``timeout_s`` (at exit)."""
+    if _stream is not None:
+        _stream.drain(timeout_s)
+
+
 def _socket_stream(out: TextIO) -> SocketStream | None:
     """``out`` as a :class:`SocketStream` when its descriptor is a socket, else None."""
     global _stream  # noqa: PLW0603  # one per process, like the structlog config
@@ -297,6 +362,7 @@ def _socket_stream(out: TextIO) -> SocketStream | None:
         return None
     if _stream is None or _stream.sock.fileno() < 0 or not _same_file(_stream.sock.fileno(), fd):
         if _stream is not None:
+            _stream.drain(0.0)  # off its loop; what the socket does not take now is lost
             _stream.sock.close()
         _stream = SocketStream(socket.socket(fileno=os.dup(fd)))
     return _stream

@@ -69,6 +69,8 @@ def _serve(args: argparse.Namespace) -> int:
         asyncio.run(serve(path, config, keyring, dry_run=dry_run, own_process=True))
     except NetworkError as err:  # it names the setting; the file is ours to name
         raise type(err)(f"{path}: {err}") from None
+    finally:
+        logs.drain(logs.EXIT_DRAIN_S)  # its last lines, before an error is printed after them
     return 0
 
 
