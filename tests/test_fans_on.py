@@ -817,6 +817,7 @@ class LogSocket:
     def __init__(self) -> None:
         self.theirs, self.ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.lines: list[dict[str, Any]] = []
+        self.text: list[str] = []
         self._reading = threading.Event()
         self._reading.set()
         self._paused = threading.Event()
@@ -840,6 +841,7 @@ class LogSocket:
             buffer += chunk
             *whole, buffer = buffer.split(b"\n")
             for line in whole:
+                self.text.append(line.decode(errors="replace"))
                 with contextlib.suppress(ValueError):
                     self.lines.append(json.loads(line))
 
@@ -983,3 +985,45 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+class TestFailsafeLogStalls:
+    def test_failsafe_moves_the_fans_before_it_writes(self, tmp_path: Path) -> None:
+        """The controller died with its fans shed, its config file has a typo, and the
+        journal does not read (its stream socket full): ``powercast failsafe`` turns the
+        fans on first, and its report (the note that it used the running copy among it)
+        reaches the journal once it reads again. Before, the note was written first, and
+        the failsafe waited on the journal with the fans off."""
+        files = make_files(tmp_path, grace=2.0)
+        with up(publish(files)):
+            ctl = control(files)
+            try:
+                shed(ctl, files)
+            finally:
+                ctl.proc.kill()
+                ctl.stop()
+        files.controller.write_text(files.controller.read_text() + "\n[policy\ntypo = 1\n")
+        stream = LogSocket()
+        env = {**os.environ, "STATE_DIRECTORY": str(files.state_dir)}
+        env["RUNTIME_DIRECTORY"] = str(runtime_dir(files))
+        argv = [sys.executable, "-m", "powercast", "failsafe", "--config", str(files.controller)]
+        try:
+            stream.stall()
+            proc = subprocess.Popen(
+                [*argv, "--after-failure"],
+                stdout=stream.theirs.fileno(),
+                stderr=stream.theirs.fileno(),
+                env=env,
+            )
+            try:
+                wait_file(files.pwm, ON, timeout=10.0)
+                stream.resume()
+                assert proc.wait(10.0) == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            wait_until(lambda: any("actuators set to fans on" in line for line in stream.text))
+        finally:
+            stream.close()
+        assert any("using the config the controller last ran" in line for line in stream.text)

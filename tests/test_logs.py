@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -230,6 +231,26 @@ class TestSocketStream:
             while chunk := sock.recv(1 << 20):
                 data += chunk
         return [line for line in data.decode().splitlines() if not line.startswith("#")]
+
+    def test_the_standard_librarys_last_resort_is_not_waited_on_either(
+        self, pair: tuple[socket.socket, socket.socket]
+    ) -> None:
+        """asyncio's own errors go through ``logging`` with no handler set: to its last
+        resort, which wrote to stderr and waited on a full socket."""
+        ours, theirs = pair
+        self.fill(theirs)
+        kept, root = logging.lastResort, logging.getLogger()
+        handlers, root.handlers = root.handlers, []  # pytest's capture: none, as in a daemon
+        try:
+            with os.fdopen(os.dup(theirs.fileno()), "w") as stderr:
+                logs.configure(level="info", fmt="json", stream=stderr)
+                logging.getLogger("asyncio").error("Exception in callback")  # returns at once
+                got = self.drain(ours)
+                logs.drain(1.0)
+                got += self.drain(ours)
+        finally:
+            logging.lastResort, root.handlers = kept, handlers
+        assert "Exception in callback" in got
 
     def test_lines_past_the_bound_are_dropped_counted_and_said(
         self, pair: tuple[socket.socket, socket.socket]

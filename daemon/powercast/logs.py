@@ -502,6 +502,11 @@ def configure(
     if nonblocking is not None:
         nonblocking.render = _renderer(processors)
         sink = nonblocking  # type: ignore[assignment]  # write and flush are all it needs
+        # What the standard library logs with no handler set (asyncio's "Exception in
+        # callback", a library's warning) goes the same way, never waited on either.
+        last_resort = logging.StreamHandler(sink)
+        last_resort.setLevel(logging.WARNING)
+        logging.lastResort = last_resort
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

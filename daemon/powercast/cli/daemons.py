@@ -83,13 +83,15 @@ def _failsafe(args: argparse.Namespace) -> int:
         print(f"powercast failsafe: fans left as they are ({marker} exists)")
         return 0
     configs, notes = failsafe.gather_configs(args.config)
-    for note in notes:
-        print(f"powercast: {note}", file=sys.stderr)
     if not configs:
+        for note in notes:
+            print(f"powercast: {note}", file=sys.stderr)
         print("powercast failsafe: no config could be read; nothing moved", file=sys.stderr)
         return 1
+    # The fans first, then the report: a journal that does not read would hold a line
+    # written before them, and the fans with it.
     report = asyncio.run(failsafe.to_safe_state(configs))
-    for line in [*report.failures, *report.notes]:
+    for line in [*notes, *report.failures, *report.notes]:
         print(f"powercast: {line}", file=sys.stderr)
     print(f"powercast failsafe: {report.moved} of {report.total} actuators set to fans on")
     return 1 if report.failures else 0
