@@ -273,6 +273,7 @@ class TestSocketStream:
         ticks = [e["n"] for e in events if e["event"] == "tick"]
         assert ticks == list(range(len(ticks)))  # the first ones, in order, none torn
         assert len(ticks) + stream.dropped == 40
+        assert logs.dropped() == stream.dropped  # what status and metrics show
         note = next(e for e in events if e["event"] == "log_lines_dropped")
         assert note["lines"] == stream.dropped
         assert note["level"] == "warning"

@@ -44,8 +44,8 @@ RECORD = "import os, sys; open(sys.argv[1], 'a').write(os.environ['POWERCAST_STA
 
 STATUS_KEYS = {
     "version", "role", "host", "pid", "time", "config", "control", "metrics",
-    "metrics_error", "zones", "publishers", "datagrams", "rejections", "actions",
-    "transitions", "keys", "network",
+    "metrics_error", "log_lines_dropped", "zones", "publishers", "datagrams", "rejections",
+    "actions", "transitions", "keys", "network",
 }  # fmt: skip
 ZONE_KEYS = {
     "zone", "state", "fans", "level", "stage", "reason", "since", "for_s", "situation",
@@ -57,7 +57,8 @@ PUBLISHER_KEYS = {
 }  # fmt: skip
 PUBLISHER_STATUS_KEYS = {
     "version", "role", "host", "pid", "time", "config", "control", "metrics",
-    "metrics_error", "announcing", "sources", "sent", "send_errors", "keys", "network",
+    "metrics_error", "log_lines_dropped", "announcing", "sources", "sent", "send_errors", "keys",
+    "network",
 }  # fmt: skip
 
 

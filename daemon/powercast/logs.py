@@ -340,6 +340,11 @@ _stream: SocketStream | None = None
 configure() calls for the same descriptor, with what it holds and its count."""
 
 
+def dropped() -> int:
+    """Log lines dropped since the daemon started (the log stream did not read)."""
+    return _stream.dropped if _stream is not None else 0
+
+
 EXIT_DRAIN_S = 1.0
 """At a daemon's exit, how long its held log lines may wait for the stream to take them."""
 

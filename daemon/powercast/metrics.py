@@ -80,6 +80,11 @@ def _common(doc: dict[str, Any]) -> Iterable[Metric]:
         "When the running config was loaded (Unix time).",
         value=doc["config"]["loaded_at"],
     )
+    yield CounterMetricFamily(
+        "powercast_log_lines_dropped",
+        "Log lines dropped because the log stream (journald) did not read.",
+        value=doc.get("log_lines_dropped", 0),
+    )
 
 
 class _SnapshotCollector(Collector):

@@ -44,6 +44,7 @@ def common(
     metrics: str | None,
     wall: float,
     metrics_error: str | None = None,
+    log_lines_dropped: int = 0,
 ) -> dict[str, Any]:
     """The fields every daemon's status has (a role adds its own)."""
     return {
@@ -56,6 +57,7 @@ def common(
         "control": control,
         "metrics": metrics,
         "metrics_error": metrics_error,
+        "log_lines_dropped": log_lines_dropped,
     }
 
 

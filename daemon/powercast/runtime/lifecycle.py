@@ -18,7 +18,7 @@ from typing import Any, Final, Generic, TypeVar
 import structlog
 
 from powercast import config as cfg
-from powercast import control, net
+from powercast import control, logs, net
 from powercast import status as report
 from powercast.auth import Keyring, KeyringError
 from powercast.config import ControllerConfig, PublisherConfig, RelayConfig
@@ -162,6 +162,7 @@ class Daemon(Generic[C]):
             control=str(self.control_path),
             metrics=self.metrics_address,
             metrics_error=self.metrics_error,
+            log_lines_dropped=logs.dropped(),
             wall=time.time(),
         )
 
