@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import structlog
 
 from powercast import config as cfg
-from powercast import failsafe
+from powercast import failsafe, logs
 from powercast.runtime.copies import Copies
 
 pytestmark = pytest.mark.unit
@@ -100,3 +103,24 @@ class TestCopies:
             assert "old" in (written(tmp_path / RUNNING) or "")
 
         asyncio.run(main())
+
+    def test_a_missing_directory_says_how_to_set_one_up(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """No state directory and no runtime directory (a controller run by hand): the
+        error names the file and says how to give it a directory."""
+        logs.configure(level="info", fmt="json", stream=sys.stderr)
+
+        async def main() -> None:
+            copies = Copies(tmp_path / "absent")
+            copies.keep(RUNNING, named("one"))
+            assert not await copies._write_pending()
+
+        try:
+            asyncio.run(main())
+        finally:
+            structlog.reset_defaults()
+        line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+        assert line["event"] == "failsafe_copy_failed"
+        assert line["file"] == str(tmp_path / "absent" / RUNNING)
+        assert "persist.state_dir" in line["hint"]

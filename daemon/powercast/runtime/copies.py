@@ -84,7 +84,7 @@ class Copies:
                         file=str(self.directory / name),
                         error=str(err) or f"no answer within {WRITE_TIMEOUT_S:g} s",
                         retry_in_s=RETRY_S,
-                        hint="powercast failsafe reads this copy after a crash: check the disk",
+                        hint=_hint(err),
                     )
                 return False
             if name in self._failing:
@@ -106,3 +106,14 @@ class Copies:
             if asyncio.get_running_loop().time() >= deadline:
                 return
             await asyncio.sleep(0.01)
+
+
+def _hint(err: BaseException) -> str:
+    """What to do about a copy not written: a directory that is not there is set up, not
+    repaired."""
+    if isinstance(err, FileNotFoundError):
+        return (
+            "powercast failsafe reads this copy after a crash: set persist.state_dir, or"
+            " StateDirectory=powercast in the unit (as shipped)"
+        )
+    return "powercast failsafe reads this copy after a crash: check the disk"
