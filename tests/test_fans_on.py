@@ -394,22 +394,28 @@ class TestUnreadablePosition:
 # --- 7: a typo saved after the controller died ----------------------------------------------
 
 
+def died_shed_with_a_typo(tmp_path: Path) -> Files:
+    """A controller that shed its fans, killed (SIGKILL); then a typo saved in its config."""
+    files = make_files(tmp_path, grace=2.0)
+    with up(publish(files)):
+        ctl = control(files)
+        try:
+            shed(ctl, files)
+        finally:
+            ctl.proc.kill()
+            ctl.stop()
+    assert files.pwm.read_text() == f"{OFF}\n"
+    files.controller.write_text(files.controller.read_text() + "\n[policy\ntypo = 1\n")
+    return files
+
+
 class TestRunningConfig:
     def test_failsafe_uses_the_config_the_controller_ran(self, tmp_path: Path) -> None:
         """A controller that shed its fans dies (SIGKILL); meanwhile its config file got a
         typo. ``powercast failsafe`` still knows the actuator from the copy the controller
         kept of its running config, and turns the fans on. Before, it read only the file
         on disk: a config error, nothing moved."""
-        files = make_files(tmp_path, grace=2.0)
-        with up(publish(files)):
-            ctl = control(files)
-            try:
-                shed(ctl, files)
-            finally:
-                ctl.proc.kill()
-                ctl.stop()
-        assert files.pwm.read_text() == f"{OFF}\n"
-        files.controller.write_text(files.controller.read_text() + "\n[policy\ntypo = 1\n")
+        files = died_shed_with_a_typo(tmp_path)
         done = failsafe(files.controller, "--after-failure", state_dir=files.state_dir)
         assert files.pwm.read_text() == f"{ON}\n"
         assert done.returncode == 0, done.stderr
@@ -870,6 +876,46 @@ class LogSocket:
         self.ours.close()
 
 
+Stalled = tuple[Files, "LogSocket", "subprocess.Popen[bytes]"]
+
+
+@contextlib.contextmanager
+def shed_on_a_stalled_log(tmp_path: Path) -> Iterator[Stalled]:
+    """A publisher, and a controller whose stderr is ``LogSocket``; the fans shed, then the
+    log stream stalls. The controller is stopped at the end if it still runs, the stream
+    closed."""
+    files = make_files(tmp_path, grace=2.0)
+    stream = LogSocket()
+    env = {**os.environ, "RUNTIME_DIRECTORY": str(runtime_dir(files))}
+    argv = [sys.executable, "-m", "powercast", "control", "--config", str(files.controller)]
+    try:
+        with up(publish(files)):
+            proc = subprocess.Popen(
+                argv, stderr=stream.theirs.fileno(), stdout=subprocess.DEVNULL, env=env
+            )
+            try:
+                wait_until(lambda: "ready" in stream.events())
+                set_reading(files.reading, "on_battery")
+                wait_file(files.pwm, OFF)
+                stream.stall()
+                yield files, stream, proc
+            finally:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    stream.resume()
+                    try:
+                        proc.wait(10.0)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+    finally:
+        stream.close()
+
+
+def back_to_normal(stream: LogSocket) -> bool:
+    return any(e.get("event") == "transition" and e.get("state") == "normal" for e in stream.lines)
+
+
 class TestLogStreamStalls:
     def test_a_log_stream_that_stops_reading_delays_no_fan(self, tmp_path: Path) -> None:
         """The fans are shed; then the log stream stops reading (journald hung: its socket
@@ -877,34 +923,14 @@ class TestLogStreamStalls:
         reach it once it reads again. Before, the next log line blocked the whole
         controller: the fans stayed off until the watchdog killed it. (Past a bound, lines
         are dropped and counted: tests/test_logs.py.)"""
-        files = make_files(tmp_path, grace=2.0)
-        stream = LogSocket()
-        env = {**os.environ, "RUNTIME_DIRECTORY": str(runtime_dir(files))}
-        argv = [sys.executable, "-m", "powercast", "control", "--config", str(files.controller)]
-        try:
-            with up(publish(files)):
-                proc = subprocess.Popen(
-                    argv, stderr=stream.theirs.fileno(), stdout=subprocess.DEVNULL, env=env
-                )
-                try:
-                    wait_until(lambda: "ready" in stream.events())
-                    set_reading(files.reading, "on_battery")
-                    wait_file(files.pwm, OFF)
-                    stream.stall()
-                    set_reading(files.reading, "online")
-                    wait_file(files.pwm, ON)
-                    stream.resume()
-                    proc.send_signal(signal.SIGTERM)
-                    assert proc.wait(10.0) == 0
-                finally:
-                    if proc.poll() is None:
-                        proc.kill()
-                        proc.wait()
+        with shed_on_a_stalled_log(tmp_path) as (files, stream, proc):
+            set_reading(files.reading, "online")
+            wait_file(files.pwm, ON)
+            stream.resume()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10.0) == 0
             wait_until(lambda: "stopping_fans_on" in stream.events())
-        finally:
-            stream.close()
-        back = [e for e in stream.lines if e.get("event") == "transition"]
-        assert [e["state"] for e in back][-1] == "normal"  # logged while stalled, not lost
+        assert back_to_normal(stream)  # logged while stalled, not lost
 
     def test_lines_held_while_it_stalled_arrive_without_another_line(self, tmp_path: Path) -> None:
         """The log stream stops reading while the fans are shed; power returns and the
@@ -912,72 +938,26 @@ class TestLogStreamStalls:
         lines it could not take (the transition to normal) still reach it, at once. Before,
         they waited for the daemon's next line, which a quiet controller may not log for
         hours."""
-        files = make_files(tmp_path, grace=2.0)
-        stream = LogSocket()
-        env = {**os.environ, "RUNTIME_DIRECTORY": str(runtime_dir(files))}
-        argv = [sys.executable, "-m", "powercast", "control", "--config", str(files.controller)]
-        try:
-            with up(publish(files)):
-                proc = subprocess.Popen(
-                    argv, stderr=stream.theirs.fileno(), stdout=subprocess.DEVNULL, env=env
-                )
-                try:
-                    wait_until(lambda: "ready" in stream.events())
-                    set_reading(files.reading, "on_battery")
-                    wait_file(files.pwm, OFF)
-                    stream.stall()
-                    set_reading(files.reading, "online")
-                    wait_file(files.pwm, ON)
-                    time.sleep(0.5)  # what it logs about that, it logs into the full socket
-                    stream.resume()
-                    wait_until(
-                        lambda: any(
-                            e.get("event") == "transition" and e.get("state") == "normal"
-                            for e in stream.lines
-                        )
-                    )
-                    assert proc.poll() is None  # no stop was needed to get them out
-                finally:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(10.0)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
-        finally:
-            stream.close()
+        with shed_on_a_stalled_log(tmp_path) as (files, stream, proc):
+            set_reading(files.reading, "online")
+            wait_file(files.pwm, ON)
+            time.sleep(0.5)  # what it logs about that, it logs into the full socket
+            stream.resume()
+            wait_until(lambda: back_to_normal(stream))
+            assert proc.poll() is None  # no stop was needed to get them out
 
     def test_lines_held_at_a_stop_are_not_lost(self, tmp_path: Path) -> None:
         """The log stream is full (journald busy for a moment) when the controller stops:
         its last lines (the fans back on) wait in its buffer, and reach the stream when it
         reads again within a bound, before the process ends. Before, they were lost with
         the process: an operator could not tell whether the fans went on at the stop."""
-        files = make_files(tmp_path, grace=2.0)
-        stream = LogSocket()
-        env = {**os.environ, "RUNTIME_DIRECTORY": str(runtime_dir(files))}
-        argv = [sys.executable, "-m", "powercast", "control", "--config", str(files.controller)]
-        try:
-            with up(publish(files)):
-                proc = subprocess.Popen(
-                    argv, stderr=stream.theirs.fileno(), stdout=subprocess.DEVNULL, env=env
-                )
-                try:
-                    wait_until(lambda: "ready" in stream.events())
-                    set_reading(files.reading, "on_battery")
-                    wait_file(files.pwm, OFF)
-                    stream.stall()
-                    proc.send_signal(signal.SIGTERM)
-                    wait_file(files.pwm, ON)
-                    time.sleep(0.2)  # its last lines are said into the full socket
-                    stream.resume()
-                    assert proc.wait(10.0) == 0
-                finally:
-                    if proc.poll() is None:
-                        proc.kill()
-                        proc.wait()
+        with shed_on_a_stalled_log(tmp_path) as (files, stream, proc):
+            proc.send_signal(signal.SIGTERM)
+            wait_file(files.pwm, ON)
+            time.sleep(0.2)  # its last lines are said into the full socket
+            stream.resume()
+            assert proc.wait(10.0) == 0
             wait_until(lambda: "stopping_fans_on" in stream.events(), timeout=2.0)
-        finally:
-            stream.close()
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -994,15 +974,7 @@ class TestFailsafeLogStalls:
         fans on first, and its report (the note that it used the running copy among it)
         reaches the journal once it reads again. Before, the note was written first, and
         the failsafe waited on the journal with the fans off."""
-        files = make_files(tmp_path, grace=2.0)
-        with up(publish(files)):
-            ctl = control(files)
-            try:
-                shed(ctl, files)
-            finally:
-                ctl.proc.kill()
-                ctl.stop()
-        files.controller.write_text(files.controller.read_text() + "\n[policy\ntypo = 1\n")
+        files = died_shed_with_a_typo(tmp_path)
         stream = LogSocket()
         env = {**os.environ, "STATE_DIRECTORY": str(files.state_dir)}
         env["RUNTIME_DIRECTORY"] = str(runtime_dir(files))
