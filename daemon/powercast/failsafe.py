@@ -14,14 +14,13 @@ An operator who wants the fans left alone for one stop (maintenance) creates
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from powercast import config as cfg
+from powercast import persist
 from powercast.actions import environment, run_command
 from powercast.actuators import actuator_name, make_driver
 from powercast.actuators.base import SAFE_POSITION, Closing
@@ -59,21 +58,13 @@ def released_config(released: list[tuple[str, cfg.Actuator]]) -> cfg.ControllerC
 
 
 def write_copy(directory: Path, name: str, config: cfg.ControllerConfig | None) -> None:
-    """Write ``directory/name`` atomically (a reader sees the old copy or the new one,
-    never a part), or remove it when ``config`` is None. Raises OSError."""
+    """Write ``directory/name`` atomically and synced, as the state file is, or remove it
+    when ``config`` is None. Raises OSError."""
     path = directory / name
     if config is None:
         path.unlink(missing_ok=True)
         return
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".running-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(cfg.dumps(config))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    persist.write_atomically(path, cfg.dumps(config).encode())
 
 
 def load_released(state_dir: Path | None) -> tuple[list[tuple[str, cfg.Actuator]], str | None]:

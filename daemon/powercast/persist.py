@@ -123,19 +123,25 @@ def load(directory: Path) -> StateRecord | None:
 
 def save(directory: Path, record: StateRecord) -> None:
     """Replace the file atomically: readers see the old or the new one, never half."""
-    data = msgspec.json.encode(record)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".state-", suffix=".tmp")
+    write_atomically(directory / FILE_NAME, msgspec.json.encode(record))
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: written beside it, synced, renamed over it, and the
+    directory synced, so that after a crash or a power cut it holds the old content or
+    the new, never a part. Raises OSError."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, directory / FILE_NAME)
+        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(directory, os.O_RDONLY)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
