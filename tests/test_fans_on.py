@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -999,3 +1000,69 @@ class TestFailsafeLogStalls:
         finally:
             stream.close()
         assert any("using the config the controller last ran" in line for line in stream.text)
+
+
+COLLECTED_WHILE_LOGGING = """
+import asyncio, gc, sys
+import structlog
+from powercast import logs
+
+logs.configure(level="info", fmt="json")
+log = structlog.get_logger("powercast")
+loop = asyncio.new_event_loop()
+left = [300]
+
+class Lost:
+    '''A future that failed, its exception never retrieved, in a cycle: only the cycle
+    collector frees it, and asyncio then logs "Future exception was never retrieved".'''
+
+    def __init__(self):
+        self.future = loop.create_future()
+        self.future.set_exception(RuntimeError("lost"))
+        self.cycle = self
+
+    def __del__(self):
+        left[0] -= 1
+        if left[0] > 0:
+            Lost()  # the next, for the collector's next run
+
+Lost()
+gc.set_threshold(1, 1, 1)  # the collector runs at nearly every allocation, in a write too
+for n in range(200):
+    log.info("tick", n=n)
+gc.set_threshold(700, 10, 10)
+print("done", flush=True)
+logs.drain(10.0)  # as a daemon at its exit
+"""
+
+
+class TestLogWrittenFromInsideItself:
+    def test_a_collection_that_logs_in_the_middle_of_a_line_hangs_nothing(self) -> None:
+        """The log stream is full (journald busy) and the cycle collector runs while a line
+        is written: it frees a future whose exception nobody retrieved, and asyncio logs
+        that, into the same stream, from inside the write. The daemon goes on, and both
+        lines reach the stream once it reads. Before, the write waited on its own lock for
+        ever: the whole daemon hung (fans, SIGTERM, the watchdog's ping)."""
+        stream = LogSocket()
+        try:
+            stream.stall()
+            proc = subprocess.Popen(
+                [sys.executable, "-c", COLLECTED_WHILE_LOGGING],
+                stderr=stream.theirs.fileno(),
+                stdout=subprocess.PIPE,
+            )
+            try:
+                assert proc.stdout is not None
+                ready, _, _ = select.select([proc.stdout], [], [], 20.0)
+                assert ready, "the process hung in its log write"
+                assert proc.stdout.readline() == b"done\n"
+                stream.resume()
+                assert proc.wait(15.0) == 0
+            finally:
+                stream.resume()
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            wait_until(lambda: any("was never retrieved" in line for line in stream.text))
+        finally:
+            stream.close()

@@ -243,24 +243,50 @@ class SocketStream:
         """Renders the ``log_lines_dropped`` line in the stream's format (set by configure)."""
         self._pending = bytearray()
         self._unreported = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._busy = False
+        """This stream's lock holder is inside it (its thread: the only one that can see it)."""
+        self._nested: list[bytes] = []
         self._watching: asyncio.AbstractEventLoop | None = None
 
     def write(self, text: str) -> int:
         line = text.encode()
         with self._lock:
-            if self._pending:
-                self._send()  # room may have come since the last line
-            if len(self._pending) + len(line) > self.LIMIT:
-                self.dropped += 1
-                self._unreported += 1
-            else:
-                self._pending += line
-                self._send()
-            self._say_dropped()
-            if self._pending:
-                self._watch()
+            if self._busy:
+                # This thread, while inside this stream, logs again: the cycle collector ran
+                # a __del__ that logs (asyncio's "exception was never retrieved") or a signal
+                # handler did. Waiting on the lock would wait on itself, for ever; the line
+                # goes after the one being written.
+                self._nested.append(line)
+                return len(text)
+            self._busy = True
+            try:
+                if self._pending:
+                    self._send()  # room may have come since the last line
+                self._add(line)
+                self._settle()
+                if self._pending:
+                    self._watch()
+            finally:
+                self._busy = False
         return len(text)
+
+    def _add(self, line: bytes) -> None:
+        if len(self._pending) + len(line) > self.LIMIT:
+            self.dropped += 1
+            self._unreported += 1
+        else:
+            self._pending += line
+            self._send()
+
+    def _settle(self) -> None:
+        """The lines written from inside this stream, then the dropped lines' note."""
+        while True:
+            while self._nested:
+                self._add(self._nested.pop(0))
+            self._say_dropped()
+            if not self._nested:
+                return
 
     def flush(self) -> None:
         """Sent in :meth:`write`: nothing is held in Python but what the socket refused."""
@@ -272,28 +298,36 @@ class SocketStream:
         waiting = select.poll()
         waiting.register(self.sock, select.POLLOUT)
         with self._lock:
-            self._unwatch()
-            while True:
-                self._send()
-                self._say_dropped()
-                left = deadline - time.monotonic()
-                if not self._pending or left <= 0:
-                    return
-                waiting.poll(left * 1000)
+            if self._busy:  # a signal handler in this thread, inside a write: not now
+                return
+            self._busy = True
+            try:
+                self._unwatch()
+                while True:
+                    self._send()
+                    self._settle()
+                    left = deadline - time.monotonic()
+                    if not self._pending or left <= 0:
+                        return
+                    waiting.poll(left * 1000)
+            finally:
+                self._busy = False
 
     def _say_dropped(self) -> None:
         """Once the socket took every line held, a line saying how many were dropped."""
         if not self._unreported or self._pending or self.render is None:
             return
         count, self._unreported = self._unreported, 0
-        note = self.render(
-            {
-                "event": "log_lines_dropped",
-                "lines": count,
-                "level": "warning",
-                "hint": "the log stream (journald) did not read; the daemon went on",
-            }
-        )
+        event = {
+            "event": "log_lines_dropped",
+            "lines": count,
+            "level": "warning",
+            "hint": "the log stream (journald) did not read; the daemon went on",
+        }
+        try:
+            note = self.render(event)
+        except Exception:  # a log line must never raise into a fan's path
+            note = " ".join(f"{key}={value!r}" for key, value in event.items())
         if note is not None:
             self._pending += (note + "\n").encode()
             self._send()
@@ -312,10 +346,16 @@ class SocketStream:
 
     def _writable(self) -> None:
         with self._lock:
-            self._send()
-            self._say_dropped()
-            if not self._pending:
-                self._unwatch()
+            if self._busy:
+                return
+            self._busy = True
+            try:
+                self._send()
+                self._settle()
+                if not self._pending:
+                    self._unwatch()
+            finally:
+                self._busy = False
 
     def _unwatch(self) -> None:
         loop, self._watching = self._watching, None
