@@ -1001,6 +1001,34 @@ class TestFailsafeLogStalls:
             stream.close()
         assert any("using the config the controller last ran" in line for line in stream.text)
 
+    def test_failsafe_ends_when_the_journal_never_reads_its_report(self, tmp_path: Path) -> None:
+        """The controller died with its fans shed and the journal does not read at all:
+        ``powercast failsafe`` turns the fans on, gives its report a bounded wait, and
+        ends. Before, it waited on the journal with the report until systemd killed it
+        at the stop's timeout (30 s): the controller's restart waited that long too."""
+        files = died_shed_with_a_typo(tmp_path)
+        stream = LogSocket()
+        env = {**os.environ, "STATE_DIRECTORY": str(files.state_dir)}
+        env["RUNTIME_DIRECTORY"] = str(runtime_dir(files))
+        argv = [sys.executable, "-m", "powercast", "failsafe", "--config", str(files.controller)]
+        try:
+            stream.stall()
+            proc = subprocess.Popen(
+                [*argv, "--after-failure"],
+                stdout=stream.theirs.fileno(),
+                stderr=stream.theirs.fileno(),
+                env=env,
+            )
+            try:
+                wait_file(files.pwm, ON, timeout=10.0)
+                assert proc.wait(10.0) == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        finally:
+            stream.close()
+
 
 COLLECTED_WHILE_LOGGING = """
 import asyncio, gc, sys

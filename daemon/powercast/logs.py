@@ -390,9 +390,38 @@ EXIT_DRAIN_S = 1.0
 
 
 def drain(timeout_s: float) -> None:
-    """Send the lines the log stream holds, waiting up to ``timeout_s`` (at exit)."""
-    if _stream is not None:
-        _stream.drain(timeout_s)
+    """Send the lines the log stream and :func:`say` hold, waiting up to ``timeout_s`` in
+    all (at exit)."""
+    deadline = time.monotonic() + timeout_s
+    for stream in [_stream, *_said.values()]:
+        if stream is not None:
+            stream.drain(max(0.0, deadline - time.monotonic()))
+
+
+_said: dict[tuple[int, int], SocketStream] = {}
+"""The sockets :func:`say` wrote to that are not the log stream's, by device and inode."""
+
+
+def say(line: str, out: TextIO) -> None:
+    """Print ``line`` to ``out`` as a command's report; when ``out`` is a socket (the
+    journal's stream) without waiting on it, as the log stream: what it does not take is
+    held for :func:`drain`, which the command calls before it ends."""
+    try:
+        fd = out.fileno()
+        st = os.fstat(fd)
+    except (OSError, ValueError, AttributeError):  # a StringIO, or closed
+        st = None
+    if st is None or not stat.S_ISSOCK(st.st_mode):
+        print(line, file=out, flush=True)
+        return
+    stream = _stream
+    if stream is None or stream.sock.fileno() < 0 or not _same_file(stream.sock.fileno(), fd):
+        key = (st.st_dev, st.st_ino)
+        if key not in _said:
+            _said[key] = SocketStream(socket.socket(fileno=os.dup(fd)))
+        stream = _said[key]
+    out.flush()  # what was printed to it before goes first
+    stream.write(line + "\n")
 
 
 def _socket_stream(out: TextIO) -> SocketStream | None:

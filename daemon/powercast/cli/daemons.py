@@ -89,9 +89,13 @@ def _failsafe(args: argparse.Namespace) -> int:
         print("powercast failsafe: no config could be read; nothing moved", file=sys.stderr)
         return 1
     # The fans first, then the report: a journal that does not read would hold a line
-    # written before them, and the fans with it.
+    # written before them, and the fans with it. The report is never waited on either:
+    # the unit's restart waits for this command to end.
     report = asyncio.run(failsafe.to_safe_state(configs))
     for line in [*notes, *report.failures, *report.notes]:
-        print(f"powercast: {line}", file=sys.stderr)
-    print(f"powercast failsafe: {report.moved} of {report.total} actuators set to fans on")
+        logs.say(f"powercast: {line}", sys.stderr)
+    logs.say(
+        f"powercast failsafe: {report.moved} of {report.total} actuators set to fans on", sys.stdout
+    )
+    logs.drain(logs.EXIT_DRAIN_S)
     return 1 if report.failures else 0
