@@ -961,6 +961,34 @@ class TestLogStreamStalls:
             wait_until(lambda: "stopping_fans_on" in stream.events(), timeout=2.0)
 
 
+class TestDaemonErrorOnAStalledLog:
+    def test_a_daemon_that_ends_on_an_error_ends_when_the_journal_does_not_read(
+        self, tmp_path: Path
+    ) -> None:
+        """A controller ends on an error (here its config, which it cannot run) while the
+        journal does not read its stream: it says why without waiting on it, and ends.
+        Before, the line waited on the journal: the process lived on, and systemd ran the
+        failsafe after it only when its watchdog killed it, or never without one."""
+        config = tmp_path / "controller.toml"
+        config.write_text("[policy\ntypo = 1\n")
+        stream = LogSocket()
+        try:
+            stream.stall()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "powercast", "control", "--config", str(config)],
+                stdout=stream.theirs.fileno(),
+                stderr=stream.theirs.fileno(),
+            )
+            try:
+                assert proc.wait(10.0) == 78
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        finally:
+            stream.close()
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
