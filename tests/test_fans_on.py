@@ -961,6 +961,42 @@ class TestLogStreamStalls:
             wait_until(lambda: "stopping_fans_on" in stream.events(), timeout=2.0)
 
 
+class TestLogLineNotUtf8:
+    def test_a_value_that_is_not_utf8_is_logged_not_raised(self, tmp_path: Path) -> None:
+        """A controller whose config path has a byte that is not UTF-8 (the file name as the
+        file system gives it) logs to a socket (the journal's stream) in logfmt: the line
+        names it with a backslash escape, as stderr always did, and the controller runs.
+        Before, encoding the line raised from inside the log call: the controller died
+        at its ``ready`` line."""
+        files = make_files(tmp_path, grace=2.0)
+        rewrite(files, log={"format": "logfmt", "level": "info"})
+        odd = Path(os.fsdecode(os.fsencode(tmp_path) + b"/controller-\xff.toml"))
+        odd.write_bytes(files.controller.read_bytes())
+        stream = LogSocket()
+        env = {**os.environ, "RUNTIME_DIRECTORY": str(runtime_dir(files))}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "powercast", "control", "--config", str(odd)],
+            stderr=stream.theirs.fileno(),
+            stdout=subprocess.DEVNULL,
+            env=env,
+        )
+        try:
+
+            def ready() -> list[str]:
+                return [line for line in stream.text if " event=ready " in line]
+
+            wait_until(lambda: bool(ready()) or proc.poll() is not None, timeout=10.0)
+            time.sleep(0.3)  # an error after it would end the process by now
+            assert proc.poll() is None, stream.text
+            assert not any("internal error" in line for line in stream.text), stream.text
+            assert "controller-\\udcff.toml" in ready()[0]
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(10.0)
+            stream.close()
+
+
 class TestDaemonErrorOnAStalledLog:
     def test_a_daemon_that_ends_on_an_error_ends_when_the_journal_does_not_read(
         self, tmp_path: Path

@@ -250,7 +250,9 @@ class SocketStream:
         self._watching: asyncio.AbstractEventLoop | None = None
 
     def write(self, text: str) -> int:
-        line = text.encode()
+        # As sys.stderr does: a value that is not UTF-8 (a file name as the file system
+        # gives it) is escaped, never raised into the code that logs it.
+        line = text.encode(errors="backslashreplace")
         with self._lock:
             if self._busy:
                 # This thread, while inside this stream, logs again: the cycle collector ran
@@ -329,7 +331,7 @@ class SocketStream:
         except Exception:  # a log line must never raise into a fan's path
             note = " ".join(f"{key}={value!r}" for key, value in event.items())
         if note is not None:
-            self._pending += (note + "\n").encode()
+            self._pending += (note + "\n").encode(errors="backslashreplace")
             self._send()
 
     def _watch(self) -> None:
