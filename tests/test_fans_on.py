@@ -32,6 +32,7 @@ import tomli_w
 from test_failsafe import run as failsafe
 from test_restart import OFF, ON, Files, make_files, wait_file
 
+from powercast.control import call as control_call
 from powercast.runtime.controller import SHUTDOWN_GRACE_S
 from powercast.runtime.copies import RETRY_S, WRITE_TIMEOUT_S
 
@@ -946,6 +947,32 @@ class TestLogStreamStalls:
             stream.resume()
             wait_until(lambda: back_to_normal(stream))
             assert proc.poll() is None  # no stop was needed to get them out
+
+    def test_lines_dropped_are_counted_in_status_and_said_once_it_reads(
+        self, tmp_path: Path
+    ) -> None:
+        """The log stream stalls and the controller logs past the 256 KiB it holds (an
+        operator's overrides, each one line): the lines past it are dropped, the count is
+        in its status, and once the stream reads again one ``log_lines_dropped`` line says
+        the same count. The fans went on meanwhile."""
+        with shed_on_a_stalled_log(tmp_path) as (files, stream, proc):
+            sock = runtime_dir(files) / "controller.sock"
+            order = {"request": "override", "fans": "on", "for_s": 600, "reason": "r" * 200}
+            for _ in range(1000):  # about 400 bytes a line: 256 KiB is some 650 lines
+                assert control_call(sock, order)["ok"]
+            wait_file(files.pwm, ON)
+            dropped = control_call(sock, {"request": "status"})["status"]["log_lines_dropped"]
+            assert dropped > 0
+            stream.resume()
+            wait_until(lambda: "log_lines_dropped" in stream.events())
+            said = next(e for e in stream.lines if e.get("event") == "log_lines_dropped")
+            assert said["lines"] == dropped
+            assert said["level"] == "warning"
+            overrides = [e for e in stream.lines if e.get("event") == "override"]
+            assert len(overrides) + dropped >= 1000
+            after = control_call(sock, {"request": "status"})["status"]["log_lines_dropped"]
+            assert after == dropped  # none more since it reads
+            assert proc.poll() is None
 
     def test_lines_held_at_a_stop_are_not_lost(self, tmp_path: Path) -> None:
         """The log stream is full (journald busy for a moment) when the controller stops:
