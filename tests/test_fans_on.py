@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -31,6 +32,7 @@ import tomli_w
 from test_failsafe import run as failsafe
 from test_restart import OFF, ON, Files, make_files, wait_file
 
+from powercast.control import call as control_call
 from powercast.runtime.controller import SHUTDOWN_GRACE_S
 from powercast.runtime.copies import RETRY_S, WRITE_TIMEOUT_S
 
@@ -946,6 +948,32 @@ class TestLogStreamStalls:
             wait_until(lambda: back_to_normal(stream))
             assert proc.poll() is None  # no stop was needed to get them out
 
+    def test_lines_dropped_are_counted_in_status_and_said_once_it_reads(
+        self, tmp_path: Path
+    ) -> None:
+        """The log stream stalls and the controller logs past the 256 KiB it holds (an
+        operator's overrides, each one line): the lines past it are dropped, the count is
+        in its status, and once the stream reads again one ``log_lines_dropped`` line says
+        the same count. The fans went on meanwhile."""
+        with shed_on_a_stalled_log(tmp_path) as (files, stream, proc):
+            sock = runtime_dir(files) / "controller.sock"
+            order = {"request": "override", "fans": "on", "for_s": 600, "reason": "r" * 200}
+            for _ in range(1000):  # about 400 bytes a line: 256 KiB is some 650 lines
+                assert control_call(sock, order)["ok"]
+            wait_file(files.pwm, ON)
+            dropped = control_call(sock, {"request": "status"})["status"]["log_lines_dropped"]
+            assert dropped > 0
+            stream.resume()
+            wait_until(lambda: "log_lines_dropped" in stream.events())
+            said = next(e for e in stream.lines if e.get("event") == "log_lines_dropped")
+            assert said["lines"] == dropped
+            assert said["level"] == "warning"
+            overrides = [e for e in stream.lines if e.get("event") == "override"]
+            assert len(overrides) + dropped >= 1000
+            after = control_call(sock, {"request": "status"})["status"]["log_lines_dropped"]
+            assert after == dropped  # none more since it reads
+            assert proc.poll() is None
+
     def test_lines_held_at_a_stop_are_not_lost(self, tmp_path: Path) -> None:
         """The log stream is full (journald busy for a moment) when the controller stops:
         its last lines (the fans back on) wait in its buffer, and reach the stream when it
@@ -958,6 +986,70 @@ class TestLogStreamStalls:
             stream.resume()
             assert proc.wait(10.0) == 0
             wait_until(lambda: "stopping_fans_on" in stream.events(), timeout=2.0)
+
+
+class TestLogLineNotUtf8:
+    def test_a_value_that_is_not_utf8_is_logged_not_raised(self, tmp_path: Path) -> None:
+        """A controller whose config path has a byte that is not UTF-8 (the file name as the
+        file system gives it) logs to a socket (the journal's stream) in logfmt: the line
+        names it with a backslash escape, as stderr always did, and the controller runs.
+        Before, encoding the line raised from inside the log call: the controller died
+        at its ``ready`` line."""
+        files = make_files(tmp_path, grace=2.0)
+        rewrite(files, log={"format": "logfmt", "level": "info"})
+        odd = Path(os.fsdecode(os.fsencode(tmp_path) + b"/controller-\xff.toml"))
+        odd.write_bytes(files.controller.read_bytes())
+        stream = LogSocket()
+        env = {**os.environ, "RUNTIME_DIRECTORY": str(runtime_dir(files))}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "powercast", "control", "--config", str(odd)],
+            stderr=stream.theirs.fileno(),
+            stdout=subprocess.DEVNULL,
+            env=env,
+        )
+        try:
+
+            def ready() -> list[str]:
+                return [line for line in stream.text if " event=ready " in line]
+
+            wait_until(lambda: bool(ready()) or proc.poll() is not None, timeout=10.0)
+            time.sleep(0.3)  # an error after it would end the process by now
+            assert proc.poll() is None, stream.text
+            assert not any("internal error" in line for line in stream.text), stream.text
+            assert "controller-\\udcff.toml" in ready()[0]
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(10.0)
+            stream.close()
+
+
+class TestDaemonErrorOnAStalledLog:
+    def test_a_daemon_that_ends_on_an_error_ends_when_the_journal_does_not_read(
+        self, tmp_path: Path
+    ) -> None:
+        """A controller ends on an error (here its config, which it cannot run) while the
+        journal does not read its stream: it says why without waiting on it, and ends.
+        Before, the line waited on the journal: the process lived on, and systemd ran the
+        failsafe after it only when its watchdog killed it, or never without one."""
+        config = tmp_path / "controller.toml"
+        config.write_text("[policy\ntypo = 1\n")
+        stream = LogSocket()
+        try:
+            stream.stall()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "powercast", "control", "--config", str(config)],
+                stdout=stream.theirs.fileno(),
+                stderr=stream.theirs.fileno(),
+            )
+            try:
+                assert proc.wait(10.0) == 78
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        finally:
+            stream.close()
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -999,3 +1091,97 @@ class TestFailsafeLogStalls:
         finally:
             stream.close()
         assert any("using the config the controller last ran" in line for line in stream.text)
+
+    def test_failsafe_ends_when_the_journal_never_reads_its_report(self, tmp_path: Path) -> None:
+        """The controller died with its fans shed and the journal does not read at all:
+        ``powercast failsafe`` turns the fans on, gives its report a bounded wait, and
+        ends. Before, it waited on the journal with the report until systemd killed it
+        at the stop's timeout (30 s): the controller's restart waited that long too."""
+        files = died_shed_with_a_typo(tmp_path)
+        stream = LogSocket()
+        env = {**os.environ, "STATE_DIRECTORY": str(files.state_dir)}
+        env["RUNTIME_DIRECTORY"] = str(runtime_dir(files))
+        argv = [sys.executable, "-m", "powercast", "failsafe", "--config", str(files.controller)]
+        try:
+            stream.stall()
+            proc = subprocess.Popen(
+                [*argv, "--after-failure"],
+                stdout=stream.theirs.fileno(),
+                stderr=stream.theirs.fileno(),
+                env=env,
+            )
+            try:
+                wait_file(files.pwm, ON, timeout=10.0)
+                assert proc.wait(10.0) == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        finally:
+            stream.close()
+
+
+COLLECTED_WHILE_LOGGING = """
+import asyncio, gc, sys
+import structlog
+from powercast import logs
+
+logs.configure(level="info", fmt="json")
+log = structlog.get_logger("powercast")
+loop = asyncio.new_event_loop()
+left = [300]
+
+class Lost:
+    '''A future that failed, its exception never retrieved, in a cycle: only the cycle
+    collector frees it, and asyncio then logs "Future exception was never retrieved".'''
+
+    def __init__(self):
+        self.future = loop.create_future()
+        self.future.set_exception(RuntimeError("lost"))
+        self.cycle = self
+
+    def __del__(self):
+        left[0] -= 1
+        if left[0] > 0:
+            Lost()  # the next, for the collector's next run
+
+Lost()
+gc.set_threshold(1, 1, 1)  # the collector runs at nearly every allocation, in a write too
+for n in range(200):
+    log.info("tick", n=n)
+gc.set_threshold(700, 10, 10)
+print("done", flush=True)
+logs.drain(10.0)  # as a daemon at its exit
+"""
+
+
+class TestLogWrittenFromInsideItself:
+    def test_a_collection_that_logs_in_the_middle_of_a_line_hangs_nothing(self) -> None:
+        """The log stream is full (journald busy) and the cycle collector runs while a line
+        is written: it frees a future whose exception nobody retrieved, and asyncio logs
+        that, into the same stream, from inside the write. The daemon goes on, and both
+        lines reach the stream once it reads. Before, the write waited on its own lock for
+        ever: the whole daemon hung (fans, SIGTERM, the watchdog's ping)."""
+        stream = LogSocket()
+        try:
+            stream.stall()
+            proc = subprocess.Popen(
+                [sys.executable, "-c", COLLECTED_WHILE_LOGGING],
+                stderr=stream.theirs.fileno(),
+                stdout=subprocess.PIPE,
+            )
+            try:
+                assert proc.stdout is not None
+                ready, _, _ = select.select([proc.stdout], [], [], 20.0)
+                assert ready, "the process hung in its log write"
+                assert proc.stdout.readline() == b"done\n"
+                stream.resume()
+                assert proc.wait(15.0) == 0
+            finally:
+                stream.resume()
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            wait_until(lambda: any("was never retrieved" in line for line in stream.text))
+        finally:
+            stream.close()

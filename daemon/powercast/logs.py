@@ -243,24 +243,52 @@ class SocketStream:
         """Renders the ``log_lines_dropped`` line in the stream's format (set by configure)."""
         self._pending = bytearray()
         self._unreported = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._busy = False
+        """This stream's lock holder is inside it (its thread: the only one that can see it)."""
+        self._nested: list[bytes] = []
         self._watching: asyncio.AbstractEventLoop | None = None
 
     def write(self, text: str) -> int:
-        line = text.encode()
+        # As sys.stderr does: a value that is not UTF-8 (a file name as the file system
+        # gives it) is escaped, never raised into the code that logs it.
+        line = text.encode(errors="backslashreplace")
         with self._lock:
-            if self._pending:
-                self._send()  # room may have come since the last line
-            if len(self._pending) + len(line) > self.LIMIT:
-                self.dropped += 1
-                self._unreported += 1
-            else:
-                self._pending += line
-                self._send()
-            self._say_dropped()
-            if self._pending:
-                self._watch()
+            if self._busy:
+                # This thread, while inside this stream, logs again: the cycle collector ran
+                # a __del__ that logs (asyncio's "exception was never retrieved") or a signal
+                # handler did. Waiting on the lock would wait on itself, for ever; the line
+                # goes after the one being written.
+                self._nested.append(line)
+                return len(text)
+            self._busy = True
+            try:
+                if self._pending:
+                    self._send()  # room may have come since the last line
+                self._add(line)
+                self._settle()
+                if self._pending:
+                    self._watch()
+            finally:
+                self._busy = False
         return len(text)
+
+    def _add(self, line: bytes) -> None:
+        if len(self._pending) + len(line) > self.LIMIT:
+            self.dropped += 1
+            self._unreported += 1
+        else:
+            self._pending += line
+            self._send()
+
+    def _settle(self) -> None:
+        """The lines written from inside this stream, then the dropped lines' note."""
+        while True:
+            while self._nested:
+                self._add(self._nested.pop(0))
+            self._say_dropped()
+            if not self._nested:
+                return
 
     def flush(self) -> None:
         """Sent in :meth:`write`: nothing is held in Python but what the socket refused."""
@@ -272,30 +300,38 @@ class SocketStream:
         waiting = select.poll()
         waiting.register(self.sock, select.POLLOUT)
         with self._lock:
-            self._unwatch()
-            while True:
-                self._send()
-                self._say_dropped()
-                left = deadline - time.monotonic()
-                if not self._pending or left <= 0:
-                    return
-                waiting.poll(left * 1000)
+            if self._busy:  # a signal handler in this thread, inside a write: not now
+                return
+            self._busy = True
+            try:
+                self._unwatch()
+                while True:
+                    self._send()
+                    self._settle()
+                    left = deadline - time.monotonic()
+                    if not self._pending or left <= 0:
+                        return
+                    waiting.poll(left * 1000)
+            finally:
+                self._busy = False
 
     def _say_dropped(self) -> None:
         """Once the socket took every line held, a line saying how many were dropped."""
         if not self._unreported or self._pending or self.render is None:
             return
         count, self._unreported = self._unreported, 0
-        note = self.render(
-            {
-                "event": "log_lines_dropped",
-                "lines": count,
-                "level": "warning",
-                "hint": "the log stream (journald) did not read; the daemon went on",
-            }
-        )
+        event = {
+            "event": "log_lines_dropped",
+            "lines": count,
+            "level": "warning",
+            "hint": "the log stream (journald) did not read; the daemon went on",
+        }
+        try:
+            note = self.render(event)
+        except Exception:  # a log line must never raise into a fan's path
+            note = " ".join(f"{key}={value!r}" for key, value in event.items())
         if note is not None:
-            self._pending += (note + "\n").encode()
+            self._pending += (note + "\n").encode(errors="backslashreplace")
             self._send()
 
     def _watch(self) -> None:
@@ -312,10 +348,16 @@ class SocketStream:
 
     def _writable(self) -> None:
         with self._lock:
-            self._send()
-            self._say_dropped()
-            if not self._pending:
-                self._unwatch()
+            if self._busy:
+                return
+            self._busy = True
+            try:
+                self._send()
+                self._settle()
+                if not self._pending:
+                    self._unwatch()
+            finally:
+                self._busy = False
 
     def _unwatch(self) -> None:
         loop, self._watching = self._watching, None
@@ -350,9 +392,38 @@ EXIT_DRAIN_S = 1.0
 
 
 def drain(timeout_s: float) -> None:
-    """Send the lines the log stream holds, waiting up to ``timeout_s`` (at exit)."""
-    if _stream is not None:
-        _stream.drain(timeout_s)
+    """Send the lines the log stream and :func:`say` hold, waiting up to ``timeout_s`` in
+    all (at exit)."""
+    deadline = time.monotonic() + timeout_s
+    for stream in [_stream, *_said.values()]:
+        if stream is not None:
+            stream.drain(max(0.0, deadline - time.monotonic()))
+
+
+_said: dict[tuple[int, int], SocketStream] = {}
+"""The sockets :func:`say` wrote to that are not the log stream's, by device and inode."""
+
+
+def say(line: str, out: TextIO) -> None:
+    """Print ``line`` to ``out`` as a command's report; when ``out`` is a socket (the
+    journal's stream) without waiting on it, as the log stream: what it does not take is
+    held for :func:`drain`, which the command calls before it ends."""
+    try:
+        fd = out.fileno()
+        st = os.fstat(fd)
+    except (OSError, ValueError, AttributeError):  # a StringIO, or closed
+        st = None
+    if st is None or not stat.S_ISSOCK(st.st_mode):
+        print(line, file=out, flush=True)
+        return
+    stream = _stream
+    if stream is None or stream.sock.fileno() < 0 or not _same_file(stream.sock.fileno(), fd):
+        key = (st.st_dev, st.st_ino)
+        if key not in _said:
+            _said[key] = SocketStream(socket.socket(fileno=os.dup(fd)))
+        stream = _said[key]
+    out.flush()  # what was printed to it before goes first
+    stream.write(line + "\n")
 
 
 def _socket_stream(out: TextIO) -> SocketStream | None:

@@ -21,7 +21,7 @@ import os
 import sys
 import traceback
 
-from powercast import __version__
+from powercast import __version__, logs
 from powercast.cli import daemons, diagnosis, operator, setup
 from powercast.cli.arguments import Handler
 from powercast.errors import PowercastError
@@ -53,16 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except PowercastError as err:
-        print(f"powercast: {err}", file=sys.stderr)
+        _say(f"powercast: {err}")
         return err.exit_code
     except KeyboardInterrupt:
         return 130
     except Exception as err:  # a bug, not a user's mistake: say so plainly
         if os.environ.get("POWERCAST_DEBUG") == "1":
             raise
-        print(
-            f"powercast: internal error: {err!r} (run with POWERCAST_DEBUG=1 for a traceback)",
-            file=sys.stderr,
-        )
-        traceback.print_exc(limit=0)
+        _say(f"powercast: internal error: {err!r} (run with POWERCAST_DEBUG=1 for a traceback)")
+        _say(traceback.format_exc(limit=0).rstrip("\n"))
         return EX_SOFTWARE
+
+
+def _say(line: str) -> None:
+    """An error on stderr, never waited on: a daemon that ends on an error, its journal
+    not reading, still ends (and systemd runs the failsafe after it)."""
+    logs.say(line, sys.stderr)
+    logs.drain(logs.EXIT_DRAIN_S)

@@ -76,22 +76,32 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _failsafe(args: argparse.Namespace) -> int:
     """Every actuator to fans on, and a report: what moved, what could not be moved (exit 1)."""
+    try:
+        return _failsafe_run(args.config, after_stop=args.after_stop)
+    finally:
+        logs.drain(logs.EXIT_DRAIN_S)
+
+
+def _failsafe_run(path: Path, *, after_stop: bool) -> int:
+    """``powercast failsafe`` itself. Its words go through :func:`logs.say`, never waited
+    on: the unit's stop, and its restart, wait for this command to end."""
     from powercast import failsafe  # noqa: PLC0415  # the daemons start without it
 
     marker = failsafe.leave_fans_marker()
-    if args.after_stop and marker is not None and marker.exists():
-        print(f"powercast failsafe: fans left as they are ({marker} exists)")
+    if after_stop and marker is not None and marker.exists():
+        logs.say(f"powercast failsafe: fans left as they are ({marker} exists)", sys.stdout)
         return 0
-    configs, notes = failsafe.gather_configs(args.config)
+    configs, notes = failsafe.gather_configs(path)
     if not configs:
         for note in notes:
-            print(f"powercast: {note}", file=sys.stderr)
-        print("powercast failsafe: no config could be read; nothing moved", file=sys.stderr)
+            logs.say(f"powercast: {note}", sys.stderr)
+        logs.say("powercast failsafe: no config could be read; nothing moved", sys.stderr)
         return 1
     # The fans first, then the report: a journal that does not read would hold a line
     # written before them, and the fans with it.
     report = asyncio.run(failsafe.to_safe_state(configs))
     for line in [*notes, *report.failures, *report.notes]:
-        print(f"powercast: {line}", file=sys.stderr)
-    print(f"powercast failsafe: {report.moved} of {report.total} actuators set to fans on")
+        logs.say(f"powercast: {line}", sys.stderr)
+    summary = f"powercast failsafe: {report.moved} of {report.total} actuators set to fans on"
+    logs.say(summary, sys.stdout)
     return 1 if report.failures else 0
