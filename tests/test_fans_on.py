@@ -1034,22 +1034,9 @@ class TestDaemonErrorOnAStalledLog:
         failsafe after it only when its watchdog killed it, or never without one."""
         config = tmp_path / "controller.toml"
         config.write_text("[policy\ntypo = 1\n")
-        stream = LogSocket()
-        try:
-            stream.stall()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "powercast", "control", "--config", str(config)],
-                stdout=stream.theirs.fileno(),
-                stderr=stream.theirs.fileno(),
-            )
-            try:
-                assert proc.wait(10.0) == 78
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-        finally:
-            stream.close()
+        argv = [sys.executable, "-m", "powercast", "control", "--config", str(config)]
+        with on_a_stalled_log(argv) as (_, proc):
+            assert proc.wait(10.0) == 78
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -1059,6 +1046,39 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
+@contextlib.contextmanager
+def on_a_stalled_log(
+    argv: list[str], env: dict[str, str] | None = None
+) -> Iterator[tuple[LogSocket, subprocess.Popen[bytes]]]:
+    """``argv`` run with its stdout and stderr on a journal stream that does not read;
+    killed at the end if it still runs, the stream closed."""
+    stream = LogSocket()
+    try:
+        stream.stall()
+        out = stream.theirs.fileno()
+        proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env)
+        try:
+            yield stream, proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        stream.close()
+
+
+@contextlib.contextmanager
+def failsafe_on_a_stalled_log(tmp_path: Path) -> Iterator[Stalled]:
+    """A controller died with its fans shed (and a typo in its config); ``powercast
+    failsafe --after-failure`` runs on a journal stream that does not read."""
+    files = died_shed_with_a_typo(tmp_path)
+    env = {**os.environ, "STATE_DIRECTORY": str(files.state_dir)}
+    env["RUNTIME_DIRECTORY"] = str(runtime_dir(files))
+    argv = [sys.executable, "-m", "powercast", "failsafe", "--config", str(files.controller)]
+    with on_a_stalled_log([*argv, "--after-failure"], env) as (stream, proc):
+        yield files, stream, proc
+
+
 class TestFailsafeLogStalls:
     def test_failsafe_moves_the_fans_before_it_writes(self, tmp_path: Path) -> None:
         """The controller died with its fans shed, its config file has a typo, and the
@@ -1066,30 +1086,11 @@ class TestFailsafeLogStalls:
         fans on first, and its report (the note that it used the running copy among it)
         reaches the journal once it reads again. Before, the note was written first, and
         the failsafe waited on the journal with the fans off."""
-        files = died_shed_with_a_typo(tmp_path)
-        stream = LogSocket()
-        env = {**os.environ, "STATE_DIRECTORY": str(files.state_dir)}
-        env["RUNTIME_DIRECTORY"] = str(runtime_dir(files))
-        argv = [sys.executable, "-m", "powercast", "failsafe", "--config", str(files.controller)]
-        try:
-            stream.stall()
-            proc = subprocess.Popen(
-                [*argv, "--after-failure"],
-                stdout=stream.theirs.fileno(),
-                stderr=stream.theirs.fileno(),
-                env=env,
-            )
-            try:
-                wait_file(files.pwm, ON, timeout=10.0)
-                stream.resume()
-                assert proc.wait(10.0) == 0
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        with failsafe_on_a_stalled_log(tmp_path) as (files, stream, proc):
+            wait_file(files.pwm, ON, timeout=10.0)
+            stream.resume()
+            assert proc.wait(10.0) == 0
             wait_until(lambda: any("actuators set to fans on" in line for line in stream.text))
-        finally:
-            stream.close()
         assert any("using the config the controller last ran" in line for line in stream.text)
 
     def test_failsafe_ends_when_the_journal_never_reads_its_report(self, tmp_path: Path) -> None:
@@ -1097,28 +1098,9 @@ class TestFailsafeLogStalls:
         ``powercast failsafe`` turns the fans on, gives its report a bounded wait, and
         ends. Before, it waited on the journal with the report until systemd killed it
         at the stop's timeout (30 s): the controller's restart waited that long too."""
-        files = died_shed_with_a_typo(tmp_path)
-        stream = LogSocket()
-        env = {**os.environ, "STATE_DIRECTORY": str(files.state_dir)}
-        env["RUNTIME_DIRECTORY"] = str(runtime_dir(files))
-        argv = [sys.executable, "-m", "powercast", "failsafe", "--config", str(files.controller)]
-        try:
-            stream.stall()
-            proc = subprocess.Popen(
-                [*argv, "--after-failure"],
-                stdout=stream.theirs.fileno(),
-                stderr=stream.theirs.fileno(),
-                env=env,
-            )
-            try:
-                wait_file(files.pwm, ON, timeout=10.0)
-                assert proc.wait(10.0) == 0
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-        finally:
-            stream.close()
+        with failsafe_on_a_stalled_log(tmp_path) as (files, _, proc):
+            wait_file(files.pwm, ON, timeout=10.0)
+            assert proc.wait(10.0) == 0
 
 
 COLLECTED_WHILE_LOGGING = """
