@@ -33,6 +33,7 @@ from test_failsafe import run as failsafe
 from test_restart import OFF, ON, Files, make_files, wait_file
 
 from powercast.control import call as control_call
+from powercast.failsafe import READ_BOUND_S
 from powercast.runtime.controller import SHUTDOWN_GRACE_S
 from powercast.runtime.copies import RETRY_S, WRITE_TIMEOUT_S
 
@@ -396,8 +397,8 @@ class TestUnreadablePosition:
 # --- 7: a typo saved after the controller died ----------------------------------------------
 
 
-def died_shed_with_a_typo(tmp_path: Path) -> Files:
-    """A controller that shed its fans, killed (SIGKILL); then a typo saved in its config."""
+def died_shed(tmp_path: Path) -> Files:
+    """A controller that shed its fans, killed (SIGKILL)."""
     files = make_files(tmp_path, grace=2.0)
     with up(publish(files)):
         ctl = control(files)
@@ -407,6 +408,12 @@ def died_shed_with_a_typo(tmp_path: Path) -> Files:
             ctl.proc.kill()
             ctl.stop()
     assert files.pwm.read_text() == f"{OFF}\n"
+    return files
+
+
+def died_shed_with_a_typo(tmp_path: Path) -> Files:
+    """A controller that shed its fans, killed; then a typo saved in its config."""
+    files = died_shed(tmp_path)
     files.controller.write_text(files.controller.read_text() + "\n[policy\ntypo = 1\n")
     return files
 
@@ -709,6 +716,25 @@ class TestCleanStop:
         else:
             assert "stopping_fans_on" in events
             assert files.pwm.read_text() == f"{ON}\n"
+
+
+class TestCopyDoesNotAnswer:
+    def test_failsafe_skips_a_copy_that_does_not_answer(self, tmp_path: Path) -> None:
+        """The controller died with its fans shed, and its running config's copy does not
+        answer a read (a FIFO in its place here; a state directory on a dead NFS server
+        does the same). ``powercast failsafe`` gives it a bounded wait, says so, and turns
+        the fans on from the config on disk. Before, it waited on that read for ever, with
+        the fans off."""
+        files = died_shed(tmp_path)
+        running = files.state_dir / "controller.running.toml"
+        running.unlink()
+        os.mkfifo(running)
+        started = time.monotonic()
+        done = failsafe(files.controller, "--after-failure", state_dir=files.state_dir)
+        assert files.pwm.read_text() == f"{ON}\n"
+        assert done.returncode == 0, done.stderr
+        assert time.monotonic() - started < READ_BOUND_S + 5.0
+        assert f"{running}: no answer within {READ_BOUND_S:g} s" in done.stderr
 
 
 class TestStateNotWritable:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -36,6 +38,8 @@ RELEASED: Final = "controller.released.toml"
 config of their zones and actuators alone. Without it, a controller that dies in that
 window leaves them to no one: the running copy is already the config without them."""
 FAILSAFE_BOUND_S: Final = 30.0
+READ_BOUND_S: Final = 3.0
+"""A config or copy not read within this long is skipped, and said; the others are used."""
 """``powercast failsafe`` gives up waiting on any device or command after this long."""
 
 
@@ -126,27 +130,56 @@ def gather_configs(path: Path) -> tuple[list[cfg.ControllerConfig], list[str]]:
     notes: list[str] = []
     on_disk: cfg.ControllerConfig | None = None
     try:
-        loaded = cfg.load(path, "controller")
-        assert isinstance(loaded, cfg.ControllerConfig)
-        on_disk = loaded
+        on_disk = _load_within(path, READ_BOUND_S)
     except cfg.ConfigError as err:
         notes.append(f"{err} (using the config the controller last ran)")
     for name in (RUNNING_CONFIG, RELEASED):
         for copy in running_config_paths(on_disk, name):
-            if not copy.exists():
-                continue
             try:
-                loaded = cfg.load(copy, "controller")
+                loaded = _load_within(copy, READ_BOUND_S, missing_ok=True)
             except cfg.ConfigError as err:
                 notes.append(str(err))
                 continue
-            assert isinstance(loaded, cfg.ControllerConfig)
+            if loaded is None:
+                continue
             configs.append(loaded)
             if name == RUNNING_CONFIG:
                 break  # the latest; every copy of released actuators counts (on is safe)
     if on_disk is not None:
         configs.append(on_disk)
     return configs, notes
+
+
+def _load_within(
+    path: Path, bound_s: float, *, missing_ok: bool = False
+) -> cfg.ControllerConfig | None:
+    """A controller config read on a daemon thread of its own, waited for ``bound_s`` at
+    most: a file that does not answer (a state directory on a dead NFS server, a FIFO)
+    costs this file and one thread, never the fans the other files name. None for a file
+    that is not there (``missing_ok``). Raises ConfigError."""
+    answer: queue.SimpleQueue[cfg.ControllerConfig | cfg.ConfigError | None] = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            if missing_ok and not os.path.lexists(path):
+                answer.put(None)
+                return
+            loaded = cfg.load(path, "controller")
+            assert isinstance(loaded, cfg.ControllerConfig)
+            answer.put(loaded)
+        except cfg.ConfigError as err:
+            answer.put(err)
+
+    threading.Thread(target=read, name=f"powercast:read {path}", daemon=True).start()
+    try:
+        got = answer.get(timeout=bound_s)
+    except queue.Empty:
+        raise cfg.ConfigError(
+            f"{path}: no answer within {bound_s:g} s (a disk that hangs?); not read"
+        ) from None
+    if isinstance(got, cfg.ConfigError):
+        raise got
+    return got
 
 
 async def to_safe_state(configs: list[cfg.ControllerConfig]) -> Report:
