@@ -26,6 +26,7 @@ gone, its queue full) writes the "<N>" line to the stream instead: no event is l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import json
@@ -38,7 +39,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TextIO
 
 import structlog
@@ -245,7 +246,7 @@ class SocketStream:
         self._unreported = 0
         self._lock = threading.RLock()
         self._busy = False
-        """This stream's lock holder is inside it (its thread: the only one that can see it)."""
+        """The lock's holder is inside the stream (only its own thread can see this)."""
         self._nested: list[bytes] = []
         self._watching: asyncio.AbstractEventLoop | None = None
 
@@ -253,25 +254,33 @@ class SocketStream:
         # As sys.stderr does: a value that is not UTF-8 (a file name as the file system
         # gives it) is escaped, never raised into the code that logs it.
         line = text.encode(errors="backslashreplace")
-        with self._lock:
-            if self._busy:
-                # This thread, while inside this stream, logs again: the cycle collector ran
-                # a __del__ that logs (asyncio's "exception was never retrieved") or a signal
-                # handler did. Waiting on the lock would wait on itself, for ever; the line
-                # goes after the one being written.
+        with self._alone() as alone:
+            if not alone:  # the line goes after the one being written
                 self._nested.append(line)
                 return len(text)
+            if self._pending:
+                self._send()  # room may have come since the last line
+            self._add(line)
+            self._settle()
+            if self._pending:
+                self._watch()
+        return len(text)
+
+    @contextlib.contextmanager
+    def _alone(self) -> Iterator[bool]:
+        """The stream to this caller alone; False when this very thread is inside it
+        already: it logged again from within a write (the cycle collector ran a __del__
+        that logs, asyncio's "exception was never retrieved", or a signal handler did),
+        and waiting on the lock would wait on itself, for ever."""
+        with self._lock:
+            if self._busy:
+                yield False
+                return
             self._busy = True
             try:
-                if self._pending:
-                    self._send()  # room may have come since the last line
-                self._add(line)
-                self._settle()
-                if self._pending:
-                    self._watch()
+                yield True
             finally:
                 self._busy = False
-        return len(text)
 
     def _add(self, line: bytes) -> None:
         if len(self._pending) + len(line) > self.LIMIT:
@@ -299,21 +308,17 @@ class SocketStream:
         deadline = time.monotonic() + timeout_s
         waiting = select.poll()
         waiting.register(self.sock, select.POLLOUT)
-        with self._lock:
-            if self._busy:  # a signal handler in this thread, inside a write: not now
+        with self._alone() as alone:
+            if not alone:  # a signal handler in this thread, inside a write: not now
                 return
-            self._busy = True
-            try:
-                self._unwatch()
-                while True:
-                    self._send()
-                    self._settle()
-                    left = deadline - time.monotonic()
-                    if not self._pending or left <= 0:
-                        return
-                    waiting.poll(left * 1000)
-            finally:
-                self._busy = False
+            self._unwatch()
+            while True:
+                self._send()
+                self._settle()
+                left = deadline - time.monotonic()
+                if not self._pending or left <= 0:
+                    return
+                waiting.poll(left * 1000)
 
     def _say_dropped(self) -> None:
         """Once the socket took every line held, a line saying how many were dropped."""
@@ -347,17 +352,13 @@ class SocketStream:
             self._watching = loop
 
     def _writable(self) -> None:
-        with self._lock:
-            if self._busy:
+        with self._alone() as alone:
+            if not alone:
                 return
-            self._busy = True
-            try:
-                self._send()
-                self._settle()
-                if not self._pending:
-                    self._unwatch()
-            finally:
-                self._busy = False
+            self._send()
+            self._settle()
+            if not self._pending:
+                self._unwatch()
 
     def _unwatch(self) -> None:
         loop, self._watching = self._watching, None
@@ -377,9 +378,11 @@ class SocketStream:
             del self._pending[:sent]
 
 
+_streams: dict[tuple[int, int], SocketStream] = {}
+"""Every socket this process's lines went to (the log's, and :func:`say`'s), by device and
+inode: one stream per socket, with what it holds and its count, across configure() calls."""
 _stream: SocketStream | None = None
-"""The log stream of the current configuration when it is a socket: kept across
-configure() calls for the same descriptor, with what it holds and its count."""
+"""The log stream of the current configuration, when it is a socket."""
 
 
 def dropped() -> int:
@@ -392,61 +395,38 @@ EXIT_DRAIN_S = 1.0
 
 
 def drain(timeout_s: float) -> None:
-    """Send the lines the log stream and :func:`say` hold, waiting up to ``timeout_s`` in
-    all (at exit)."""
+    """Send the lines every socket stream holds, waiting up to ``timeout_s`` in all (at
+    exit)."""
     deadline = time.monotonic() + timeout_s
-    for stream in [_stream, *_said.values()]:
-        if stream is not None:
-            stream.drain(max(0.0, deadline - time.monotonic()))
-
-
-_said: dict[tuple[int, int], SocketStream] = {}
-"""The sockets :func:`say` wrote to that are not the log stream's, by device and inode."""
+    for stream in list(_streams.values()):
+        stream.drain(max(0.0, deadline - time.monotonic()))
 
 
 def say(line: str, out: TextIO) -> None:
     """Print ``line`` to ``out`` as a command's report; when ``out`` is a socket (the
     journal's stream) without waiting on it, as the log stream: what it does not take is
     held for :func:`drain`, which the command calls before it ends."""
-    try:
-        fd = out.fileno()
-        st = os.fstat(fd)
-    except (OSError, ValueError, AttributeError):  # a StringIO, or closed
-        st = None
-    if st is None or not stat.S_ISSOCK(st.st_mode):
+    stream = _socket_stream(out)
+    if stream is None:
         print(line, file=out, flush=True)
         return
-    stream = _stream
-    if stream is None or stream.sock.fileno() < 0 or not _same_file(stream.sock.fileno(), fd):
-        key = (st.st_dev, st.st_ino)
-        if key not in _said:
-            _said[key] = SocketStream(socket.socket(fileno=os.dup(fd)))
-        stream = _said[key]
     out.flush()  # what was printed to it before goes first
     stream.write(line + "\n")
 
 
 def _socket_stream(out: TextIO) -> SocketStream | None:
-    """``out`` as a :class:`SocketStream` when its descriptor is a socket, else None."""
-    global _stream  # noqa: PLW0603  # one per process, like the structlog config
+    """``out``'s :class:`SocketStream` when its descriptor is a socket, else None."""
     try:
         fd = out.fileno()
-        is_socket = stat.S_ISSOCK(os.fstat(fd).st_mode)
+        st = os.fstat(fd)
     except (OSError, ValueError, AttributeError):  # a StringIO, or closed
         return None
-    if not is_socket:
+    if not stat.S_ISSOCK(st.st_mode):
         return None
-    if _stream is None or _stream.sock.fileno() < 0 or not _same_file(_stream.sock.fileno(), fd):
-        if _stream is not None:
-            _stream.drain(0.0)  # off its loop; what the socket does not take now is lost
-            _stream.sock.close()
-        _stream = SocketStream(socket.socket(fileno=os.dup(fd)))
-    return _stream
-
-
-def _same_file(a: int, b: int) -> bool:
-    sa, sb = os.fstat(a), os.fstat(b)
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+    key = (st.st_dev, st.st_ino)
+    if key not in _streams:
+        _streams[key] = SocketStream(socket.socket(fileno=os.dup(fd)))
+    return _streams[key]
 
 
 def _lead_with_ts_level_event(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
@@ -573,8 +553,9 @@ def configure(
         structlog.processors.StackInfoRenderer(),
         *_renderer_chain(concrete, out, journal_socket),
     ]
+    global _stream  # noqa: PLW0603  # one per process, like the structlog config
     sink: TextIO = out
-    nonblocking = _socket_stream(out)
+    nonblocking = _stream = _socket_stream(out)
     if nonblocking is not None:
         nonblocking.render = _renderer(processors)
         sink = nonblocking  # type: ignore[assignment]  # write and flush are all it needs
