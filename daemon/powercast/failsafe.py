@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import queue
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -26,6 +24,7 @@ from powercast import persist
 from powercast.actions import environment, run_command
 from powercast.actuators import actuator_name, make_driver
 from powercast.actuators.base import SAFE_POSITION, Closing
+from powercast.offload import Lane
 from powercast.plan import LEAVE_FANS
 from powercast.policy import NO_DATA, Decision
 from powercast.states import State
@@ -123,20 +122,20 @@ class Report:
         return self.moved + len(self.failures)
 
 
-def gather_configs(path: Path) -> tuple[list[cfg.ControllerConfig], list[str]]:
+async def gather_configs(path: Path) -> tuple[list[cfg.ControllerConfig], list[str]]:
     """The running copy, the actuators a reload released from it, and the file on disk,
     whichever can be read; notes say why not."""
     configs: list[cfg.ControllerConfig] = []
     notes: list[str] = []
     on_disk: cfg.ControllerConfig | None = None
     try:
-        on_disk = _load_within(path, READ_BOUND_S)
+        on_disk = await _load_within(path, READ_BOUND_S)
     except cfg.ConfigError as err:
         notes.append(f"{err} (using the config the controller last ran)")
     for name in (RUNNING_CONFIG, RELEASED):
         for copy in running_config_paths(on_disk, name):
             try:
-                loaded = _load_within(copy, READ_BOUND_S, missing_ok=True)
+                loaded = await _load_within(copy, READ_BOUND_S, missing_ok=True)
             except cfg.ConfigError as err:
                 notes.append(str(err))
                 continue
@@ -150,36 +149,27 @@ def gather_configs(path: Path) -> tuple[list[cfg.ControllerConfig], list[str]]:
     return configs, notes
 
 
-def _load_within(
+async def _load_within(
     path: Path, bound_s: float, *, missing_ok: bool = False
 ) -> cfg.ControllerConfig | None:
-    """A controller config read on a daemon thread of its own, waited for ``bound_s`` at
-    most: a file that does not answer (a state directory on a dead NFS server, a FIFO)
-    costs this file and one thread, never the fans the other files name. None for a file
-    that is not there (``missing_ok``). Raises ConfigError."""
-    answer: queue.SimpleQueue[cfg.ControllerConfig | cfg.ConfigError | None] = queue.SimpleQueue()
+    """A controller config read on a lane of its own, waited for ``bound_s`` at most: a
+    file that does not answer (a state directory on a dead NFS server, a FIFO) costs this
+    file and one thread, never the fans the other files name. None for a file that is not
+    there (``missing_ok``). Raises ConfigError."""
 
-    def read() -> None:
-        try:
-            if missing_ok and not os.path.lexists(path):
-                answer.put(None)
-                return
-            loaded = cfg.load(path, "controller")
-            assert isinstance(loaded, cfg.ControllerConfig)
-            answer.put(loaded)
-        except cfg.ConfigError as err:
-            answer.put(err)
+    def read() -> cfg.ControllerConfig | None:
+        if missing_ok and not os.path.lexists(path):
+            return None
+        loaded = cfg.load(path, "controller")
+        assert isinstance(loaded, cfg.ControllerConfig)
+        return loaded
 
-    threading.Thread(target=read, name=f"powercast:read {path}", daemon=True).start()
     try:
-        got = answer.get(timeout=bound_s)
-    except queue.Empty:
+        return await Lane(f"read {path}").call(read, bound_s)
+    except TimeoutError:
         raise cfg.ConfigError(
             f"{path}: no answer within {bound_s:g} s (a disk that hangs?); not read"
         ) from None
-    if isinstance(got, cfg.ConfigError):
-        raise got
-    return got
 
 
 async def to_safe_state(configs: list[cfg.ControllerConfig]) -> Report:

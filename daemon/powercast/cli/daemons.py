@@ -91,7 +91,7 @@ def _failsafe_run(path: Path, *, after_stop: bool) -> int:
     if after_stop and marker is not None and marker.exists():
         logs.say(f"powercast failsafe: fans left as they are ({marker} exists)", sys.stdout)
         return 0
-    configs, notes = failsafe.gather_configs(path)
+    configs, notes = asyncio.run(failsafe.gather_configs(path))
     if not configs:
         for note in notes:
             logs.say(f"powercast: {note}", sys.stderr)
