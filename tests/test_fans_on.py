@@ -37,7 +37,7 @@ from powercast.failsafe import READ_BOUND_S
 from powercast.runtime.controller import SHUTDOWN_GRACE_S
 from powercast.runtime.copies import RETRY_S, WRITE_TIMEOUT_S
 
-from harness import Daemon, set_reading, write_toml
+from harness import Daemon, end, set_reading, write_toml
 
 pytestmark = pytest.mark.system
 
@@ -928,14 +928,8 @@ def shed_on_a_stalled_log(tmp_path: Path) -> Iterator[Stalled]:
                 stream.stall()
                 yield files, stream, proc
             finally:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    stream.resume()
-                    try:
-                        proc.wait(10.0)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                stream.resume()
+                end(proc, 10.0)
     finally:
         stream.close()
 
@@ -1044,9 +1038,7 @@ class TestLogLineNotUtf8:
             assert not any("internal error" in line for line in stream.text), stream.text
             assert "controller-\\udcff.toml" in ready()[0]
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(10.0)
+            end(proc, 10.0)
             stream.close()
 
 
